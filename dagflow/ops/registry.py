@@ -1,0 +1,302 @@
+"""The op registry: what an op is, how it declares its parameters, and how to find one.
+
+An op is a plain function plus an :class:`OpSpec` describing it: its kind, its
+parameters (:class:`Param`, checked before anything runs), how many images it takes, and
+its working set (how much memory it needs relative to its input, for the memory model).
+Built-in ops register themselves when :mod:`dagflow.ops` is imported; users register
+their own with :func:`register_op`.
+
+The calling convention by kind:
+
+``source``     ``func(path, **params) -> Image``                     (``load``)
+``transform``  ``func(image, **params) -> Image``; two-input ops take ``(a, b, **params)``
+``sink``       ``func(image, dest, **params) -> str``: writes ``dest`` + its suffix
+               atomically, returns the path written (``save``)
+``aggregate``  ``func(images, items, **params) -> partial`` over one chunk, and
+               ``reduce(partials, dest, **params) -> str`` over all chunks
+
+This module imports neither the workflow layer nor Dask.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from dagflow.exceptions import UnknownOpError
+
+__all__ = [
+    "REQUIRED",
+    "OpKind",
+    "OpSpec",
+    "Param",
+    "get_op",
+    "list_ops",
+    "register_op",
+]
+
+OpKind = Literal["source", "transform", "sink", "aggregate"]
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+#: Default of a parameter that has none: the user must give it.
+REQUIRED: Any = _Required()
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+               list: "a list", dict: "a mapping", type(None): "null"}
+
+
+def _describe_type(types: tuple[type, ...]) -> str:
+    return " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+
+
+@dataclass(frozen=True)
+class Param:
+    """One parameter of an op.
+
+    Parameters
+    ----------
+    name
+        The parameter's name in ``params``.
+    type
+        Accepted Python type(s). ``float`` accepts integers; ``bool`` is never an integer.
+    default
+        The default, or :data:`REQUIRED`.
+    doc
+        One line for ``dagflow ops`` and the docs.
+    choices
+        The allowed values, if the set is closed.
+    minimum, maximum
+        Inclusive bounds for numbers (and for each element of a list of numbers).
+    nullable
+        Whether ``None`` is accepted (implied by a ``None`` default).
+    """
+
+    name: str
+    type: type | tuple[type, ...]
+    default: Any = REQUIRED
+    doc: str = ""
+    choices: tuple[Any, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    nullable: bool = False
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    @property
+    def types(self) -> tuple[type, ...]:
+        types = self.type if isinstance(self.type, tuple) else (self.type,)
+        if float in types and int not in types:
+            types = (*types, int)
+        return types
+
+    def check(self, value: Any) -> str | None:
+        """Return why ``value`` is not acceptable, or ``None`` when it is."""
+        if value is None and (self.nullable or self.default is None):
+            return None
+        types = self.types
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok:
+            return f"expected {_describe_type(self.type if isinstance(self.type, tuple) else (self.type,))}, got {value!r}"
+        if self.choices is not None and value not in self.choices:
+            return f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}"
+        values = value if isinstance(value, list | tuple) else [value]
+        for v in values:
+            if isinstance(v, int | float) and not isinstance(v, bool):
+                if self.minimum is not None and v < self.minimum:
+                    return f"expected a value >= {self.minimum}, got {value!r}"
+                if self.maximum is not None and v > self.maximum:
+                    return f"expected a value <= {self.maximum}, got {value!r}"
+        return None
+
+    def describe(self) -> str:
+        """A one-line description for listings."""
+        typ = _describe_type(self.type if isinstance(self.type, tuple) else (self.type,))
+        default = "required" if self.required else f"default {self.default!r}"
+        extra = f", one of {list(self.choices)}" if self.choices else ""
+        return f"{self.name}: {typ} ({default}{extra}){' - ' + self.doc if self.doc else ''}"
+
+
+MemoryModel = Callable[[Mapping[str, Any], Mapping[str, Any]], float]
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    """A registered op: its function and everything dagflow needs to know about it.
+
+    Parameters
+    ----------
+    name
+        The name used in workflows (``op: resize``).
+    func
+        The implementation, called as described in the module docstring.
+    kind
+        ``source``, ``transform``, ``sink`` or ``aggregate``.
+    params
+        The declared parameters; anything else in a node's ``params`` is an error.
+    inputs
+        How many upstream images the op takes (0 for sources, 2 for ``composite``).
+    memory_factor
+        Peak working set as a multiple of the decoded input's bytes, used when no
+        ``memory`` model is given.
+    memory
+        ``memory(header, params) -> bytes``: peak working set from the input header
+        (``width``, ``height``, ``channels``, ``itemsize``) and the parameters.
+    check
+        ``check(params) -> list of problems`` for rules across parameters.
+    reduce
+        For aggregates: combines the per-chunk partials and writes the output.
+    suffix
+        For sinks and aggregates: ``suffix(params) -> ".jpg"``, the output extension.
+    version
+        Bump when the op's output changes, so checkpoints re-run what it affects.
+    """
+
+    name: str
+    func: Callable[..., Any]
+    kind: OpKind = "transform"
+    params: tuple[Param, ...] = ()
+    inputs: int = 1
+    memory_factor: float = 2.0
+    memory: MemoryModel | None = None
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None
+    reduce: Callable[..., Any] | None = None
+    suffix: Callable[[Mapping[str, Any]], str] | None = None
+    version: str = "1"
+    gpu_func: Callable[..., Any] | None = field(default=None, compare=False)
+
+    @property
+    def doc(self) -> str:
+        """The first paragraph of the function's docstring."""
+        return (inspect.getdoc(self.func) or "").split("\n\n")[0].replace("\n", " ")
+
+    def param(self, name: str) -> Param | None:
+        return next((p for p in self.params if p.name == name), None)
+
+    def resolve_params(self, params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        """Check ``params`` and fill in defaults.
+
+        Returns
+        -------
+        resolved, problems
+            The parameters with defaults applied, and one line per problem found
+            (empty when the parameters are valid).
+        """
+        problems: list[str] = []
+        known = {p.name for p in self.params}
+        for name in params:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=2)
+                hint = f" (did you mean {', '.join(map(repr, close))}?)" if close else ""
+                valid = ", ".join(sorted(known)) or "none"
+                problems.append(f"unknown parameter {name!r}{hint}; valid parameters: {valid}")
+        resolved: dict[str, Any] = {}
+        for p in self.params:
+            if p.name in params:
+                value = params[p.name]
+                why = p.check(value)
+                if why:
+                    problems.append(f"parameter {p.name!r}: {why}")
+                resolved[p.name] = value
+            elif p.required:
+                problems.append(f"missing required parameter {p.name!r} ({p.describe()})")
+            else:
+                resolved[p.name] = p.default
+        if not problems and self.check is not None:
+            problems.extend(self.check(resolved))
+        return resolved, problems
+
+    def estimate_memory(self, header: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+        """Peak bytes this op needs for an input with ``header``."""
+        if self.memory is not None:
+            return int(self.memory(header, params))
+        decoded = (header.get("width", 0) * header.get("height", 0)
+                   * header.get("channels", 3) * header.get("itemsize", 1))
+        return int(decoded * self.memory_factor)
+
+
+_REGISTRY: dict[str, OpSpec] = {}
+
+
+def register_op(
+    name: str,
+    *,
+    kind: OpKind = "transform",
+    params: Sequence[Param] = (),
+    inputs: int | None = None,
+    memory_factor: float = 2.0,
+    memory: MemoryModel | None = None,
+    check: Callable[[Mapping[str, Any]], list[str]] | None = None,
+    reduce: Callable[..., Any] | None = None,
+    suffix: Callable[[Mapping[str, Any]], str] | None = None,
+    version: str = "1",
+    replace: bool = False,
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``func`` as the op ``name``; use as a decorator.
+
+    Parameters
+    ----------
+    name
+        The op's name in workflows.
+    kind, params, inputs, memory_factor, memory, check, reduce, suffix, version
+        See :class:`OpSpec`. ``inputs`` defaults to 0 for sources and 1 otherwise.
+    replace
+        Allow replacing an op registered under the same name.
+
+    Examples
+    --------
+    >>> from dagflow.ops.registry import Param, register_op
+    >>> @register_op("invert_demo", params=[Param("maximum", int, 255)], replace=True)
+    ... def invert_demo(image, maximum):
+    ...     '''Invert pixel values.'''
+    ...     return image.replace(maximum - image.data)
+    >>> get_op("invert_demo").params[0].name
+    'maximum'
+    """
+
+    def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        if name in _REGISTRY and not replace and _REGISTRY[name].func is not func:
+            raise ValueError(f"an op named {name!r} is already registered; pass replace=True")
+        n_inputs = inputs if inputs is not None else (0 if kind == "source" else 1)
+        _REGISTRY[name] = OpSpec(
+            name=name, func=func, kind=kind, params=tuple(params), inputs=n_inputs,
+            memory_factor=memory_factor, memory=memory, check=check, reduce=reduce,
+            suffix=suffix, version=version,
+        )
+        return func
+
+    return decorator
+
+
+def _ensure_builtins() -> None:
+    import dagflow.ops  # noqa: F401  (registers the built-in ops)
+
+
+def get_op(name: str) -> OpSpec:
+    """The registered op ``name``.
+
+    Raises
+    ------
+    UnknownOpError
+        With the closest registered names as suggestions.
+    """
+    _ensure_builtins()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownOpError(name, difflib.get_close_matches(name, sorted(_REGISTRY), n=3)) from None
+
+
+def list_ops() -> list[OpSpec]:
+    """Every registered op, sorted by name."""
+    _ensure_builtins()
+    return [_REGISTRY[k] for k in sorted(_REGISTRY)]
