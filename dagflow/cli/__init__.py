@@ -1,0 +1,152 @@
+"""The ``dagflow`` command line (also ``dask dagflow ...`` through the ``dask_cli`` group).
+
+Exit codes: 0 every item succeeded; 1 the run finished but some items failed; 2 invalid
+workflow, configuration or usage (nothing ran); 3 a circuit breaker stopped the run.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dagflow.exceptions import ConfigError, InputError, WorkflowValidationError
+from dagflow.runtime.result import EXIT_INVALID
+
+__all__ = ["main"]
+
+
+def _fail_invalid(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(EXIT_INVALID)
+
+
+class _Group(click.Group):
+    """Turns dagflow's validation errors into exit code 2 with a clean message."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (WorkflowValidationError, ConfigError, InputError) as exc:
+            _fail_invalid(exc)
+
+
+@click.group(cls=_Group, name="dagflow", context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dagflow")
+def main() -> None:
+    """Batch image-processing workflows on Dask."""
+
+
+def cluster_options(func: Any) -> Any:
+    """The options that say where to run, shared by ``run``, ``plan`` and ``submit``."""
+    options = [
+        click.option("--cluster", default=None,
+                     help="'local' (default), a scheduler address (tcp://host:port), or a "
+                          "cluster profile name or YAML file."),
+        click.option("--scheduler-file", type=click.Path(dir_okay=False), default=None,
+                     help="Scheduler file written by 'dask scheduler --scheduler-file'."),
+        click.option("--n-workers", type=int, default=None, help="Workers of the local cluster."),
+        click.option("--threads-per-worker", type=int, default=None,
+                     help="Threads per worker of the local cluster."),
+        click.option("--memory-limit", default=None,
+                     help="Memory limit per worker of the local cluster, e.g. '2GiB'."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _local_options(n_workers: int | None, threads_per_worker: int | None,
+                   memory_limit: str | None) -> dict[str, Any]:
+    return {k: v for k, v in {"n_workers": n_workers, "threads_per_worker": threads_per_worker,
+                              "memory_limit": memory_limit}.items() if v is not None}
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
+@click.option("--input", "-i", "inputs", multiple=True, required=True,
+              help="Directory, glob, manifest (.csv/.parquet with a 'path' column) or image; "
+                   "repeat for several.")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False),
+              help="Output directory (dagflow's state goes in its _dagflow/ sub-directory).")
+@click.option("--chunk-size", type=int, default=None, help="Items per task (default: auto).")
+@click.option("--resume/--no-resume", default=True,
+              help="Skip items that earlier runs into the same output finished (default).")
+@click.option("--retry-failed", is_flag=True, help="Run only the items that failed before.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@click.option("--progress/--no-progress", default=None,
+              help="Progress bar on stderr (default: when stderr is a terminal).")
+@cluster_options
+def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | None,
+        resume: bool, retry_failed: bool, as_json: bool, progress: bool | None,
+        cluster: str | None, scheduler_file: str | None, n_workers: int | None,
+        threads_per_worker: int | None, memory_limit: str | None) -> None:
+    """Run WORKFLOW (a YAML file) over the inputs."""
+    from dagflow.runtime import run as run_workflow
+
+    result = run_workflow(
+        workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
+        chunk_size=chunk_size, resume=resume, retry_failed=retry_failed, progress=progress,
+        local_options=_local_options(n_workers, threads_per_worker, memory_limit),
+    )
+    if as_json:
+        click.echo(result.to_json())
+    else:
+        click.echo(str(result))
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
+def validate(workflow: str) -> None:
+    """Check WORKFLOW without running it; exit 2 with every problem if it is invalid."""
+    from dagflow.workflow import Workflow
+
+    wf = Workflow.from_yaml(Path(workflow)).validate()
+    click.echo(f"ok: {wf}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable listing.")
+def ops(as_json: bool) -> None:
+    """List the available ops and their parameters."""
+    from dagflow.ops.registry import list_ops
+
+    specs = list_ops()
+    if as_json:
+        click.echo(json.dumps([
+            {"name": s.name, "kind": s.kind, "inputs": s.inputs, "doc": s.doc,
+             "params": [{"name": p.name, "description": p.describe()} for p in s.params]}
+            for s in specs
+        ], indent=2))
+        return
+    for s in specs:
+        click.echo(f"{s.name} ({s.kind}): {s.doc}")
+        for p in s.params:
+            click.echo(f"    {p.describe()}")
+
+
+@main.command("sample-data")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--photos", type=int, default=24, help="Plain photo-like JPEGs to add.")
+@click.option("--seed", type=int, default=0)
+def sample_data(directory: str, photos: int, seed: int) -> None:
+    """Write a deterministic sample corpus into DIRECTORY."""
+    from dagflow.testing import make_sample_corpus
+
+    paths = make_sample_corpus(directory, n_photos=photos, seed=seed)
+    click.echo(f"wrote {len(paths)} files to {directory}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--json", "as_json", is_flag=True)
+def status(run_dir: str, as_json: bool) -> None:
+    """Reconstruct a run's state from its event log and records (also after a crash)."""
+    from dagflow.recovery.status import run_status
+
+    state = run_status(run_dir)
+    click.echo(json.dumps(state.to_dict(), indent=2, default=str) if as_json else str(state))

@@ -1,0 +1,114 @@
+"""What a task needs to know, resolved on the client: :class:`NodeTask`, :class:`RunContext`.
+
+A remote worker sees neither the workflow nor the client's configuration, so everything
+is resolved here once (parameters with defaults, retry policy, timeout, checkpoint keys)
+and travels inside the graph as small frozen values.
+
+A node's *key* is a hash of its op, its version, its resolved parameters, its condition
+and its parents' keys: an item's checkpoint key for a node is ``(item key, node key)``,
+so a changed input re-runs that item and a changed parameter re-runs that node and
+everything after it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dagflow import config
+from dagflow.ops.registry import get_op
+from dagflow.recovery.policy import RetryPolicy
+from dagflow.workflow.conditions import Condition
+from dagflow.workflow.workflow import Workflow
+
+__all__ = ["Chunk", "NodeTask", "RunContext", "node_tasks"]
+
+
+@dataclass(frozen=True)
+class NodeTask:
+    """One node, resolved for execution."""
+
+    id: str
+    op: str
+    kind: str
+    params: Mapping[str, Any]
+    parents: tuple[str, ...]
+    key: str
+    policy: RetryPolicy
+    timeout: float | None = None
+    when: Condition | None = None
+    device: str = "auto"
+    leaf: bool = False
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The run-wide facts every task needs."""
+
+    run_id: str
+    run_dir: str
+    output_dir: str
+    state_dir: str
+    workflow: str
+    checkpoint: bool = True
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A group of items processed by one task per node.
+
+    Kept as an object (not a list) so that Dask treats it as a literal and does not walk
+    its items looking for task keys.
+    """
+
+    index: int
+    items: tuple[Mapping[str, Any], ...] = field(repr=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _digest(payload: Any) -> str:
+    text = json.dumps(payload, sort_keys=True, default=repr, separators=(",", ":"))
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def node_tasks(workflow: Workflow, *, max_pixels: int | None = None) -> dict[str, NodeTask]:
+    """Resolve every node of a validated workflow, in topological order.
+
+    ``max_pixels`` fills ``load``'s limit when the workflow leaves it unset; a ``load``
+    feeding only a ``resize`` by ``long_side`` is told to decode at reduced scale
+    (``reduce_to``), so a JPEG is never decoded at full size only to be shrunk.
+    """
+    retry_defaults = config.get("retry")
+    default_timeout = config.get("timeout")
+    children = workflow.children()
+    by_id = {n.id: n for n in workflow.nodes}
+    out: dict[str, NodeTask] = {}
+    for node in workflow.topological_order():
+        spec = get_op(node.op)
+        params, _ = spec.resolve_params(node.params)
+        if spec.kind == "source":
+            if params.get("max_pixels", 0) is None:
+                params["max_pixels"] = max_pixels or config.get("max-pixels")
+            kids = [by_id[c] for c in children.get(node.id, [])]
+            if ("reduce_to" in params and params["reduce_to"] is None and kids
+                    and all(k.op == "resize" and k.params.get("long_side") for k in kids)):
+                params["reduce_to"] = max(int(k.params["long_side"]) for k in kids)
+        key = _digest({
+            "op": node.op, "version": spec.version,
+            # reduce_to changes how, not what, is computed: keep it out of the key
+            "params": {k: v for k, v in params.items() if k != "reduce_to"},
+            "when": str(node.when) if node.when is not None else None,
+            "parents": [out[p].key for p in node.after],
+        })
+        out[node.id] = NodeTask(
+            id=node.id, op=node.op, kind=spec.kind, params=params, parents=node.after, key=key,
+            policy=RetryPolicy.from_config(node.retry, retry_defaults),
+            timeout=node.timeout if node.timeout is not None else default_timeout,
+            when=node.when, device=node.device, leaf=not children.get(node.id),
+        )
+    return out

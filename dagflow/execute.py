@@ -1,0 +1,290 @@
+"""What runs inside a task on a worker: one node over one chunk of items.
+
+Each task takes the chunk's state from its parent nodes, runs its op on every item that
+is still alive, and returns a new :class:`ChunkState`. One item's failure is recorded
+for that item and node; its descendants record ``upstream_failed`` and every other item
+goes on. A false ``when:`` condition records ``skipped`` for the node and its
+descendants. The last task of a chunk (:func:`commit_chunk`) writes the chunk's records
+as one Parquet part and returns only counts and failures to the client, so pixels never
+travel to the client.
+
+This module imports no Dask at import time: it runs on workers and under the
+synchronous scheduler alike.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagflow.compile.spec import Chunk, NodeTask, RunContext
+from dagflow.exceptions import BadInputError
+from dagflow.image import Image
+from dagflow.ops.registry import get_op
+from dagflow.recovery.policy import call_with_policy
+
+__all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "reduce_aggregate", "run_node"]
+
+#: Most failed records a chunk sends back to the client (all are in the Parquet part).
+MAX_FAILURES_RETURNED = 50
+
+
+@dataclass
+class ChunkState:
+    """A chunk after one node: images of the items still alive, and every record so far."""
+
+    images: dict[int, Image] = field(default_factory=dict)
+    blocked: dict[int, str] = field(default_factory=dict)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass
+class ChunkSummary:
+    """What the client gets back for a finished chunk."""
+
+    index: int
+    items: int
+    counts: dict[tuple[str, str], int]
+    item_status: dict[int, str]
+    failures: list[dict[str, Any]]
+    part: str | None
+    duration_s: float
+
+
+def _worker_name() -> str:
+    try:
+        from distributed import get_worker
+
+        return get_worker().address
+    except (ImportError, ValueError):
+        return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], status: str,
+            worker: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "run_id": ctx.run_id, "item_id": item["item_id"], "item_key": item["key"],
+        "input_path": item["path"], "rel": item["rel"], "node_id": task.id,
+        "node_key": task.key, "op": task.op, "status": status,
+        "error_class": fields.get("error_class"), "error_type": fields.get("error_type"),
+        "error_message": fields.get("error_message"), "reason": fields.get("reason"),
+        "attempts": fields.get("attempts", 0),
+        "duration_s": fields.get("duration_s", 0.0), "started": fields.get("started", 0.0),
+        "worker": worker, "device": fields.get("device", "cpu"),
+        "output_path": fields.get("output_path"), "width": fields.get("width"),
+        "height": fields.get("height"),
+    }
+
+
+def _condition_fields(image: Image, item: Mapping[str, Any]) -> dict[str, Any]:
+    fields = image.describe()
+    fields.setdefault("format", item.get("format"))
+    return fields
+
+
+def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
+    from dagflow.io import safe_join
+
+    rel = os.path.splitext(item["rel"])[0]
+    root = Path(ctx.output_dir)
+    subdir = task.params.get("subdir")
+    if subdir:
+        root = safe_join(root, subdir)
+    return os.fspath(safe_join(root, rel))
+
+
+def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any]) -> Any:
+    spec = get_op(task.op)
+    params = {k: v for k, v in task.params.items() if k != "subdir"}
+    if spec.kind == "source":
+        return spec.func(item["path"], **params)
+    if spec.kind == "sink":
+        return spec.func(inputs[0], _sink_dest(ctx, task, item), **params)
+    return spec.func(*inputs, **params)
+
+
+def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState) -> ChunkState:
+    """Run ``task`` over every live item of ``chunk``; see the module docstring."""
+    worker = _worker_name()
+    records: dict[str, list[dict[str, Any]]] = {}
+    for parent in parents:
+        records.update(parent.records)
+    state = ChunkState(records=records)
+    own: list[dict[str, Any]] = []
+    spec = get_op(task.op)
+    aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
+    for item in chunk.items:
+        iid = item["item_id"]
+        blocked = [p.blocked[iid] for p in parents if iid in p.blocked]
+        if blocked:
+            status = "skipped" if all(b == "skipped" for b in blocked) else "upstream_failed"
+            state.blocked[iid] = status
+            own.append(_record(ctx, task, item, status, worker))
+            continue
+        inputs = [p.images[iid] for p in parents]
+        started = time.time()
+        if task.when is not None and inputs:
+            try:
+                passed = task.when(_condition_fields(inputs[0], item))
+            except Exception as exc:  # a user predicate that raises fails the item
+                passed, exc_info = None, exc
+            if passed is None:
+                state.blocked[iid] = "failed"
+                own.append(_record(ctx, task, item, "failed", worker, error_class="bug",
+                                   error_type=type(exc_info).__name__,
+                                   error_message=f"condition raised: {exc_info}"))
+                continue
+            if not passed:
+                state.blocked[iid] = "skipped"
+                own.append(_record(ctx, task, item, "skipped", worker, started=started))
+                continue
+        if spec.kind == "aggregate":
+            aggregate_inputs.append((item, inputs[0]))
+            continue
+        outcome = call_with_policy(lambda item=item, inputs=inputs: _invoke(task, ctx, item, inputs),
+                                   task.policy, timeout=task.timeout)
+        common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
+                  "started": started}
+        if outcome.error is not None:
+            state.blocked[iid] = "failed"
+            exc = outcome.error
+            message = str(exc) or type(exc).__name__
+            if outcome.error_class == "bug":
+                frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+                where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
+                message = f"{message}{where}"
+            own.append(_record(ctx, task, item, "failed", worker,
+                               error_class=outcome.error_class, error_type=type(exc).__name__,
+                               error_message=message[:2000],
+                               reason=getattr(exc, "reason", None), **common))
+            continue
+        value = outcome.value
+        if spec.kind == "sink":
+            own.append(_record(ctx, task, item, "ok", worker, output_path=str(value),
+                               width=inputs[0].width, height=inputs[0].height, **common))
+        else:
+            if not isinstance(value, Image):
+                value = Image(value) if hasattr(value, "shape") else value
+            if not isinstance(value, Image):
+                state.blocked[iid] = "failed"
+                own.append(_record(ctx, task, item, "failed", worker, error_class="bug",
+                                   error_type="TypeError",
+                                   error_message=f"op {task.op!r} returned {type(value).__name__}, "
+                                                 "not an Image", **common))
+                continue
+            state.images[iid] = value
+            own.append(_record(ctx, task, item, "ok", worker, width=value.width,
+                               height=value.height, **common))
+    if aggregate_inputs:
+        own.extend(_run_aggregate_map(task, ctx, chunk, aggregate_inputs, worker))
+    records[task.id] = own
+    return state
+
+
+def _aggregate_dir(ctx: RunContext, task: NodeTask) -> Path:
+    return Path(ctx.state_dir, "aggregates", task.id)
+
+
+def _run_aggregate_map(task: NodeTask, ctx: RunContext, chunk: Chunk,
+                       inputs: list[tuple[Mapping[str, Any], Image]], worker: str) -> list[dict]:
+    """Compute this chunk's partial for an aggregate node and store it for the reduce."""
+    from dagflow.io.atomic import atomic_write
+
+    spec = get_op(task.op)
+    started = time.time()
+    t0 = time.perf_counter()
+    items = [dict(item) for item, _ in inputs]
+    try:
+        partial = spec.func([img for _, img in inputs], items, **task.params)
+        payload = {"node_key": task.key, "keys": [i["key"] for i in items], "partial": partial}
+        part = _aggregate_dir(ctx, task) / f"{ctx.run_id}-{chunk.index:06d}.pkl"
+        part.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(part, pickle.dumps(payload, protocol=5))
+        status, extra = "ok", {"output_path": str(part)}
+    except Exception as exc:
+        status = "failed"
+        extra = {"error_class": "bug", "error_type": type(exc).__name__,
+                 "error_message": str(exc)[:2000]}
+    duration = (time.perf_counter() - t0) / max(1, len(inputs))
+    return [_record(ctx, task, item, status, worker, attempts=1, duration_s=duration,
+                    started=started, **extra) for item in items]
+
+
+def reduce_aggregate(task: NodeTask, ctx: RunContext, item_keys: frozenset[str]) -> str:
+    """Combine every stored partial of an aggregate node for the run's items; write the output.
+
+    Partials come from this run and from earlier runs into the same output directory
+    (items already done are not re-run, but still belong in the statistics); a partial
+    computed with other parameters (another node key) is ignored.
+    """
+    spec = get_op(task.op)
+    partials = []
+    seen: set[str] = set()
+    directory = _aggregate_dir(ctx, task)
+    for path in sorted(directory.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns, reverse=True):
+        try:
+            payload = pickle.loads(path.read_bytes())
+        except Exception:
+            continue  # a torn partial from a killed run: its items were re-run
+        if payload.get("node_key") != task.key:
+            continue
+        keys = payload["keys"]
+        wanted = [k in item_keys and k not in seen for k in keys]
+        if not any(wanted):
+            continue
+        seen.update(k for k, w in zip(keys, wanted, strict=True) if w)
+        partials.append(_select(payload["partial"], wanted))
+    dest = os.fspath(Path(ctx.output_dir) / task.id)
+    if not partials:
+        raise BadInputError("no_items", f"aggregate {task.id!r} has no successful items to combine")
+    return spec.reduce(partials, dest, **task.params)
+
+
+def _select(partial: Any, wanted: list[bool]) -> Any:
+    if isinstance(partial, list) and len(partial) == len(wanted):
+        return [p for p, w in zip(partial, wanted, strict=True) if w]
+    return partial
+
+
+def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
+                 *states: ChunkState) -> ChunkSummary:
+    """Merge the chunk's records, write them as one Parquet part, summarise for the client."""
+    from dagflow.recovery.checkpoint import write_records
+
+    t0 = time.perf_counter()
+    records: dict[str, list[dict[str, Any]]] = {}
+    for s in states:
+        records.update(s.records)
+    rows = [r for node_records in records.values() for r in node_records]
+    part = None
+    if ctx.checkpoint:
+        part = os.fspath(Path(ctx.run_dir, "records", f"part-{chunk.index:07d}.parquet"))
+        write_records(part, rows)
+    counts: dict[tuple[str, str], int] = {}
+    item_status: dict[int, str] = {}
+    leaf_status: dict[int, list[str]] = {}
+    failures = []
+    for r in rows:
+        counts[(r["node_id"], r["status"])] = counts.get((r["node_id"], r["status"]), 0) + 1
+        iid = r["item_id"]
+        if r["status"] in ("failed", "upstream_failed"):
+            item_status[iid] = "failed"
+            if r["status"] == "failed" and len(failures) < MAX_FAILURES_RETURNED:
+                failures.append(r)
+        if r["node_id"] in leaves:
+            leaf_status.setdefault(iid, []).append(r["status"])
+    for item in chunk.items:
+        iid = item["item_id"]
+        if iid not in item_status:
+            statuses = leaf_status.get(iid, [])
+            item_status[iid] = "skipped" if statuses and all(s == "skipped" for s in statuses) \
+                else "succeeded"
+    return ChunkSummary(chunk.index, len(chunk), counts, item_status, failures, part,
+                        time.perf_counter() - t0)

@@ -1,0 +1,178 @@
+"""Resolving a user's inputs to items: a directory, a glob, a list of paths, a manifest.
+
+An *item* is one input image, as a small dict: ``item_id`` (its index), ``path``
+(absolute), ``rel`` (its path relative to the input root, POSIX form, which names its
+outputs), ``size`` and ``mtime_ns`` (its fingerprint) and ``key`` (a hash of the
+fingerprint, the item's part of every checkpoint key). A manifest may also give header
+fields (``width``, ``height``, ``channels``, ``dtype``, ``format``), so that a batch can
+be planned without touching the files.
+
+Nothing here decodes an image or contacts a cluster.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagflow.exceptions import InputError
+
+__all__ = ["IMAGE_EXTENSIONS", "InputSet", "item_key", "resolve_inputs"]
+
+#: File extensions picked up when scanning a directory or a glob (case-insensitive).
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp"})
+
+_HEADER_COLUMNS = ("width", "height", "channels", "dtype", "format", "orientation", "itemsize")
+
+
+@dataclass
+class InputSet:
+    """The resolved inputs of a run.
+
+    Attributes
+    ----------
+    root
+        The directory that output paths are relative to.
+    items
+        One dict per input image, in a stable order.
+    description
+        What the user asked for, for logs and the run record.
+    """
+
+    root: Path
+    items: list[dict[str, Any]]
+    description: str = ""
+    skipped: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def item_key(path: str, size: int, mtime_ns: int) -> str:
+    """The fingerprint hash of an input file: path, size and modification time."""
+    return hashlib.blake2b(f"{path}\0{size}\0{mtime_ns}".encode(), digest_size=8).hexdigest()
+
+
+def _is_glob(text: str) -> bool:
+    return any(ch in text for ch in "*?[")
+
+
+def _scan_directory(directory: Path) -> list[Path]:
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(directory):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_dagflow")))
+        found.extend(Path(dirpath, f) for f in sorted(filenames)
+                     if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+    return found
+
+
+def _read_manifest(path: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path) if path.suffix.lower() == ".parquet" else pacsv.read_csv(path)
+    except Exception as e:
+        raise InputError(f"cannot read manifest {str(path)!r}: {e}") from None
+    if "path" not in table.column_names:
+        raise InputError(f"manifest {str(path)!r} has no 'path' column "
+                         f"(columns: {', '.join(table.column_names)})")
+    base = path.parent
+    paths = [Path(p) if os.path.isabs(p) else base / p for p in table.column("path").to_pylist()]
+    extra_cols = [c for c in (*_HEADER_COLUMNS, "size", "mtime_ns") if c in table.column_names]
+    extras = table.select(extra_cols).to_pylist() if extra_cols else [{} for _ in paths]
+    return paths, extras
+
+
+def resolve_inputs(
+    inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    stat: bool = True,
+) -> InputSet:
+    """Turn what the user gave into an :class:`InputSet`.
+
+    Parameters
+    ----------
+    inputs
+        A directory (scanned recursively for image files), a glob (``"scans/**/*.tif"``),
+        a manifest (``.csv`` or ``.parquet`` with a ``path`` column, relative paths
+        taken from the manifest's directory), a single image, or a list of any of these.
+    root
+        The directory output paths are made relative to; by default the directory given,
+        the manifest's directory, or the deepest directory common to all inputs.
+    stat
+        Read each file's size and modification time (the fingerprint). Without it, or for
+        a file that does not exist, the manifest's ``size``/``mtime_ns`` are used, or -1.
+
+    Raises
+    ------
+    InputError
+        When nothing matches, a path does not exist, or a manifest is unreadable.
+    """
+    specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
+    if not specs:
+        raise InputError("no inputs given")
+    paths: list[Path] = []
+    extras: list[dict[str, Any]] = []
+    roots: list[Path] = []
+    for spec in specs:
+        text = os.fspath(spec)
+        p = Path(text).expanduser()
+        if p.is_dir():
+            found = _scan_directory(p)
+            roots.append(p)
+        elif p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
+            found, manifest_extras = _read_manifest(p)
+            extras.extend([{}] * (len(paths) - len(extras)))
+            extras.extend(manifest_extras)
+            roots.append(p.parent)
+        elif _is_glob(text):
+            found = [Path(m) for m in sorted(globlib.glob(text, recursive=True))
+                     if os.path.isfile(m)]
+        elif p.is_file() or not stat:
+            found = [p]
+        else:
+            raise InputError(f"input {text!r} is not a file, a directory, a manifest or a glob "
+                             "that matches anything")
+        paths.extend(found)
+    extras.extend([{}] * (len(paths) - len(extras)))
+    if not paths:
+        raise InputError(f"no images found in {', '.join(map(os.fspath, specs))} "
+                         f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    absolute = [os.path.abspath(p) for p in paths]
+    if root is not None:
+        base = os.path.abspath(root)
+    elif len(roots) == 1 and len(specs) == 1:
+        base = os.path.abspath(roots[0])
+    else:
+        base = os.path.commonpath([os.path.dirname(a) for a in absolute])
+    items = []
+    seen: set[str] = set()
+    for path, extra in zip(absolute, extras, strict=True):
+        if path in seen:
+            continue
+        seen.add(path)
+        size, mtime = extra.get("size", -1), extra.get("mtime_ns", -1)
+        if stat:
+            try:
+                st = os.stat(path)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                pass
+        rel = os.path.relpath(path, base) if path.startswith(base + os.sep) else os.path.basename(path)
+        item = {"item_id": len(items), "path": path, "rel": Path(rel).as_posix(),
+                "size": size, "mtime_ns": mtime, "key": item_key(path, size, mtime)}
+        item.update({k: v for k, v in extra.items() if k in _HEADER_COLUMNS and v is not None})
+        items.append(item)
+    return InputSet(Path(base), items, ", ".join(map(os.fspath, specs)))
+
+
+def describe_inputs(inputs: Iterable[Any]) -> str:
+    """A short text naming what was given as inputs."""
+    return ", ".join(map(os.fspath, inputs))

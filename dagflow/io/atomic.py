@@ -1,0 +1,334 @@
+"""Atomic, symlink-safe output files.
+
+Every file dagflow writes (images, checkpoint parts, reports) appears complete or not
+at all: it is written to a temporary file in the *same* directory
+(``.{name}.{token}.tmp``), flushed and fsynced, moved over the final name with
+``os.replace`` and the directory is fsynced. A crash leaves at worst a temporary file,
+which :func:`find_temporaries` lists so that resume can clean it up. The final name is
+never opened for writing.
+
+Output paths built from user data (input names, node names) go through
+:func:`safe_join`, which keeps them under the output root: no ``..``, no absolute
+path, no NUL, no control or bidi characters, no component over 255 bytes (shortened
+deterministically), and no existing symlink on the way.
+
+This module owns output paths and atomic replacement; it knows nothing of image formats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import re
+import secrets
+import stat
+import unicodedata
+from collections.abc import Callable, Iterator
+from os import PathLike
+from pathlib import Path
+from typing import BinaryIO
+
+from dagflow.exceptions import BadInputError
+
+__all__ = [
+    "MAX_COMPONENT_BYTES",
+    "TEMP_PATTERN",
+    "atomic_path",
+    "atomic_write",
+    "find_temporaries",
+    "safe_join",
+    "shorten_component",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Longest file or directory name most filesystems accept, in bytes (UTF-8).
+MAX_COMPONENT_BYTES = 255
+
+#: Names of the temporary files :func:`atomic_write` and :func:`atomic_path` create.
+TEMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.(?P<token>[0-9a-f]{12})\.tmp$", re.DOTALL)
+
+_TOKEN_BYTES = 6
+_HASH_CHARS = 16
+_MAX_SUFFIX_BYTES = 16
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+PathArg = str | PathLike[str]
+
+
+def safe_join(root: PathArg, relative: PathArg) -> Path:
+    """Join a relative path under ``root``, refusing anything that could escape it.
+
+    Parameters
+    ----------
+    root
+        The output root (trusted; it may itself be a symlink).
+    relative
+        A relative path, typically derived from an input name. ``\\`` counts as a
+        separator. The text is NFC-normalised, control and bidi-override characters are
+        removed, and a component longer than :data:`MAX_COMPONENT_BYTES` bytes is
+        shortened deterministically with a hash suffix (:func:`shorten_component`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``root`` joined with the cleaned components. Nothing is created.
+
+    Raises
+    ------
+    BadInputError
+        ``unsafe_path`` for a NUL byte, an absolute or drive path, a ``..`` component,
+        an empty path, or an existing symlink at any component under ``root``.
+
+    Examples
+    --------
+    >>> safe_join("/out", "a/./b.jpg").as_posix()
+    '/out/a/b.jpg'
+    >>> safe_join("/out", "../etc/passwd")
+    Traceback (most recent call last):
+    ...
+    dagflow.exceptions.BadInputError: unsafe_path: '../etc/passwd' contains a '..' component
+    """
+    text = os.fspath(relative)
+    if "\x00" in text:
+        raise BadInputError("unsafe_path", f"{text!r} contains a NUL byte")
+    cleaned = unicodedata.normalize("NFC", text)
+    cleaned = "".join(
+        ch for ch in cleaned if unicodedata.category(ch) != "Cc" and ch not in _BIDI_CONTROLS
+    )
+    cleaned = cleaned.replace("\\", "/")
+    if cleaned.startswith("/") or _DRIVE.match(cleaned):
+        raise BadInputError("unsafe_path", f"{text!r} is absolute; a relative path is needed")
+    parts = [part for part in cleaned.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise BadInputError("unsafe_path", f"{text!r} contains a '..' component")
+    if not parts:
+        raise BadInputError("unsafe_path", f"{text!r} names no file under the root")
+    parts = [shorten_component(part) for part in parts]
+    root_path = Path(root)
+    _refuse_symlinks(root_path, parts)
+    return root_path.joinpath(*parts)
+
+
+def shorten_component(name: str, limit: int = MAX_COMPONENT_BYTES) -> str:
+    """``name`` if it fits in ``limit`` UTF-8 bytes, else a deterministic shorter name.
+
+    The shortened name keeps the start of the name and its suffix and inserts ``~`` and
+    16 hex digits of the SHA-256 of the full name, so distinct long names stay distinct.
+
+    Examples
+    --------
+    >>> short = shorten_component("x" * 300 + ".jpg")
+    >>> len(short.encode()), short.endswith(".jpg"), short == shorten_component("x" * 300 + ".jpg")
+    (255, True, True)
+    """
+    encoded = name.encode("utf-8", "surrogatepass")
+    if len(encoded) <= limit:
+        return name
+    stem, dot, ext = name.rpartition(".")
+    suffix = f".{ext}" if dot and stem and len(f".{ext}".encode()) <= _MAX_SUFFIX_BYTES else ""
+    if not suffix:
+        stem = name
+    digest = hashlib.sha256(encoded).hexdigest()[:_HASH_CHARS]
+    keep = limit - len(suffix.encode()) - 1 - _HASH_CHARS
+    head = stem.encode("utf-8", "surrogatepass")[:keep].decode("utf-8", "ignore")
+    return f"{head}~{digest}{suffix}"
+
+
+def _refuse_symlinks(root: Path, parts: list[str]) -> None:
+    current = root
+    for part in parts:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            return  # nothing exists below a missing component
+        except NotADirectoryError:
+            raise BadInputError(
+                "unsafe_path", f"{current}: a parent component is not a directory"
+            ) from None
+        if stat.S_ISLNK(st.st_mode):
+            raise BadInputError("unsafe_path", f"{current} is a symlink; refusing to follow it")
+
+
+def _check_final(final: Path, root: PathArg | None) -> None:
+    if root is not None:
+        root_path = Path(os.path.abspath(root))
+        try:
+            relative = Path(os.path.abspath(final)).relative_to(root_path)
+        except ValueError:
+            raise BadInputError("unsafe_path", f"{final} is not under {root_path}") from None
+        _refuse_symlinks(root_path, list(relative.parts))
+    elif final.is_symlink():
+        raise BadInputError("unsafe_path", f"{final} is a symlink; refusing to write through it")
+
+
+def _temporary(final: Path) -> Path:
+    token = secrets.token_hex(_TOKEN_BYTES)
+    name = final.name
+    extra = len(f"..{token}.tmp")
+    if len(name.encode("utf-8", "surrogatepass")) + extra > MAX_COMPONENT_BYTES:
+        name = shorten_component(name, MAX_COMPONENT_BYTES - extra)
+    return final.with_name(f".{name}.{token}.tmp")
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    except OSError:  # e.g. platforms without directory handles
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories
+        logger.debug("fsync of directory %s failed", directory, exc_info=True)
+    finally:
+        os.close(fd)
+
+
+def _replace(tmp: Path, final: Path, root: PathArg | None) -> None:
+    _check_final(final, root)  # again: a symlink may have been planted meanwhile
+    os.replace(tmp, final)
+    _fsync_directory(final.parent)
+
+
+def _prepare(path: PathArg, root: PathArg | None) -> Path:
+    final = Path(path)
+    _check_final(final, root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return final
+
+
+def atomic_write(
+    path: PathArg,
+    write_fn: Callable[[BinaryIO], object] | bytes,
+    *,
+    root: PathArg | None = None,
+) -> Path:
+    """Write a file atomically: all of it appears at ``path``, or nothing does.
+
+    Parameters
+    ----------
+    path
+        The final file. Missing parent directories are created.
+    write_fn
+        The content as ``bytes``, or a function given a binary file to write into
+        (a plain, seekable file: Pillow, tifffile and pyarrow can write to it).
+    root
+        When given, ``path`` must lie under it and no existing component between the
+        two may be a symlink (build such paths with :func:`safe_join`). Without it,
+        only the final component is checked.
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+
+    Raises
+    ------
+    BadInputError
+        ``unsafe_path`` when ``path`` is a symlink (or crosses one under ``root``).
+    Exception
+        Whatever ``write_fn`` raises: the temporary file is removed and ``path`` is
+        left as it was.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> target = os.path.join(tempfile.mkdtemp(), "sub", "hello.txt")
+    >>> atomic_write(target, b"hello").read_bytes()
+    b'hello'
+    """
+    final = _prepare(path, root)
+    tmp = _temporary(final)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(tmp, flags, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if isinstance(write_fn, bytes | bytearray | memoryview):
+                fh.write(write_fn)
+            else:
+                write_fn(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        _replace(tmp, final, root)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    return final
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathArg, *, root: PathArg | None = None) -> Iterator[Path]:
+    """A temporary path to write to; on success it replaces ``path`` atomically.
+
+    For writers that want a file name rather than a file object. The temporary file is
+    in the same directory, so the final ``os.replace`` never crosses filesystems.
+
+    Parameters
+    ----------
+    path
+        The final file. Missing parent directories are created.
+    root
+        As in :func:`atomic_write`.
+
+    Yields
+    ------
+    pathlib.Path
+        Where to write (``.{name}.{token}.tmp`` beside ``path``).
+
+    Raises
+    ------
+    BadInputError
+        ``unsafe_path`` as in :func:`atomic_write`.
+    FileNotFoundError
+        When the block wrote nothing to the temporary path.
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> target = os.path.join(tempfile.mkdtemp(), "out.txt")
+    >>> with atomic_path(target) as tmp:
+    ...     _ = tmp.write_text("done")
+    >>> open(target).read()
+    'done'
+    """
+    final = _prepare(path, root)
+    tmp = _temporary(final)
+    try:
+        yield tmp
+        if not tmp.is_file() or tmp.is_symlink():
+            raise FileNotFoundError(f"nothing was written to the temporary file {tmp}")
+        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _replace(tmp, final, root)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def find_temporaries(root: PathArg) -> list[Path]:
+    """Temporary files left under ``root`` by interrupted atomic writes, sorted.
+
+    Parameters
+    ----------
+    root
+        The directory to search, recursively (symlinked directories are not followed).
+
+    Returns
+    -------
+    list of pathlib.Path
+        Files whose name matches :data:`TEMP_PATTERN`.
+    """
+    found = []
+    for directory, _dirs, files in os.walk(root):
+        found.extend(Path(directory, name) for name in files if TEMP_PATTERN.match(name))
+    return sorted(found)

@@ -1,0 +1,415 @@
+"""Header probing: an image's size, layout and orientation without decoding a pixel.
+
+:func:`probe_header` is what the scanner and the memory model call for every item
+before anything is scheduled, so it must stay cheap and safe on hostile files: it
+recognises the format by content, then reads only the header, through Pillow's lazy
+``open`` (no ``load``), tifffile's page tags (no ``asarray``) or, for WebP, a small
+RIFF chunk walker (Pillow's WebP ``open`` would allocate the whole canvas).
+
+This module owns the header readers shared with :mod:`dagflow.io.read`
+(:func:`open_source`, :func:`open_pillow`, :func:`pillow_layout`, :func:`tiff_layout`,
+:func:`webp_header`); it never decodes pixels.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from os import PathLike
+from typing import IO, Any
+
+import numpy as np
+from PIL import BmpImagePlugin, GifImagePlugin, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import Image as PILImage
+from PIL import ImageFile as PILImageFile
+
+from dagflow.exceptions import BadInputError
+from dagflow.io.errors import decoder_errors, os_error
+from dagflow.io.formats import SNIFF_BYTES, format_from_suffix, sniff_format
+from dagflow.io.orient import exif_orientation
+
+__all__ = [
+    "count_frames",
+    "open_pillow",
+    "open_source",
+    "pillow_layout",
+    "probe_header",
+    "tiff_layout",
+    "webp_header",
+]
+
+logger = logging.getLogger(__name__)
+
+_PILLOW_CLASSES: dict[str, type[PILImageFile.ImageFile]] = {
+    "jpeg": JpegImagePlugin.JpegImageFile,
+    "png": PngImagePlugin.PngImageFile,
+    "gif": GifImagePlugin.GifImageFile,
+    "webp": WebPImagePlugin.WebPImageFile,
+    "bmp": BmpImagePlugin.BmpImageFile,
+}
+
+#: Pillow mode -> (channels, dtype) of the array :func:`dagflow.io.read_image` returns.
+_PILLOW_MODES: dict[str, tuple[int, str]] = {
+    "1": (1, "uint8"),
+    "L": (1, "uint8"),
+    "LA": (2, "uint8"),
+    "La": (2, "uint8"),
+    "P": (3, "uint8"),
+    "PA": (4, "uint8"),
+    "RGB": (3, "uint8"),
+    "RGBX": (3, "uint8"),
+    "RGBA": (4, "uint8"),
+    "RGBa": (4, "uint8"),
+    "CMYK": (3, "uint8"),
+    "YCbCr": (3, "uint8"),
+    "LAB": (3, "uint8"),
+    "HSV": (3, "uint8"),
+    "I;16": (1, "uint16"),
+    "I;16L": (1, "uint16"),
+    "I;16B": (1, "uint16"),
+    "I;16N": (1, "uint16"),
+    "I": (1, "int32"),
+    "F": (1, "float32"),
+}
+
+#: PNG raw modes of 16-bit colour, which Pillow would reduce to 8 bits.
+PNG16_RAWMODES = {"RGB;16B": 3, "RGBA;16B": 4, "LA;16B": 2}
+
+# TIFF photometric interpretations.
+_MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
+_TIFF_JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
+
+
+def probe_header(path: str | PathLike[str]) -> dict[str, Any]:
+    """Read an image's header: size, layout, orientation and frame count.
+
+    Never decodes pixel data, so it is cheap on huge images and safe on decompression
+    bombs; a file cut right after its header still probes.
+
+    Parameters
+    ----------
+    path
+        The image file. Its format is recognised by content, not by suffix.
+
+    Returns
+    -------
+    dict
+        ``path`` (str), ``format`` (``jpeg``, ``png``, ``webp``, ``tiff``, ``gif``,
+        ``bmp``), ``width`` and ``height`` (as stored, before EXIF orientation),
+        ``channels`` and ``dtype`` / ``itemsize`` / ``bit_depth`` (of the array
+        :func:`dagflow.io.read_image` returns: a palette PNG has 3 or 4 channels, a
+        CMYK JPEG 3), ``orientation`` (EXIF 1..8; 1 when absent or invalid),
+        ``frames`` (animation frames or TIFF pages), ``size_bytes`` and
+        ``extension_mismatch`` (the suffix names another format).
+
+    Raises
+    ------
+    BadInputError
+        ``missing``, ``not_a_file``, ``unreadable``, ``empty_file``, ``unidentified``,
+        ``truncated``, ``corrupt`` or ``unsupported_mode``.
+    TransientError
+        For a retryable I/O error (``EIO``, ``ETIMEDOUT``, ``ESTALE``...).
+    """
+    with open_source(path) as (fp, fmt, size_bytes), decoder_errors(path):
+        if fmt == "tiff":
+            import tifffile
+
+            with tifffile.TiffFile(fp) as tif:
+                header = tiff_layout(tif)
+        elif fmt == "webp":
+            header = webp_header(fp)
+        else:
+            im = open_pillow(fp, fmt, path)
+            channels, dtype = pillow_layout(im, fmt)
+            header = {
+                "width": im.size[0],
+                "height": im.size[1],
+                "channels": channels,
+                "dtype": dtype,
+                "orientation": exif_orientation(im.info.get("exif")),
+                "frames": count_frames(im),
+            }
+    return _finish(header, path, fmt, size_bytes)
+
+
+def _finish(header: dict[str, Any], path: Any, fmt: str, size_bytes: int) -> dict[str, Any]:
+    itemsize = np.dtype(header["dtype"]).itemsize
+    suffix_format = format_from_suffix(path)
+    return {
+        "path": str(path),
+        "format": fmt,
+        "width": int(header["width"]),
+        "height": int(header["height"]),
+        "channels": int(header["channels"]),
+        "dtype": str(header["dtype"]),
+        "itemsize": itemsize,
+        "bit_depth": itemsize * 8,
+        "orientation": int(header["orientation"]),
+        "frames": int(header["frames"]),
+        "size_bytes": int(size_bytes),
+        "extension_mismatch": suffix_format is not None and suffix_format != fmt,
+    }
+
+
+@contextmanager
+def open_source(path: str | PathLike[str]) -> Iterator[tuple[IO[bytes], str, int]]:
+    """Open an image file for reading and recognise its format by content.
+
+    Parameters
+    ----------
+    path
+        The file.
+
+    Yields
+    ------
+    (file, format, size_bytes)
+        A binary file positioned at 0, the sniffed format and the file size.
+
+    Raises
+    ------
+    BadInputError
+        ``missing``, ``not_a_file``, ``unreadable``, ``empty_file`` or ``unidentified``.
+    TransientError
+        For a retryable I/O error.
+    """
+    try:
+        st = os.stat(path)
+        fp = open(path, "rb")  # noqa: SIM115 - closed below, after the caller's block
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    with fp:
+        if not _is_regular(st.st_mode):
+            raise BadInputError("not_a_file", f"{path} is not a regular file")
+        if st.st_size == 0:
+            raise BadInputError("empty_file", f"{path} is empty (0 bytes)")
+        try:
+            head = fp.read(SNIFF_BYTES)
+            fp.seek(0)
+        except OSError as exc:
+            raise os_error(exc, path) from exc
+        fmt = sniff_format(head)
+        if fmt is None:
+            raise BadInputError(
+                "unidentified",
+                f"{path}: content is not a JPEG, PNG, WebP, TIFF, GIF or BMP image "
+                f"(starts with {head[:8]!r})",
+            )
+        yield fp, fmt, st.st_size
+
+
+def _is_regular(mode: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(mode)
+
+
+def open_pillow(fp: IO[bytes], fmt: str, path: Any) -> PILImageFile.ImageFile:
+    """Parse the header of a Pillow-read format, without Pillow's global pixel limit.
+
+    The plugin class is called directly rather than through ``PIL.Image.open``: the
+    format is already known from the content, and dagflow applies its own per-call
+    pixel limit instead of Pillow's process-wide ``MAX_IMAGE_PIXELS`` (whose warning
+    would otherwise escape). Call inside :func:`dagflow.io.errors.decoder_errors`.
+
+    Parameters
+    ----------
+    fp
+        The open file, at position 0.
+    fmt
+        ``jpeg``, ``png``, ``gif``, ``webp`` or ``bmp``.
+    path
+        The file name, for Pillow's messages.
+
+    Returns
+    -------
+    PIL.ImageFile.ImageFile
+        The lazily opened image (pixels not decoded).
+    """
+    fp.seek(0)
+    return _PILLOW_CLASSES[fmt](fp, os.fspath(path))
+
+
+def pillow_layout(im: PILImage.Image, fmt: str) -> tuple[int, str]:
+    """``(channels, dtype)`` that the reader produces from a lazily opened Pillow image.
+
+    Raises
+    ------
+    BadInputError
+        ``unsupported_mode`` for a Pillow mode dagflow does not convert.
+    """
+    if fmt == "png":
+        rawmode = _png_rawmode(im)
+        if rawmode in PNG16_RAWMODES:
+            return PNG16_RAWMODES[rawmode], "uint16"
+    layout = _PILLOW_MODES.get(im.mode)
+    if layout is None:
+        raise BadInputError("unsupported_mode", f"{fmt} image with Pillow mode {im.mode!r}")
+    channels, dtype = layout
+    if "transparency" in im.info and im.mode in ("P", "L", "RGB", "I;16"):
+        channels = {"P": 4, "L": 2, "RGB": 4, "I;16": 2}[im.mode]
+    return channels, dtype
+
+
+def _png_rawmode(im: PILImage.Image) -> str | None:
+    tile = getattr(im, "tile", None)
+    if not tile:
+        return None
+    args = tile[0].args
+    return args if isinstance(args, str) else None
+
+
+def count_frames(im: PILImage.Image) -> int:
+    """Frames of an animation, counted by walking block headers (no pixel decoding)."""
+    try:
+        return int(getattr(im, "n_frames", 1) or 1)
+    except Exception:  # a broken later frame: the first one may still be readable
+        logger.debug("could not count frames of %s", getattr(im, "filename", "?"), exc_info=True)
+        return 1
+
+
+def tiff_layout(tif: Any) -> dict[str, Any]:
+    """Size, layout and orientation of the first page of an open ``tifffile.TiffFile``.
+
+    Returns
+    -------
+    dict
+        ``width``, ``height``, ``channels``, ``dtype`` (of the array the reader returns),
+        ``orientation``, ``frames`` (pages), and ``samples`` / ``axes`` / ``photometric``
+        / ``source_dtype`` for the reader.
+
+    Raises
+    ------
+    BadInputError
+        ``unsupported_mode`` for layouts dagflow does not read (volumes, YCbCr without
+        JPEG, Lab...), ``corrupt`` for a file without pages.
+    """
+    if len(tif.pages) == 0:
+        raise BadInputError("corrupt", "TIFF without any image page")
+    page = tif.pages.first
+    axes = page.axes
+    shape = page.shape
+    sizes = dict(zip(axes, shape, strict=False))
+    extra = {ax: n for ax, n in sizes.items() if ax not in "YXS" and n != 1}
+    if "Y" not in sizes or "X" not in sizes or extra:
+        raise BadInputError("unsupported_mode", f"TIFF page with axes {axes} and shape {shape}")
+    dtype = page.dtype
+    if dtype is None:
+        raise BadInputError(
+            "unsupported_mode", f"TIFF with {page.bitspersample} bits per sample is not read"
+        )
+    dtype = np.dtype(dtype)
+    samples = int(sizes.get("S", 1))
+    photometric = int(page.photometric)
+    channels = samples
+    out_dtype = np.dtype(np.uint8) if dtype == np.bool_ else dtype
+    if photometric == _PALETTE:
+        channels = 3
+        out_dtype = np.dtype(np.uint8) if _palette_is_8bit(page) else np.dtype(np.uint16)
+    elif photometric == _SEPARATED:
+        if samples < 4:
+            raise BadInputError("unsupported_mode", f"separated TIFF with {samples} samples")
+        channels = samples - 1  # CMYK -> RGB, extra samples kept
+    elif photometric == _YCBCR and int(page.compression) not in _TIFF_JPEG_COMPRESSIONS:
+        raise BadInputError("unsupported_mode", "YCbCr TIFF without JPEG compression")
+    elif photometric not in (_MINISWHITE, _MINISBLACK, _RGB, _YCBCR):
+        raise BadInputError("unsupported_mode", f"TIFF photometric interpretation {photometric}")
+    tag = page.tags.get(274)
+    orientation = int(tag.value) if tag is not None and isinstance(tag.value, int) else 1
+    return {
+        "width": int(sizes["X"]),
+        "height": int(sizes["Y"]),
+        "channels": channels,
+        "dtype": out_dtype.name,
+        "orientation": orientation if 1 <= orientation <= 8 else 1,
+        "frames": len(tif.pages),
+        "samples": samples,
+        "axes": axes,
+        "photometric": photometric,
+        "source_dtype": dtype.name,
+    }
+
+
+def _palette_is_8bit(page: Any) -> bool:
+    colormap = page.colormap
+    if colormap is None:
+        raise BadInputError("corrupt", "palette TIFF without a colour map")
+    colormap = np.asarray(colormap)
+    return bool(colormap.max() <= 255 or np.all(colormap % 257 == 0))
+
+
+def webp_header(fp: IO[bytes]) -> dict[str, Any]:
+    """Size, alpha, frames and orientation of a WebP file from its RIFF chunk headers.
+
+    Pillow's WebP ``open`` reads the whole file and allocates the canvas; this walks the
+    chunk headers instead and reads only the ``VP8``/``VP8L``/``VP8X`` and ``EXIF``
+    payloads.
+
+    Raises
+    ------
+    BadInputError
+        ``truncated`` or ``corrupt`` when the chunk structure is broken.
+    """
+    fp.seek(0)
+    riff = fp.read(12)
+    if len(riff) < 12:
+        raise BadInputError("truncated", "WebP file shorter than its RIFF header")
+    (riff_size,) = struct.unpack("<I", riff[4:8])
+    end = 8 + riff_size
+    width = height = 0
+    alpha = False
+    frames = 0
+    exif: bytes | None = None
+    position = 12
+    first = True
+    for _ in range(1_000_000):
+        fp.seek(position)
+        chunk = fp.read(8)
+        if len(chunk) < 8:
+            break
+        fourcc, size = chunk[:4], struct.unpack("<I", chunk[4:])[0]
+        if first:
+            width, height, alpha = _webp_first_chunk(fourcc, fp.read(min(size, 30)))
+            first = False
+        elif fourcc == b"ALPH":
+            alpha = True
+        elif fourcc == b"ANMF":
+            frames += 1
+        elif fourcc == b"EXIF" and exif is None:
+            exif = fp.read(min(size, 1 << 20))
+        position += 8 + size + (size & 1)
+        if position >= end:
+            break
+    if first:
+        raise BadInputError("truncated", "WebP file without an image chunk")
+    if width <= 0 or height <= 0:
+        raise BadInputError("corrupt", "WebP header declares an empty image")
+    return {
+        "width": width,
+        "height": height,
+        "channels": 4 if alpha else 3,
+        "dtype": "uint8",
+        "orientation": exif_orientation(exif),
+        "frames": max(frames, 1),
+    }
+
+
+def _webp_first_chunk(fourcc: bytes, payload: bytes) -> tuple[int, int, bool]:
+    if fourcc == b"VP8X" and len(payload) >= 10:
+        flags = payload[0]
+        width = 1 + int.from_bytes(payload[4:7], "little")
+        height = 1 + int.from_bytes(payload[7:10], "little")
+        return width, height, bool(flags & 0x10)
+    if fourcc == b"VP8L" and len(payload) >= 5 and payload[0] == 0x2F:
+        bits = int.from_bytes(payload[1:5], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF), bool((bits >> 28) & 1)
+    if fourcc == b"VP8 " and len(payload) >= 10 and payload[3:6] == b"\x9d\x01\x2a":
+        width = int.from_bytes(payload[6:8], "little") & 0x3FFF
+        height = int.from_bytes(payload[8:10], "little") & 0x3FFF
+        return width, height, False
+    if len(payload) < 10:
+        raise BadInputError("truncated", f"WebP {fourcc!r} chunk is cut short")
+    raise BadInputError("corrupt", f"WebP file starts with an unknown chunk {fourcc!r}")
+

@@ -1,0 +1,25 @@
+"""The only layer that talks to a live cluster: connecting, running, results."""
+
+from dagflow.runtime.cluster import connect, start_local_cluster
+from dagflow.runtime.result import (
+    EXIT_BREAKER,
+    EXIT_FAILED_ITEMS,
+    EXIT_INVALID,
+    EXIT_OK,
+    RunResult,
+)
+from dagflow.runtime.run import RunHandle, load_workflow, run, select_items
+
+__all__ = [
+    "EXIT_BREAKER",
+    "EXIT_FAILED_ITEMS",
+    "EXIT_INVALID",
+    "EXIT_OK",
+    "RunHandle",
+    "RunResult",
+    "connect",
+    "load_workflow",
+    "run",
+    "select_items",
+    "start_local_cluster",
+]

@@ -1,0 +1,137 @@
+"""Connecting to a Dask cluster: an existing client, an address, a scheduler file, or an
+embedded ``LocalCluster``.
+
+The order tried by :func:`connect`: an explicit ``client``; an explicit ``cluster``
+address (``tcp://...``, ``tls://...``); a ``scheduler_file``; ``DASK_SCHEDULER_ADDRESS``
+(Dask's own ``scheduler-address`` setting); otherwise a ``LocalCluster`` started for
+this run and closed after it. The embedded cluster binds every listener (scheduler,
+workers, dashboard) to 127.0.0.1 unless configured otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dask.config
+from distributed import Client, LocalCluster
+
+from dagflow import config
+from dagflow.exceptions import ConfigError
+
+__all__ = ["connect", "dashboard_link", "start_local_cluster"]
+
+logger = logging.getLogger(__name__)
+
+
+def start_local_cluster(
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    processes: bool = True,
+    resources: Mapping[str, float] | None = None,
+    **kwargs: Any,
+) -> LocalCluster:
+    """Start the embedded cluster with dagflow's settings (loopback, worker environment).
+
+    Parameters
+    ----------
+    n_workers, threads_per_worker, memory_limit
+        Default to ``dagflow.cluster.*`` in the configuration, then to Dask's choice.
+    processes
+        Worker processes (the default) or threads in this process.
+    resources
+        Extra resources every worker advertises.
+    **kwargs
+        Passed to :class:`distributed.LocalCluster`.
+    """
+    host = config.get("cluster.host")
+    options: dict[str, Any] = {
+        "host": host,
+        "dashboard_address": config.get("cluster.dashboard-address"),
+        "n_workers": config.resolve(n_workers, "cluster.n-workers"),
+        "threads_per_worker": config.resolve(threads_per_worker, "cluster.threads-per-worker"),
+        "memory_limit": config.resolve(memory_limit, "cluster.memory-limit"),
+        "processes": processes,
+        "silence_logs": logging.WARNING,
+    }
+    if processes:
+        env = {str(k): str(v) for k, v in (config.get("cluster.worker-env") or {}).items()}
+        options["env"] = env
+    if resources:
+        options["resources"] = dict(resources)
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update(kwargs)
+    cluster = LocalCluster(**options)
+    logger.info("started a local cluster: %s, dashboard %s", cluster.scheduler_address,
+                cluster.dashboard_link)
+    return cluster
+
+
+def dashboard_link(client: Client) -> str | None:
+    """The dashboard URL of the client's scheduler, if it has one."""
+    try:
+        return client.dashboard_link
+    except Exception:  # no dashboard (bokeh missing or disabled)
+        return None
+
+
+@contextlib.contextmanager
+def connect(
+    client: Client | None = None,
+    *,
+    cluster: str | Any | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
+    local_options: Mapping[str, Any] | None = None,
+) -> Iterator[Client]:
+    """A client for the run, closing what this call started.
+
+    Parameters
+    ----------
+    client
+        Use this client as it is (it is not closed).
+    cluster
+        ``"local"``, a scheduler address, a cluster object with a ``scheduler_address``,
+        or a cluster profile name or file (see :mod:`dagflow.runtime.profiles`).
+    scheduler_file
+        A scheduler file written by ``dask scheduler --scheduler-file``.
+    local_options
+        Keyword arguments for :func:`start_local_cluster`.
+    """
+    if client is not None:
+        yield client
+        return
+    address = None
+    if isinstance(cluster, str) and "://" in cluster:
+        address = cluster
+    elif cluster is not None and not isinstance(cluster, str):
+        address = getattr(cluster, "scheduler_address", None)
+        if address is None:
+            raise ConfigError(f"cannot connect to {cluster!r}: it has no scheduler_address")
+    if address is not None:
+        with Client(address) as c:
+            yield c
+        return
+    if scheduler_file is not None:
+        if not os.path.exists(scheduler_file):
+            raise ConfigError(f"scheduler file {os.fspath(scheduler_file)!r} does not exist")
+        with Client(scheduler_file=os.fspath(scheduler_file)) as c:
+            yield c
+        return
+    if cluster in (None, "local"):
+        env_address = dask.config.get("scheduler-address", None)
+        if env_address and cluster is None:
+            with Client(env_address) as c:
+                yield c
+            return
+        with start_local_cluster(**dict(local_options or {})) as lc, Client(lc) as c:
+            yield c
+        return
+    from dagflow.runtime.profiles import cluster_from_profile
+
+    with cluster_from_profile(cluster) as started, Client(started) as c:
+        yield c

@@ -1,0 +1,165 @@
+"""The outcome of a run: :class:`RunResult`, and the exit codes the CLI maps it to."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["EXIT_BREAKER", "EXIT_FAILED_ITEMS", "EXIT_INVALID", "EXIT_OK", "RunResult"]
+
+#: Every item succeeded (or was skipped by a condition or already done).
+EXIT_OK = 0
+#: The run finished but some items failed.
+EXIT_FAILED_ITEMS = 1
+#: Invalid workflow, configuration or usage: nothing ran.
+EXIT_INVALID = 2
+#: A circuit breaker opened and the run stopped early; re-run to finish the rest.
+EXIT_BREAKER = 3
+
+
+@dataclass
+class RunResult:
+    """What happened in a run.
+
+    Attributes
+    ----------
+    run_id, run_dir, output_dir, workflow
+        Which run, and where its files are.
+    items
+        Input items in the run's input set.
+    executed
+        Items processed in this run (the others were already done).
+    already_done
+        Items whose every node was finished by an earlier run into the same output.
+    succeeded, failed, skipped
+        Items of this run by outcome (``skipped``: a condition excluded every output).
+    nodes
+        Per node id, counts by status (``ok``, ``failed``, ``skipped``, ``upstream_failed``).
+    failures
+        Records of failed items (up to a bound; all are in the records).
+    aggregates
+        Output path of each aggregate node.
+    errors
+        Run-level problems (a failed aggregate, a stopped breaker).
+    duration_s
+        Wall time of the run.
+    dashboard
+        Link to the Dask dashboard while the cluster was up.
+    stopped
+        Why the run stopped early, if it did.
+    """
+
+    run_id: str
+    run_dir: Path
+    output_dir: Path
+    workflow: str
+    items: int = 0
+    executed: int = 0
+    already_done: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    skipped: int = 0
+    nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    aggregates: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+    dashboard: str | None = None
+    stopped: str | None = None
+    chunk_size: int = 0
+    chunks: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        """The CLI's exit code for this result (see the README)."""
+        if self.stopped:
+            return EXIT_BREAKER
+        if self.failed or self.errors:
+            return EXIT_FAILED_ITEMS
+        return EXIT_OK
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == EXIT_OK
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready summary (what ``dagflow run --json`` prints)."""
+        out = asdict(self)
+        out["run_dir"] = str(self.run_dir)
+        out["output_dir"] = str(self.output_dir)
+        out["exit_code"] = self.exit_code
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def records(self) -> pd.DataFrame:
+        """Every record of this run (one row per item and node) as a DataFrame."""
+        import pyarrow.dataset as ds
+
+        from dagflow.recovery.checkpoint import RECORD_SCHEMA
+
+        records_dir = self.run_dir / "records"
+        if not records_dir.exists():
+            return RECORD_SCHEMA.empty_table().to_pandas()
+        return ds.dataset(records_dir, format="parquet", schema=RECORD_SCHEMA).to_table().to_pandas()
+
+    def item_outcomes(self) -> pd.DataFrame:
+        """One row per item of this run: its path and its worst status across nodes."""
+        df = self.records()
+        rank = {"ok": 0, "skipped": 1, "upstream_failed": 2, "failed": 3}
+        df = df.assign(_rank=df["status"].map(rank))
+        worst = df.sort_values("_rank").groupby("item_id").tail(1)
+        return worst[["item_id", "input_path", "status", "node_id", "error_class",
+                      "error_message"]].sort_values("item_id").reset_index(drop=True)
+
+    def __str__(self) -> str:
+        lines = [
+            f"run {self.run_id} of workflow {self.workflow!r}: {self.items} items, "
+            f"{self.executed} executed, {self.already_done} already done",
+            f"  succeeded {self.succeeded}, failed {self.failed}, skipped {self.skipped} "
+            f"in {self.duration_s:.1f} s",
+        ]
+        for node, counts in self.nodes.items():
+            lines.append(f"  {node}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        for f in self.failures[:10]:
+            lines.append(f"  failed: {f['input_path']} at {f['node_id']}: "
+                         f"[{f['error_class']}] {f['error_message']}")
+        if len(self.failures) > 10:
+            lines.append(f"  ... {len(self.failures) - 10} more failures in the records")
+        for node, path in self.aggregates.items():
+            lines.append(f"  {node}: {path}")
+        lines.extend(f"  error: {e}" for e in self.errors)
+        if self.stopped:
+            lines.append(f"  STOPPED: {self.stopped}")
+        lines.append(f"  run directory: {self.run_dir}")
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(n)}</td>"
+            + "".join(f"<td>{c.get(s, 0)}</td>" for s in ("ok", "failed", "skipped",
+                                                          "upstream_failed"))
+            + "</tr>"
+            for n, c in self.nodes.items()
+        )
+        fails = "".join(
+            f"<li>{html.escape(str(f['input_path']))} at <b>{html.escape(f['node_id'])}</b>: "
+            f"[{html.escape(str(f['error_class']))}] {html.escape(str(f['error_message']))}</li>"
+            for f in self.failures[:20]
+        )
+        return (
+            f"<div><b>Run {html.escape(self.run_id)}</b> of {html.escape(self.workflow)}: "
+            f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped, "
+            f"{self.already_done} already done, in {self.duration_s:.1f} s"
+            "<table><tr><th>node</th><th>ok</th><th>failed</th><th>skipped</th>"
+            f"<th>upstream failed</th></tr>{rows}</table>"
+            + (f"<ul>{fails}</ul>" if fails else "")
+            + f"<p>Run directory: <code>{html.escape(str(self.run_dir))}</code></p></div>"
+        )

@@ -1,0 +1,431 @@
+"""``dagflow.run``: validate, plan, compile in windows, submit, record, summarise.
+
+The only layer (with :mod:`dagflow.runtime.cluster`) that talks to a live cluster. The
+client never touches pixels: it submits compiled windows of chunks, waits on each
+chunk's records task, and keeps counts. At most ``dagflow.runtime.window`` chunks are in
+flight; new ones are compiled and submitted as others finish, so memory on the client
+and the scheduler stays bounded whatever the batch size.
+
+A chunk whose task fails as a whole (a worker killed by one poison image, a bug outside
+the per-item guard) is split in two and resubmitted, down to single items, so that only
+the item at fault is recorded as failed (``lost_worker`` after Dask's allowed failures).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from distributed import Client, as_completed
+from distributed.scheduler import KilledWorker
+
+from dagflow import config
+from dagflow.compile import (
+    Chunk,
+    NodeTask,
+    RunContext,
+    choose_chunk_size,
+    compile_chunks,
+    layer_name,
+    make_chunks,
+    node_tasks,
+)
+from dagflow.execute import ChunkSummary, reduce_aggregate
+from dagflow.inputs import InputSet, resolve_inputs
+from dagflow.io.atomic import atomic_write
+from dagflow.recovery.checkpoint import Checkpoint, load_done, write_records
+from dagflow.recovery.events import EventLog
+from dagflow.runtime.cluster import connect, dashboard_link
+from dagflow.runtime.result import RunResult
+from dagflow.workflow import Workflow
+
+__all__ = ["RunHandle", "new_run_id", "run", "select_items"]
+
+logger = logging.getLogger(__name__)
+
+WorkflowLike = Workflow | str | os.PathLike[str]
+
+
+def new_run_id() -> str:
+    """A run id that sorts by start time: ``YYYYmmdd-HHMMSS-xxxxxx``."""
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
+
+
+def load_workflow(workflow: WorkflowLike) -> Workflow:
+    """A validated workflow from a :class:`Workflow`, a YAML path or YAML text."""
+    if not isinstance(workflow, Workflow):
+        workflow = Workflow.from_yaml(Path(workflow) if not isinstance(workflow, str)
+                                      or "\n" not in workflow else workflow)
+    return workflow.validate()
+
+
+def select_items(
+    items: Sequence[Mapping[str, Any]],
+    tasks: Mapping[str, NodeTask],
+    checkpoint: Checkpoint,
+    *,
+    retry_failed: bool = False,
+) -> tuple[list[Mapping[str, Any]], int]:
+    """The items to run, and how many are already done.
+
+    An item is done when every node's ``(item key, node key)`` is done in the checkpoint
+    and each output it wrote still exists. With ``retry_failed``, only items with a
+    failure on record are run.
+    """
+    to_run, done = [], 0
+    for item in items:
+        ik = item["key"]
+        finished = all(
+            checkpoint.is_done(ik, t.key)
+            and (t.kind not in ("sink",) or _output_exists(checkpoint, ik, t.key))
+            for t in tasks.values()
+        )
+        if finished:
+            done += 1
+            continue
+        if retry_failed and not any((ik, t.key) in checkpoint.failed for t in tasks.values()):
+            continue
+        to_run.append(item)
+    return to_run, done
+
+
+def _output_exists(checkpoint: Checkpoint, item_key: str, node_key: str) -> bool:
+    path = checkpoint.outputs.get((item_key, node_key))
+    return path is None or os.path.exists(path)
+
+
+@dataclass
+class _Progress:
+    total: int
+    show: bool
+    done: int = 0
+    failed: int = 0
+    bar: Any = None
+    listeners: list[Callable[[int, int], None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="img", file=sys.stderr, dynamic_ncols=True,
+                            desc="dagflow")
+
+    def update(self, items: int, failed: int) -> None:
+        self.done += items
+        self.failed += failed
+        if self.bar is not None:
+            self.bar.update(items)
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+        for listener in self.listeners:
+            listener(self.done, self.failed)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class _Runner:
+    """Submits windows of chunks and accumulates their summaries into a result."""
+
+    def __init__(self, client: Client, tasks: dict[str, NodeTask], ctx: RunContext,
+                 result: RunResult, events: EventLog, progress: _Progress) -> None:
+        self.client = client
+        self.tasks = tasks
+        self.ctx = ctx
+        self.result = result
+        self.events = events
+        self.progress = progress
+        self.token = secrets.token_hex(4)
+        self.dask_retries = int(config.get("runtime.dask-retries"))
+        self.annotations = {nid: {"retries": self.dask_retries} for nid in tasks}
+        self.chunks: dict[int, Chunk] = {}
+        self.next_index = 0
+
+    def _submit(self, chunks: list[Chunk], seq: as_completed) -> None:
+        for c in chunks:
+            self.chunks[c.index] = c
+        compiled = compile_chunks(self.tasks, self.ctx, chunks, token=self.token,
+                                  annotations=self.annotations)
+        futures = self.client.get(compiled.graph, compiled.commit_keys, sync=False)
+        seq.update(futures)
+        self.events.emit("chunks_submitted", chunks=[c.index for c in chunks],
+                         items=sum(len(c) for c in chunks))
+
+    def _absorb(self, summary: ChunkSummary) -> None:
+        r = self.result
+        failed = 0
+        for status in summary.item_status.values():
+            if status == "failed":
+                failed += 1
+            setattr(r, status, getattr(r, status) + 1)
+        for (node, status), n in summary.counts.items():
+            r.nodes.setdefault(node, {})
+            r.nodes[node][status] = r.nodes[node].get(status, 0) + n
+        r.failures.extend(summary.failures[: max(0, 1000 - len(r.failures))])
+        self.events.emit("chunk_finished", chunk=summary.index, items=summary.items,
+                         failed=failed, part=summary.part)
+        self.progress.update(summary.items, failed)
+
+    def _fail_item(self, chunk: Chunk, exc: BaseException) -> ChunkSummary:
+        """Record a single item whose task failed as a whole (its worker died, or worse)."""
+        item = chunk.items[0]
+        error_class = "lost_worker" if isinstance(exc, KilledWorker) else "bug"
+        message = (f"the task for this item failed as a whole: {type(exc).__name__}: {exc}")[:2000]
+        rows = [{
+            "run_id": self.ctx.run_id, "item_id": item["item_id"], "item_key": item["key"],
+            "input_path": item["path"], "rel": item["rel"], "node_id": t.id, "node_key": t.key,
+            "op": t.op, "status": "failed" if i == 0 else "upstream_failed",
+            "error_class": error_class if i == 0 else None,
+            "error_type": type(exc).__name__ if i == 0 else None,
+            "error_message": message if i == 0 else None, "attempts": self.dask_retries + 1,
+            "duration_s": 0.0, "started": time.time(), "worker": None, "device": None,
+        } for i, t in enumerate(self.tasks.values())]
+        part = None
+        if self.ctx.checkpoint:
+            part = os.fspath(Path(self.ctx.run_dir, "records", f"part-{chunk.index:07d}.parquet"))
+            write_records(part, rows)
+        counts = collections.Counter((r["node_id"], r["status"]) for r in rows)
+        return ChunkSummary(chunk.index, 1, dict(counts), {item["item_id"]: "failed"},
+                            rows[:1], part, 0.0)
+
+    def run(self, items: Sequence[Mapping[str, Any]], chunk_size: int) -> None:
+        pending = collections.deque(make_chunks(items, chunk_size))
+        self.next_index = len(pending)
+        window = max(1, int(config.get("runtime.window")))
+        batch = max(1, min(256, window // 4))
+        seq = as_completed()
+        in_flight = 0
+
+        def submit(n: int) -> int:
+            taken = [pending.popleft() for _ in range(min(n, len(pending)))]
+            if taken:
+                self._submit(taken, seq)
+            return len(taken)
+
+        while pending and in_flight < window:
+            in_flight += submit(min(batch, window - in_flight))
+        for future in seq:
+            in_flight -= 1
+            index = future.key[1]
+            chunk = self.chunks.pop(index)
+            try:
+                summary = future.result()
+            except Exception as exc:
+                if len(chunk) > 1:
+                    logger.warning("chunk %d failed as a whole (%s: %s); splitting it",
+                                   index, type(exc).__name__, exc)
+                    half = len(chunk) // 2
+                    for part in (chunk.items[:half], chunk.items[half:]):
+                        pending.appendleft(Chunk(self.next_index, tuple(part)))
+                        self.next_index += 1
+                    self.events.emit("chunk_split", chunk=index, error=repr(exc))
+                    in_flight += submit(2)
+                    continue
+                summary = self._fail_item(chunk, exc)
+            finally:
+                future.release()
+            self._absorb(summary)
+            if pending and window - in_flight >= min(batch, len(pending)):
+                in_flight += submit(min(batch, window - in_flight))
+
+    def reduce_aggregates(self, all_item_keys: frozenset[str]) -> None:
+        for t in self.tasks.values():
+            if t.kind != "aggregate":
+                continue
+            key = layer_name(f"{t.id}-reduce", self.token)
+            future = self.client.submit(reduce_aggregate, t, self.ctx, all_item_keys, key=key,
+                                        pure=False)
+            try:
+                self.result.aggregates[t.id] = future.result()
+                self.events.emit("aggregate_written", node=t.id, path=self.result.aggregates[t.id])
+            except Exception as exc:
+                message = f"aggregate {t.id!r} failed: {type(exc).__name__}: {exc}"
+                self.result.errors.append(message)
+                self.events.emit("aggregate_failed", node=t.id, error=message)
+
+
+def _prepare_run_dir(output: Path, run_id: str, workflow: Workflow,
+                     inputs: InputSet) -> tuple[Path, Path]:
+    state_dir = output / config.get("state-dir")
+    run_dir = state_dir / "runs" / run_id
+    (run_dir / "records").mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(run_dir / "workflow.yaml", workflow.to_yaml().encode())
+    except ValueError:  # a Python predicate has no YAML form
+        atomic_write(run_dir / "workflow.txt", str(workflow).encode())
+    return state_dir, run_dir
+
+
+def run(
+    workflow: WorkflowLike,
+    inputs: Any,
+    output: str | os.PathLike[str],
+    *,
+    client: Client | None = None,
+    cluster: str | Any | None = None,
+    scheduler_file: str | os.PathLike[str] | None = None,
+    chunk_size: int | None = None,
+    resume: bool = True,
+    retry_failed: bool = False,
+    checkpoint: bool = True,
+    progress: bool | None = None,
+    local_options: Mapping[str, Any] | None = None,
+    wait: bool = True,
+) -> RunResult | RunHandle:
+    """Run ``workflow`` over ``inputs``, writing into ``output``.
+
+    Parameters
+    ----------
+    workflow
+        A :class:`Workflow`, or the path of (or text of) a YAML workflow.
+    inputs
+        A directory, glob, manifest, image path, list of those, or an :class:`InputSet`.
+    output
+        The output directory. dagflow's state (run directories, checkpoints) goes in its
+        ``_dagflow`` sub-directory.
+    client, cluster, scheduler_file
+        Where to run (see :func:`dagflow.runtime.cluster.connect`); by default
+        ``DASK_SCHEDULER_ADDRESS`` if set, else an embedded ``LocalCluster``.
+    chunk_size
+        Items per task; ``None`` uses ``dagflow.chunk-size`` ("auto" by default).
+    resume
+        Skip items that earlier runs into ``output`` finished (same inputs, same nodes).
+    retry_failed
+        Run only the items that failed in earlier runs.
+    checkpoint
+        Write records as Parquet parts as chunks finish (needed for resume).
+    progress
+        Progress bar on stderr; ``None`` shows it when stderr is a terminal.
+    local_options
+        Keyword arguments for the embedded cluster.
+    wait
+        ``False`` returns a :class:`RunHandle` at once and runs in the background.
+
+    Returns
+    -------
+    RunResult
+        What happened to every item (or a :class:`RunHandle` when ``wait=False``).
+
+    Raises
+    ------
+    WorkflowValidationError, InputError, ConfigError
+        Before anything runs.
+    """
+    wf = load_workflow(workflow)
+    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(inputs)
+    options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
+                   chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
+                   checkpoint=checkpoint, local_options=local_options)
+    if not wait:
+        return RunHandle(lambda handle: _run(wf, input_set, Path(output), progress=False,
+                                             handle=handle, **options))
+    return _run(wf, input_set, Path(output), progress=progress, **options)
+
+
+def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, scheduler_file,
+         chunk_size, resume, retry_failed, checkpoint, progress, local_options,
+         handle: RunHandle | None = None) -> RunResult:
+    start = time.perf_counter()
+    output.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id()
+    state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
+    tasks = node_tasks(wf)
+    ctx = RunContext(run_id=run_id, run_dir=os.fspath(run_dir), output_dir=os.fspath(output),
+                     state_dir=os.fspath(state_dir), workflow=wf.name, checkpoint=checkpoint)
+    previous = load_done(state_dir) if (resume or retry_failed) else Checkpoint()
+    to_run, already_done = select_items(input_set.items, tasks, previous,
+                                        retry_failed=retry_failed)
+    result = RunResult(run_id=run_id, run_dir=run_dir, output_dir=output, workflow=wf.name,
+                       items=len(input_set.items), executed=len(to_run),
+                       already_done=already_done)
+    show = sys.stderr.isatty() if progress is None else progress
+    if show is None or config.get("runtime.progress") is False:
+        show = False
+    with EventLog(run_dir / "events.jsonl") as events:
+        events.emit("run_started", run_id=run_id, workflow=wf.name, items=len(input_set.items),
+                    to_run=len(to_run), already_done=already_done,
+                    corrupt_parts=[str(p) for p in previous.corrupt_parts])
+        bar = _Progress(total=len(to_run), show=bool(show))
+        if handle is not None:
+            bar.listeners.append(handle._on_progress)
+        try:
+            with connect(client, cluster=cluster, scheduler_file=scheduler_file,
+                         local_options=local_options) as c:
+                result.dashboard = dashboard_link(c)
+                if handle is not None:
+                    handle.dashboard = result.dashboard
+                n_threads = sum(c.nthreads().values()) or 1
+                size = config.resolve(chunk_size, "chunk-size")
+                if size == "auto":
+                    size = choose_chunk_size(len(to_run), n_threads,
+                                             minimum=int(config.get("min-chunk-size")),
+                                             maximum=int(config.get("max-chunk-size")))
+                result.chunk_size = int(size)
+                result.chunks = -(-len(to_run) // result.chunk_size)
+                runner = _Runner(c, tasks, ctx, result, events, bar)
+                if to_run:
+                    runner.run(to_run, result.chunk_size)
+                runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
+        except BaseException as exc:
+            events.emit("run_interrupted", error=repr(exc))
+            raise
+        finally:
+            bar.close()
+        result.duration_s = time.perf_counter() - start
+        atomic_write(run_dir / "summary.json", result.to_json().encode())
+        events.emit("run_finished", succeeded=result.succeeded, failed=result.failed,
+                    skipped=result.skipped, duration_s=result.duration_s)
+    return result
+
+
+class RunHandle:
+    """A run going on in the background (``dagflow.run(..., wait=False)``).
+
+    The notebook stays usable; :meth:`result` waits for the :class:`RunResult`.
+    """
+
+    def __init__(self, target: Callable[[RunHandle], RunResult]) -> None:
+        self.done_items = 0
+        self.failed_items = 0
+        self.dashboard: str | None = None
+        self._result: RunResult | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, args=(target,), daemon=True,
+                                        name="dagflow-run")
+        self._thread.start()
+
+    def _main(self, target: Callable[[RunHandle], RunResult]) -> None:
+        try:
+            self._result = target(self)
+        except BaseException as exc:
+            self._error = exc
+
+    def _on_progress(self, done: int, failed: int) -> None:
+        self.done_items, self.failed_items = done, failed
+
+    def done(self) -> bool:
+        """Whether the run has finished (or failed)."""
+        return not self._thread.is_alive()
+
+    def result(self, timeout: float | None = None) -> RunResult:
+        """Wait for the run and return its result (or raise its error)."""
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError(f"the run is still going after {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+    def __repr__(self) -> str:
+        state = "finished" if self.done() else "running"
+        return f"<RunHandle {state}: {self.done_items} items done, {self.failed_items} failed>"
