@@ -93,7 +93,8 @@ class UnknownOpError(DagflowError, KeyError):
         super().__init__(name)
 
     def __str__(self) -> str:
-        hint = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if self.suggestions else ""
+        close = ", ".join(map(repr, self.suggestions))
+        hint = f"; did you mean {close}?" if self.suggestions else ""
         return f"unknown op {self.name!r}{hint}"
 
 

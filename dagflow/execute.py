@@ -27,7 +27,9 @@ from typing import Any
 from dagflow.compile.spec import Chunk, NodeTask, RunContext
 from dagflow.exceptions import BadInputError
 from dagflow.image import Image
+from dagflow.monitor import hooks
 from dagflow.ops.registry import get_op
+from dagflow.recovery.breaker import counts_against_breaker
 from dagflow.recovery.policy import call_with_policy
 
 __all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "reduce_aggregate", "run_node"]
@@ -120,13 +122,20 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
     own: list[dict[str, Any]] = []
     spec = get_op(task.op)
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
+    consecutive_failures = 0
     for item in chunk.items:
         iid = item["item_id"]
         blocked = [p.blocked[iid] for p in parents if iid in p.blocked]
         if blocked:
-            status = "skipped" if all(b == "skipped" for b in blocked) else "upstream_failed"
+            status = _blocked_status(blocked)
             state.blocked[iid] = status
             own.append(_record(ctx, task, item, status, worker))
+            continue
+        if consecutive_failures >= task.breaker_failures:
+            state.blocked[iid] = "not_run"
+            own.append(_record(ctx, task, item, "not_run", worker, error_class="breaker",
+                               error_message=f"node {task.id!r} stopped after "
+                                             f"{consecutive_failures} consecutive failures"))
             continue
         inputs = [p.images[iid] for p in parents]
         started = time.time()
@@ -148,12 +157,15 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
         if spec.kind == "aggregate":
             aggregate_inputs.append((item, inputs[0]))
             continue
-        outcome = call_with_policy(lambda item=item, inputs=inputs: _invoke(task, ctx, item, inputs),
-                                   task.policy, timeout=task.timeout)
+        outcome = call_with_policy(
+            lambda item=item, inputs=inputs: _invoke(task, ctx, item, inputs),
+            task.policy, timeout=task.timeout,
+        )
         common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
                   "started": started}
         if outcome.error is not None:
             state.blocked[iid] = "failed"
+            consecutive_failures += counts_against_breaker(outcome.error_class)
             exc = outcome.error
             message = str(exc) or type(exc).__name__
             if outcome.error_class == "bug":
@@ -165,6 +177,7 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
                                error_message=message[:2000],
                                reason=getattr(exc, "reason", None), **common))
             continue
+        consecutive_failures = 0
         value = outcome.value
         if spec.kind == "sink":
             own.append(_record(ctx, task, item, "ok", worker, output_path=str(value),
@@ -186,6 +199,15 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
         own.extend(_run_aggregate_map(task, ctx, chunk, aggregate_inputs, worker))
     records[task.id] = own
     return state
+
+
+def _blocked_status(blocked: list[str]) -> str:
+    """What a node records for an item its parents did not deliver."""
+    if all(b == "skipped" for b in blocked):
+        return "skipped"
+    if "not_run" in blocked and "failed" not in blocked and "upstream_failed" not in blocked:
+        return "not_run"
+    return "upstream_failed"
 
 
 def _aggregate_dir(ctx: RunContext, task: NodeTask) -> Path:
@@ -267,6 +289,7 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
     if ctx.checkpoint:
         part = os.fspath(Path(ctx.run_dir, "records", f"part-{chunk.index:07d}.parquet"))
         write_records(part, rows)
+    hooks.chunk_done(ctx, rows)
     counts: dict[tuple[str, str], int] = {}
     item_status: dict[int, str] = {}
     leaf_status: dict[int, list[str]] = {}
@@ -278,6 +301,8 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
             item_status[iid] = "failed"
             if r["status"] == "failed" and len(failures) < MAX_FAILURES_RETURNED:
                 failures.append(r)
+        elif r["status"] == "not_run":
+            item_status.setdefault(iid, "not_run")
         if r["node_id"] in leaves:
             leaf_status.setdefault(iid, []).append(r["status"])
     for item in chunk.items:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import glob as globlib
 import hashlib
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,14 +165,11 @@ def resolve_inputs(
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 pass
-        rel = os.path.relpath(path, base) if path.startswith(base + os.sep) else os.path.basename(path)
+        inside = path.startswith(base.rstrip(os.sep) + os.sep)
+        rel = os.path.relpath(path, base) if inside else os.path.basename(path)
         item = {"item_id": len(items), "path": path, "rel": Path(rel).as_posix(),
                 "size": size, "mtime_ns": mtime, "key": item_key(path, size, mtime)}
         item.update({k: v for k, v in extra.items() if k in _HEADER_COLUMNS and v is not None})
         items.append(item)
     return InputSet(Path(base), items, ", ".join(map(os.fspath, specs)))
 
-
-def describe_inputs(inputs: Iterable[Any]) -> str:
-    """A short text naming what was given as inputs."""
-    return ", ".join(map(os.fspath, inputs))

@@ -100,7 +100,8 @@ def compile_chunks(
             static = layer_annotations
 
             def resources(key: tuple[str, int], task: NodeTask = task,
-                          static: Mapping[str, Any] = static) -> dict[str, Any]:
+                          static: Mapping[str, Any] = static,
+                          by_index: Mapping[int, Chunk] = by_index) -> dict[str, Any]:
                 merged = dict(static.get("resources", {}))
                 merged.update(chunk_annotations(task, by_index[key[1]]).get("resources", {}))
                 return merged

@@ -42,6 +42,8 @@ class NodeTask:
     when: Condition | None = None
     device: str = "auto"
     leaf: bool = False
+    #: Consecutive failures (not bad input) after which the rest of a chunk is not run.
+    breaker_failures: int = 10
 
 
 @dataclass(frozen=True)
@@ -110,5 +112,6 @@ def node_tasks(workflow: Workflow, *, max_pixels: int | None = None) -> dict[str
             policy=RetryPolicy.from_config(node.retry, retry_defaults),
             timeout=node.timeout if node.timeout is not None else default_timeout,
             when=node.when, device=node.device, leaf=not children.get(node.id),
+            breaker_failures=int(config.get("breaker.failures")),
         )
     return out

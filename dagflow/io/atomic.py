@@ -175,6 +175,10 @@ def _temporary(final: Path) -> Path:
     return final.with_name(f".{name}.{token}.tmp")
 
 
+def _opener(path: str, flags: int) -> int:
+    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+
 def _fsync_directory(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
@@ -243,11 +247,9 @@ def atomic_write(
     """
     final = _prepare(path, root)
     tmp = _temporary(final)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-    flags |= getattr(os, "O_CLOEXEC", 0)
-    fd = os.open(tmp, flags, 0o666)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        # "x": O_CREAT | O_EXCL, which also refuses an existing symlink at the name.
+        with open(tmp, "xb", opener=_opener) as fh:
             if isinstance(write_fn, bytes | bytearray | memoryview):
                 fh.write(write_fn)
             else:
@@ -294,7 +296,7 @@ def atomic_path(path: PathArg, *, root: PathArg | None = None) -> Iterator[Path]
     >>> target = os.path.join(tempfile.mkdtemp(), "out.txt")
     >>> with atomic_path(target) as tmp:
     ...     _ = tmp.write_text("done")
-    >>> open(target).read()
+    >>> Path(target).read_text()
     'done'
     """
     final = _prepare(path, root)

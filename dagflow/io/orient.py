@@ -15,8 +15,6 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import numpy as np
-
 __all__ = [
     "ORIENTATION_TAG",
     "apply_orientation",
@@ -49,7 +47,9 @@ def exif_orientation(exif: bytes | None) -> int:
 
     Examples
     --------
-    >>> block = b"MM\\x00*\\x00\\x00\\x00\\x08\\x00\\x01\\x01\\x12\\x00\\x03\\x00\\x00\\x00\\x01\\x00\\x06\\x00\\x00"
+    >>> header = b"MM\\x00*\\x00\\x00\\x00\\x08"  # big-endian TIFF, IFD at byte 8
+    >>> entry = b"\\x01\\x12\\x00\\x03\\x00\\x00\\x00\\x01\\x00\\x06\\x00\\x00"  # 0x0112 SHORT 6
+    >>> block = header + b"\\x00\\x01" + entry
     >>> exif_orientation(block), exif_orientation(None), exif_orientation(b"garbage")
     (6, 1, 1)
     """
@@ -121,6 +121,7 @@ def apply_orientation(array: Any, orientation: int) -> Any:
 
     Examples
     --------
+    >>> import numpy as np
     >>> a = np.arange(6).reshape(2, 3)
     >>> apply_orientation(a, 6).tolist()
     [[3, 0], [4, 1], [5, 2]]

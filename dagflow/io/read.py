@@ -316,10 +316,8 @@ def _tiff_to_yxc(raw: np.ndarray, header: dict[str, Any], page: Any) -> np.ndarr
 
 def _cmyk_to_rgb(data: np.ndarray) -> np.ndarray:
     """Naive CMYK -> RGB (no colour management), extra samples kept."""
-    if np.issubdtype(data.dtype, np.integer):
-        maximum = float(np.iinfo(data.dtype).max)
-    else:
-        maximum = 1.0
+    integer = np.issubdtype(data.dtype, np.integer)
+    maximum = float(np.iinfo(data.dtype).max) if integer else 1.0
     cmy = data[..., :3].astype(np.float32)
     k = data[..., 3:4].astype(np.float32)
     rgb = (maximum - cmy) * (maximum - k) / maximum

@@ -164,7 +164,7 @@ def stats_reduce(partials: Sequence[Sequence[Mapping[str, Any]]], dest: str,
     table = stats_table([row for part in partials for row in part])
     path = dest + ".parquet"
     with _atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, os.fspath(tmp))
     return path
 
 

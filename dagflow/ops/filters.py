@@ -137,7 +137,7 @@ def unsharp_array(
     Returns
     -------
     numpy.ndarray
-        The sharpened pixels, clipped to the dtype's range.
+        The sharpened pixels in ``arr``'s dtype (integers clipped to their range).
     """
     require_dtype(arr, "unsharp")
     top = dtype_max(arr.dtype) if arr.dtype.kind in "ui" else None
@@ -191,13 +191,15 @@ def filter_depth(op_name: str, params: Mapping[str, Any]) -> int:
                      f"{', '.join(sorted(FILTER_OPS))}")
 
 
-def _float_filter_memory(planes: int) -> Any:
-    def memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
-        # input + output in the image's dtype, plus float32 working planes (one channel
-        # at a time): ~4.7x the decoded size for 8-bit RGB with the Gaussian.
-        return decoded_bytes(header) * 2 + plane_pixels(header) * 4 * planes
+def _gaussian_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
+    # input + output in the image's dtype, plus two float32 planes (one channel at a
+    # time): ~4.7x the decoded size for 8-bit RGB.
+    return decoded_bytes(header) * 2 + plane_pixels(header) * 4 * 2
 
-    return memory
+
+def _unsharp_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
+    # as the Gaussian, plus the float32 detail plane
+    return decoded_bytes(header) * 2 + plane_pixels(header) * 4 * 3
 
 
 def _median_check(params: Mapping[str, Any]) -> list[str]:
@@ -212,7 +214,7 @@ _TRUNCATE = Param("truncate", float, 4.0, "kernel radius in standard deviations"
                   minimum=0.5, maximum=20)
 
 
-@register_op("gaussian", params=[_SIGMA, _TRUNCATE], memory=_float_filter_memory(2))
+@register_op("gaussian", params=[_SIGMA, _TRUNCATE], memory=_gaussian_memory)
 def gaussian(image: Image, *, sigma: float, truncate: float = 4.0) -> Image:
     """Gaussian blur of the colour channels; alpha and dtype are kept.
 
@@ -268,7 +270,7 @@ def median(image: Image, *, size: int = 3) -> Image:
               minimum=0, maximum=255),
         _TRUNCATE,
     ],
-    memory=_float_filter_memory(3),
+    memory=_unsharp_memory,
 )
 def unsharp(
     image: Image,

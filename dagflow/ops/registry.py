@@ -106,7 +106,8 @@ class Param:
         types = self.types
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok:
-            return f"expected {_describe_type(self.type if isinstance(self.type, tuple) else (self.type,))}, got {value!r}"
+            declared = self.type if isinstance(self.type, tuple) else (self.type,)
+            return f"expected {_describe_type(declared)}, got {value!r}"
         if self.choices is not None and value not in self.choices:
             return f"expected one of {', '.join(map(repr, self.choices))}, got {value!r}"
         values = value if isinstance(value, list | tuple) else [value]
@@ -293,7 +294,8 @@ def get_op(name: str) -> OpSpec:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise UnknownOpError(name, difflib.get_close_matches(name, sorted(_REGISTRY), n=3)) from None
+        close = difflib.get_close_matches(name, sorted(_REGISTRY), n=3)
+        raise UnknownOpError(name, close) from None
 
 
 def list_ops() -> list[OpSpec]:

@@ -89,7 +89,7 @@ def _memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
         Param("lossless", bool, False, "lossless WebP"),
         Param("subdir", str, None, "relative sub-directory of the output directory for "
               "this node's files", nullable=True),
-        Param("tile", list, None, "TIFF tile size [width, height], multiples of 16",
+        Param("tile", (list, tuple), None, "TIFF tile size [width, height], multiples of 16",
               minimum=16, nullable=True),
     ],
     memory=_memory,

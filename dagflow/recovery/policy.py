@@ -63,7 +63,8 @@ class RetryPolicy:
     transient: tuple[type[BaseException] | str, ...] = ()
 
     @classmethod
-    def from_config(cls, overrides: Mapping[str, Any] | None, defaults: Mapping[str, Any]) -> RetryPolicy:
+    def from_config(cls, overrides: Mapping[str, Any] | None,
+                    defaults: Mapping[str, Any]) -> RetryPolicy:
         """Build from the configured defaults and a node's ``retry`` overrides."""
         merged = {**defaults, **(overrides or {})}
         on = merged.get("on") or ()

@@ -37,8 +37,9 @@ class RunResult:
         Items processed in this run (the others were already done).
     already_done
         Items whose every node was finished by an earlier run into the same output.
-    succeeded, failed, skipped
-        Items of this run by outcome (``skipped``: a condition excluded every output).
+    succeeded, failed, skipped, not_run
+        Items of this run by outcome (``skipped``: a condition excluded every output;
+        ``not_run``: held back by an open circuit breaker, run again by the next run).
     nodes
         Per node id, counts by status (``ok``, ``failed``, ``skipped``, ``upstream_failed``).
     failures
@@ -65,6 +66,8 @@ class RunResult:
     succeeded: int = 0
     failed: int = 0
     skipped: int = 0
+    not_run: int = 0
+    quarantined: int = 0
     nodes: dict[str, dict[str, int]] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     aggregates: dict[str, str] = field(default_factory=dict)
@@ -108,7 +111,8 @@ class RunResult:
         records_dir = self.run_dir / "records"
         if not records_dir.exists():
             return RECORD_SCHEMA.empty_table().to_pandas()
-        return ds.dataset(records_dir, format="parquet", schema=RECORD_SCHEMA).to_table().to_pandas()
+        dataset = ds.dataset(records_dir, format="parquet", schema=RECORD_SCHEMA)
+        return dataset.to_table().to_pandas()
 
     def item_outcomes(self) -> pd.DataFrame:
         """One row per item of this run: its path and its worst status across nodes."""
@@ -123,7 +127,8 @@ class RunResult:
         lines = [
             f"run {self.run_id} of workflow {self.workflow!r}: {self.items} items, "
             f"{self.executed} executed, {self.already_done} already done",
-            f"  succeeded {self.succeeded}, failed {self.failed}, skipped {self.skipped} "
+            f"  succeeded {self.succeeded}, failed {self.failed} "
+            f"(quarantined {self.quarantined}), skipped {self.skipped}, not run {self.not_run} "
             f"in {self.duration_s:.1f} s",
         ]
         for node, counts in self.nodes.items():

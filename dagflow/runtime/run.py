@@ -39,9 +39,12 @@ from dagflow.compile import (
     make_chunks,
     node_tasks,
 )
+from dagflow.exceptions import CircuitOpenError
 from dagflow.execute import ChunkSummary, reduce_aggregate
 from dagflow.inputs import InputSet, resolve_inputs
-from dagflow.io.atomic import atomic_write
+from dagflow.io.atomic import atomic_write, find_temporaries
+from dagflow.monitor import hooks
+from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker, counts_against_breaker
 from dagflow.recovery.checkpoint import Checkpoint, load_done, write_records
 from dagflow.recovery.events import EventLog
 from dagflow.runtime.cluster import connect, dashboard_link
@@ -78,12 +81,18 @@ def select_items(
     """The items to run, and how many are already done.
 
     An item is done when every node's ``(item key, node key)`` is done in the checkpoint
-    and each output it wrote still exists. With ``retry_failed``, only items with a
-    failure on record are run.
+    and each output it wrote still exists, or when it was quarantined as a bad input and
+    the file has not changed since (a fixed file has a new fingerprint, so it runs).
+    With ``retry_failed``, only items with a failure on record are run, quarantined ones
+    included.
     """
     to_run, done = [], 0
     for item in items:
         ik = item["key"]
+        if not retry_failed and any(checkpoint.failed.get((ik, t.key)) == "bad_input"
+                                    for t in tasks.values()):
+            done += 1
+            continue
         finished = all(
             checkpoint.is_done(ik, t.key)
             and (t.kind not in ("sink",) or _output_exists(checkpoint, ik, t.key))
@@ -149,6 +158,9 @@ class _Runner:
         self.annotations = {nid: {"retries": self.dask_retries} for nid in tasks}
         self.chunks: dict[int, Chunk] = {}
         self.next_index = 0
+        settings = BreakerSettings.from_config(config.get("breaker"))
+        self.breakers = {nid: CircuitBreaker(nid, settings) for nid in tasks}
+        self.probe_failed: CircuitBreaker | None = None
 
     def _submit(self, chunks: list[Chunk], seq: as_completed) -> None:
         for c in chunks:
@@ -171,9 +183,31 @@ class _Runner:
             r.nodes.setdefault(node, {})
             r.nodes[node][status] = r.nodes[node].get(status, 0) + n
         r.failures.extend(summary.failures[: max(0, 1000 - len(r.failures))])
+        self._feed_breakers(summary)
         self.events.emit("chunk_finished", chunk=summary.index, items=summary.items,
                          failed=failed, part=summary.part)
         self.progress.update(summary.items, failed)
+
+    def _feed_breakers(self, summary: ChunkSummary) -> None:
+        for row in summary.failures:
+            if counts_against_breaker(row["error_class"]):
+                breaker = self.breakers[row["node_id"]]
+                before = breaker.state
+                breaker.failure(f"{row['error_type']}: {row['error_message']}"[:300])
+                if breaker.state != before:
+                    self.events.emit("breaker", node=breaker.name, state=breaker.state,
+                                     why=breaker.transitions[-1][1])
+                    if before == "half-open":
+                        self.probe_failed = breaker
+        for (node, status), n in summary.counts.items():
+            breaker = self.breakers[node]
+            if status == "ok" and n and breaker.state == "half-open":
+                breaker.success()
+                self.events.emit("breaker", node=node, state=breaker.state,
+                                 why=breaker.transitions[-1][1])
+
+    def _open_breakers(self) -> list[CircuitBreaker]:
+        return [b for b in self.breakers.values() if b.state != "closed"]
 
     def _fail_item(self, chunk: Chunk, exc: BaseException) -> ChunkSummary:
         """Record a single item whose task failed as a whole (its worker died, or worse)."""
@@ -234,8 +268,36 @@ class _Runner:
             finally:
                 future.release()
             self._absorb(summary)
+            if self.probe_failed is not None:
+                break
+            open_breakers = self._open_breakers()
+            if open_breakers:
+                if in_flight == 0 and pending:
+                    # everything in flight has finished: wait out the cool-down, probe once
+                    time.sleep(max(b.seconds_to_probe() for b in open_breakers))
+                    for b in open_breakers:
+                        b.ready_to_probe()
+                        self.events.emit("breaker", node=b.name, state=b.state,
+                                         why=b.transitions[-1][1])
+                    taken = pending.popleft()
+                    probe = Chunk(taken.index, taken.items[:1])
+                    if len(taken) > 1:
+                        pending.appendleft(Chunk(self.next_index, taken.items[1:]))
+                        self.next_index += 1
+                    self._submit([probe], seq)
+                    in_flight += 1
+                continue
             if pending and window - in_flight >= min(batch, len(pending)):
                 in_flight += submit(min(batch, window - in_flight))
+        if self.probe_failed is not None or (pending and self._open_breakers()):
+            breaker = self.probe_failed or self._open_breakers()[0]
+            error = CircuitOpenError(breaker.name, list(breaker.last_errors))
+            self.result.stopped = str(error)
+            self.result.not_run += sum(len(c) for c in pending)
+            self.events.emit("run_stopped", node=breaker.name, reason=str(error),
+                             not_run=sum(len(c) for c in pending))
+            for future in list(seq.futures):
+                future.cancel()
 
     def reduce_aggregates(self, all_item_keys: frozenset[str]) -> None:
         for t in self.tasks.values():
@@ -251,6 +313,24 @@ class _Runner:
                 message = f"aggregate {t.id!r} failed: {type(exc).__name__}: {exc}"
                 self.result.errors.append(message)
                 self.events.emit("aggregate_failed", node=t.id, error=message)
+
+
+def write_quarantine(run_dir: Path) -> int:
+    """List this run's bad inputs, with the reason, in ``quarantine.parquet``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from dagflow.io.atomic import atomic_path
+    from dagflow.recovery.checkpoint import read_records
+
+    table, _ = read_records(sorted((run_dir / "records").glob("part-*.parquet")))
+    mask = pc.and_(pc.equal(table["status"], "failed"), pc.equal(table["error_class"], "bad_input"))
+    bad = table.filter(mask).select(["item_id", "input_path", "node_id", "reason", "error_type",
+                                     "error_message", "run_id"])
+    if bad.num_rows:
+        with atomic_path(run_dir / "quarantine.parquet") as tmp:
+            pq.write_table(bad, tmp)
+    return len(set(bad.column("item_id").to_pylist()))
 
 
 def _prepare_run_dir(output: Path, run_id: str, workflow: Workflow,
@@ -339,6 +419,9 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
     run_id = new_run_id()
     state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
     tasks = node_tasks(wf)
+    for leftover in find_temporaries(output):
+        logger.info("removing a temporary file left by an interrupted run: %s", leftover)
+        leftover.unlink(missing_ok=True)
     ctx = RunContext(run_id=run_id, run_dir=os.fspath(run_dir), output_dir=os.fspath(output),
                      state_dir=os.fspath(state_dir), workflow=wf.name, checkpoint=checkpoint)
     previous = load_done(state_dir) if (resume or retry_failed) else Checkpoint()
@@ -372,14 +455,18 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                 result.chunk_size = int(size)
                 result.chunks = -(-len(to_run) // result.chunk_size)
                 runner = _Runner(c, tasks, ctx, result, events, bar)
+                hooks.run_started(c, ctx, tasks)
                 if to_run:
                     runner.run(to_run, result.chunk_size)
                 runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
+                result.duration_s = time.perf_counter() - start
+                hooks.run_finished(c, ctx, result)
         except BaseException as exc:
             events.emit("run_interrupted", error=repr(exc))
             raise
         finally:
             bar.close()
+        result.quarantined = write_quarantine(run_dir)
         result.duration_s = time.perf_counter() - start
         atomic_write(run_dir / "summary.json", result.to_json().encode())
         events.emit("run_finished", succeeded=result.succeeded, failed=result.failed,

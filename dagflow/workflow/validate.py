@@ -85,7 +85,8 @@ def _check_run_options(node, problems: list[str]) -> None:
         not isinstance(node.concurrency, int) or isinstance(node.concurrency, bool)
         or node.concurrency < 1
     ):
-        problems.append(f"{where}: concurrency must be a positive integer, got {node.concurrency!r}")
+        problems.append(f"{where}: concurrency must be a positive integer, "
+                        f"got {node.concurrency!r}")
     if node.retry is not None:
         unknown = set(node.retry) - RETRY_KEYS
         if unknown:
@@ -136,7 +137,8 @@ def validate(workflow: Workflow) -> None:
         problems.extend(f"{where} (op {node.op!r}): {p}" for p in param_problems)
         has_source = has_source or spec.kind == "source"
         if len(node.after) != spec.inputs:
-            expected = {0: "no 'after' (it reads the input files)", 1: "exactly one node in 'after'"}
+            expected = {0: "no 'after' (it reads the input files)",
+                        1: "exactly one node in 'after'"}
             problems.append(f"{where}: op {node.op!r} takes "
                             f"{expected.get(spec.inputs, f'{spec.inputs} nodes in after')}, "
                             f"got {len(node.after)}")

@@ -1,0 +1,37 @@
+"""Reading, probing and writing image files, safely.
+
+* :func:`probe_header` -- size, layout, orientation of an image without decoding it;
+* :func:`read_image` -- decode to an :class:`~dagflow.image.Image` ``(y, x, c)``, with a
+  pixel limit checked before decoding, JPEG draft decoding and EXIF auto-orientation;
+* :func:`write_image` -- encode to JPEG, PNG (8/16-bit), WebP or TIFF, atomically;
+* :func:`atomic_write`, :func:`atomic_path`, :func:`safe_join`, :func:`find_temporaries`
+  -- output files that appear whole or not at all, under their root.
+
+Formats are recognised by content, never by suffix. Failures end in
+:class:`~dagflow.exceptions.BadInputError` (with a ``reason``) or
+:class:`~dagflow.exceptions.TransientError`. This package imports nothing from the
+workflow, compile or runtime layers.
+"""
+
+from __future__ import annotations
+
+from dagflow.io.atomic import TEMP_PATTERN, atomic_path, atomic_write, find_temporaries, safe_join
+from dagflow.io.formats import FORMAT_SUFFIXES, IMAGE_EXTENSIONS, sniff_format
+from dagflow.io.probe import probe_header
+from dagflow.io.read import DEFAULT_MAX_PIXELS, read_image
+from dagflow.io.write import write_image
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "FORMAT_SUFFIXES",
+    "IMAGE_EXTENSIONS",
+    "TEMP_PATTERN",
+    "atomic_path",
+    "atomic_write",
+    "find_temporaries",
+    "probe_header",
+    "read_image",
+    "safe_join",
+    "sniff_format",
+    "write_image",
+]

@@ -1,0 +1,106 @@
+"""Circuit breakers: stop grinding a batch against a failing node or output target.
+
+A :class:`CircuitBreaker` is *closed* while things work; after ``failures`` failures
+within ``window`` seconds it *opens* and no more items are sent to its node; after
+``cooldown`` seconds it is *half-open*: one probe is let through, and a success closes
+it again while a failure opens it for good in this run. Bad inputs do not count: one
+corrupt image says nothing about the health of a node, a full disk does.
+
+The runtime keeps one breaker per node on the client; inside a task a node also stops
+after ``failures`` consecutive failures, so that a dead storage target costs one chunk's
+worth of attempts, not a million.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+__all__ = ["BreakerSettings", "CircuitBreaker", "counts_against_breaker"]
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+
+def counts_against_breaker(error_class: str | None) -> bool:
+    """Whether a failure of this class says something about the node's health."""
+    return error_class not in (None, "bad_input")
+
+
+@dataclass(frozen=True)
+class BreakerSettings:
+    """When a breaker opens and how long it waits before probing."""
+
+    failures: int = 10
+    window: float = 60.0
+    cooldown: float = 10.0
+
+    @classmethod
+    def from_config(cls, values: dict | None) -> BreakerSettings:
+        values = values or {}
+        return cls(failures=int(values.get("failures", 10)),
+                   window=float(values.get("window", 60.0)),
+                   cooldown=float(values.get("cooldown", 10.0)))
+
+
+@dataclass
+class CircuitBreaker:
+    """The breaker of one node (or output target).
+
+    Examples
+    --------
+    >>> b = CircuitBreaker("save", BreakerSettings(failures=2, window=10, cooldown=5),
+    ...                    clock=iter(range(100)).__next__)
+    >>> b.failure("disk full"); b.state
+    'closed'
+    >>> b.failure("disk full"); b.state
+    'open'
+    """
+
+    name: str
+    settings: BreakerSettings = field(default_factory=BreakerSettings)
+    clock: Callable[[], float] = time.monotonic
+    state: str = CLOSED
+    opened_at: float = 0.0
+    last_errors: collections.deque[str] = field(
+        default_factory=lambda: collections.deque(maxlen=5))
+    transitions: list[tuple[str, str]] = field(default_factory=list)
+    _failures: collections.deque[float] = field(default_factory=collections.deque)
+
+    def _move(self, state: str, why: str) -> None:
+        if state != self.state:
+            self.transitions.append((state, why))
+            self.state = state
+
+    def failure(self, message: str = "") -> None:
+        """One failure of this node."""
+        now = self.clock()
+        if message:
+            self.last_errors.append(message)
+        if self.state == HALF_OPEN:
+            self.opened_at = now
+            self._move(OPEN, "the probe failed")
+            return
+        self._failures.append(now)
+        while self._failures and now - self._failures[0] > self.settings.window:
+            self._failures.popleft()
+        if self.state == CLOSED and len(self._failures) >= self.settings.failures:
+            self.opened_at = now
+            self._move(OPEN, f"{len(self._failures)} failures within "
+                             f"{self.settings.window:g} s")
+
+    def success(self) -> None:
+        """One success of this node: a half-open breaker closes."""
+        if self.state == HALF_OPEN:
+            self._failures.clear()
+            self._move(CLOSED, "the probe succeeded")
+
+    def ready_to_probe(self) -> bool:
+        """An open breaker whose cool-down is over turns half-open and allows one probe."""
+        if self.state == OPEN and self.clock() - self.opened_at >= self.settings.cooldown:
+            self._move(HALF_OPEN, "cool-down over")
+        return self.state == HALF_OPEN
+
+    def seconds_to_probe(self) -> float:
+        return max(0.0, self.opened_at + self.settings.cooldown - self.clock())
