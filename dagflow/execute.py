@@ -28,7 +28,6 @@ from dagflow.compile.spec import Chunk, NodeTask, RunContext
 from dagflow.exceptions import BadInputError
 from dagflow.image import Image
 from dagflow.monitor import hooks
-from dagflow.ops.registry import get_op
 from dagflow.recovery.breaker import counts_against_breaker
 from dagflow.recovery.policy import call_with_policy
 
@@ -103,7 +102,7 @@ def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
 
 
 def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any]) -> Any:
-    spec = get_op(task.op)
+    spec = task.op_spec
     params = {k: v for k, v in task.params.items() if k != "subdir"}
     if spec.kind == "source":
         return spec.func(item["path"], **params)
@@ -120,7 +119,7 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
         records.update(parent.records)
     state = ChunkState(records=records)
     own: list[dict[str, Any]] = []
-    spec = get_op(task.op)
+    spec = task.op_spec
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
     consecutive_failures = 0
     for item in chunk.items:
@@ -219,7 +218,7 @@ def _run_aggregate_map(task: NodeTask, ctx: RunContext, chunk: Chunk,
     """Compute this chunk's partial for an aggregate node and store it for the reduce."""
     from dagflow.io.atomic import atomic_write
 
-    spec = get_op(task.op)
+    spec = task.op_spec
     started = time.time()
     t0 = time.perf_counter()
     items = [dict(item) for item, _ in inputs]
@@ -246,7 +245,7 @@ def reduce_aggregate(task: NodeTask, ctx: RunContext, item_keys: frozenset[str])
     (items already done are not re-run, but still belong in the statistics); a partial
     computed with other parameters (another node key) is ignored.
     """
-    spec = get_op(task.op)
+    spec = task.op_spec
     partials = []
     seen: set[str] = set()
     directory = _aggregate_dir(ctx, task)

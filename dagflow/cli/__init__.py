@@ -150,3 +150,6 @@ def status(run_dir: str, as_json: bool) -> None:
 
     state = run_status(run_dir)
     click.echo(json.dumps(state.to_dict(), indent=2, default=str) if as_json else str(state))
+
+
+from dagflow.cli import report as _report  # noqa: E402, F401  (registers `dagflow report`)

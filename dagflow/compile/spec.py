@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dagflow import config
-from dagflow.ops.registry import get_op
+from dagflow.ops.registry import OpSpec, get_op
 from dagflow.recovery.policy import RetryPolicy
 from dagflow.workflow.conditions import Condition
 from dagflow.workflow.workflow import Workflow
@@ -29,7 +29,11 @@ __all__ = ["Chunk", "NodeTask", "RunContext", "node_tasks"]
 
 @dataclass(frozen=True)
 class NodeTask:
-    """One node, resolved for execution."""
+    """One node, resolved for execution.
+
+    It carries its :class:`~dagflow.ops.registry.OpSpec`, so an op registered only in the
+    client (in a notebook, say) still runs on remote workers.
+    """
 
     id: str
     op: str
@@ -44,6 +48,11 @@ class NodeTask:
     leaf: bool = False
     #: Consecutive failures (not bad input) after which the rest of a chunk is not run.
     breaker_failures: int = 10
+    spec: OpSpec | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def op_spec(self) -> OpSpec:
+        return self.spec if self.spec is not None else get_op(self.op)
 
 
 @dataclass(frozen=True)
@@ -112,6 +121,6 @@ def node_tasks(workflow: Workflow, *, max_pixels: int | None = None) -> dict[str
             policy=RetryPolicy.from_config(node.retry, retry_defaults),
             timeout=node.timeout if node.timeout is not None else default_timeout,
             when=node.when, device=node.device, leaf=not children.get(node.id),
-            breaker_failures=int(config.get("breaker.failures")),
+            breaker_failures=int(config.get("breaker.failures")), spec=spec,
         )
     return out

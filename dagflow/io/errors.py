@@ -121,10 +121,10 @@ def os_error(exc: OSError, path: str | PathLike[str]) -> DagflowError:
 def _decoder_failure(exc: BaseException, where: str) -> BadInputError:
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
+    if "imagecodecs" in lowered:
+        return BadInputError("unsupported_codec", f"{where}: {text} (install imagecodecs)")
     if isinstance(exc, EOFError | struct.error) or any(h in lowered for h in _TRUNCATION_HINTS):
         return BadInputError("truncated", f"{where}: {text}")
-    if "imagecodecs" in lowered:
-        return BadInputError("unsupported_codec", f"{where}: {text}")
     return BadInputError("corrupt", f"{where}: {type(exc).__name__}: {text}")
 
 

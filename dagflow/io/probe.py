@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,8 +44,22 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+
+
+class _JpegFile(JpegImagePlugin.JpegImageFile):
+    """Pillow's JPEG reader without its parse of EXIF for DPI at ``open``.
+
+    dagflow needs no DPI, and Pillow's EXIF parser warns (``UserWarning: Corrupt EXIF
+    data``) on the broken EXIF blocks real cameras and editors produce; the orientation
+    is read by :func:`dagflow.io.orient.exif_orientation` instead.
+    """
+
+    def _read_dpi_from_exif(self) -> None:
+        return None
+
+
 _PILLOW_CLASSES: dict[str, type[PILImageFile.ImageFile]] = {
-    "jpeg": JpegImagePlugin.JpegImageFile,
+    "jpeg": _JpegFile,
     "png": PngImagePlugin.PngImageFile,
     "gif": GifImagePlugin.GifImageFile,
     "webp": WebPImagePlugin.WebPImageFile,
@@ -177,14 +192,17 @@ def open_source(path: str | PathLike[str]) -> Iterator[tuple[IO[bytes], str, int
     """
     try:
         st = os.stat(path)
+    except OSError as exc:
+        raise os_error(exc, path) from exc
+    if not stat.S_ISREG(st.st_mode):  # before opening: a FIFO would block
+        raise BadInputError("not_a_file", f"{path} is not a regular file")
+    if st.st_size == 0:
+        raise BadInputError("empty_file", f"{path} is empty (0 bytes)")
+    try:
         fp = open(path, "rb")  # noqa: SIM115 - closed below, after the caller's block
     except OSError as exc:
         raise os_error(exc, path) from exc
     with fp:
-        if not _is_regular(st.st_mode):
-            raise BadInputError("not_a_file", f"{path} is not a regular file")
-        if st.st_size == 0:
-            raise BadInputError("empty_file", f"{path} is empty (0 bytes)")
         try:
             head = fp.read(SNIFF_BYTES)
             fp.seek(0)
@@ -198,12 +216,6 @@ def open_source(path: str | PathLike[str]) -> Iterator[tuple[IO[bytes], str, int
                 f"(starts with {head[:8]!r})",
             )
         yield fp, fmt, st.st_size
-
-
-def _is_regular(mode: int) -> bool:
-    import stat
-
-    return stat.S_ISREG(mode)
 
 
 def open_pillow(fp: IO[bytes], fmt: str, path: Any) -> PILImageFile.ImageFile:

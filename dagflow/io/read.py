@@ -256,9 +256,44 @@ def _read_tiff(
                 "allowed pixel)"
             )
         _check_tiff_extent(page, size_bytes, path)
-        raw = page.asarray(maxworkers=1)
+        try:
+            raw = page.asarray(maxworkers=1)
+        except (KeyError, ValueError) as exc:  # "<COMPRESSION.LZW: 5> requires imagecodecs"
+            if "imagecodecs" not in str(exc):
+                raise
+            return _tiff_via_pillow(fp, path, header, str(exc)), header
         data = _tiff_to_yxc(np.asarray(raw), header, page)
     return data, header
+
+
+def _tiff_via_pillow(fp: IO[bytes], path: Any, header: dict[str, Any], reason: str) -> np.ndarray:
+    """Decode a TIFF whose codec tifffile lacks (LZW, JPEG without imagecodecs) with Pillow.
+
+    Pillow decodes those codecs for 8-bit layouts and 16-bit grey; anything else stays
+    ``unsupported_codec``, with the hint to install ``imagecodecs``.
+    """
+    from PIL import TiffImagePlugin
+
+    try:
+        fp.seek(0)
+        im = TiffImagePlugin.TiffImageFile(fp, str(path))
+        if im.size != (header["width"], header["height"]):
+            raise ValueError(f"Pillow sees size {im.size}")
+        im.load()
+        data = _pillow_array(im)
+    except Exception as exc:
+        logger.debug("Pillow fallback failed for %s", path, exc_info=True)
+        raise BadInputError(
+            "unsupported_codec", f"{path}: {reason} (install imagecodecs to read it)"
+        ) from exc
+    if data.shape[2] != header["channels"] or data.dtype.name != header["dtype"]:
+        raise BadInputError(
+            "unsupported_codec",
+            f"{path}: {reason}; Pillow decodes it as {data.shape[2]} x {data.dtype} instead of "
+            f"{header['channels']} x {header['dtype']} (install imagecodecs to read it)",
+        )
+    logger.debug("%s decoded by Pillow: %s", path, reason)
+    return data
 
 
 def _check_tiff_extent(page: Any, size_bytes: int, path: Any) -> None:

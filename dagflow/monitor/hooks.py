@@ -3,23 +3,324 @@
 The runtime calls :func:`run_started` once connected and :func:`run_finished` at the
 end; each chunk's records task calls :func:`chunk_done` on its worker with the chunk's
 records. Monitoring (the scheduler plugin, metrics files, the report) hangs off these.
+
+* :func:`run_started` writes the run's plan to ``<run_dir>/metrics/run.json`` and, on
+  the scheduler, installs the :class:`~dagflow.monitor.plugin.DagflowMonitor` plugin,
+  the JSON routes and the dashboard page (idempotent) and tells it about the run.
+* :func:`chunk_done` writes the chunk's metrics part (atomically, like the records) and,
+  inside a distributed worker, sends one compact payload to the plugin with
+  ``Worker.log_event``; elsewhere (the synchronous scheduler) it only writes the file.
+* :func:`run_finished` fetches what only the scheduler knew (worker resources, queue
+  depth, Dask's CPU / non-CPU seconds per node), writes it to the run directory, appends
+  the run's per-node figures to the history used for planning and writes the report.
+
+Monitoring never fails a run: every hook logs a warning and carries on when something
+goes wrong. ``dagflow.monitor.enabled: false`` turns all of it off. Hooks that run in
+tasks read the worker's configuration. No Dask import at module import time (this module
+is imported on workers by :mod:`dagflow.execute`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
-__all__ = ["chunk_done", "run_finished", "run_started"]
+from dagflow import config
+
+__all__ = ["breaker_changed", "chunk_done", "chunk_payload", "enabled", "metric_rows",
+           "run_finished", "run_started"]
+
+logger = logging.getLogger(__name__)
 
 
-def run_started(client: Any, ctx: Any, tasks: Mapping[str, Any]) -> None:
+def enabled() -> bool:
+    """Whether monitoring is on (``dagflow.monitor.enabled``)."""
+    return bool(config.get("monitor.enabled", True))
+
+
+# --- client side ---------------------------------------------------------------------
+
+
+def run_plan(ctx: Any, tasks: Mapping[str, Any], items: int | None = None) -> dict[str, Any]:
+    """The run as the plugin and the report need it (JSON-ready)."""
+    return {
+        "run_id": ctx.run_id, "workflow": ctx.workflow, "run_dir": os.fspath(ctx.run_dir),
+        "output_dir": os.fspath(ctx.output_dir), "started": time.time(), "items": items,
+        "nodes": {nid: {"op": t.op, "kind": t.kind, "parents": list(t.parents),
+                        "device": getattr(t, "device", "auto"), "leaf": bool(t.leaf),
+                        "timeout": getattr(t, "timeout", None)}
+                  for nid, t in tasks.items()},
+    }
+
+
+def run_started(client: Any, ctx: Any, tasks: Mapping[str, Any], *,
+                items: int | None = None) -> None:
     """The run is connected to its cluster and about to submit chunks."""
+    if not enabled():
+        return
+    from dagflow.monitor.store import metrics_dir, write_json
+
+    plan = run_plan(ctx, tasks, items)
+    try:
+        write_json(metrics_dir(ctx.run_dir) / "run.json", plan)
+    except Exception as exc:
+        logger.warning("could not write the run's monitoring plan: %s", exc)
+    if client is None:
+        return
+    try:
+        client.run_on_scheduler(_scheduler_begin_run, plan)
+    except Exception as exc:
+        logger.warning("dagflow monitoring is off on this cluster (the scheduler could not "
+                       "install it: %s: %s)", type(exc).__name__, exc)
 
 
-def chunk_done(ctx: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A chunk's records are written (runs on the worker)."""
+def breaker_changed(client: Any, ctx: Any, node: str, state: str, why: str | None = None) -> None:
+    """A circuit breaker changed state (sent to the plugin for Prometheus and the page)."""
+    if client is None or not enabled():
+        return
+    from dagflow.monitor.plugin import BREAKER_TOPIC
+
+    try:
+        client.log_event(BREAKER_TOPIC, {"run": ctx.run_id, "node": node, "state": state,
+                                         "why": why, "t": time.time()})
+    except Exception as exc:
+        logger.debug("could not report a breaker change: %s", exc)
 
 
 def run_finished(client: Any, ctx: Any, result: Any) -> None:
     """Every chunk and aggregate is done; the summary is about to be written."""
+    if not enabled():
+        return
+    if client is not None:
+        try:
+            data = client.run_on_scheduler(_scheduler_end_run, ctx.run_id)
+        except Exception as exc:
+            logger.warning("could not fetch the scheduler's measurements: %s", exc)
+            data = None
+        if data:
+            try:
+                _write_scheduler_data(ctx.run_dir, data)
+            except Exception as exc:
+                logger.warning("could not write the scheduler's measurements: %s", exc)
+    try:
+        from dagflow.monitor import history
+
+        history.append_run(ctx.run_dir)
+    except Exception as exc:
+        logger.warning("could not append this run to the history: %s", exc)
+    if config.get("monitor.report", True):
+        try:
+            from dagflow.monitor.report import write_report
+
+            duration = getattr(result, "duration_s", None)
+            write_report(ctx.run_dir, duration_s=duration)
+        except Exception as exc:
+            logger.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
+
+
+def _write_scheduler_data(run_dir: str, data: Mapping[str, Any]) -> None:
+    import pyarrow as pa
+
+    from dagflow.monitor.store import metrics_dir, write_json, write_table
+
+    directory = metrics_dir(run_dir)
+    for name in ("workers", "queue", "throughput"):
+        columns = data.get("timeline" if name == "throughput" else name)
+        if columns and any(columns.values()):
+            write_table(directory / f"{name}.parquet", pa.table(columns))
+    write_json(directory / "scheduler.json",
+               {k: data.get(k) for k in ("run", "nodes", "tasks", "breakers", "fine_metrics")})
+
+
+# --- scheduler side (run through Client.run_on_scheduler) -----------------------------
+
+
+def _scheduler_begin_run(plan: Mapping[str, Any], dask_scheduler: Any = None) -> bool:
+    from dagflow.monitor.preload import install
+
+    plugin = install(dask_scheduler)
+    plugin.begin_run(plan)
+    return True
+
+
+async def _scheduler_end_run(run_id: str, dask_scheduler: Any = None) -> dict[str, Any]:
+    import asyncio
+
+    from dagflow.monitor.plugin import PLUGIN_NAME
+
+    plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
+    if plugin is None:
+        return {}
+    # Dask's per-task CPU / non-CPU seconds arrive with the next heartbeat
+    await asyncio.sleep(min(1.0, _heartbeat_interval(dask_scheduler)))
+    return plugin.end_run(run_id)
+
+
+def _heartbeat_interval(scheduler: Any) -> float:
+    try:
+        from distributed.scheduler import heartbeat_interval
+
+        return float(heartbeat_interval(len(scheduler.workers)))
+    except Exception:
+        return 0.5
+
+
+# --- worker side ---------------------------------------------------------------------
+
+
+_KINDS: dict[str, str] = {}
+
+
+def _kind(op: str) -> str:
+    kind = _KINDS.get(op)
+    if kind is None:
+        try:
+            from dagflow.ops.registry import get_op
+
+            kind = get_op(op).kind
+        except Exception:
+            kind = "transform"
+        _KINDS[op] = kind
+    return kind
+
+
+def _size(path: Any) -> int | None:
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return None
+
+
+def metric_rows(ctx: Any, rows: Sequence[Mapping[str, Any]],
+                sample: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The metrics of a chunk's records: one row per item and node.
+
+    Adds what the records do not say: megapixels, bytes read by source nodes (the input
+    file) and written by sink nodes (the output file), and the worker process's CPU,
+    memory and GPU when the chunk was committed.
+    """
+    sample = sample or {}
+    chunk = min((r["item_id"] for r in rows), default=None)
+    state_dir = os.fspath(getattr(ctx, "state_dir", "") or "") or None
+    out = []
+    for r in rows:
+        w, h = r.get("width"), r.get("height")
+        status = r.get("status")
+        kind = _kind(r.get("op") or "")
+        bytes_in = bytes_out = None
+        if status == "ok":
+            if kind == "source":
+                bytes_in = _size(r.get("input_path"))
+            elif kind == "sink":
+                out_path = r.get("output_path")
+                if out_path and not (state_dir and os.fspath(out_path).startswith(state_dir)):
+                    bytes_out = _size(out_path)
+        out.append({
+            "run_id": r.get("run_id"), "chunk": chunk, "item_id": r.get("item_id"),
+            "rel": r.get("rel"),
+            "node_id": r.get("node_id"), "op": r.get("op"), "status": status,
+            "error_class": r.get("error_class"), "attempts": r.get("attempts") or 0,
+            "duration_s": float(r.get("duration_s") or 0.0),
+            "started": float(r.get("started") or 0.0), "worker": r.get("worker"),
+            "device": r.get("device"), "width": w, "height": h,
+            "megapixels": (w * h / 1e6) if w and h else None, "cpu_s": r.get("cpu_s"),
+            "bytes_in": bytes_in, "bytes_out": bytes_out,
+            "sample_time": sample.get("time"), "worker_cpu": sample.get("cpu"),
+            "worker_memory": sample.get("memory"), "worker_gpu": sample.get("gpu_utilization"),
+        })
+    return out
+
+
+def chunk_payload(ctx: Any, metrics: Sequence[Mapping[str, Any]], worker: str | None = None,
+                  sample: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The compact, columnar message a chunk sends to the scheduler plugin.
+
+    Per node: ``d`` durations of the items the op ran on, ``s`` counts by status, ``e``
+    counts by error class, ``r`` item retries (attempts beyond the first), ``bi`` / ``bo``
+    bytes read and written, ``mp`` megapixels, ``dev`` counts by device. For the chunk:
+    ``items`` and ``failed`` items. Only msgpack-friendly types.
+    """
+    nodes: dict[str, dict[str, Any]] = {}
+    items: set[Any] = set()
+    failed: set[Any] = set()
+    for m in metrics:
+        n = m["node_id"]
+        entry = nodes.get(n)
+        if entry is None:
+            entry = nodes[n] = {"op": m.get("op"), "d": [], "s": {}, "e": {}, "r": 0,
+                                "bi": 0, "bo": 0, "mp": 0.0, "dev": {}}
+        status = m["status"]
+        entry["s"][status] = entry["s"].get(status, 0) + 1
+        items.add(m["item_id"])
+        if status in ("ok", "failed"):
+            entry["d"].append(round(m["duration_s"], 6))
+            entry["r"] += max(0, int(m.get("attempts") or 0) - 1)
+            if m.get("device"):
+                entry["dev"][m["device"]] = entry["dev"].get(m["device"], 0) + 1
+        if status in ("failed", "upstream_failed"):
+            failed.add(m["item_id"])
+            cls = m.get("error_class") or status
+            entry["e"][cls] = entry["e"].get(cls, 0) + 1
+        entry["bi"] += m.get("bytes_in") or 0
+        entry["bo"] += m.get("bytes_out") or 0
+        entry["mp"] += m.get("megapixels") or 0.0
+    return {"v": 1, "run": getattr(ctx, "run_id", None), "worker": worker, "t": time.time(),
+            "items": len(items), "failed": len(failed), "nodes": nodes,
+            "res": {k: (sample or {}).get(k) for k in ("cpu", "memory", "gpu_utilization")}}
+
+
+def _current_worker() -> Any:
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except (ImportError, ValueError):
+        return None
+
+
+def chunk_done(ctx: Any, rows: Sequence[Mapping[str, Any]]) -> None:
+    """A chunk's records are written (runs on the worker)."""
+    if not rows or not enabled():
+        return
+    try:
+        from dagflow.monitor.sampling import process_sample
+        from dagflow.monitor.store import write_metrics
+
+        sample = process_sample()
+        metrics = metric_rows(ctx, rows, sample)
+        if getattr(ctx, "run_dir", None):
+            write_metrics(ctx.run_dir, metrics)
+        worker = _current_worker()
+        if worker is not None:
+            worker.log_event(_topic(), chunk_payload(ctx, metrics, worker.address, sample))
+        if config.get("monitor.opentelemetry", True):
+            from dagflow.monitor.otel import emit_spans
+
+            emit_spans(ctx, metrics)
+    except Exception as exc:  # monitoring never fails a chunk
+        logger.warning("dagflow monitoring of a chunk failed: %s: %s", type(exc).__name__, exc)
+
+
+def _topic() -> str:
+    from dagflow.monitor.plugin import METRICS_TOPIC
+
+    return METRICS_TOPIC
+
+
+def latest_run_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a run directory, else the latest run under an output directory."""
+    path = Path(path)
+    if (path / "records").is_dir() or (path / "metrics").is_dir():
+        return path
+    for runs in (path / "runs", path / str(config.get("state-dir")) / "runs"):
+        if runs.is_dir():
+            found = sorted(p for p in runs.iterdir() if p.is_dir())
+            if found:
+                return found[-1]
+    return path

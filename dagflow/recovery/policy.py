@@ -115,6 +115,8 @@ def classify(exc: BaseException, policy: RetryPolicy | None = None) -> str:
         return "transient"
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return "transient"
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "resource"  # a full disk or quota: the storage target, not the image
     if "OutOfMemory" in type(exc).__name__:  # cupy's and other allocators' OOM errors
         return "resource"
     return "bug"

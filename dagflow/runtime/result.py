@@ -123,6 +123,21 @@ class RunResult:
         return worst[["item_id", "input_path", "status", "node_id", "error_class",
                       "error_message"]].sort_values("item_id").reset_index(drop=True)
 
+    def report(self, path: str | Path | None = None) -> Path:
+        """Write this run's HTML report (default ``<run_dir>/report.html``); return its path.
+
+        The same figures as data: :meth:`analysis`.
+        """
+        from dagflow.monitor.report import write_report
+
+        return write_report(self.run_dir, path)
+
+    def analysis(self) -> Any:
+        """This run's analysis (:class:`dagflow.monitor.analysis.RunAnalysis`), for notebooks."""
+        from dagflow.monitor.analysis import analyze
+
+        return analyze(self.run_dir)
+
     def __str__(self) -> str:
         lines = [
             f"run {self.run_id} of workflow {self.workflow!r}: {self.items} items, "

@@ -161,6 +161,8 @@ class _Runner:
         settings = BreakerSettings.from_config(config.get("breaker"))
         self.breakers = {nid: CircuitBreaker(nid, settings) for nid in tasks}
         self.probe_failed: CircuitBreaker | None = None
+        self.lost_worker_retries = int(config.get("runtime.lost-worker-retries"))
+        self.lost_worker_tries: dict[int, int] = {}
 
     def _submit(self, chunks: list[Chunk], seq: as_completed) -> None:
         for c in chunks:
@@ -254,6 +256,16 @@ class _Runner:
             try:
                 summary = future.result()
             except Exception as exc:
+                iid = chunk.items[0]["item_id"]
+                if len(chunk) == 1 and isinstance(exc, KilledWorker) and \
+                        self.lost_worker_tries.get(iid, 0) < self.lost_worker_retries:
+                    # a worker death also blames the innocent tasks that shared the worker:
+                    # an item is convicted only when it kills workers on its own again
+                    self.lost_worker_tries[iid] = self.lost_worker_tries.get(iid, 0) + 1
+                    pending.appendleft(Chunk(self.next_index, chunk.items))
+                    self.next_index += 1
+                    in_flight += submit(1)
+                    continue
                 if len(chunk) > 1:
                     logger.warning("chunk %d failed as a whole (%s: %s); splitting it",
                                    index, type(exc).__name__, exc)
@@ -289,7 +301,7 @@ class _Runner:
                 continue
             if pending and window - in_flight >= min(batch, len(pending)):
                 in_flight += submit(min(batch, window - in_flight))
-        if self.probe_failed is not None or (pending and self._open_breakers()):
+        if self.probe_failed is not None or self._open_breakers():
             breaker = self.probe_failed or self._open_breakers()[0]
             error = CircuitOpenError(breaker.name, list(breaker.last_errors))
             self.result.stopped = str(error)

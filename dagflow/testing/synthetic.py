@@ -71,8 +71,8 @@ def photo_like(
         ys.append(np.exp(-(((y - cy) / sy) ** 2)))
         xs.append(np.exp(-(((x - cx) / sx) ** 2)))
     for _ in range(_SHAPES):
-        y0, x0 = rng.uniform(-0.1, 0.9, 2)
-        y1, x1 = (y0, x0) + rng.uniform(0.05, 0.45, 2)
+        start = rng.uniform(-0.1, 0.9, 2)
+        (y0, x0), (y1, x1) = start, start + rng.uniform(0.05, 0.45, 2)
         ys.append(((y >= y0) & (y <= y1)).astype(np.float32))
         xs.append(((x >= x0) & (x <= x1)).astype(np.float32))
     for _ in range(_WAVES):

@@ -1,0 +1,105 @@
+"""The command line: commands, exit codes, JSON summary; one real subprocess run each way."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from dagflow.cli import main
+
+BIN = Path(sys.executable).parent
+WORKFLOW = """
+name: thumbs
+nodes:
+  - {id: load, op: load, params: {auto_orient: true}}
+  - {id: small, op: resize, after: [load], params: {long_side: 32}}
+  - {id: save, op: save, after: [small], params: {format: jpeg, quality: 85}}
+"""
+
+
+@pytest.fixture
+def workflow_file(tmp_path) -> Path:
+    path = tmp_path / "thumbs.yaml"
+    path.write_text(WORKFLOW)
+    return path
+
+
+def dagflow_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DASK_DAGFLOW__CLUSTER__N_WORKERS": "1",
+           "DASK_DAGFLOW__CLUSTER__THREADS_PER_WORKER": "2"}
+    return subprocess.run([str(BIN / "dagflow"), *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_run_json_summary_and_exit_codes(workflow_file, photos, tmp_path):
+    done = dagflow_cli("run", str(workflow_file), "--input", str(photos),
+                       "--output", str(tmp_path / "out"), "--json")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    for key in ("items", "succeeded", "failed", "skipped", "run_dir", "duration_s"):
+        assert key in summary
+    assert (summary["items"], summary["succeeded"], summary["failed"]) == (12, 12, 0)
+    assert Path(summary["run_dir"], "records").is_dir()
+    assert "it/s" not in done.stderr and "img/s" not in done.stderr  # no bar off a terminal
+
+    (photos / "broken.jpg").write_bytes(b"nope")
+    some_failed = dagflow_cli("run", str(workflow_file), "-i", str(photos),
+                              "-o", str(tmp_path / "out2"), "--json")
+    assert some_failed.returncode == 1
+    assert json.loads(some_failed.stdout)["failed"] == 1
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(WORKFLOW.replace("op: resize", "op: resise"))
+    invalid = dagflow_cli("run", str(bad), "-i", str(photos), "-o", str(tmp_path / "out3"))
+    assert invalid.returncode == 2
+    assert "unknown op 'resise'" in invalid.stderr and "'resize'" in invalid.stderr
+    assert not (tmp_path / "out3").exists()
+
+
+def test_dask_dagflow_subcommand():
+    done = subprocess.run([str(BIN / "dask"), "dagflow", "--help"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    for command in ("run", "validate", "ops", "sample-data", "status"):
+        assert command in done.stdout
+
+
+def test_validate(workflow_file, tmp_path):
+    runner = CliRunner()
+    ok = runner.invoke(main, ["validate", str(workflow_file)])
+    assert ok.exit_code == 0 and "thumbs" in ok.output
+    cyclic = tmp_path / "cyclic.yaml"
+    cyclic.write_text("name: c\nnodes:\n  - {id: load, op: load}\n"
+                      "  - {id: a, op: flip, after: [b]}\n  - {id: b, op: flip, after: [a]}\n")
+    bad = runner.invoke(main, ["validate", str(cyclic)])
+    assert bad.exit_code == 2 and "cycle" in bad.output and "a" in bad.output
+
+
+def test_usage_errors_exit_2(workflow_file):
+    result = CliRunner().invoke(main, ["run", str(workflow_file)])  # no --input/--output
+    assert result.exit_code == 2
+
+
+def test_ops_lists_every_op_with_parameters():
+    result = CliRunner().invoke(main, ["ops", "--json"])
+    listing = {op["name"]: op for op in json.loads(result.output)}
+    for name in ("load", "resize", "crop", "rotate", "flip", "gaussian", "median", "unsharp",
+                 "normalize", "convert", "grayscale", "equalize", "threshold", "composite",
+                 "save", "stats", "contact_sheet"):
+        assert name in listing and listing[name]["doc"]
+    assert any(p["name"] == "long_side" for p in listing["resize"]["params"])
+    text = CliRunner().invoke(main, ["ops"]).output
+    assert "resize (transform)" in text and "long_side" in text
+
+
+def test_sample_data_and_status(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(main, ["sample-data", str(tmp_path / "s"), "--photos", "2"])
+    assert result.exit_code == 0, result.output
+    assert len([p for p in (tmp_path / "s").rglob("*") if p.is_file()]) >= 10

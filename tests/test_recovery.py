@@ -1,0 +1,325 @@
+"""Recovery: retries, timeouts, poison items, killed workers and drivers, breakers, resume."""
+
+from __future__ import annotations
+
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask
+import pyarrow.dataset as ds
+import pytest
+
+import dagflow
+from dagflow import Node, Param, TransientError, Workflow, register_op
+from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker
+from dagflow.recovery.checkpoint import load_done, read_records, record_parts
+from dagflow.recovery.policy import RetryPolicy, call_with_policy, classify
+from dagflow.recovery.status import run_status
+
+_ATTEMPTS: dict[str, int] = {}
+_LOCK = threading.Lock()
+
+
+@register_op("flaky", params=[Param("failures", int, 2)], replace=True)
+def flaky(image, failures):
+    """Fail transiently ``failures`` times per image, then pass it through."""
+    key = image.meta["path"]
+    with _LOCK:
+        _ATTEMPTS[key] = _ATTEMPTS.get(key, 0) + 1
+        n = _ATTEMPTS[key]
+    if n <= failures:
+        raise TransientError(f"storage hiccup {n}")
+    return image
+
+
+@register_op("picky", params=[Param("name", str)], replace=True)
+def picky(image, name):
+    """Raise a permanent error for the image whose path contains ``name``."""
+    if name in image.meta["path"]:
+        raise dagflow.BadInputError("not_allowed", f"{name} is refused")
+    return image
+
+
+@register_op("hang", params=[Param("name", str), Param("seconds", float, 30.0)], replace=True)
+def hang(image, name, seconds):
+    """Sleep a long time on the image whose path contains ``name``."""
+    if name in image.meta["path"]:
+        time.sleep(seconds)
+    return image
+
+
+@register_op("poison", params=[Param("name", str)], replace=True)
+def poison(image, name):
+    """Kill the worker process on the image whose path contains ``name``."""
+    if name in image.meta["path"]:
+        os._exit(1)
+    return image
+
+
+@register_op("disk", kind="sink", params=[Param("marker", str)], replace=True)
+def disk(image, dest, marker):
+    """A sink whose storage is 'full' while ``marker`` exists."""
+    if os.path.exists(marker):
+        raise OSError(errno.ENOSPC, "No space left on device", dest)
+    from dagflow.io import write_image
+
+    return write_image(image, dest + ".png")
+
+
+def records(result) -> list[dict]:
+    return ds.dataset(result.run_dir / "records").to_table().to_pylist()
+
+
+def test_retry_policy_backoff_and_classification():
+    policy = RetryPolicy(attempts=4, delay=0.1, multiplier=2, max_delay=0.3, jitter=0.0)
+    assert [policy.backoff(n) for n in (1, 2, 3, 4)] == [0.1, 0.2, 0.3, 0.3]
+    jittered = RetryPolicy(delay=1.0, jitter=0.25)
+    assert all(0.75 <= jittered.backoff(1) <= 1.25 for _ in range(50))
+    assert classify(OSError(errno.EIO, "io")) == "transient"
+    assert classify(ConnectionResetError()) == "transient"
+    assert classify(dagflow.OversizeError("big")) == "bad_input"
+    assert classify(ValueError("x"), RetryPolicy(transient=(ValueError,))) == "transient"
+    assert classify(KeyError("x"), RetryPolicy(transient=("KeyError",))) == "transient"
+    slept: list[float] = []
+    calls = iter([TransientError("a"), TransientError("b"), "done"])
+
+    def fn():
+        value = next(calls)
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    outcome = call_with_policy(fn, RetryPolicy(attempts=3, delay=0.5, jitter=0), sleep=slept.append)
+    assert outcome.value == "done" and outcome.attempts == 3 and slept == [0.5, 1.0]
+    outcome = call_with_policy(lambda: 1 / 0, RetryPolicy(attempts=5), sleep=slept.append)
+    assert outcome.error_class == "bug" and outcome.attempts == 1
+
+
+def test_flaky_succeeds_after_retries_permanent_tried_once_hang_times_out(photos, tmp_path,
+                                                                          client):
+    _ATTEMPTS.clear()
+    wf = Workflow("r", [
+        Node("load", "load"),
+        Node("flaky", "flaky", {"failures": 2}, after="load",
+             retry={"attempts": 3, "delay": 0.01, "jitter": 0}),
+        Node("picky", "picky", {"name": "img004"}, after="flaky"),
+        Node("hang", "hang", {"name": "img007"}, after="picky", timeout=0.5),
+    ])
+    start = time.monotonic()
+    result = dagflow.run(wf, photos, tmp_path / "out", client=client, progress=False)
+    assert time.monotonic() - start < 25  # the hung item did not hang the run
+    rows = {(Path(r["input_path"]).stem, r["node_id"]): r for r in records(result)}
+    assert all(rows[(f"img{i:03d}", "flaky")]["attempts"] == 3 for i in range(12))
+    assert all(rows[(f"img{i:03d}", "flaky")]["status"] == "ok" for i in range(12))
+    refused = rows[("img004", "picky")]
+    assert (refused["status"], refused["error_class"], refused["attempts"]) == (
+        "failed", "bad_input", 1)
+    assert refused["reason"] == "not_allowed"
+    hung = rows[("img007", "hang")]
+    assert (hung["status"], hung["error_class"]) == ("failed", "timeout")
+    assert result.succeeded == 10 and result.failed == 2
+
+
+def test_transient_errors_that_persist_fail_after_the_attempts(photos, tmp_path, client):
+    _ATTEMPTS.clear()
+    wf = Workflow("r", [Node("load", "load"),
+                        Node("flaky", "flaky", {"failures": 99}, after="load",
+                             retry={"attempts": 2, "delay": 0.01})])
+    result = dagflow.run(wf, photos, tmp_path / "out", client=client, progress=False)
+    flaky_rows = [r for r in records(result) if r["node_id"] == "flaky"]
+    assert all(r["status"] == "failed" and r["error_class"] == "transient"
+               and r["attempts"] == 2 for r in flaky_rows)
+
+
+def test_breaker_opens_on_a_failing_output_target_and_a_later_run_finishes(tmp_path, client,
+                                                                          make_photos):
+    make_photos(tmp_path / "in", 40)
+    marker = tmp_path / "disk-full"
+    marker.touch()
+    wf = Workflow("b", [Node("load", "load"),
+                        Node("store", "disk", {"marker": str(marker)}, after="load")])
+    with dask.config.set({"dagflow.breaker.failures": 3, "dagflow.breaker.cooldown": 0.2,
+                          "dagflow.runtime.window": 2}):
+        stopped = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=client,
+                              progress=False, chunk_size=4)
+    assert stopped.exit_code == dagflow.runtime.EXIT_BREAKER
+    assert "store" in stopped.stopped and "No space left" in stopped.stopped
+    assert stopped.not_run > 0 and stopped.failed < 40
+    events = (stopped.run_dir / "events.jsonl").read_text()
+    assert '"breaker"' in events and '"run_stopped"' in events
+    marker.unlink()
+    finished = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=client, progress=False,
+                           chunk_size=4)
+    assert finished.exit_code == 0
+    assert finished.executed + finished.already_done == 40
+    assert finished.succeeded == finished.executed
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 40
+
+
+def test_breaker_state_machine():
+    now = [0.0]
+    b = CircuitBreaker("n", BreakerSettings(failures=2, window=5, cooldown=3), clock=lambda: now[0])
+    b.failure("x")
+    now[0] = 10  # outside the window: the first failure no longer counts
+    b.failure("y")
+    assert b.state == "closed"
+    b.failure("z")
+    assert b.state == "open" and not b.ready_to_probe()
+    now[0] = 13.5
+    assert b.ready_to_probe() and b.state == "half-open"
+    b.success()
+    assert b.state == "closed"
+    b.failure("a"), b.failure("b")
+    now[0] = 20
+    b.ready_to_probe()
+    b.failure("c")
+    assert b.state == "open" and list(b.last_errors)[-1] == "c"
+
+
+def test_planted_symlink_in_the_output_is_never_written_through(photos, tmp_path, client):
+    out = tmp_path / "out"
+    out.mkdir()
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (out / "img001.png").symlink_to(target)
+    (out / "sub").symlink_to(tmp_path)  # a planted directory link
+    wf = Workflow("s", [Node("load", "load"), Node("save", "save", {"format": "png"}, after="load")])
+    result = dagflow.run(wf, photos, out, client=client, progress=False)
+    assert target.read_text() == "keep me"
+    assert not (tmp_path / "img000.png").exists()  # nothing landed through the linked dir
+    unsafe = [r for r in records(result) if r["status"] == "failed"]
+    assert unsafe and all(r["error_class"] == "bad_input" for r in unsafe)
+
+
+@pytest.mark.slow
+def test_poison_item_ends_lost_worker_alone(photos, tmp_path):
+    wf = Workflow("p", [Node("load", "load"), Node("poison", "poison", {"name": "img005"},
+                                                    after="load"),
+                        Node("save", "save", {"format": "png"}, after="poison")])
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        result = dagflow.run(wf, photos, tmp_path / "out", progress=False, chunk_size=4,
+                             local_options={"n_workers": 2, "threads_per_worker": 1})
+    rows = records(result)
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert [Path(r["input_path"]).stem for r in failed] == ["img005"]
+    assert failed[0]["error_class"] == "lost_worker"
+    assert result.succeeded == 11 and len(list((tmp_path / "out").rglob("*.png"))) == 11
+
+
+@pytest.mark.slow
+def test_worker_killed_mid_batch_every_image_processed_once(tmp_path, make_photos):
+    from distributed import Client, LocalCluster
+
+    make_photos(tmp_path / "in", 40, size=(320, 240))
+    wf = Workflow("k", [Node("load", "load"), Node("m", "median", {"size": 5}, after="load"),
+                        Node("save", "save", {"format": "png"}, after="m")])
+    with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        handle = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, wait=False,
+                             chunk_size=3)
+        while handle.done_items < 6:
+            time.sleep(0.05)
+        victim = sorted(c.scheduler_info()["workers"])[0]
+        with pytest.raises(OSError):  # the worker dies before it can answer
+            c.run(os._exit, 1, workers=[victim])
+        result = handle.result(timeout=120)
+    assert result.failed == 0 and result.succeeded == 40
+    rows = records(result)
+    per_key = {}
+    for r in rows:
+        per_key.setdefault((r["input_path"], r["node_id"]), []).append(r["status"])
+    assert len(per_key) == 40 * 3 and all(v == ["ok"] for v in per_key.values())
+    assert len(list((tmp_path / "out").rglob("*.png"))) == 40
+
+
+DRIVER_WORKFLOW = """
+name: kill
+nodes:
+  - {id: load, op: load}
+  - {id: m, op: median, after: [load], params: {size: 5}}
+  - {id: save, op: save, after: [m], params: {format: png}}
+"""
+
+
+def _final_state(out: Path) -> dict:
+    cp = load_done(out / "_dagflow")
+    files = {p.relative_to(out).as_posix(): p.read_bytes()
+             for p in out.rglob("*.png") if "_dagflow" not in p.parts}
+    return {"done": len(cp.done), "failed": dict(cp.failed), "files": files}
+
+
+@pytest.mark.slow
+def test_driver_killed_at_random_moments_resumes_to_the_same_result(tmp_path, make_photos):
+    make_photos(tmp_path / "in", 36, size=(320, 240))
+    wf_path = tmp_path / "wf.yaml"
+    wf_path.write_text(DRIVER_WORKFLOW)
+    dagflow_bin = str(Path(sys.executable).parent / "dagflow")
+    env = {**os.environ, "DASK_DAGFLOW__CLUSTER__N_WORKERS": "2",
+           "DASK_DAGFLOW__CLUSTER__THREADS_PER_WORKER": "1"}
+
+    def cli(out: Path, kill_after: float | None = None) -> subprocess.CompletedProcess | None:
+        args = [dagflow_bin, "run", str(wf_path), "-i", str(tmp_path / "in"), "-o", str(out),
+                "--json", "--chunk-size", "2"]
+        if kill_after is None:
+            return subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=env, start_new_session=True)
+        time.sleep(kill_after)
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its cluster, as in a node crash
+        proc.wait()
+        return None
+
+    reference = tmp_path / "reference"
+    assert cli(reference).returncode == 0
+    expected = _final_state(reference)
+
+    out = tmp_path / "out"
+    rng = random.Random(7)
+    for _ in range(3):
+        cli(out, kill_after=rng.uniform(2.5, 5.0))
+    status_runs = sorted((out / "_dagflow" / "runs").iterdir())
+    assert run_status(status_runs[-1]).state in ("running or died", "finished")
+    import json
+
+    second = cli(out)
+    assert second.returncode == 0, second.stderr
+    summary = json.loads(second.stdout)
+    assert summary["executed"] + summary["already_done"] == 36
+    assert _final_state(out) == expected
+    third = json.loads(cli(out).stdout)
+    assert third["executed"] == 0 and third["already_done"] == 36
+
+
+WRITER = """
+import sys, itertools
+from dagflow.recovery.checkpoint import write_records
+rows = [dict(run_id="r", item_id=i, item_key="k%d" % i, input_path="/x/%d.jpg" % i, rel="%d" % i,
+             node_id="n", node_key="nk", op="o", status="ok", attempts=1, duration_s=0.1,
+             error_message="m" * 200) for i in range(20000)]
+for n in itertools.count():
+    write_records(sys.argv[1] + "/runs/r%03d/records/part-%07d.parquet" % (n % 7, n), rows)
+"""
+
+
+@pytest.mark.slow
+def test_checkpoint_writer_killed_mid_write_leaves_a_readable_checkpoint(tmp_path):
+    state = tmp_path / "_dagflow"
+    state.mkdir()
+    rng = random.Random(3)
+    for _ in range(20):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(state)])
+        time.sleep(rng.uniform(1.0, 2.5))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        table, bad = read_records(record_parts(state))
+        assert bad == []
+        assert table.num_rows % 20000 == 0
+    assert len(record_parts(state)) > 0
+    assert load_done(state).corrupt_parts == []

@@ -1,0 +1,166 @@
+"""End to end: dagflow.run on real clusters over real files, records, resume, inputs."""
+
+from __future__ import annotations
+
+import csv
+import os
+
+import numpy as np
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image as PILImage
+
+import dagflow
+from dagflow import Node, Workflow
+from dagflow.io import read_image
+from dagflow.recovery.checkpoint import RECORD_SCHEMA
+
+THUMBS = Workflow("thumbs", [
+    Node("load", "load"),
+    Node("small", "resize", {"long_side": 32}, after="load"),
+    Node("save", "save", {"format": "png"}, after="small"),
+])
+
+
+def run(wf, inputs, out, client, **kw):
+    return dagflow.run(wf, inputs, out, client=client, progress=False, **kw)
+
+
+def test_thumbnails_end_to_end_in_process(photos_with_bad, tmp_path, client):
+    out = tmp_path / "out"
+    result = run(THUMBS, photos_with_bad, out, client)
+    assert (result.items, result.succeeded, result.failed) == (14, 12, 2)
+    assert result.exit_code == 1 and result.quarantined == 2
+    # outputs mirror the input tree, with the new extension
+    for src in photos_with_bad.rglob("img*"):
+        rel = src.relative_to(photos_with_bad).with_suffix(".png")
+        img = read_image(out / rel)
+        assert max(img.width, img.height) == 32
+    # records: one row per item and node, readable as a dataset
+    table = ds.dataset(result.run_dir / "records").to_table()
+    assert set(RECORD_SCHEMA.names) <= set(table.column_names)
+    assert table.num_rows == 14 * 3
+    rows = table.to_pylist()
+    broken = [r for r in rows if r["input_path"].endswith("broken.jpg")]
+    assert {r["node_id"]: r["status"] for r in broken} == {
+        "load": "failed", "small": "upstream_failed", "save": "upstream_failed"}
+    assert broken[0]["error_class"] == "bad_input" or any(
+        r["error_class"] == "bad_input" for r in broken)
+    ok = [r for r in rows if r["status"] == "ok" and r["node_id"] == "save"]
+    assert len(ok) == 12 and all(os.path.exists(r["output_path"]) for r in ok)
+    assert all(r["worker"] and r["duration_s"] >= 0 for r in ok)
+    quarantine = pq.read_table(result.run_dir / "quarantine.parquet").to_pylist()
+    assert {os.path.basename(q["input_path"]) for q in quarantine} == {"broken.jpg", "empty.png"}
+    assert all(q["reason"] for q in quarantine)
+
+
+def test_rerun_executes_nothing_and_changes_rerun_only_what_they_affect(photos_with_bad,
+                                                                        tmp_path, client):
+    out = tmp_path / "out"
+    first = run(THUMBS, photos_with_bad, out, client)
+    assert first.executed == 14
+    second = run(THUMBS, photos_with_bad, out, client)
+    assert (second.executed, second.already_done) == (0, 14)
+    # a changed input file re-runs that item only
+    target = next(photos_with_bad.glob("img001.jpg"))
+    PILImage.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(target)
+    third = run(THUMBS, photos_with_bad, out, client)
+    assert third.executed == 1 and third.succeeded == 1
+    # a deleted output re-runs its item
+    (out / "img002.png").unlink()
+    fourth = run(THUMBS, photos_with_bad, out, client)
+    assert fourth.executed == 1 and (out / "img002.png").exists()
+    # a changed parameter re-runs every item of the nodes it affects
+    bigger = Workflow("thumbs", [
+        Node("load", "load"),
+        Node("small", "resize", {"long_side": 24}, after="load"),
+        Node("save", "save", {"format": "png"}, after="small"),
+    ])
+    fifth = run(bigger, photos_with_bad, out, client)
+    assert fifth.executed == 12  # the two bad inputs stay quarantined
+    assert max(read_image(out / "img002.png").data.shape[:2]) == 24
+    # --retry-failed runs exactly the quarantined ones
+    retried = run(bigger, photos_with_bad, out, client, retry_failed=True)
+    assert retried.executed == 2 and retried.failed == 2
+
+
+def test_dag_with_fan_out_fan_in_condition_and_aggregates(photos, tmp_path, client):
+    wf = Workflow("dag", [
+        Node("load", "load"),
+        Node("small", "resize", {"size": [40, 30]}, after="load"),
+        Node("blur", "gaussian", {"sigma": 2.0}, after="small"),
+        Node("gray", "grayscale", after="small"),
+        Node("mix", "composite", {"mode": "blend", "alpha": 0.5}, after=["blur", "gray"]),
+        Node("save", "save", {"format": "png"}, after="mix"),
+        Node("pngs_only", "flip", {"axis": "horizontal"}, after="load", when="format == 'png'"),
+        Node("save_png", "save", {"format": "png", "subdir": "flipped"}, after="pngs_only"),
+        Node("stats", "stats", after="load"),
+        Node("sheet", "contact_sheet", {"thumb": 16, "format": "png"}, after="small"),
+    ])
+    result = run(wf, photos, tmp_path / "out", client)
+    assert result.failed == 0 and result.succeeded == 12
+    n_png = len(list(photos.rglob("*.png")))
+    assert result.nodes["save_png"] == {"ok": n_png, "skipped": 12 - n_png}
+    assert len(list((tmp_path / "out" / "flipped").rglob("*.png"))) == n_png
+    mixed = read_image(tmp_path / "out" / "img001.png")
+    assert (mixed.width, mixed.height, mixed.channels) == (40, 30, 3)
+    stats = pq.read_table(result.aggregates["stats"]).to_pandas()
+    assert len(stats) == 12
+    sheet = read_image(result.aggregates["sheet"])
+    assert sheet.width >= 16 * 3 and sheet.height >= 16 * 3
+
+
+@pytest.mark.parametrize("kind", ["glob", "list", "csv", "parquet", "file"])
+def test_inputs_glob_list_and_manifests(kind, photos, tmp_path, client):
+    jpgs = sorted(photos.rglob("*.jpg"))
+    if kind == "glob":
+        inputs = str(photos / "**" / "*.jpg")
+    elif kind == "list":
+        inputs = [str(p) for p in jpgs]
+    elif kind == "file":
+        inputs, jpgs = str(jpgs[0]), jpgs[:1]
+    else:
+        manifest = photos / f"manifest.{kind}"
+        rels = [str(p.relative_to(photos)) for p in jpgs]
+        if kind == "csv":
+            with open(manifest, "w", newline="") as f:
+                csv.writer(f).writerows([["path"], *[[r] for r in rels]])
+        else:
+            import pyarrow as pa
+
+            pq.write_table(pa.table({"path": rels}), manifest)
+        inputs = str(manifest)
+    result = run(THUMBS, inputs, tmp_path / "out", client)
+    assert result.items == len(jpgs) and result.succeeded == len(jpgs)
+
+
+def test_invalid_inputs_fail_before_anything_runs(tmp_path, client):
+    with pytest.raises(dagflow.InputError, match="no images found"):
+        run(THUMBS, tmp_path, tmp_path / "out", client)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("file\nx.jpg\n")
+    with pytest.raises(dagflow.InputError, match="no 'path' column"):
+        run(THUMBS, manifest, tmp_path / "out", client)
+    bad = Workflow("w", [Node("load", "load"), Node("x", "resize", after="load")])
+    with pytest.raises(dagflow.WorkflowValidationError):
+        run(bad, tmp_path, tmp_path / "out", client)
+    assert not (tmp_path / "out").exists()
+
+
+def test_run_in_the_background_returns_a_handle(photos, tmp_path, client):
+    handle = dagflow.run(THUMBS, photos, tmp_path / "out", client=client, wait=False)
+    result = handle.result(timeout=60)
+    assert handle.done() and result.succeeded == 12
+    assert handle.done_items == 12
+    assert "12 succeeded" in result._repr_html_()
+
+
+@pytest.mark.slow
+def test_embedded_local_cluster_with_worker_processes(photos_with_bad, tmp_path):
+    result = dagflow.run(THUMBS, photos_with_bad, tmp_path / "out", progress=False,
+                         local_options={"n_workers": 2, "threads_per_worker": 1})
+    assert (result.succeeded, result.failed) == (12, 2)
+    workers = {r for r in result.records()["worker"] if r}
+    assert len(workers) >= 1 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
+    assert result.dashboard and result.dashboard.startswith("http://127.0.0.1:")
