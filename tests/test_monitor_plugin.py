@@ -200,7 +200,7 @@ async def test_sampling_and_end_run(c, s, a):
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 1)])
 async def test_breaker_events_reach_the_plugin(c, s, a):
     plugin = ensure_plugin(s)
-    hooks.breaker_changed(c, SimpleNamespace(run_id="r"), "save", "open", "disk full")
+    await hooks.breaker_changed(c, SimpleNamespace(run_id="r"), "save", "open", "disk full")
     while "save" not in plugin.breakers:
         await asyncio.sleep(0.01)
     assert plugin.breakers == {"save": "open"}

@@ -323,3 +323,31 @@ def test_checkpoint_writer_killed_mid_write_leaves_a_readable_checkpoint(tmp_pat
         assert table.num_rows % 20000 == 0
     assert len(record_parts(state)) > 0
     assert load_done(state).corrupt_parts == []
+
+
+def test_status_reconstructs_the_run_and_flags_inconsistencies(photos, tmp_path, client):
+    out = tmp_path / "out"
+    wf = Workflow("s", [Node("load", "load"), Node("save", "save", {"format": "png"}, after="load")])
+    result = dagflow.run(wf, photos, out, client=client, progress=False)
+    status = run_status(result.run_dir)
+    assert (status.state, status.done, status.failed, status.pending) == ("finished", 12, 0, 0)
+    assert status.inconsistencies == []
+    (out / "img001.png").unlink()
+    (out / "stray.png").write_bytes(b"x")
+    (out / ".img002.png.0a1b2c3d4e5f.tmp").write_bytes(b"torn")
+    # a run that died: its log has no end
+    events = result.run_dir / "events.jsonl"
+    events.write_text("".join(line + "\n" for line in events.read_text().splitlines()
+                              if "run_finished" not in line) + '{"t": 1, "event": "chunk_fin')
+    status = run_status(result.run_dir)
+    assert status.state == "running or died"
+    text = "\n".join(status.inconsistencies)
+    assert "record without output" in text and "img001.png" in text
+    assert "output without a record" in text and "stray.png" in text
+    assert "temporary file left behind" in text
+    from click.testing import CliRunner
+
+    from dagflow.cli import main
+
+    shown = CliRunner().invoke(main, ["status", str(result.run_dir), "--json"])
+    assert shown.exit_code == 0 and '"running or died"' in shown.output

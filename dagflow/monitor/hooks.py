@@ -78,17 +78,21 @@ def run_started(client: Any, ctx: Any, tasks: Mapping[str, Any], *,
                        "install it: %s: %s)", type(exc).__name__, exc)
 
 
-def breaker_changed(client: Any, ctx: Any, node: str, state: str, why: str | None = None) -> None:
-    """A circuit breaker changed state (sent to the plugin for Prometheus and the page)."""
+def breaker_changed(client: Any, ctx: Any, node: str, state: str, why: str | None = None) -> Any:
+    """A circuit breaker changed state (sent to the plugin for Prometheus and the page).
+
+    Returns what ``client.log_event`` returns (an awaitable for an asynchronous client).
+    """
     if client is None or not enabled():
-        return
+        return None
     from dagflow.monitor.plugin import BREAKER_TOPIC
 
     try:
-        client.log_event(BREAKER_TOPIC, {"run": ctx.run_id, "node": node, "state": state,
-                                         "why": why, "t": time.time()})
+        return client.log_event(BREAKER_TOPIC, {"run": ctx.run_id, "node": node,
+                                                "state": state, "why": why, "t": time.time()})
     except Exception as exc:
         logger.debug("could not report a breaker change: %s", exc)
+        return None
 
 
 def run_finished(client: Any, ctx: Any, result: Any) -> None:

@@ -92,4 +92,27 @@ def run_status(run_dir: str | os.PathLike[str]) -> RunStatus:
     output_dir = run_dir.parent.parent.parent
     for tmp in find_temporaries(output_dir):
         status.inconsistencies.append(f"temporary file left behind: {tmp}")
+    status.inconsistencies.extend(
+        f"output without a record: {p}" for p in outputs_without_records(output_dir, run_dir))
     return status
+
+
+def outputs_without_records(output_dir: Path, run_dir: Path) -> list[Path]:
+    """Files in the output directory that no run's records claim.
+
+    Aggregate outputs and dagflow's own state are not counted.
+    """
+    state_dir = run_dir.parent.parent
+    table, _ = read_records(sorted(state_dir.glob("runs/*/records/part-*.parquet")),
+                            ["output_path", "node_id"])
+    claimed = {os.path.abspath(p) for p in table.column("output_path").to_pylist() if p}
+    nodes = set(table.column("node_id").to_pylist())
+    stray = []
+    for path in sorted(output_dir.rglob("*")):
+        if state_dir in path.parents or not path.is_file() or path.name.endswith(".tmp"):
+            continue
+        if path.parent == output_dir and path.stem in nodes:
+            continue  # an aggregate's output, named after its node
+        if os.path.abspath(path) not in claimed:
+            stray.append(path)
+    return stray
