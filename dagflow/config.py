@@ -6,17 +6,24 @@ environment variables override them. Keyword arguments across dagflow default to
 ``None`` and resolve here. Values are resolved on the client and passed into tasks
 explicitly: a remote worker does not see the client's configuration. Nothing is written
 to the user's home directory.
+
+``dagflow-schema.yaml`` describes every key (type, range, meaning);
+:func:`validate_config` checks a configuration against it and names the bad key, e.g.
+``dagflow.retry.attemps``. ``dagflow config validate`` runs it on the configuration in
+force (defaults, Dask config files, environment) or on a YAML file.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import dask.config
 import yaml
 
-__all__ = ["DEFAULTS", "get", "resolve"]
+__all__ = ["DEFAULTS", "SCHEMA", "get", "resolve", "validate_config"]
 
 _HERE = os.path.dirname(__file__)
 
@@ -24,6 +31,9 @@ with open(os.path.join(_HERE, "dagflow.yaml"), encoding="utf-8") as _f:
     DEFAULTS: dict[str, Any] = yaml.safe_load(_f)
 
 dask.config.update_defaults(DEFAULTS)
+
+with open(os.path.join(_HERE, "dagflow-schema.yaml"), encoding="utf-8") as _f:
+    SCHEMA: dict[str, Any] = yaml.safe_load(_f)
 
 
 _MISSING = object()
@@ -44,3 +54,98 @@ def get(key: str, default: Any = None) -> Any:
 def resolve(value: Any, key: str) -> Any:
     """``value`` unless it is ``None``, else the configured ``dagflow.<key>``."""
     return get(key) if value is None else value
+
+
+def _canonical(config: Any, schema: Mapping[str, Any]) -> Any:
+    """``config`` with keys spelled as in the schema (Dask treats ``_`` and ``-`` alike;
+    environment variables give ``chunk_size`` for ``chunk-size``)."""
+    if not isinstance(config, Mapping) or "properties" not in schema:
+        return config
+    props = schema["properties"]
+    out = {}
+    for key, value in config.items():
+        name = key
+        if isinstance(key, str) and key not in props:
+            alt = key.replace("_", "-")
+            name = alt if alt in props else key
+        out[name] = _canonical(value, props.get(name, {}))
+    return out
+
+
+def _describe(error: Any, schema: Mapping[str, Any]) -> str:
+    """One readable line for a jsonschema error, naming the dotted key."""
+    path = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        unexpected = sorted(set(error.instance) - set(known))
+        lines = []
+        for key in unexpected:
+            dotted = f"{path}.{key}" if path else key
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {path + '.' + close[0]!r}?" if close else ""
+            lines.append(f"unknown key {dotted!r}{hint} (known: {', '.join(known)})")
+        return "\n".join(lines)
+    if error.validator in ("oneOf", "anyOf"):
+        expected = " or ".join(_expected(s) for s in error.validator_value)
+        return f"{path}: {error.instance!r} is not valid, expected {expected}"
+    return f"{path or '<root>'}: {error.message}"
+
+
+def _expected(schema: Mapping[str, Any]) -> str:
+    if "const" in schema:
+        return repr(schema["const"])
+    text = " or ".join(schema["type"]) if isinstance(schema.get("type"), list) \
+        else str(schema.get("type", "a value"))
+    if "minimum" in schema:
+        text += f" >= {schema['minimum']}"
+    return text
+
+
+def validate_config(config: Mapping[str, Any] | str | os.PathLike[str] | None = None) -> None:
+    """Check a configuration's ``dagflow`` section against ``dagflow-schema.yaml``.
+
+    Parameters
+    ----------
+    config
+        A configuration mapping with a top-level ``dagflow`` key (as in a Dask config
+        file), the path of such a YAML file, or ``None`` for the configuration in force
+        (``dask.config.config``). Other namespaces are not checked.
+
+    Raises
+    ------
+    ConfigError
+        Listing every problem, each naming its dotted key (``dagflow.retry.attemps``).
+
+    Examples
+    --------
+    >>> validate_config({"dagflow": {"retry": {"attempts": 5}}})
+    >>> validate_config({"dagflow": {"retry": {"attemps": 5}}})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    dagflow.exceptions.ConfigError: ... unknown key 'dagflow.retry.attemps'; did you mean ...
+    """
+    import jsonschema
+
+    from dagflow.exceptions import ConfigError
+
+    source = ""
+    if config is None:
+        config = dask.config.config
+    elif isinstance(config, (str, os.PathLike)):
+        source = f" in {os.fspath(config)}"
+        with open(config, encoding="utf-8") as f:
+            config = yaml.safe_load(f) or {}
+    if not isinstance(config, Mapping):
+        raise ConfigError(f"invalid dagflow configuration{source}: expected a mapping")
+    section = {"dagflow": config["dagflow"]} if "dagflow" in config else {}
+    section = _canonical(section, SCHEMA)
+    validator = jsonschema.Draft7Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(section), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return
+    problems = [line for e in errors for line in _describe(e, SCHEMA).splitlines()]
+    if len(problems) == 1:
+        raise ConfigError(f"invalid dagflow configuration{source}: {problems[0]}")
+    listing = "\n".join(f"  - {p}" for p in problems)
+    raise ConfigError(f"invalid dagflow configuration{source}, {len(problems)} problems:\n"
+                      f"{listing}")

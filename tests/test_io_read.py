@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import struct
 import time
 import zlib
@@ -484,13 +485,35 @@ def test_bad_files_named(tmp_path, name, reason):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
 
 
-def test_missing_and_directory(tmp_path):
+@pytest.mark.timeout(10)
+def test_missing_directory_fifo(tmp_path):
     with pytest.raises(BadInputError) as info:
         read_image(tmp_path / "nope.jpg")
     assert info.value.reason == "missing"
     with pytest.raises(BadInputError) as info:
         probe_header(tmp_path)
     assert info.value.reason == "not_a_file"
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / "pipe.jpg")
+        with pytest.raises(BadInputError) as info:  # must not block on open
+            read_image(tmp_path / "pipe.jpg")
+        assert info.value.reason == "not_a_file"
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "1", "I;16"])
+def test_tiff_codec_without_imagecodecs_falls_back_to_pillow(tmp_path, mode):
+    rgb = photo_like(24, 32, seed=3)
+    image = PILImage.fromarray(rgb)
+    if mode == "I;16":
+        image = PILImage.fromarray(_full_range_u16((24, 32)))
+    elif mode != "RGB":
+        image = image.convert(mode)
+    path = tmp_path / "lzw.tif"
+    image.save(path, compression="tiff_lzw")
+    img = read_image(path)
+    expected = np.asarray(image.convert("L") if mode == "1" else image)
+    np.testing.assert_array_equal(img.data.reshape(expected.shape), expected)
+    assert img.data.dtype == (np.uint16 if mode == "I;16" else np.uint8)
 
 
 class _FailingFile(io.FileIO):

@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from dagflow.exceptions import BadInputError
+from dagflow.exceptions import BadInputError, TransientError
 from dagflow.image import Image
 from dagflow.io import (
     FORMAT_SUFFIXES,
@@ -313,6 +313,20 @@ def test_long_components_shortened_deterministically(tmp_path):
     atomic_write(joined, b"ok")
     assert joined.read_bytes() == b"ok"
     assert safe_join(tmp_path, "short.jpg").name == "short.jpg"
+
+
+def test_transient_write_error(tmp_path, monkeypatch):
+    import errno
+
+    def failing_save(self, fp, *args, **kwargs):
+        fp.write(b"partial")
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(PILImage.Image, "save", failing_save)
+    with pytest.raises(TransientError) as info:
+        write_image(photo_like(8, 8), tmp_path / "a.jpg")
+    assert info.value.errno == errno.EIO
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_umask_permissions(tmp_path):

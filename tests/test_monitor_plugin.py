@@ -158,9 +158,11 @@ async def test_transitions_queue_chunks_and_retries(c, s, a):
     plugin = ensure_plugin(s)
     plugin.begin_run({"run_id": "r", "items": 4, "nodes": NODES})
     futures = [c.submit(work, i, key=(f"load-1a2b{i}", i)) for i in range(4)]
-    await asyncio.sleep(0.02)
+    while len(s.tasks) < 4 or not plugin.queue_depth()["processing"]:
+        await asyncio.sleep(0.005)
     q = plugin.queue_depth()
     assert q["processing"] + q["queued"] + q["in_memory"] == 4
+    assert q["by_node"]["load"]["processing"] == q["processing"]
     chunks = plugin.snapshot()["chunks"]
     assert {ch["chunk"] for ch in chunks} <= {0, 1, 2, 3} and chunks
     await c.gather(futures)

@@ -29,9 +29,10 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image as PILImage
 
-from dagflow.exceptions import BadInputError
+from dagflow.exceptions import BadInputError, TransientError
 from dagflow.image import Image, as_image
 from dagflow.io.atomic import atomic_write
+from dagflow.io.errors import TRANSIENT_ERRNOS
 from dagflow.io.formats import WRITE_FORMATS, format_from_suffix, normalize_format
 from dagflow.io.png16 import encode_png16
 
@@ -92,6 +93,9 @@ def write_image(
     BadInputError
         ``unsupported_mode`` for pixels the format cannot hold (e.g. ``int32`` to PNG,
         5 channels to JPEG); ``unsafe_path`` when ``path`` is a symlink.
+    TransientError
+        A retryable storage error while writing (``EIO``, ``ETIMEDOUT``, ``ESTALE``...);
+        nothing is left at ``path``.
 
     Examples
     --------
@@ -129,7 +133,12 @@ def write_image(
         tile=tile,
         bigtiff=bigtiff,
     )
-    atomic_write(path, write_fn)
+    try:
+        atomic_write(path, write_fn)
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS and not isinstance(exc, TransientError):
+            raise TransientError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+        raise
     logger.debug("wrote %s (%s, %s %s)", path, fmt, data.shape, data.dtype)
     return str(path)
 

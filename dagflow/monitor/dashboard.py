@@ -360,8 +360,47 @@ class DagflowPage(_Component):
             c.update(snap)
 
 
+#: Runs in the browser once the page is drawn: records, in the light DOM where a
+#: headless browser's ``--dump-dom`` sees it, which figures have a view and how many
+#: canvases they drew (Bokeh draws inside shadow roots, which the dump leaves out).
+RENDERED_JS = """
+let canvases = 0;
+const drawn = [];
+function count(node) {
+  if (node.nodeType === 1 && node.tagName === "CANVAS") canvases += 1;
+  if (node.shadowRoot) count(node.shadowRoot);
+  for (const child of node.childNodes) count(child);
+}
+for (const fig of figures) {
+  const view = Bokeh.index.find_one(fig);
+  if (view != null) {
+    drawn.push(fig.name);
+    count(view.el);
+  }
+}
+let marker = document.getElementById("dagflow-rendered");
+if (marker == null) {
+  marker = document.createElement("div");
+  marker.id = "dagflow-rendered";
+  marker.hidden = true;
+  document.body.appendChild(marker);
+}
+marker.dataset.figures = drawn.join(" ");
+marker.dataset.canvases = String(canvases);
+"""
+
+
+def _figures(model: Any) -> list[Any]:
+    from bokeh.models import Plot
+
+    return sorted((m for m in model.references() if isinstance(m, Plot)),
+                  key=lambda m: m.name or "")
+
+
 def dagflow_doc(scheduler: Any, extra: dict[str, Any], doc: Any) -> None:
     """The Bokeh document of ``/individual-dagflow``."""
+    from bokeh.events import DocumentReady
+    from bokeh.models import CustomJS
     from distributed.dashboard.components import add_periodic_callback
     from distributed.dashboard.components.scheduler import BOKEH_THEME, env
 
@@ -370,6 +409,8 @@ def dagflow_doc(scheduler: Any, extra: dict[str, Any], doc: Any) -> None:
     add_periodic_callback(doc, page, 500)
     doc.title = "Dask: dagflow"
     doc.add_root(page.root)
+    doc.js_on_event(DocumentReady, CustomJS(args={"figures": _figures(page.root)},
+                                            code=RENDERED_JS))
     try:
         doc.template = env.get_template("simple.html")
         doc.template_variables.update(extra)

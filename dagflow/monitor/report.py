@@ -128,7 +128,7 @@ def _figures(a: RunAnalysis) -> dict[str, Any]:
 
     # throughput
     if len(a.throughput):
-        src = ColumnDataSource(a.throughput)
+        src = ColumnDataSource({c: a.throughput[c].to_numpy() for c in a.throughput})
         f = figure(name="throughput", title="Items finished per second", height=260,
                    width=1000, tools="pan,wheel_zoom,box_zoom,reset,save")
         f.line("t", "items_per_s", source=src, line_width=2, color="#2b7bb9")

@@ -12,6 +12,7 @@ filters       ``gaussian``, ``median``, ``unsharp`` (and :func:`filter_depth`)
 intensity     ``normalize``, ``convert``, ``grayscale``, ``equalize``, ``threshold``
 composite     ``composite`` (two inputs)
 aggregate     ``stats``, ``contact_sheet`` (aggregates)
+dispatch      CPU/GPU choice per node; ``gpu`` holds the cupy implementations
 ============  ====================================================================
 
 Every op keeps its input's dtype (16-bit stays 16-bit) unless changing it is its
@@ -23,7 +24,7 @@ scaled to the image's dtype.
 
 from __future__ import annotations
 
-from dagflow.ops import aggregate, composite, filters, geometry, intensity, load, save
+from dagflow.ops import aggregate, composite, dispatch, filters, geometry, intensity, load, save
 from dagflow.ops.filters import filter_depth
 from dagflow.ops.registry import REQUIRED, OpSpec, Param, get_op, list_ops, register_op
 
@@ -33,6 +34,7 @@ __all__ = [
     "Param",
     "aggregate",
     "composite",
+    "dispatch",
     "filter_depth",
     "filters",
     "geometry",
@@ -43,3 +45,7 @@ __all__ = [
     "register_op",
     "save",
 ]
+
+# cupy implementations of resize, gaussian, median, unsharp, normalize and convert,
+# imported on first use on a GPU worker only (see dagflow.ops.dispatch)
+dispatch.register_builtin_gpu_funcs()

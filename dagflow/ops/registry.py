@@ -36,6 +36,7 @@ __all__ = [
     "get_op",
     "list_ops",
     "register_op",
+    "set_gpu_func",
 ]
 
 OpKind = Literal["source", "transform", "sink", "aggregate"]
@@ -276,6 +277,18 @@ def register_op(
         return func
 
     return decorator
+
+
+def set_gpu_func(name: str, func: Callable[..., Any] | None) -> OpSpec:
+    """Attach a GPU implementation (same calling convention as ``func``) to the op ``name``.
+
+    Used by :mod:`dagflow.ops.dispatch`, which registers the built-in cupy
+    implementations lazily; the runtime picks the implementation per node and device.
+    """
+    import dataclasses
+
+    _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], gpu_func=func)
+    return _REGISTRY[name]
 
 
 def _ensure_builtins() -> None:

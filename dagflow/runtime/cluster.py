@@ -113,7 +113,8 @@ def connect(
         if address is None:
             raise ConfigError(f"cannot connect to {cluster!r}: it has no scheduler_address")
     if address is not None:
-        with Client(address) as c:
+        # A cluster object (not its address), so that the client takes its security.
+        with Client(address if isinstance(cluster, str) else cluster) as c:
             yield c
         return
     if scheduler_file is not None:

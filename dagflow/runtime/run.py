@@ -372,6 +372,7 @@ def run(
     progress: bool | None = None,
     local_options: Mapping[str, Any] | None = None,
     wait: bool = True,
+    run_id: str | None = None,
 ) -> RunResult | RunHandle:
     """Run ``workflow`` over ``inputs``, writing into ``output``.
 
@@ -401,6 +402,10 @@ def run(
         Keyword arguments for the embedded cluster.
     wait
         ``False`` returns a :class:`RunHandle` at once and runs in the background.
+    run_id
+        The run's id, which names its directory (``<output>/_dagflow/runs/<run_id>``);
+        by default a new one. ``dagflow submit`` chooses it so that it can print the
+        run directory before the run starts.
 
     Returns
     -------
@@ -416,7 +421,7 @@ def run(
     input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(inputs)
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
-                   checkpoint=checkpoint, local_options=local_options)
+                   checkpoint=checkpoint, local_options=local_options, run_id=run_id)
     if not wait:
         return RunHandle(lambda handle: _run(wf, input_set, Path(output), progress=False,
                                              handle=handle, **options))
@@ -425,10 +430,10 @@ def run(
 
 def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, scheduler_file,
          chunk_size, resume, retry_failed, checkpoint, progress, local_options,
-         handle: RunHandle | None = None) -> RunResult:
+         handle: RunHandle | None = None, run_id: str | None = None) -> RunResult:
     start = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
-    run_id = new_run_id()
+    run_id = run_id or new_run_id()
     state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
     tasks = node_tasks(wf)
     for leftover in find_temporaries(output):

@@ -93,8 +93,7 @@ def make_sample_corpus(
         name = f"photos/photo_{index:03d}_{width}x{height}.jpg"
         files[name] = pillow_bytes(PILImage.fromarray(pixels), "JPEG", quality=88)
     files.update(_format_samples(seed))
-    files.update(_corrupt_samples(files["photos/photo_000_640x480.jpg"] if n_photos else
-                                  files["orientation/orient_1.jpg"], seed))
+    files.update(_corrupt_samples(files["orientation/orient_1.jpg"], seed))
     written = []
     for name, data in sorted(files.items()):
         written.append(atomic_write(root / name, data))

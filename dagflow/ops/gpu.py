@@ -1,0 +1,376 @@
+"""cupy implementations of ``resize``, ``gaussian``, ``median``, ``unsharp``,
+``normalize`` and ``convert``.
+
+This module imports cupy at its top: only :mod:`dagflow.ops.dispatch` imports it, on a
+worker that runs a GPU node, never on a machine without cupy. Each function has the
+calling convention and the semantics of its CPU counterpart (same parameters, dtype
+kept, alpha untouched by filters and intensity ops, 8-bit levels scaled to the dtype):
+the image is copied to the device, processed there, and copied back, so the next node
+(or the sink) sees a numpy image as from the CPU.
+
+Equal to the CPU within tolerance, not bit for bit: filters run in float32 on both
+sides (rounding may differ by one level); ``resize`` applies Pillow's Lanczos weights
+(:mod:`dagflow.ops._resample`) as sparse matrices, with Pillow's rounding between the
+passes for 8-bit images; ``median`` and the 8/16-bit ``normalize`` and ``convert`` are
+exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import cupy as cp
+import numpy as np
+from cupyx.scipy import ndimage as cndi
+from cupyx.scipy import sparse as csparse
+
+from dagflow.exceptions import BadInputError
+from dagflow.image import Image
+from dagflow.ops._common import dtype_max, has_alpha, level_to_dtype, require_dtype
+from dagflow.ops._resample import plan_axes
+from dagflow.ops.geometry import resize_shape
+from dagflow.ops.intensity import _hist_bins, _percentiles_from_counts, _space_of
+
+__all__ = [
+    "IMPLEMENTATIONS",
+    "convert",
+    "convert_dtype_array",
+    "convert_space_array",
+    "gaussian",
+    "gaussian_array",
+    "median",
+    "median_array",
+    "normalize",
+    "normalize_array",
+    "resize",
+    "resize_array",
+    "unsharp",
+    "unsharp_array",
+]
+
+_MODE = "reflect"
+
+
+def _from_float(values: Any, dtype: Any) -> Any:
+    dtype = np.dtype(dtype)
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        out = cp.rint(values)
+        cp.clip(out, info.min, info.max, out=out)
+        return out.astype(dtype)
+    return values.astype(dtype, copy=False)
+
+
+def _apply_to_colour(arr: Any, alpha: bool, func: Callable[[Any], Any]) -> Any:
+    out = cp.empty_like(arr)
+    n_colour = arr.shape[2] - 1 if alpha else arr.shape[2]
+    for c in range(n_colour):
+        out[:, :, c] = func(arr[:, :, c])
+    if alpha:
+        out[:, :, -1] = arr[:, :, -1]
+    return out
+
+
+def _on_device(image: Image, func: Callable[[Any], Any], **meta: Any) -> Image:
+    result = func(cp.asarray(image.data))
+    return image.replace(cp.asnumpy(result), **meta)
+
+
+# --------------------------------------------------------------------------- filters
+
+
+def gaussian_array(arr: Any, sigma: float, truncate: float = 4.0, *,
+                   alpha: bool = False) -> Any:
+    """:func:`dagflow.ops.filters.gaussian_array` on a cupy array."""
+    require_dtype(arr, "gaussian")
+
+    def blur(plane: Any) -> Any:
+        out = cndi.gaussian_filter(plane, sigma, output=cp.float32, mode=_MODE,
+                                   truncate=truncate)
+        return _from_float(out, arr.dtype)
+
+    return _apply_to_colour(arr, alpha, blur)
+
+
+def median_array(arr: Any, size: int, *, alpha: bool = False) -> Any:
+    """:func:`dagflow.ops.filters.median_array` on a cupy array."""
+    require_dtype(arr, "median")
+    if size <= 1:
+        return arr.copy()
+    return _apply_to_colour(arr, alpha,
+                            lambda plane: cndi.median_filter(plane, size=size, mode=_MODE))
+
+
+def unsharp_array(arr: Any, sigma: float, amount: float = 1.0, threshold: float = 0.0,
+                  truncate: float = 4.0, *, alpha: bool = False) -> Any:
+    """:func:`dagflow.ops.filters.unsharp_array` on a cupy array."""
+    require_dtype(arr, "unsharp")
+    integer = np.dtype(arr.dtype).kind in "ui"
+
+    def sharpen(plane: Any) -> Any:
+        img = plane.astype(cp.float32)
+        detail = img - cndi.gaussian_filter(img, sigma, mode=_MODE, truncate=truncate)
+        if threshold > 0:
+            detail[cp.abs(detail) <= threshold] = 0.0
+        img += cp.float32(amount) * detail
+        return _from_float(img, arr.dtype) if integer else img.astype(arr.dtype)
+
+    return _apply_to_colour(arr, alpha, sharpen)
+
+
+def gaussian(image: Image, *, sigma: float, truncate: float = 4.0) -> Image:
+    """GPU ``gaussian``."""
+    return _on_device(image, lambda a: gaussian_array(a, sigma, truncate,
+                                                      alpha=has_alpha(image)))
+
+
+def median(image: Image, *, size: int = 3) -> Image:
+    """GPU ``median``."""
+    return _on_device(image, lambda a: median_array(a, size, alpha=has_alpha(image)))
+
+
+def unsharp(image: Image, *, sigma: float, amount: float = 1.0, threshold: float = 0.0,
+            truncate: float = 4.0) -> Image:
+    """GPU ``unsharp``."""
+    level = threshold * dtype_max(image.dtype) / 255.0
+    return _on_device(image, lambda a: unsharp_array(a, sigma, amount, level, truncate,
+                                                     alpha=has_alpha(image)))
+
+
+# --------------------------------------------------------------------------- resize
+
+
+def _device_matrix(matrix: Any) -> Any:
+    return csparse.csr_matrix(matrix.astype(np.float32))
+
+
+def _resample_plane(plane: Any, plans: tuple[Any, Any], round8: bool) -> Any:
+    """Apply the ``(x, y)`` plans to a float32 plane (y, x), rounding like Pillow's 8-bit
+    path when ``round8``."""
+    px, py = plans
+    x = plane
+    reduced = px.reduce is not None or py.reduce is not None
+    if py.reduce is not None:
+        x = _device_matrix(py.reduce) @ x
+    if px.reduce is not None:
+        x = (_device_matrix(px.reduce) @ cp.ascontiguousarray(x.T)).T
+    if reduced and round8:
+        x = cp.floor(x + 0.5)
+    if px.resample is not None:
+        x = (_device_matrix(px.resample) @ cp.ascontiguousarray(x.T)).T
+        if round8:
+            x = cp.clip(cp.floor(x + 0.5), 0, 255)
+    if py.resample is not None:
+        x = _device_matrix(py.resample) @ cp.ascontiguousarray(x)
+        if round8:
+            x = cp.clip(cp.floor(x + 0.5), 0, 255)
+    return cp.ascontiguousarray(x, dtype=cp.float32)
+
+
+def resize_array(arr: Any, width: int, height: int, *, alpha: bool = False,
+                 reducing_gap: float | None = 2.0) -> Any:
+    """:func:`dagflow.ops.geometry.resize_array` on a cupy array (Lanczos, premultiplied
+    alpha, Pillow's box reduction)."""
+    h, w, c = arr.shape
+    if (w, h) == (width, height):
+        return arr.copy()
+    dtype = np.dtype(arr.dtype)
+    plans = plan_axes(w, h, width, height, reducing_gap)
+    round8 = dtype == np.uint8
+    top = np.float32(dtype_max(dtype))
+    n_colour = c - 1 if alpha else c
+    out = cp.empty((height, width, c), dtype=dtype)
+    coverage = safe = None
+    if alpha:
+        a = arr[:, :, -1].astype(cp.float32)
+        a_small = _resample_plane(a, plans, round8)
+        out[:, :, -1] = _from_float(cp.clip(a_small, 0, top), dtype)
+        coverage = a / top
+        safe = cp.where(a_small > 1e-6 * top, a_small / top, 1.0).astype(cp.float32)
+    for ch in range(n_colour):
+        plane = arr[:, :, ch].astype(cp.float32)
+        if coverage is not None:
+            plane *= coverage
+        small = _resample_plane(plane, plans, round8 and coverage is None)
+        if safe is not None:
+            small = small / safe
+        out[:, :, ch] = _from_float(cp.clip(small, 0, top) if dtype.kind in "ui" else small,
+                                    dtype)
+    return out
+
+
+def resize(image: Image, *, long_side: int | None = None, size: Sequence[int] | None = None,
+           scale: float | None = None, allow_upscale: bool = False,
+           reducing_gap: float | None = 2.0) -> Image:
+    """GPU ``resize``."""
+    w, h = resize_shape(image.width, image.height, long_side=long_side, size=size,
+                        scale=scale, allow_upscale=allow_upscale)
+    if (w, h) == (image.width, image.height):
+        return image
+    return _on_device(image, lambda a: resize_array(a, w, h, alpha=has_alpha(image),
+                                                    reducing_gap=reducing_gap))
+
+
+# --------------------------------------------------------------------------- normalize
+
+
+def _percentiles(values: Any, qs: Sequence[float]) -> list[float]:
+    bins = _hist_bins(np.dtype(values.dtype))
+    if bins is not None:
+        counts = cp.asnumpy(cp.bincount(values.ravel(), minlength=bins))
+        return _percentiles_from_counts(counts, qs)
+    return [float(v) for v in cp.asnumpy(cp.percentile(values, cp.asarray(qs)))]
+
+
+def _stretch(values: Any, lo: float, hi: float, dtype: np.dtype) -> Any:
+    top = dtype_max(dtype)
+    if hi <= lo:
+        return values.copy()
+    bins = _hist_bins(dtype)
+    if bins is not None:
+        levels = np.arange(bins, dtype=np.float64)
+        scaled = np.clip((levels - lo) * (top / (hi - lo)), 0, top)
+        info = np.iinfo(dtype)
+        lut = np.clip(np.rint(scaled), info.min, info.max).astype(dtype)
+        return cp.asarray(lut)[values]
+    out = (values.astype(cp.float32) - cp.float32(lo)) * cp.float32(top / (hi - lo))
+    return _from_float(cp.clip(out, 0, top), dtype)
+
+
+def normalize_array(arr: Any, low: float = 1.0, high: float = 99.0, *,
+                    per_channel: bool = False, alpha: bool = False) -> Any:
+    """:func:`dagflow.ops.intensity.normalize_array` on a cupy array."""
+    require_dtype(arr, "normalize")
+    dtype = np.dtype(arr.dtype)
+    n_colour = arr.shape[2] - 1 if alpha else arr.shape[2]
+    out = arr.copy()
+    if per_channel:
+        for ch in range(n_colour):
+            lo, hi = _percentiles(arr[:, :, ch], (low, high))
+            out[:, :, ch] = _stretch(arr[:, :, ch], lo, hi, dtype)
+    else:
+        colour = arr[:, :, :n_colour]
+        lo, hi = _percentiles(colour, (low, high))
+        out[:, :, :n_colour] = _stretch(colour, lo, hi, dtype)
+    return out
+
+
+def normalize(image: Image, *, low: float = 1.0, high: float = 99.0,
+              per_channel: bool = False) -> Image:
+    """GPU ``normalize``."""
+    return _on_device(image, lambda a: normalize_array(a, low, high, per_channel=per_channel,
+                                                       alpha=has_alpha(image)))
+
+
+# --------------------------------------------------------------------------- convert
+
+_LUMA_INT = (299, 587, 114)
+_LUMA = (0.299, 0.587, 0.114)
+
+
+def convert_dtype_array(arr: Any, dtype: Any) -> Any:
+    """:func:`dagflow.ops.intensity.convert_dtype_array` on a cupy array."""
+    src, dst = np.dtype(arr.dtype), np.dtype(dtype)
+    if src == dst:
+        return arr.copy()
+    if src == np.uint16 and dst == np.uint8:
+        return ((arr.astype(cp.uint32) + 128) // 257).astype(cp.uint8)
+    if src == np.uint8 and dst == np.uint16:
+        return arr.astype(cp.uint16) * cp.uint16(257)
+    if src.kind == "f" and dst.kind == "f":
+        return arr.astype(dst)
+    if src.kind == "f":
+        return _from_float(cp.clip(arr.astype(cp.float32), 0, 1) * cp.float32(dtype_max(dst)),
+                           dst)
+    if dst.kind == "f":
+        return (arr.astype(dst) / dst.type(dtype_max(src))).astype(dst)
+    return _from_float(arr.astype(cp.float64) * (dtype_max(dst) / dtype_max(src)), dst)
+
+
+def luma_array(rgb: Any) -> Any:
+    """:func:`dagflow.ops.intensity.luma_array` on a cupy array."""
+    dtype = np.dtype(rgb.dtype)
+    if dtype.kind in "ui":
+        acc_type = cp.int64 if dtype.itemsize > 2 else cp.int32
+        acc = cp.zeros(rgb.shape[:2], dtype=acc_type)
+        for ch, weight in enumerate(_LUMA_INT):
+            acc += rgb[:, :, ch].astype(acc_type) * weight
+        acc += 500
+        acc //= 1000
+        return acc.astype(dtype)[:, :, None]
+    out = cp.zeros(rgb.shape[:2], dtype=cp.float32)
+    for ch, weight in enumerate(_LUMA):
+        out += rgb[:, :, ch].astype(cp.float32) * cp.float32(weight)
+    return out.astype(dtype)[:, :, None]
+
+
+def _flatten_alpha(colour: Any, alpha: Any, background: Sequence[float] | float | None) -> Any:
+    if background is None:
+        return colour
+    dtype = np.dtype(colour.dtype)
+    top = np.float32(dtype_max(dtype))
+    levels = [background] * colour.shape[2] if isinstance(background, int | float) \
+        else list(background)
+    if len(levels) == 1:
+        levels = levels * colour.shape[2]
+    if len(levels) != colour.shape[2]:
+        raise BadInputError("shape_mismatch", f"background {background!r} does not match "
+                            f"{colour.shape[2]} colour channels")
+    a = alpha[:, :, 0].astype(cp.float32) / top
+    out = cp.empty_like(colour)
+    for ch in range(colour.shape[2]):
+        bg = np.float32(level_to_dtype(levels[ch], dtype))
+        out[:, :, ch] = _from_float(colour[:, :, ch] * a + bg * (1 - a), dtype)
+    return out
+
+
+def convert_space_array(arr: Any, src: str, dst: str, *,
+                        background: Sequence[float] | float | None = None) -> Any:
+    """:func:`dagflow.ops.intensity.convert_space_array` on a cupy array."""
+    if src == dst:
+        return arr.copy()
+    src_alpha, dst_alpha = src in ("graya", "rgba"), dst in ("graya", "rgba")
+    colour = arr[:, :, :-1] if src_alpha else arr
+    alpha = arr[:, :, -1:] if src_alpha else None
+    if alpha is not None and not dst_alpha:
+        colour = _flatten_alpha(colour, alpha, background)
+    if src.startswith("rgb") and not dst.startswith("rgb"):
+        colour = luma_array(colour)
+    elif dst.startswith("rgb") and not src.startswith("rgb"):
+        colour = cp.repeat(colour, 3, axis=2)
+    if not dst_alpha:
+        return cp.ascontiguousarray(colour)
+    if alpha is None:
+        alpha = cp.full((*arr.shape[:2], 1), dtype_max(arr.dtype), dtype=arr.dtype)
+    return cp.concatenate([colour, alpha], axis=2)
+
+
+def convert(image: Image, *, dtype: str | None = None, space: str | None = None,
+            background: Sequence[float] | float | None = None) -> Image:
+    """GPU ``convert``."""
+    require_dtype(image.data, "convert")
+    meta: dict[str, Any] = {}
+    src = _space_of(image)
+    if space is not None:
+        meta["space"] = space
+
+    def work(arr: Any) -> Any:
+        if space is not None:
+            arr = convert_space_array(arr, src, space, background=background)
+        if dtype is not None:
+            arr = convert_dtype_array(arr, dtype)
+        return arr
+
+    return _on_device(image, work, **meta)
+
+
+#: Op name -> GPU implementation, registered by :mod:`dagflow.ops.dispatch`.
+IMPLEMENTATIONS: dict[str, Callable[..., Any]] = {
+    "resize": resize,
+    "gaussian": gaussian,
+    "median": median,
+    "unsharp": unsharp,
+    "normalize": normalize,
+    "convert": convert,
+}
