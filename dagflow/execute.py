@@ -79,6 +79,7 @@ def _record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], status: st
         "attempts": fields.get("attempts", 0),
         "duration_s": fields.get("duration_s", 0.0), "started": fields.get("started", 0.0),
         "worker": worker, "device": fields.get("device", "cpu"),
+        "degraded": bool(fields.get("degraded", False)),
         "output_path": fields.get("output_path"), "width": fields.get("width"),
         "height": fields.get("height"),
     }
@@ -101,14 +102,20 @@ def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
     return os.fspath(safe_join(root, rel))
 
 
-def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any]) -> Any:
+def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any],
+            used: dict[str, Any] | None = None) -> Any:
+    """Call the node's op on one item, on the node's device (``used`` says where it ran)."""
+    from dagflow.ops.dispatch import call
+
     spec = task.op_spec
     params = {k: v for k, v in task.params.items() if k != "subdir"}
     if spec.kind == "source":
-        return spec.func(item["path"], **params)
-    if spec.kind == "sink":
-        return spec.func(inputs[0], _sink_dest(ctx, task, item), **params)
-    return spec.func(*inputs, **params)
+        args: tuple[Any, ...] = (item["path"],)
+    elif spec.kind == "sink":
+        args = (inputs[0], _sink_dest(ctx, task, item))
+    else:
+        args = tuple(inputs)
+    return call(spec, task.device, args, params, used)
 
 
 def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState) -> ChunkState:
@@ -156,12 +163,14 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
         if spec.kind == "aggregate":
             aggregate_inputs.append((item, inputs[0]))
             continue
+        used: dict[str, Any] = {}
         outcome = call_with_policy(
-            lambda item=item, inputs=inputs: _invoke(task, ctx, item, inputs),
+            lambda item=item, inputs=inputs, used=used: _invoke(task, ctx, item, inputs, used),
             task.policy, timeout=task.timeout,
         )
         common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
-                  "started": started}
+                  "started": started, "device": used.get("device", "cpu"),
+                  "degraded": used.get("degraded", False)}
         if outcome.error is not None:
             state.blocked[iid] = "failed"
             consecutive_failures += counts_against_breaker(outcome.error_class)

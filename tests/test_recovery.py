@@ -351,3 +351,32 @@ def test_status_reconstructs_the_run_and_flags_inconsistencies(photos, tmp_path,
 
     shown = CliRunner().invoke(main, ["status", str(result.run_dir), "--json"])
     assert shown.exit_code == 0 and '"running or died"' in shown.output
+
+
+def test_the_whole_bad_input_corpus_through_a_run(tmp_path, client):
+    """Every hostile file ends in success or a named, recorded bad-input error."""
+    from dagflow.testing import make_bad_corpus
+
+    corpus = make_bad_corpus(tmp_path / "bad")
+    wf = Workflow("bad", [Node("load", "load"),
+                          Node("small", "resize", {"long_side": 64}, after="load"),
+                          Node("save", "save", {"format": "png"}, after="small")])
+    start = time.monotonic()
+    result = dagflow.run(wf, tmp_path / "bad", tmp_path / "out", client=client, progress=False)
+    assert time.monotonic() - start < 120
+    assert result.items == len(corpus)
+    by_name = {}
+    for r in records(result):
+        if r["node_id"] == "load":
+            by_name[Path(r["input_path"]).relative_to(tmp_path / "bad").as_posix()] = r
+    assert set(by_name) == set(corpus)
+    for name, expectation in corpus.items():
+        r = by_name[name]
+        outcome = "ok" if r["status"] == "ok" else r["reason"]
+        if r["status"] != "ok":
+            assert r["error_class"] == "bad_input", (name, r)
+        assert outcome in expectation.outcomes, (name, outcome, expectation)
+    # outputs exist exactly for the items that loaded
+    saved = {Path(r["input_path"]).name for r in records(result)
+             if r["node_id"] == "save" and r["status"] == "ok"}
+    assert len(saved) == sum(1 for r in by_name.values() if r["status"] == "ok")

@@ -152,4 +152,5 @@ def status(run_dir: str, as_json: bool) -> None:
     click.echo(json.dumps(state.to_dict(), indent=2, default=str) if as_json else str(state))
 
 
+from dagflow.cli import clusters as _clusters  # noqa: E402, F401  (submit, config...)
 from dagflow.cli import report as _report  # noqa: E402, F401  (registers `dagflow report`)

@@ -27,8 +27,8 @@ __all__ = ["RunAnalysis", "analyze", "load_plan", "load_rows"]
 
 logger = logging.getLogger(__name__)
 
-_METRIC_EXTRAS = ["chunk", "cpu_s", "megapixels", "bytes_in", "bytes_out", "sample_time",
-                  "worker_cpu", "worker_memory", "worker_gpu"]
+_METRIC_EXTRAS = ["chunk", "cpu_s", "megapixels", "bytes_in", "bytes_out", "sample_worker",
+                  "sample_time", "worker_cpu", "worker_memory", "worker_gpu"]
 
 
 def load_rows(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
@@ -199,8 +199,9 @@ def _resources(run_dir: str | os.PathLike[str], df: pd.DataFrame) -> pd.DataFram
         res = t.to_pandas()
         return res.reindex(columns=columns)
     if "sample_time" in df and df["sample_time"].notna().any():
-        s = df.dropna(subset=["sample_time"]).drop_duplicates(["worker", "sample_time"])
-        return pd.DataFrame({"worker": s["worker"], "time": s["sample_time"],
+        who = "sample_worker" if "sample_worker" in df else "worker"
+        s = df.dropna(subset=["sample_time"]).drop_duplicates([who, "sample_time"])
+        return pd.DataFrame({"worker": s[who], "time": s["sample_time"],
                              "cpu": s["worker_cpu"], "memory": s["worker_memory"],
                              "memory_limit": np.nan, "gpu_utilization": s["worker_gpu"],
                              "gpu_memory": np.nan, "nthreads": np.nan},

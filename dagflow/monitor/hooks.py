@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -235,7 +236,8 @@ def metric_rows(ctx: Any, rows: Sequence[Mapping[str, Any]],
             "device": r.get("device"), "width": w, "height": h,
             "megapixels": (w * h / 1e6) if w and h else None, "cpu_s": r.get("cpu_s"),
             "bytes_in": bytes_in, "bytes_out": bytes_out,
-            "sample_time": sample.get("time"), "worker_cpu": sample.get("cpu"),
+            "sample_worker": sample.get("worker"), "sample_time": sample.get("time"),
+            "worker_cpu": sample.get("cpu"),
             "worker_memory": sample.get("memory"), "worker_gpu": sample.get("gpu_utilization"),
         })
     return out
@@ -297,10 +299,12 @@ def chunk_done(ctx: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         from dagflow.monitor.store import write_metrics
 
         sample = process_sample()
+        worker = _current_worker()
+        sample["worker"] = worker.address if worker is not None else \
+            f"{socket.gethostname()}:{os.getpid()}"
         metrics = metric_rows(ctx, rows, sample)
         if getattr(ctx, "run_dir", None):
             write_metrics(ctx.run_dir, metrics)
-        worker = _current_worker()
         if worker is not None:
             worker.log_event(_topic(), chunk_payload(ctx, metrics, worker.address, sample))
         if config.get("monitor.opentelemetry", True):

@@ -65,7 +65,8 @@ METRICS_SCHEMA = pa.schema([
     ("megapixels", pa.float64()),
     ("bytes_in", pa.int64()),
     ("bytes_out", pa.int64()),
-    # the worker process when the chunk was committed
+    # the process that committed the chunk, sampled then
+    ("sample_worker", pa.string()),
     ("sample_time", pa.float64()),
     ("worker_cpu", pa.float64()),
     ("worker_memory", pa.float64()),

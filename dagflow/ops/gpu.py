@@ -168,35 +168,57 @@ def _resample_plane(plane: Any, plans: tuple[Any, Any], round8: bool) -> Any:
     return cp.ascontiguousarray(x, dtype=cp.float32)
 
 
+def _resize_premultiplied8(arr: Any, plans: tuple[Any, Any]) -> Any:
+    """8-bit colour + alpha as Pillow resizes ``LA``/``RGBA``: premultiply (``La``/``RGBa``,
+    rounded), resample with 8-bit rounding, divide back (``(255 * c) // alpha``)."""
+    a = arr[:, :, -1].astype(cp.int32)
+    a_small = _resample_plane(a.astype(cp.float32), plans, True)
+    out = cp.empty((*a_small.shape, arr.shape[2]), dtype=cp.uint8)
+    out[:, :, -1] = a_small.astype(cp.uint8)
+    a_int = a_small.astype(cp.int32)
+    keep = (a_int == 0) | (a_int == 255)
+    divisor = cp.where(keep, 1, a_int)
+    for ch in range(arr.shape[2] - 1):
+        t = arr[:, :, ch].astype(cp.int32) * a + 128
+        pre = ((t >> 8) + t) >> 8
+        small = _resample_plane(pre.astype(cp.float32), plans, True).astype(cp.int32)
+        out[:, :, ch] = cp.where(keep, small, cp.clip((255 * small) // divisor, 0, 255)
+                                 ).astype(cp.uint8)
+    return out
+
+
 def resize_array(arr: Any, width: int, height: int, *, alpha: bool = False,
                  reducing_gap: float | None = 2.0) -> Any:
-    """:func:`dagflow.ops.geometry.resize_array` on a cupy array (Lanczos, premultiplied
-    alpha, Pillow's box reduction)."""
+    """:func:`dagflow.ops.geometry.resize_array` on a cupy array: Lanczos with Pillow's box
+    reduction; 8-bit images with 1-4 channels round as Pillow's native modes do
+    (premultiplied alpha included), other dtypes resample in float32 with alpha
+    premultiplied by coverage."""
     h, w, c = arr.shape
     if (w, h) == (width, height):
         return arr.copy()
     dtype = np.dtype(arr.dtype)
     plans = plan_axes(w, h, width, height, reducing_gap)
-    round8 = dtype == np.uint8
+    if dtype == np.uint8 and c in (2, 4) and alpha:
+        return _resize_premultiplied8(arr, plans)
+    native8 = dtype == np.uint8 and c in (1, 3)
     top = np.float32(dtype_max(dtype))
     n_colour = c - 1 if alpha else c
     out = cp.empty((height, width, c), dtype=dtype)
     coverage = safe = None
     if alpha:
-        a = arr[:, :, -1].astype(cp.float32)
-        a_small = _resample_plane(a, plans, round8)
-        out[:, :, -1] = _from_float(cp.clip(a_small, 0, top), dtype)
-        coverage = a / top
-        safe = cp.where(a_small > 1e-6 * top, a_small / top, 1.0).astype(cp.float32)
+        a = arr[:, :, -1].astype(cp.float32) / top
+        a_small = _resample_plane(a, plans, False)
+        out[:, :, -1] = _from_float(cp.clip(a_small, 0.0, 1.0) * top, dtype)
+        coverage = a
+        safe = cp.where(a_small > 1e-6, a_small, 1.0).astype(cp.float32)
     for ch in range(n_colour):
         plane = arr[:, :, ch].astype(cp.float32)
         if coverage is not None:
             plane *= coverage
-        small = _resample_plane(plane, plans, round8 and coverage is None)
+        small = _resample_plane(plane, plans, native8)
         if safe is not None:
             small = small / safe
-        out[:, :, ch] = _from_float(cp.clip(small, 0, top) if dtype.kind in "ui" else small,
-                                    dtype)
+        out[:, :, ch] = _from_float(small, dtype)
     return out
 
 

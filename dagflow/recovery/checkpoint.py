@@ -46,6 +46,8 @@ RECORD_SCHEMA = pa.schema([
     ("output_path", pa.string()),
     ("width", pa.int64()),
     ("height", pa.int64()),
+    # the item ran on the CPU although its node asked for the GPU (device cpu-fallback)
+    ("degraded", pa.bool_()),
 ])
 
 #: Statuses that count as finished for resume: the item need not run that node again.

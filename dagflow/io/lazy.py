@@ -1,0 +1,323 @@
+"""Images larger than memory: a TIFF read lazily as a chunked dask array.
+
+:func:`open_image` gives an ``xarray.DataArray`` with dims ``("y", "x", "c")``, backed by
+a dask array whose every block is read by a task, from the file, when it is computed:
+nothing is decoded when the array is opened, and only the strips or tiles a block
+overlaps are read and decoded for it. Tiled and striped TIFFs, BigTIFF, contiguous and
+separate planes, uncompressed or with any codec tifffile decodes are read.
+
+Why not tifffile's zarr store: it cannot be pickled (it holds an open file), so a graph
+built on it cannot travel to a distributed worker. Here each block task holds only a
+:class:`TiffBlockReader` -- the path and the page's layout, a few hundred bytes -- and
+opens the file inside the task (``tifffile.TiffFile`` parses the first IFD, then the
+block's segments are read by offset and decoded with the page's own decoder).
+
+Blocks are aligned to the file's tiles (or strips) so that no segment is decoded twice
+for neighbouring blocks; the default block side is ``dagflow.resources.tile-chunk``
+(2048) rounded to whole tiles. A striped file gets full-width blocks of about as many
+pixels (a strip spans the width, so narrower blocks would decode it again each).
+
+Layouts :func:`open_image` reads: grey, grey + alpha, RGB, RGB + alpha and any number of
+extra samples (``minisblack``/``rgb`` photometric, 1-64 bit integers and floats). Palette,
+CMYK, YCbCr and min-is-white TIFFs, and multi-page volumes, raise
+:class:`~dagflow.exceptions.BadInputError` (``unsupported_mode``): read them whole with
+:func:`dagflow.io.read_image`. The EXIF/TIFF orientation is applied lazily (flips and
+transposes of the dask array), as :func:`~dagflow.io.read_image` applies it.
+
+This module owns lazy reading only; writing tiles is :mod:`dagflow.tiled`'s.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from dagflow.exceptions import BadInputError
+from dagflow.io.orient import apply_orientation
+
+if TYPE_CHECKING:
+    import dask.array as da
+    import xarray as xr
+
+__all__ = ["TiffBlockReader", "open_image", "open_tiff_array"]
+
+_MINISBLACK, _RGB = 1, 2
+_SPACES = {1: "gray", 2: "graya", 3: "rgb", 4: "rgba"}
+
+
+@dataclass(frozen=True)
+class TiffBlockReader:
+    """Reads any ``[y0:y1, x0:x1]`` region of a TIFF's first page; small and picklable.
+
+    Parameters
+    ----------
+    path
+        The file.
+    shape
+        ``(height, width, channels)`` as stored (before orientation).
+    dtype
+        The samples' dtype.
+    tile
+        ``(tile length, tile width)`` for a tiled page, ``None`` for strips.
+    rows_per_strip
+        Rows per strip of a striped page.
+    separate
+        Samples stored in separate planes (planar configuration 2).
+    mtime_ns
+        The file's modification time when opened; a block read after the file changed
+        raises instead of mixing two versions.
+    """
+
+    path: str
+    shape: tuple[int, int, int]
+    dtype: str
+    tile: tuple[int, int] | None
+    rows_per_strip: int
+    separate: bool
+    mtime_ns: int
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    def segment_grid(self) -> tuple[int, int, int, int]:
+        """``(segment height, segment width, segments down, segments across)``."""
+        height, width, _ = self.shape
+        if self.tile is not None:
+            th, tw = self.tile
+            return th, tw, -(-height // th), -(-width // tw)
+        rps = max(1, min(self.rows_per_strip, height))
+        return rps, width, -(-height // rps), 1
+
+    def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+        """The region ``[y0:y1, x0:x1]`` with every channel, as ``(y, x, c)``."""
+        import tifffile
+
+        height, width, channels = self.shape
+        out = np.zeros((y1 - y0, x1 - x0, channels), dtype=self.dtype)
+        if y1 <= y0 or x1 <= x0:
+            return out
+        sh, sw, n_down, n_across = self.segment_grid()
+        rows = range(y0 // sh, min(n_down, -(-y1 // sh)))
+        cols = range(x0 // sw, min(n_across, -(-x1 // sw)))
+        planes = range(channels) if self.separate else range(1)
+        per_plane = n_down * n_across
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise BadInputError("missing", f"{self.path}: {exc.strerror}") from exc
+        if st.st_mtime_ns != self.mtime_ns:
+            raise BadInputError("changed", f"{self.path} changed while it was being read")
+        with tifffile.TiffFile(self.path) as tif:
+            page = tif.pages.first
+            offsets, counts = page.dataoffsets, page.databytecounts
+            fh = tif.filehandle
+            jpegtables = getattr(page, "jpegtables", None)
+            indices = sorted(p * per_plane + r * n_across + c
+                             for p in planes for r in rows for c in cols)
+            for index in indices:
+                if index >= len(offsets):
+                    raise BadInputError("corrupt", f"{self.path}: segment {index} is missing")
+                data = None
+                if counts[index] > 0 and offsets[index] > 0:
+                    fh.seek(offsets[index])
+                    data = fh.read(counts[index])
+                    if len(data) < counts[index]:
+                        raise BadInputError("truncated", f"{self.path}: segment {index} is "
+                                            "cut short")
+                segment, (s, _, sy, sx, _), _ = page.decode(data, index,
+                                                             jpegtables=jpegtables)
+                if segment is None:
+                    continue  # an empty segment reads as zeros
+                seg = segment[0]  # (length, width, contig samples)
+                seg_h = min(seg.shape[0], height - sy)
+                seg_w = min(seg.shape[1], width - sx)
+                ty0, ty1 = max(y0, sy), min(y1, sy + seg_h)
+                tx0, tx1 = max(x0, sx), min(x1, sx + seg_w)
+                if ty1 <= ty0 or tx1 <= tx0:
+                    continue
+                block = seg[ty0 - sy:ty1 - sy, tx0 - sx:tx1 - sx]
+                target = (slice(ty0 - y0, ty1 - y0), slice(tx0 - x0, tx1 - x0))
+                if self.separate:
+                    out[(*target, s)] = block[..., 0]
+                else:
+                    out[target] = block
+        return out
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        ys, xs = key[0], key[1]
+        cs = key[2] if len(key) > 2 else slice(None)
+        y0, y1, _ = ys.indices(self.shape[0])
+        x0, x1, _ = xs.indices(self.shape[1])
+        return self.read(y0, y1, x0, x1)[:, :, cs]
+
+
+def _read_block(reader: TiffBlockReader, block_info: dict | None = None) -> np.ndarray:
+    loc = block_info[None]["array-location"]  # type: ignore[index]
+    (y0, y1), (x0, x1) = loc[0], loc[1]
+    return reader.read(y0, y1, x0, x1)
+
+
+def _inspect(path: str) -> tuple[TiffBlockReader, dict[str, Any]]:
+    import tifffile
+
+    from dagflow.io.probe import tiff_layout
+
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise BadInputError("missing", f"{path}: {exc.strerror}") from exc
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise BadInputError("unidentified", f"{path} is not a readable TIFF: {exc}") from exc
+    with tif:
+        layout = tiff_layout(tif)
+        page = tif.pages.first
+        photometric = int(page.photometric)
+        if photometric not in (_MINISBLACK, _RGB) or layout["source_dtype"] != layout["dtype"]:
+            raise BadInputError("unsupported_mode", f"{path}: photometric {photometric} is "
+                                "not read lazily (read it whole with read_image)")
+        separate = int(page.planarconfig) == 2 and layout["samples"] > 1
+        shaped = page.shaped  # (separate samples, depth, length, width, contig samples)
+        if shaped[1] != 1:
+            raise BadInputError("unsupported_mode", f"{path}: a volume, not an image")
+        tile = (int(page.tilelength), int(page.tilewidth)) if page.is_tiled else None
+        reader = TiffBlockReader(
+            path=path, shape=(layout["height"], layout["width"], layout["channels"]),
+            dtype=layout["dtype"], tile=tile, rows_per_strip=int(page.rowsperstrip or 0)
+            or layout["height"], separate=separate, mtime_ns=st.st_mtime_ns)
+        resolution = None
+        try:
+            resolution = [float(v) for v in page.get_resolution()]
+        except Exception:
+            resolution = None
+        meta = {
+            "path": path, "format": "tiff", "source_width": layout["width"],
+            "source_height": layout["height"], "source_orientation": layout["orientation"],
+            "dtype": layout["dtype"], "photometric": "rgb" if photometric == _RGB else
+            "minisblack", "compression": page.compression.name.lower(),
+            "tile": list(tile) if tile else None,
+            "rows_per_strip": None if tile else reader.rows_per_strip,
+            "bigtiff": bool(tif.is_bigtiff), "ome": bool(tif.is_ome),
+            "description": page.description or None, "resolution": resolution,
+            "pages": layout["frames"],
+        }
+    return reader, meta
+
+
+def _block_side(segment: int, target: int) -> int:
+    return max(segment, segment * max(1, round(target / segment)))
+
+
+def open_tiff_array(path: str | os.PathLike[str], chunks: int | tuple[int, int] | None = None,
+                    *, auto_orient: bool = True) -> tuple[da.Array, dict[str, Any]]:
+    """The TIFF's first page as a lazy ``(y, x, c)`` dask array, and its metadata.
+
+    Parameters
+    ----------
+    path
+        A TIFF or BigTIFF file.
+    chunks
+        Block side (or ``(height, width)``) in pixels, rounded to whole tiles or strips;
+        default ``dagflow.resources.tile-chunk``.
+    auto_orient
+        Apply the file's orientation tag (lazily).
+
+    Raises
+    ------
+    BadInputError
+        For a missing file, a file that is not a TIFF, or a layout not read lazily.
+    """
+    import dask.array as da
+
+    from dagflow import config
+
+    path = os.fspath(path)
+    reader, meta = _inspect(path)
+    height, width, channels = reader.shape
+    if chunks is None:
+        chunks = int(config.get("resources.tile-chunk"))
+    ch, cw = (chunks, chunks) if isinstance(chunks, int) else chunks
+    sh, sw, _, _ = reader.segment_grid()
+    if reader.tile is None and isinstance(chunks, int):
+        # strips span the width: full-width blocks of about chunks**2 pixels, so that no
+        # strip is decoded twice
+        bh, bw = min(height, _block_side(sh, max(1, ch * cw // max(1, width)))), width
+    else:
+        bh = min(height, _block_side(sh, ch))
+        bw = min(width, _block_side(sw, cw)) if reader.tile is not None else min(width, cw)
+    block_chunks = (_split(height, bh), _split(width, bw), (channels,))
+    name = f"open-tiff-{_token(reader)}"
+    array = da.map_blocks(_read_block, reader, chunks=block_chunks, dtype=np.dtype(reader.dtype),
+                          meta=np.empty((0, 0, 0), dtype=reader.dtype), name=name)
+    orientation = meta["source_orientation"]
+    if auto_orient and orientation != 1:
+        array = apply_orientation(array, orientation)
+    meta["orientation"] = 1 if auto_orient else orientation
+    meta["space"] = _SPACES.get(channels, "multi")
+    meta["width"], meta["height"] = int(array.shape[1]), int(array.shape[0])
+    meta["channels"] = channels
+    return array, meta
+
+
+def _split(total: int, block: int) -> tuple[int, ...]:
+    full, rest = divmod(total, block)
+    return (block,) * full + ((rest,) if rest else ())
+
+
+def _token(reader: TiffBlockReader) -> str:
+    from dask.base import tokenize
+
+    return tokenize(reader.path, reader.shape, reader.dtype, reader.mtime_ns, reader.tile,
+                    reader.rows_per_strip)
+
+
+def open_image(path: str | os.PathLike[str], chunks: int | tuple[int, int] | None = None,
+               *, auto_orient: bool = True) -> xr.DataArray:
+    """Open a (large) TIFF lazily as an ``xarray.DataArray`` with dims ``y, x, c``.
+
+    Nothing is decoded until the array is computed; each block is read by its own task
+    (on a distributed worker, when computed on a cluster).
+
+    Parameters
+    ----------
+    path
+        A TIFF or BigTIFF file, tiled or striped.
+    chunks
+        Block side in pixels (or ``(height, width)``), rounded to whole tiles.
+    auto_orient
+        Apply the orientation tag lazily (``attrs["source_orientation"]`` keeps it).
+
+    Returns
+    -------
+    xarray.DataArray
+        Backed by a dask array; ``attrs`` hold the file's metadata (``path``, ``format``,
+        ``space``, ``dtype``, ``photometric``, ``compression``, ``tile``, ``bigtiff``,
+        ``ome``, ``description``, ``resolution``...).
+
+    Raises
+    ------
+    BadInputError
+        For a file that is missing, not a TIFF, or of a layout not read lazily.
+
+    Examples
+    --------
+    >>> import dagflow  # doctest: +SKIP
+    >>> img = dagflow.open_image("slide.tif")  # doctest: +SKIP
+    >>> img.sizes  # doctest: +SKIP
+    Frozen({'y': 30000, 'x': 30000, 'c': 3})
+    """
+    import xarray as xr
+
+    array, meta = open_tiff_array(path, chunks, auto_orient=auto_orient)
+    return xr.DataArray(array, dims=("y", "x", "c"), attrs=meta)
+
+
+def chunk_bytes(array: Any) -> int:
+    """Bytes of the largest block of a dask array."""
+    return int(math.prod(max(c) for c in array.chunks) * np.dtype(array.dtype).itemsize)

@@ -1,0 +1,238 @@
+"""The run report: HTML from a real run, the same analysis as JSON, speed on 1000 items."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from click.testing import CliRunner
+
+import dagflow
+from dagflow.cli import main
+from dagflow.monitor.analysis import RunAnalysis, analyze
+from dagflow.monitor.report import write_report
+from dagflow.monitor.store import write_json, write_metrics
+from dagflow.recovery.checkpoint import write_records
+
+WORKFLOW = """
+name: rep
+nodes:
+  - {id: load, op: load}
+  - {id: small, op: resize, after: [load], params: {long_side: 48}}
+  - {id: soft, op: gaussian, after: [small], params: {sigma: 1.0}}
+  - {id: save, op: save, after: [soft], params: {format: png}}
+  - {id: stats, op: stats, after: [load]}
+"""
+SECTIONS = ("summary", "recommendations", "nodes", "throughput", "critical-path",
+            "anomalies", "trend", "resources", "waiting", "errors", "prediction")
+
+
+def assert_self_contained(text: str) -> None:
+    assert not re.search(r"<script[^>]+src=", text)
+    assert not re.search(r"<link[^>]+href=[\"']https?:", text)
+    assert "Bokeh" in text and "embed_items" in text
+
+
+def percentiles_from_records(run_dir: Path) -> dict[str, dict[str, float]]:
+    table = pq.read_table(run_dir / "records").to_pandas()
+    ran = table[table["status"].isin(["ok", "failed"])]
+    out = {}
+    for node, sub in ran.groupby("node_id"):
+        d = sub["duration_s"].to_numpy()
+        out[node] = {"count": len(d), "mean": d.mean(), "max": d.max(), "std": d.std(),
+                     **{f"p{q}": np.percentile(d, q) for q in (50, 90, 95, 99)}}
+    return out
+
+
+@pytest.fixture(scope="module")
+def two_runs(client, tmp_path_factory):
+    """Two runs into one output (the second has a history to be predicted from)."""
+    import sys as _sys
+
+    _sys.path.insert(0, str(Path(__file__).parent))
+    from conftest import write_photos
+
+    base = tmp_path_factory.mktemp("report")
+    photos = base / "in"
+    write_photos(photos, 12)
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    out = base / "out"
+    first = dagflow.run(WORKFLOW, photos, out, client=client)
+    second = dagflow.run(WORKFLOW, photos, out, client=client, resume=False)
+    return first, second
+
+
+def test_report_written_at_the_end_of_a_run(two_runs):
+    first, _ = two_runs
+    html = (first.run_dir / "report.html").read_text()
+    for section in SECTIONS:
+        assert f"id='{section}'" in html, section
+    assert_self_contained(html)
+    for node in ("load", "small", "soft", "save", "stats"):
+        assert node in html
+    assert "bad_input" in html  # the broken file, in errors and retries
+
+
+def test_json_percentiles_equal_numpy_on_the_records(two_runs):
+    first, _ = two_runs
+    result = CliRunner().invoke(main, ["report", str(first.run_dir), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    expected = percentiles_from_records(first.run_dir)
+    nodes = {n["node_id"]: n for n in data["nodes"]}
+    assert set(nodes) == set(expected)
+    for node, exp in expected.items():
+        for key, value in exp.items():
+            assert nodes[node][key] == pytest.approx(value, rel=1e-12, abs=1e-15), (node, key)
+    assert data["run"]["items"] == 13 and data["run"]["items_failed"] == 1
+    assert data["critical_path"][0] == "load"
+    assert data["bottleneck"]["node"] in nodes
+    assert {e["error_class"] for e in data["errors"]} == {"bad_input"}
+    assert data["resources"] and data["queue"]
+    for rec in data["recommendations"]:
+        assert rec["reason"] and rec["effect"]
+
+
+def test_second_run_is_predicted_from_history(two_runs):
+    first, second = two_runs
+    history = first.output_dir / "_dagflow" / "history"
+    assert sorted(p.name for p in history.iterdir()) == sorted(
+        [f"run-{first.run_id}.parquet", f"run-{second.run_id}.parquet"])
+    a = second.analysis()
+    assert isinstance(a, RunAnalysis)
+    assert set(a.prediction["node_id"]) == {"load", "small", "soft", "save", "stats"}
+    assert (a.prediction["predicted_s"] > 0).all()
+    assert first.analysis().prediction.empty  # nothing before the first run
+
+
+def test_run_result_report_and_cli_output(two_runs, tmp_path):
+    first, _ = two_runs
+    target = first.report(tmp_path / "r.html")
+    assert target == tmp_path / "r.html" and "id='nodes'" in target.read_text()
+    out = CliRunner().invoke(main, ["report", str(first.output_dir), "-o",
+                                    str(tmp_path / "latest.html")])
+    assert out.exit_code == 0, out.output
+    assert out.output.strip() == str(tmp_path / "latest.html")
+    assert "id='critical-path'" in (tmp_path / "latest.html").read_text()
+    bad = CliRunner().invoke(main, ["report", str(tmp_path)])
+    assert bad.exit_code == 2
+
+
+def synthetic_run(run_dir: Path, n_items: int = 1000, *, seed: int = 0) -> Path:
+    """A run directory with records and metrics of ``n_items`` items through 4 nodes."""
+    rng = np.random.default_rng(seed)
+    nodes = {"load": ("load", "source", [], 0.02), "blur": ("gaussian", "transform",
+                                                            ["load"], 0.05),
+             "small": ("resize", "transform", ["load"], 0.01),
+             "save": ("save", "sink", ["blur"], 0.015)}
+    t0 = 1_700_000_000.0
+    chunk = 25
+    for first in range(0, n_items, chunk):
+        rows = []
+        for i in range(first, min(first + chunk, n_items)):
+            t = t0 + i * 0.01
+            for node, (op, _kind, _parents, scale) in nodes.items():
+                d = float(rng.gamma(4.0, scale / 4))
+                if node == "blur" and i in (100, 500):
+                    d *= 30  # two anomalies
+                failed = node == "load" and i % 250 == 7
+                rows.append({
+                    "run_id": "synthetic", "item_id": i, "item_key": f"k{i}",
+                    "input_path": f"/in/img{i}.jpg", "rel": f"img{i}.jpg", "node_id": node,
+                    "node_key": node, "op": op,
+                    "status": "failed" if failed else ("upstream_failed" if
+                                                       node != "load" and i % 250 == 7
+                                                       else "ok"),
+                    "error_class": "bad_input" if failed else None,
+                    "attempts": 1, "duration_s": 0.0 if (i % 250 == 7 and node != "load")
+                    else d, "started": t, "worker": f"tcp://w{i % 4}", "device": "cpu",
+                    "width": 4000, "height": 3000})
+                t += d
+        write_records(run_dir / "records" / f"part-{first // chunk:07d}.parquet", rows)
+        from dagflow.monitor.hooks import metric_rows
+
+        sample = {"time": t, "cpu": 90.0, "memory": 1e9, "worker": f"tcp://w{first % 3}"}
+        write_metrics(run_dir, metric_rows(None, rows, sample))
+    write_json(run_dir / "metrics" / "run.json", {
+        "run_id": "synthetic", "workflow": "syn", "items": n_items, "started": t0,
+        "nodes": {n: {"op": op, "kind": kind, "parents": parents, "device": "auto",
+                      "timeout": None} for n, (op, kind, parents, _s) in nodes.items()}})
+    return run_dir
+
+
+def test_thousand_items_report_in_seconds(tmp_path):
+    run_dir = synthetic_run(tmp_path / "_dagflow" / "runs" / "synthetic")
+    start = time.perf_counter()
+    a = analyze(run_dir)
+    path = write_report(run_dir, analysis=a)
+    elapsed = time.perf_counter() - start
+    assert elapsed < 10, f"report took {elapsed:.1f} s"
+    assert a.run["items"] == 1000 and a.run["items_failed"] == 4
+    assert a.nodes.loc["blur", "count"] == 996
+    anomalies = a.anomalies[a.anomalies["node_id"] == "blur"]
+    assert {100, 500} <= set(anomalies["item_id"])
+    assert a.critical_path == ["load", "blur", "save"]
+    assert a.bottleneck["node"] == "blur"
+    assert a.run["chunk_size"] == 25
+    assert len(a.resources) == 40  # one sample per chunk from the workers themselves
+    html = path.read_text()
+    assert "img100.jpg" in html and "img500.jpg" in html
+    assert_self_contained(html)
+
+
+def test_report_from_records_only(tmp_path):
+    """Without metrics files (monitoring off), the records still make a report."""
+    run_dir = synthetic_run(tmp_path / "run", 60)
+    for p in (run_dir / "metrics").iterdir():
+        p.unlink()
+    a = analyze(run_dir)
+    assert a.nodes.loc["load", "count"] == 60
+    assert a.plan["run_id"] == "run"
+    assert "id='summary'" in write_report(run_dir, analysis=a).read_text()
+
+
+def test_report_cli_in_a_subprocess(tmp_path):
+    run_dir = synthetic_run(tmp_path / "run", 100)
+    out = subprocess.run([sys.executable, "-m", "dagflow.cli", "report", str(run_dir),
+                          "--json"], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    if "No module named dagflow.cli.__main__" in out.stderr:
+        bin_dir = Path(sys.executable).parent
+        out = subprocess.run([str(bin_dir / "dagflow"), "report", str(run_dir), "--json"],
+                             capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    assert {n["node_id"] for n in data["nodes"]} == {"load", "blur", "small", "save"}
+
+
+def test_opentelemetry_spans(tmp_path):
+    sdk = pytest.importorskip("opentelemetry.sdk.trace")
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from dagflow.monitor import otel
+    from dagflow.monitor.hooks import metric_rows
+
+    exporter = InMemorySpanExporter()
+    provider = sdk.TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    from opentelemetry import trace
+
+    trace.set_tracer_provider(provider)
+    run_dir = synthetic_run(tmp_path / "run", 3)
+    rows = pq.read_table(run_dir / "records").to_pylist()
+    ctx = type("Ctx", (), {"run_id": "synthetic", "workflow": "syn"})()
+    assert otel.emit_spans(ctx, metric_rows(ctx, rows)) == 5
+    spans = exporter.get_finished_spans()
+    names = sorted(s.name for s in spans)
+    assert names == ["dagflow.chunk"] + ["dagflow.node"] * 4
+    chunk = next(s for s in spans if s.name == "dagflow.chunk")
+    assert all(s.parent.span_id == chunk.context.span_id for s in spans if s is not chunk)
