@@ -94,6 +94,7 @@ def resolve_inputs(
     *,
     root: str | os.PathLike[str] | None = None,
     stat: bool = True,
+    exclude: str | os.PathLike[str] | None = None,
 ) -> InputSet:
     """Turn what the user gave into an :class:`InputSet`.
 
@@ -109,6 +110,9 @@ def resolve_inputs(
     stat
         Read each file's size and modification time (the fingerprint). Without it, or for
         a file that does not exist, the manifest's ``size``/``mtime_ns`` are used, or -1.
+    exclude
+        A directory whose files are never inputs: the run's output directory, so that a
+        run writing inside its input tree does not pick up its own outputs next time.
 
     Raises
     ------
@@ -146,6 +150,16 @@ def resolve_inputs(
         raise InputError(f"no images found in {', '.join(map(os.fspath, specs))} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     absolute = [os.path.abspath(p) for p in paths]
+    if exclude is not None:
+        skip = os.path.abspath(exclude)
+        if any(os.path.abspath(r) == skip for r in roots):
+            raise InputError(f"the output directory {skip!r} is also an input directory: "
+                             "write the outputs somewhere else (a sub-directory is fine)")
+        kept = [i for i, a in enumerate(absolute) if not a.startswith(skip + os.sep)]
+        absolute, extras = [absolute[i] for i in kept], [extras[i] for i in kept]
+        if not absolute:
+            raise InputError(f"no images found in {', '.join(map(os.fspath, specs))} "
+                             "outside the output directory")
     if root is not None:
         base = os.path.abspath(root)
     elif len(roots) == 1 and len(specs) == 1:

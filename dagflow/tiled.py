@@ -38,6 +38,7 @@ This module imports dask lazily and knows nothing of the workflow layer.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 import os
@@ -128,14 +129,16 @@ def _alpha(meta: Mapping[str, Any], channels: int) -> bool:
     return meta.get("space") in _ALPHA_SPACES and channels in (2, 4)
 
 
-def _wrap(array: Any, meta: dict[str, Any]) -> Any:
+def _wrap(array: Any, meta: Mapping[str, Any], space: str | None = None) -> Any:
+    """A DataArray for ``array`` with ``meta`` updated to its size, dtype and space."""
     import xarray as xr
 
     meta = dict(meta)
     channels = int(array.shape[2])
-    if meta.get("channels") != channels and "space" not in meta.get("_set", ()):
+    if space is not None:
+        meta["space"] = space
+    elif meta.get("channels") != channels:
         meta["space"] = _SPACE_BY_CHANNELS.get(channels, "multi")
-    meta.pop("_set", None)
     meta.update(height=int(array.shape[0]), width=int(array.shape[1]), channels=channels,
                 dtype=np.dtype(array.dtype).name)
     return xr.DataArray(array, dims=("y", "x", "c"), attrs=meta)
@@ -247,15 +250,14 @@ def apply_op(image: Any, op: str, params: Mapping[str, Any] | None = None, *,
                 if p.get("dtype"):
                     b = intensity.convert_dtype_array(b, p["dtype"])
                 return b
-            if p.get("space"):
-                meta.update(space=p["space"], _set=("space",))
+            space = p.get("space")
         elif op == "grayscale":
             dst = "graya" if p["keep_alpha"] and src in _ALPHA_SPACES else "gray"
             out_c, out_dtype = intensity._CHANNELS[dst], array.dtype
 
             def point(b: np.ndarray) -> np.ndarray:
                 return intensity.convert_space_array(b, src, dst)
-            meta.update(space=dst, _set=("space",))
+            space = dst
         else:
             from dagflow.ops._common import level_to_dtype
 
@@ -264,8 +266,8 @@ def apply_op(image: Any, op: str, params: Mapping[str, Any] | None = None, *,
 
             def point(b: np.ndarray) -> np.ndarray:
                 return intensity.threshold_array(b, level, alpha=alpha)
-            meta.update(space="gray", _set=("space",))
-        return _wrap(_with_channels(array, point, out_c, out_dtype), meta)
+            space = "gray"
+        return _wrap(_with_channels(array, point, out_c, out_dtype), meta, space)
     if op in ("normalize", "equalize"):
         return _wrap(_lut_op(array, op, p, alpha, submit), meta)
     if op == "resize":
@@ -345,7 +347,7 @@ def _resize_block(block: np.ndarray, out_w: int, out_h: int,
     from dagflow.ops._common import dtype_max, from_float
 
     lanczos = PILImage.Resampling.LANCZOS
-    h, w, c = block.shape
+    _h, _w, c = block.shape
     if block.dtype == np.uint8 and (c in (1, 3) or (c in (2, 4) and alpha)):
         src = PILImage.fromarray(np.ascontiguousarray(block[:, :, 0] if c == 1 else block))
         out = np.asarray(src.resize((out_w, out_h), lanczos, box=box, reducing_gap=None))
@@ -411,7 +413,6 @@ def resize_lazy(array: Any, width: int, height: int, *, alpha: bool = False) -> 
                   (int(array.shape[2]),))
     padded = da.overlap.overlap(array, depth={0: depth_y, 1: depth_x, 2: 0},
                                 boundary={0: "none", 1: "none", 2: "none"})
-    n_y, n_x = len(array.chunks[0]), len(array.chunks[1])
 
     def block(b: np.ndarray, block_id: tuple[int, int, int] | None = None) -> np.ndarray:
         i, j, _ = block_id  # type: ignore[misc]
@@ -424,7 +425,6 @@ def resize_lazy(array: Any, width: int, height: int, *, alpha: bool = False) -> 
                oy[i + 1] * sy - top)
         return _resize_block(b, out_w, out_h, box, alpha)
 
-    del n_y, n_x
     return da.map_blocks(block, padded, chunks=out_chunks, dtype=array.dtype,
                          meta=np.empty((0, 0, 0), dtype=array.dtype))
 
@@ -530,20 +530,18 @@ def write_tiff(image: Any, path: str | os.PathLike[str], *, tile: Sequence[int] 
     }
     if channels > 1:
         kwargs["planarconfig"] = "contig"
-    if channels in (2, 4) and meta.get("space") in _ALPHA_SPACES:
-        kwargs["extrasamples"] = ("unassalpha",)
-    elif channels not in (1, 3, 4):
-        kwargs["extrasamples"] = ("unspecified",) * (channels - (3 if channels > 3 else 1))
+    extras = channels - (3 if channels in (3, 4) else 1)
+    if extras > 0:
+        alpha = meta.get("space") in _ALPHA_SPACES
+        kwargs["extrasamples"] = (("unassalpha",) if alpha else ("unspecified",)) \
+            + ("unspecified",) * (extras - 1)
     if ome:
         kwargs["metadata"] = {"axes": "YXS" if channels > 1 else "YX"}
     else:
         kwargs["metadata"] = None
         if description:
             kwargs["description"] = description
-    if channels == 1:
-        source = (t[:, :, 0] for t in tiles())
-    else:
-        source = tiles()
+    source = (t[:, :, 0] for t in tiles()) if channels == 1 else tiles()
     with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff, ome=ome) as tw_:
         tw_.write(source, **kwargs)
     return os.fspath(path)
@@ -591,7 +589,7 @@ def chain_problem(tasks: Sequence[Any]) -> str | None:
         return f"the first node is {first.op!r}, not load"
     if last.kind != "sink" or last.op != "save" or last.params.get("format") != "tiff":
         return "the last node must save with format: tiff"
-    for prev, task in zip(tasks, tasks[1:], strict=False):
+    for prev, task in itertools.pairwise(tasks):
         if tuple(task.parents) != (prev.id,):
             return f"node {task.id!r} is not in a single chain"
     for task in tasks[1:-1]:
@@ -616,19 +614,15 @@ def _tiled_task(tasks: Sequence[Any], item: Mapping[str, Any], dest: str,
     load, save, middle = tasks[0], tasks[-1], tasks[1:-1]
     image = open_image(item["path"], chunk,
                        auto_orient=bool(load.params.get("auto_orient", True)))
-    max_pixels = load.params.get("max_pixels")
-    del max_pixels  # the tiled path exists for images beyond the in-memory limits
     sizes = {load.id: (int(image.shape[1]), int(image.shape[0]))}
     skipped: list[str] = []
     ctx = _client_context()
     with ctx as client:
         for task in middle:
-            if task.when is not None and fields is not None:
-                if not task.when(fields(image.attrs | {"width": image.shape[1],
-                                                       "height": image.shape[0],
-                                                       "channels": image.shape[2]})):
-                    skipped = [t.id for t in tasks[tasks.index(task):]]
-                    return TiledResult("", sizes, time.perf_counter() - t0, skipped)
+            if task.when is not None and fields is not None \
+                    and not task.when(fields(image.attrs)):
+                skipped = [t.id for t in tasks[tasks.index(task):]]
+                return TiledResult("", sizes, time.perf_counter() - t0, skipped)
             image = apply_op(image, task.op, task.params, client=client)
             sizes[task.id] = (int(image.shape[1]), int(image.shape[0]))
         tile = save.params.get("tile") or (256, 256)

@@ -224,13 +224,11 @@ def test_opentelemetry_spans(tmp_path):
     exporter = InMemorySpanExporter()
     provider = sdk.TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    from opentelemetry import trace
-
-    trace.set_tracer_provider(provider)
     run_dir = synthetic_run(tmp_path / "run", 3)
     rows = pq.read_table(run_dir / "records").to_pylist()
     ctx = type("Ctx", (), {"run_id": "synthetic", "workflow": "syn"})()
-    assert otel.emit_spans(ctx, metric_rows(ctx, rows)) == 5
+    tracer = provider.get_tracer("dagflow")
+    assert otel.emit_spans(ctx, metric_rows(ctx, rows), tracer=tracer) == 5
     spans = exporter.get_finished_spans()
     names = sorted(s.name for s in spans)
     assert names == ["dagflow.chunk"] + ["dagflow.node"] * 4

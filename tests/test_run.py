@@ -164,3 +164,11 @@ def test_embedded_local_cluster_with_worker_processes(photos_with_bad, tmp_path)
     workers = {r for r in result.records()["worker"] if r}
     assert len(workers) >= 1 and all(w.startswith("tcp://127.0.0.1:") for w in workers)
     assert result.dashboard and result.dashboard.startswith("http://127.0.0.1:")
+
+
+def test_outputs_inside_the_input_tree_are_never_inputs(photos, tmp_path, client):
+    first = run(THUMBS, photos, photos / "thumbs", client)
+    again = run(THUMBS, photos, photos / "thumbs", client)
+    assert first.items == again.items == 12 and again.executed == 0
+    with pytest.raises(dagflow.InputError, match="also an input directory"):
+        run(THUMBS, photos, photos, client)

@@ -32,13 +32,18 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def emit_spans(ctx: Any, metrics: Sequence[Mapping[str, Any]]) -> int:
-    """Emit the chunk's spans; returns how many were sent (0 without OpenTelemetry)."""
+def emit_spans(ctx: Any, metrics: Sequence[Mapping[str, Any]], *, tracer: Any = None) -> int:
+    """Emit the chunk's spans; returns how many were sent (0 without OpenTelemetry).
+
+    ``tracer`` defaults to ``opentelemetry.trace.get_tracer("dagflow")`` (the process's
+    tracer provider).
+    """
     if not metrics or not available():
         return 0
     from opentelemetry import trace
 
-    tracer = trace.get_tracer("dagflow")
+    if tracer is None:
+        tracer = trace.get_tracer("dagflow")
     by_node: dict[str, list[Mapping[str, Any]]] = {}
     for m in metrics:
         by_node.setdefault(m["node_id"], []).append(m)

@@ -127,7 +127,8 @@ class Profile:
         """
         module_name, _, class_name = self.cls.rpartition(".")
         try:
-            module = importlib.import_module(module_name)
+            with _config_copies_elsewhere():
+                module = importlib.import_module(module_name)
         except Exception as exc:  # dask_cuda raises more than ImportError without CUDA
             hint = self.install_hint()
             todo = f"; install it with: pip install '{hint}'" if hint else ""
@@ -217,6 +218,26 @@ class Profile:
         except TypeError as exc:
             raise ConfigError(f"cluster profile {self.name!r} ({self.path}): {self.cls} "
                               f"rejected its options: {exc}") from exc
+
+
+@contextlib.contextmanager
+def _config_copies_elsewhere() -> Iterator[None]:
+    """Keep imports from writing into the home directory.
+
+    dask-jobqueue (and other cluster packages) copy their default configuration, fully
+    commented out, into ``~/.config/dask`` when imported (:func:`dask.config.ensure_file`).
+    dagflow writes nothing into the user's home directory, so during the import those
+    copies go to a temporary directory, removed afterwards; nothing is lost.
+    """
+    import tempfile
+
+    saved = dask.config.PATH
+    with tempfile.TemporaryDirectory(prefix="dagflow-dask-config-") as tmp:
+        dask.config.PATH = tmp
+        try:
+            yield
+        finally:
+            dask.config.PATH = saved
 
 
 def _expand(value: Any, base: Path) -> Any:

@@ -418,7 +418,7 @@ def run(
         Before anything runs.
     """
     wf = load_workflow(workflow)
-    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(inputs)
+    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(inputs, exclude=output)
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)
