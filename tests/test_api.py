@@ -19,7 +19,7 @@ PUBLIC = {
 
 
 def test_exported_members():
-    assert PUBLIC <= set(dagflow.__all__)
+    assert set(dagflow.__all__) >= PUBLIC
     for name in dagflow.__all__:
         assert getattr(dagflow, name) is not None, name
 

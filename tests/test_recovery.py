@@ -190,7 +190,8 @@ def test_planted_symlink_in_the_output_is_never_written_through(photos, tmp_path
     target.write_text("keep me")
     (out / "img001.png").symlink_to(target)
     (out / "sub").symlink_to(tmp_path)  # a planted directory link
-    wf = Workflow("s", [Node("load", "load"), Node("save", "save", {"format": "png"}, after="load")])
+    wf = Workflow("s", [Node("load", "load"),
+                        Node("save", "save", {"format": "png"}, after="load")])
     result = dagflow.run(wf, photos, out, client=client, progress=False)
     assert target.read_text() == "keep me"
     assert not (tmp_path / "img000.png").exists()  # nothing landed through the linked dir
@@ -327,7 +328,8 @@ def test_checkpoint_writer_killed_mid_write_leaves_a_readable_checkpoint(tmp_pat
 
 def test_status_reconstructs_the_run_and_flags_inconsistencies(photos, tmp_path, client):
     out = tmp_path / "out"
-    wf = Workflow("s", [Node("load", "load"), Node("save", "save", {"format": "png"}, after="load")])
+    wf = Workflow("s", [Node("load", "load"),
+                        Node("save", "save", {"format": "png"}, after="load")])
     result = dagflow.run(wf, photos, out, client=client, progress=False)
     status = run_status(result.run_dir)
     assert (status.state, status.done, status.failed, status.pending) == ("finished", 12, 0, 0)
