@@ -62,12 +62,14 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _scan_directory(directory: Path) -> list[Path]:
-    found: list[Path] = []
+def _scan_directory(directory: Path) -> list[str]:
+    # strings, not Path objects: a million of them are built and compared
+    found: list[str] = []
+    join, splitext = os.path.join, os.path.splitext
     for dirpath, dirnames, filenames in os.walk(directory):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_dagflow")))
-        found.extend(Path(dirpath, f) for f in sorted(filenames)
-                     if os.path.splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+        found.extend(join(dirpath, f) for f in sorted(filenames)
+                     if splitext(f)[1].lower() in IMAGE_EXTENSIONS)
     return found
 
 
@@ -122,7 +124,7 @@ def resolve_inputs(
     specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if not specs:
         raise InputError("no inputs given")
-    paths: list[Path] = []
+    paths: list[str | Path] = []
     extras: list[dict[str, Any]] = []
     roots: list[Path] = []
     for spec in specs:
@@ -168,6 +170,10 @@ def resolve_inputs(
         base = os.path.commonpath([os.path.dirname(a) for a in absolute])
     items = []
     seen: set[str] = set()
+    # `absolute` and `base` are normalised, so a path inside `base` is `prefix` + its
+    # relative path: slicing is relpath without its cost per item
+    prefix = base.rstrip(os.sep) + os.sep
+    posix = os.sep == "/"
     for path, extra in zip(absolute, extras, strict=True):
         if path in seen:
             continue
@@ -179,11 +185,13 @@ def resolve_inputs(
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 pass
-        inside = path.startswith(base.rstrip(os.sep) + os.sep)
-        rel = os.path.relpath(path, base) if inside else os.path.basename(path)
-        item = {"item_id": len(items), "path": path, "rel": Path(rel).as_posix(),
+        rel = path[len(prefix):] if path.startswith(prefix) else os.path.basename(path)
+        item = {"item_id": len(items), "path": path,
+                "rel": rel if posix else Path(rel).as_posix(),
                 "size": size, "mtime_ns": mtime, "key": item_key(path, size, mtime)}
-        item.update({k: v for k, v in extra.items() if k in _HEADER_COLUMNS and v is not None})
+        if extra:
+            item.update({k: v for k, v in extra.items()
+                         if k in _HEADER_COLUMNS and v is not None})
         items.append(item)
     return InputSet(Path(base), items, ", ".join(map(os.fspath, specs)))
 

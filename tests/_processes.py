@@ -8,6 +8,7 @@ directory and are shown when something does not start.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -111,20 +112,15 @@ class DaskProcesses:
         """Terminate every process group, then kill what is left."""
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
         deadline = time.monotonic() + 10
         for _, proc in self.procs:
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
-            try:  # also the nanny's worker process, if it outlived its nanny
+            # also the nanny's worker process, if it outlived its nanny
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             proc.wait()
         self.procs.clear()
 

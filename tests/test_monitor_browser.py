@@ -26,7 +26,7 @@ import pytest
 
 pytest.importorskip("bokeh")
 
-from dagflow.monitor.dashboard import PAGE  # noqa: E402
+from dagflow.monitor.dashboard import PAGE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

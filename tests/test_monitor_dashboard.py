@@ -10,7 +10,7 @@ from distributed.utils_test import gen_cluster
 
 pytest.importorskip("bokeh")
 
-from dagflow.monitor.dashboard import (  # noqa: E402
+from dagflow.monitor.dashboard import (
     PAGE,
     ChunksInFlight,
     DagflowPage,
@@ -22,7 +22,7 @@ from dagflow.monitor.dashboard import (  # noqa: E402
     WorkerResources,
     register_page,
 )
-from dagflow.monitor.plugin import PLUGIN_NAME  # noqa: E402
+from dagflow.monitor.plugin import PLUGIN_NAME
 
 NODES = {"load": {"op": "load", "parents": []}, "blur": {"op": "gaussian",
                                                           "parents": ["load"]}}

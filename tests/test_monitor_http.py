@@ -15,8 +15,8 @@ import pytest
 
 pytest.importorskip("bokeh")
 
-import dagflow  # noqa: E402
-from dagflow.monitor.dashboard import PAGE  # noqa: E402
+import dagflow
+from dagflow.monitor.dashboard import PAGE
 
 WORKFLOW = """
 name: mon

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from dagflow.monitor import metrics as M
-from dagflow.monitor.store import metrics_dir, read_json, read_metrics, read_table
+from dagflow.monitor.store import metrics_dir, read_json, read_metrics, read_parts, read_table
 
 __all__ = ["RunAnalysis", "analyze", "load_plan", "load_rows"]
 
@@ -33,10 +33,12 @@ _METRIC_EXTRAS = ["chunk", "cpu_s", "megapixels", "bytes_in", "bytes_out", "samp
 
 def load_rows(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per item and node: the records, with the metrics' extra columns."""
-    from dagflow.recovery.checkpoint import read_records
+    from dagflow.recovery.checkpoint import RECORD_SCHEMA, read_records
 
     parts = sorted(Path(run_dir, "records").glob("part-*.parquet"))
-    records, _ = read_records(parts)
+    records = read_parts(parts, RECORD_SCHEMA)
+    if records is None:  # a torn part: read part by part, skipping it
+        records, _ = read_records(parts)
     metrics = read_metrics(run_dir).to_pandas()
     if records.num_rows == 0:
         df = metrics

@@ -60,17 +60,25 @@ def _nan_to_none(x: Any) -> Any:
 
 
 def append_run(run_dir: str | os.PathLike[str], *,
-               history_dir: str | os.PathLike[str] | None = None) -> Path | None:
-    """Append this run's per-node figures to the history; returns the file written."""
+               history_dir: str | os.PathLike[str] | None = None,
+               analysis: Any = None) -> Path | None:
+    """Append this run's per-node figures to the history; returns the file written.
+
+    ``analysis`` (a :class:`~dagflow.monitor.analysis.RunAnalysis` of the run) saves
+    reading the run directory again.
+    """
     from dagflow.monitor.analysis import load_plan, load_rows
     from dagflow.monitor.metrics import node_stats
     from dagflow.monitor.store import write_table
 
-    df = load_rows(run_dir)
-    if df.empty:
+    if analysis is not None:
+        df, plan, stats = analysis.rows, analysis.plan, analysis.nodes
+    else:
+        df = load_rows(run_dir)
+        plan = load_plan(run_dir)
+        stats = node_stats(df, order=list(plan.get("nodes", {}))) if len(df) else None
+    if df.empty or stats is None:
         return None
-    plan = load_plan(run_dir)
-    stats = node_stats(df, order=list(plan.get("nodes", {})))
     run_id = str(plan.get("run_id") or Path(run_dir).name)
     rows = []
     now = time.time()

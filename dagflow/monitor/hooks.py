@@ -102,7 +102,13 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
         return
     if client is not None:
         try:
-            data = client.run_on_scheduler(_scheduler_end_run, ctx.run_id)
+            from dagflow.monitor.store import metrics_dir, read_json
+
+            plan = read_json(metrics_dir(ctx.run_dir) / "run.json") or {}
+            # Dask's CPU / non-CPU split is only read for nodes without a timeout (see
+            # dagflow.monitor.analysis); only then wait for the heartbeat that carries it
+            wait = any(n.get("timeout", 0) is None for n in plan.get("nodes", {}).values())
+            data = client.run_on_scheduler(_scheduler_end_run, ctx.run_id, wait)
         except Exception as exc:
             logger.warning("could not fetch the scheduler's measurements: %s", exc)
             data = None
@@ -113,16 +119,18 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
                 logger.warning("could not write the scheduler's measurements: %s", exc)
     try:
         from dagflow.monitor import history
+        from dagflow.monitor.analysis import analyze
 
-        history.append_run(ctx.run_dir)
+        analysis = analyze(ctx.run_dir, duration_s=getattr(result, "duration_s", None))
+        history.append_run(ctx.run_dir, analysis=analysis)
     except Exception as exc:
-        logger.warning("could not append this run to the history: %s", exc)
+        logger.warning("could not analyse this run: %s: %s", type(exc).__name__, exc)
+        return
     if config.get("monitor.report", True):
         try:
             from dagflow.monitor.report import write_report
 
-            duration = getattr(result, "duration_s", None)
-            write_report(ctx.run_dir, duration_s=duration)
+            write_report(ctx.run_dir, analysis=analysis)
         except Exception as exc:
             logger.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
 
@@ -152,7 +160,8 @@ def _scheduler_begin_run(plan: Mapping[str, Any], dask_scheduler: Any = None) ->
     return True
 
 
-async def _scheduler_end_run(run_id: str, dask_scheduler: Any = None) -> dict[str, Any]:
+async def _scheduler_end_run(run_id: str, wait: bool = False,
+                             dask_scheduler: Any = None) -> dict[str, Any]:
     import asyncio
 
     from dagflow.monitor.plugin import PLUGIN_NAME
@@ -160,8 +169,8 @@ async def _scheduler_end_run(run_id: str, dask_scheduler: Any = None) -> dict[st
     plugin = dask_scheduler.plugins.get(PLUGIN_NAME)
     if plugin is None:
         return {}
-    # Dask's per-task CPU / non-CPU seconds arrive with the next heartbeat
-    await asyncio.sleep(min(1.0, _heartbeat_interval(dask_scheduler)))
+    if wait:  # Dask's per-task CPU / non-CPU seconds arrive with the next heartbeat
+        await asyncio.sleep(min(1.0, _heartbeat_interval(dask_scheduler)))
     return plugin.end_run(run_id)
 
 

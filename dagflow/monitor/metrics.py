@@ -139,11 +139,13 @@ def robust_z(values: Sequence[float] | np.ndarray) -> np.ndarray:
 
 
 def anomalies(df: pd.DataFrame, *, threshold: float = ANOMALY_Z, limit: int = 200,
-              min_items: int = 8) -> pd.DataFrame:
+              min_items: int = 8, min_excess_s: float = 0.005) -> pd.DataFrame:
     """Items whose duration is far outside their node's distribution, worst first.
 
-    Only nodes with at least ``min_items`` durations are judged; ``ratio`` is the item's
-    duration over its node's median.
+    An item is an anomaly when its robust z-score exceeds ``threshold`` *and* it is at
+    least ``min_excess_s`` seconds away from its node's median (so that microsecond
+    jitter in a fast node is not reported). Only nodes with at least ``min_items``
+    durations are judged; ``ratio`` is the item's duration over its node's median.
     """
     out = []
     for node, sub in ran(df).groupby("node_id", sort=False):
@@ -151,10 +153,10 @@ def anomalies(df: pd.DataFrame, *, threshold: float = ANOMALY_Z, limit: int = 20
             continue
         d = sub["duration_s"].to_numpy(dtype=float)
         z = robust_z(d)
-        hit = np.abs(z) > threshold
+        med = float(np.median(d))
+        hit = (np.abs(z) > threshold) & (np.abs(d - med) >= min_excess_s)
         if not hit.any():
             continue
-        med = float(np.median(d))
         cols = [c for c in ("item_id", "rel", "worker", "started", "duration_s") if c in sub]
         picked = sub.loc[hit, cols].copy()
         picked.insert(0, "node_id", node)

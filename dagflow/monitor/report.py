@@ -36,7 +36,8 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 0 
        max-width: 1200px; padding: 1em 2em; color: #222; height: auto; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em;
 margin-top: 1.6em; }
-table { border-collapse: collapse; font-size: .9em; margin: .5em 0; }
+.tbl { overflow-x: auto; max-width: 100%; }
+table { border-collapse: collapse; font-size: .82em; margin: .5em 0; }
 th, td { border: 1px solid #ddd; padding: .25em .6em; text-align: right; }
 th { background: #f4f4f4; } td.l, th.l { text-align: left; }
 .rec { border-left: 4px solid #2b7bb9; padding: .3em .8em; margin: .6em 0;
@@ -63,6 +64,14 @@ def _num(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def _secs(x: Any) -> str:
+    """Seconds with four decimals below 10 s (durations of fast ops stay readable)."""
+    if x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x))):
+        return "&ndash;"
+    x = float(x)
+    return f"{x:.4f}" if abs(x) < 10 else f"{x:,.1f}"
+
+
 def _bytes(n: Any) -> str:
     n = float(n or 0)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -85,7 +94,7 @@ def _table(df: pd.DataFrame, columns: Sequence[tuple[str, str]], *, left: Sequen
             text = fmt[c](v) if c in fmt else (_esc(v) if c in left else _num(v))
             cells.append(f"<td class='{'l' if c in left else ''}'>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class='tbl'><table><tr>{head}</tr>{''.join(body)}</table></div>"
 
 
 def _palette(names: Sequence[str]) -> dict[str, str]:
@@ -291,7 +300,9 @@ def render_html(a: RunAnalysis) -> str:
             ("retries", "retries"), ("s_per_mp", "s/MP"), ("bytes_in", "read"),
             ("bytes_out", "written")]
     fmt = {"share": lambda v: f"{100 * v:.1f}%" if v == v else "&ndash;",
-           "bytes_in": _bytes, "bytes_out": _bytes}
+           "bytes_in": _bytes, "bytes_out": _bytes,
+           **dict.fromkeys(("mean", "p50", "p90", "p95", "p99", "max", "std", "total_s"),
+                           _secs)}
     sections.append(("nodes", "Nodes: item durations",
                      _table(a.nodes.reset_index(), cols, left=["node_id"], fmt=fmt)
                      + fig("durations")))
@@ -303,13 +314,16 @@ def render_html(a: RunAnalysis) -> str:
                      f"<p>Critical path (by node seconds): {path} "
                      f"({_num(a.critical_path_s)} s of op time).</p>" + fig("shares")))
     if len(a.anomalies):
-        an = _table(a.anomalies.head(50),
+        shown = min(len(a.anomalies), 30)
+        an = _table(a.anomalies.head(shown),
                     [("node_id", "node"), ("item_id", "item"), ("rel", "input"),
                      ("worker", "worker"), ("duration_s", "seconds"), ("median_s", "median"),
                      ("ratio", "x median"), ("z", "robust z")],
-                    left=["node_id", "rel", "worker"])
+                    left=["node_id", "rel", "worker"],
+                    fmt={"duration_s": _secs, "median_s": _secs})
         body = (f"<p>{len(a.anomalies)} items with a robust z-score above 3.5 within "
-                f"their node (top 50 listed).</p>" + an)
+                f"their node ({shown} worst listed; all in <code>dagflow report --json</code>)."
+                "</p>" + an)
     else:
         body = "<p class='muted'>No item is far outside its node's distribution.</p>"
     sections.append(("anomalies", "Anomalies", body))

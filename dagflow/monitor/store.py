@@ -97,10 +97,27 @@ def write_metrics(run_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, A
     return write_table(metrics_dir(run_dir) / name, table)
 
 
+def read_parts(paths: Sequence[Path], schema: pa.Schema) -> pa.Table | None:
+    """Parquet parts read in parallel as one table; ``None`` if any part is unreadable."""
+    if not paths:
+        return schema.empty_table()
+    import pyarrow.dataset as ds
+
+    try:
+        return ds.dataset([os.fspath(p) for p in paths], format="parquet",
+                          schema=schema).to_table()
+    except Exception:
+        return None
+
+
 def read_metrics(run_dir: str | os.PathLike[str]) -> pa.Table:
     """Every metrics part of a run (unreadable parts are skipped with a warning)."""
+    paths = sorted(metrics_dir(run_dir).glob("part-*.parquet"))
+    table = read_parts(paths, METRICS_SCHEMA)
+    if table is not None:
+        return table
     tables = []
-    for p in sorted(metrics_dir(run_dir).glob("part-*.parquet")):
+    for p in paths:
         try:
             tables.append(pq.read_table(p))
         except Exception as exc:

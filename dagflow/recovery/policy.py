@@ -12,7 +12,6 @@ This module runs inside tasks on workers; it imports no Dask.
 
 from __future__ import annotations
 
-import concurrent.futures
 import errno
 import random
 import threading
@@ -133,30 +132,58 @@ class Outcome:
     duration_s: float = 0.0
 
 
-_TIMEOUT_POOL: concurrent.futures.ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
+class _ItemThread(threading.Thread):
+    """Runs op calls, one at a time, for one calling thread (a worker's task thread).
+
+    Handing a call over and back costs two lock releases, about a third of a
+    ``ThreadPoolExecutor`` round trip with its future. A call that times out leaves its
+    thread behind (it cannot be interrupted); the thread ends when the call returns.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(name="dagflow-item", daemon=True)
+        self.go = threading.Lock()
+        self.go.acquire()
+        self.done = threading.Lock()
+        self.done.acquire()
+        self.fn: Callable[[], Any] | None = None
+        self.result: tuple[Any, BaseException | None] = (None, None)
+        self.abandoned = False
+        self.start()
+
+    def run(self) -> None:
+        while True:
+            self.go.acquire()
+            fn, self.fn = self.fn, None
+            try:
+                self.result = (fn(), None)  # type: ignore[misc]
+            except BaseException as exc:  # handed to the caller, as a future would
+                self.result = (None, exc)
+            if self.abandoned:
+                return
+            self.done.release()
 
 
-def _timeout_pool() -> concurrent.futures.ThreadPoolExecutor:
-    global _TIMEOUT_POOL
-    with _POOL_LOCK:
-        if _TIMEOUT_POOL is None:
-            _TIMEOUT_POOL = concurrent.futures.ThreadPoolExecutor(
-                max_workers=64, thread_name_prefix="dagflow-item"
-            )
-        return _TIMEOUT_POOL
+_ITEM_THREADS = threading.local()
 
 
 def _call_once(fn: Callable[[], Any], timeout: float | None) -> Any:
     if timeout is None:
         return fn()
-    future = _timeout_pool().submit(fn)
-    try:
-        return future.result(timeout=timeout)
-    except concurrent.futures.TimeoutError:
+    runner: _ItemThread | None = getattr(_ITEM_THREADS, "runner", None)
+    if runner is None:
+        runner = _ITEM_THREADS.runner = _ItemThread()
+    runner.fn = fn
+    runner.go.release()
+    if not runner.done.acquire(timeout=timeout):
         # The thread cannot be interrupted; it is abandoned and the batch goes on.
-        future.cancel()
+        runner.abandoned = True
+        _ITEM_THREADS.runner = None
         raise ItemTimeoutError(f"no result after {timeout:g} s") from None
+    (value, error), runner.result = runner.result, (None, None)
+    if error is not None:
+        raise error
+    return value
 
 
 def call_with_policy(

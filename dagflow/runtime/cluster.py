@@ -62,11 +62,30 @@ def start_local_cluster(
     if processes:
         env = {str(k): str(v) for k, v in (config.get("cluster.worker-env") or {}).items()}
         options["env"] = env
+    elif "protocol" not in kwargs:
+        # thread workers talk in-process (inproc://), which takes no host: nothing listens
+        options.pop("host", None)
     if resources:
         options["resources"] = dict(resources)
     options = {k: v for k, v in options.items() if v is not None}
     options.update(kwargs)
-    cluster = LocalCluster(**options)
+    # glibc reads MALLOC_* once, when a process starts: the nanny applies `env` inside
+    # the worker, too late, so worker-env also goes in before the nanny spawns (and
+    # respawns) its worker, winning over this process's own variables as `env` does.
+    worker_env = dict(options.get("env") or {}) if processes else {}
+    spawn_env = {**(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}),
+                 **worker_env}
+    saved = {k: os.environ.get(k) for k in worker_env}
+    os.environ.update(worker_env)
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+            cluster = LocalCluster(**options)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     logger.info("started a local cluster: %s, dashboard %s", cluster.scheduler_address,
                 cluster.dashboard_link)
     return cluster

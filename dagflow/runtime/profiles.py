@@ -156,7 +156,7 @@ class Profile:
         Raises
         ------
         ConfigError
-            The class cannot be imported or rejects an argument.
+            The class cannot be imported, rejects an argument, or fails to start.
         """
         options = self.resolved_options(**overrides)
         if self.is_local:
@@ -170,6 +170,9 @@ class Profile:
         except TypeError as exc:
             raise ConfigError(f"cluster profile {self.name!r} ({self.path}): {self.cls} "
                               f"rejected its options: {exc}") from exc
+        except Exception as exc:  # a worker refusing an option, an unreachable service...
+            raise ConfigError(f"cluster profile {self.name!r} ({self.path}): {self.cls} "
+                              f"could not start: {type(exc).__name__}: {exc}") from exc
 
     def apply_scaling(self, cluster: Any) -> None:
         """Scale the started cluster as the profile says (``adapt`` or ``scale``).
@@ -258,7 +261,12 @@ def _security(value: Any, profile: Profile) -> Any:
     if isinstance(value, Security) or value is None or value is False:
         return value
     if value == "temporary" or value is True:
-        return Security.temporary()
+        try:
+            return Security.temporary()
+        except ImportError as exc:
+            raise ConfigError(f"cluster profile {profile.name!r}: temporary TLS credentials "
+                              "need the cryptography package: pip install cryptography"
+                              ) from exc
     if isinstance(value, Mapping):
         try:
             return Security(**{"require_encryption": True, **value})

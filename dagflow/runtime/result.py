@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,11 @@ class RunResult:
         Link to the Dask dashboard while the cluster was up.
     stopped
         Why the run stopped early, if it did.
+    tiled
+        Items larger than any worker's memory, processed tiled (see :mod:`dagflow.tiled`).
+    estimate
+        The plan's estimate (``duration_s``, ``compute_s``, ``peak_task``,
+        ``peak_worker``, per node ``nodes`` seconds) with what happened under ``actual``.
     """
 
     run_id: str
@@ -77,6 +83,8 @@ class RunResult:
     stopped: str | None = None
     chunk_size: int = 0
     chunks: int = 0
+    tiled: int = 0
+    estimate: dict[str, Any] | None = None
 
     @property
     def exit_code(self) -> int:
@@ -156,30 +164,110 @@ class RunResult:
         for node, path in self.aggregates.items():
             lines.append(f"  {node}: {path}")
         lines.extend(f"  error: {e}" for e in self.errors)
+        if self.tiled:
+            lines.append(f"  {self.tiled} items larger than any worker's memory ran tiled")
+        lines.extend(_estimate_lines(self.estimate))
         if self.stopped:
             lines.append(f"  STOPPED: {self.stopped}")
         lines.append(f"  run directory: {self.run_dir}")
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        # Jupyter: counts per node with p50 / p99 duration, the failed items with their
+        # reasons, and links to the report and the run directory
+        durations = self._node_percentiles()
         rows = "".join(
             f"<tr><td>{html.escape(n)}</td>"
             + "".join(f"<td>{c.get(s, 0)}</td>" for s in ("ok", "failed", "skipped",
                                                           "upstream_failed"))
+            + "".join(f"<td>{_seconds(q)}</td>" for q in durations.get(n, (None, None)))
             + "</tr>"
             for n, c in self.nodes.items()
         )
         fails = "".join(
             f"<li>{html.escape(str(f['input_path']))} at <b>{html.escape(f['node_id'])}</b>: "
-            f"[{html.escape(str(f['error_class']))}] {html.escape(str(f['error_message']))}</li>"
+            f"[{html.escape(str(f['error_class']))}"
+            + (f", {html.escape(str(f['reason']))}" if f.get("reason") else "")
+            + f"] {html.escape(str(f['error_message']))}</li>"
             for f in self.failures[:20]
         )
+        if len(self.failures) > 20:
+            fails += f"<li>... {len(self.failures) - 20} more in the records</li>"
+        notes = "".join(f'<p style="color:#c0392b">{html.escape(e)}</p>' for e in
+                        [*self.errors, *([f"STOPPED: {self.stopped}"] if self.stopped else [])])
+        links = [("run directory", self.run_dir)]
+        for name in ("report.html", "quarantine.parquet"):
+            if (Path(self.run_dir) / name).exists():
+                links.insert(len(links) - 1, (name.split(".")[0], Path(self.run_dir) / name))
         return (
             f"<div><b>Run {html.escape(self.run_id)}</b> of {html.escape(self.workflow)}: "
-            f"{self.succeeded} succeeded, {self.failed} failed, {self.skipped} skipped, "
-            f"{self.already_done} already done, in {self.duration_s:.1f} s"
+            f"{self.succeeded} succeeded, {self.failed} failed "
+            f"({self.quarantined} quarantined), {self.skipped} skipped, "
+            + (f"{self.not_run} not run, " if self.not_run else "")
+            + f"{self.already_done} already done, in {self.duration_s:.1f} s{notes}"
             "<table><tr><th>node</th><th>ok</th><th>failed</th><th>skipped</th>"
-            f"<th>upstream failed</th></tr>{rows}</table>"
-            + (f"<ul>{fails}</ul>" if fails else "")
-            + f"<p>Run directory: <code>{html.escape(str(self.run_dir))}</code></p></div>"
+            "<th>upstream failed</th><th>p50</th><th>p99</th></tr>"
+            f"{rows}</table>"
+            + (f"<p>Failed items:</p><ul>{fails}</ul>" if fails else "")
+            + "<p>" + " &middot; ".join(
+                f'<a href="{html.escape(_file_href(path))}" target="_blank">{text}</a>'
+                for text, path in links)
+            + f": <code>{html.escape(str(self.run_dir))}</code></p></div>"
         )
+
+    def _node_percentiles(self) -> dict[str, tuple[float, float]]:
+        """Per node, p50 and p99 duration (s) of the items its op ran on, from the records."""
+        try:
+            import pyarrow.compute as pc
+            import pyarrow.dataset as ds
+
+            from dagflow.recovery.checkpoint import RECORD_SCHEMA
+
+            records_dir = Path(self.run_dir) / "records"
+            if not records_dir.exists():
+                return {}
+            table = ds.dataset(records_dir, format="parquet", schema=RECORD_SCHEMA).to_table(
+                columns=["node_id", "duration_s"],
+                filter=pc.field("status").isin(["ok", "failed"]))
+            grouped = table.group_by("node_id").aggregate(
+                [("duration_s", "tdigest", pc.TDigestOptions(q=[0.5, 0.99]))])
+        except Exception:  # a display must not raise: the counts are shown without them
+            return {}
+        return {row["node_id"]: tuple(row["duration_s_tdigest"])
+                for row in grouped.to_pylist() if row["duration_s_tdigest"]}
+
+
+def _seconds(value: float | None) -> str:
+    """A duration for a table cell: ``12.3 ms``, ``1.25 s``; empty when unknown."""
+    if value is None or value != value:
+        return ""
+    return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _file_href(path: str | Path) -> str:
+    """A link to a local file: relative below the working directory (Jupyter serves it),
+    else a ``file://`` URI."""
+    p = Path(path).absolute()
+    cwd = Path.cwd()
+    return Path(os.path.relpath(p, cwd)).as_posix() if p.is_relative_to(cwd) else p.as_uri()
+
+
+def _estimate_lines(estimate: dict[str, Any] | None) -> list[str]:
+    """The plan's estimate next to what happened, for the summary."""
+    if not estimate:
+        return []
+    from dagflow.resources import format_bytes
+
+    actual = estimate.get("actual", {})
+    lines = []
+    if estimate.get("duration_s") is not None:
+        lines.append(f"  estimate: {estimate['duration_s']:.1f} s (from "
+                     f"{estimate.get('history_runs', 0)} earlier runs), actual "
+                     f"{actual.get('duration_s', 0.0):.1f} s; compute "
+                     f"{estimate.get('compute_s') or 0.0:.1f} s estimated, "
+                     f"{actual.get('compute_s', 0.0):.1f} s actual")
+    peak = actual.get("peak_worker")
+    lines.append(f"  memory: estimated peak {format_bytes(estimate.get('peak_task'))} per task, "
+                 f"{format_bytes(estimate.get('peak_worker'))} per worker"
+                 + (f"; workers peaked at {format_bytes(peak)}" if peak else ""))
+    return lines

@@ -47,7 +47,9 @@ from dagflow.monitor import hooks
 from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker, counts_against_breaker
 from dagflow.recovery.checkpoint import Checkpoint, load_done, write_records
 from dagflow.recovery.events import EventLog
+from dagflow.runtime.capacity import prepare_cluster
 from dagflow.runtime.cluster import connect, dashboard_link
+from dagflow.runtime.plan import compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.workflow import Workflow
 
@@ -163,12 +165,17 @@ class _Runner:
         self.probe_failed: CircuitBreaker | None = None
         self.lost_worker_retries = int(config.get("runtime.lost-worker-retries"))
         self.lost_worker_tries: dict[int, int] = {}
+        # set by the memory model (dagflow.runtime.plan.Batch.attach): memory-aware
+        # chunking and a MEMORY annotation per chunk and node
+        self.chunk_annotations: Callable[[NodeTask, Chunk], Mapping[str, Any]] | None = None
+        self.make_chunks: Callable[..., list[Chunk]] = make_chunks
 
     def _submit(self, chunks: list[Chunk], seq: as_completed) -> None:
         for c in chunks:
             self.chunks[c.index] = c
         compiled = compile_chunks(self.tasks, self.ctx, chunks, token=self.token,
-                                  annotations=self.annotations)
+                                  annotations=self.annotations,
+                                  chunk_annotations=self.chunk_annotations)
         futures = self.client.get(compiled.graph, compiled.commit_keys, sync=False)
         seq.update(futures)
         self.events.emit("chunks_submitted", chunks=[c.index for c in chunks],
@@ -199,6 +206,7 @@ class _Runner:
                 if breaker.state != before:
                     self.events.emit("breaker", node=breaker.name, state=breaker.state,
                                      why=breaker.transitions[-1][1])
+                    hooks.breaker_changed(self.client, self.ctx, breaker.name, breaker.state)
                     if before == "half-open":
                         self.probe_failed = breaker
         for (node, status), n in summary.counts.items():
@@ -207,6 +215,7 @@ class _Runner:
                 breaker.success()
                 self.events.emit("breaker", node=node, state=breaker.state,
                                  why=breaker.transitions[-1][1])
+                hooks.breaker_changed(self.client, self.ctx, node, breaker.state)
 
     def _open_breakers(self) -> list[CircuitBreaker]:
         return [b for b in self.breakers.values() if b.state != "closed"]
@@ -234,7 +243,7 @@ class _Runner:
                             rows[:1], part, 0.0)
 
     def run(self, items: Sequence[Mapping[str, Any]], chunk_size: int) -> None:
-        pending = collections.deque(make_chunks(items, chunk_size))
+        pending = collections.deque(self.make_chunks(items, chunk_size))
         self.next_index = len(pending)
         window = max(1, int(config.get("runtime.window")))
         batch = max(1, min(256, window // 4))
@@ -291,6 +300,7 @@ class _Runner:
                         b.ready_to_probe()
                         self.events.emit("breaker", node=b.name, state=b.state,
                                          why=b.transitions[-1][1])
+                        hooks.breaker_changed(self.client, self.ctx, b.name, b.state)
                     taken = pending.popleft()
                     probe = Chunk(taken.index, taken.items[:1])
                     if len(taken) > 1:
@@ -457,6 +467,7 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
         bar = _Progress(total=len(to_run), show=bool(show))
         if handle is not None:
             bar.listeners.append(handle._on_progress)
+            handle._begin(result)
         try:
             with connect(client, cluster=cluster, scheduler_file=scheduler_file,
                          local_options=local_options) as c:
@@ -471,13 +482,29 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                                              maximum=int(config.get("max-chunk-size")))
                 result.chunk_size = int(size)
                 result.chunks = -(-len(to_run) // result.chunk_size)
+                # workers advertise MEMORY; items are estimated from their headers, the
+                # oversize ones tiled or refused, chunks cut to fit (dagflow.runtime.plan)
+                batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
+                                      items=len(input_set.items), already_done=already_done,
+                                      chunk_size=result.chunk_size, output=output)
+                tasks, to_run = batch.tasks, batch.items
+                result.chunks = batch.plan.chunks
+                events.emit("batch_planned", chunks=batch.plan.chunks,
+                            chunk_size=batch.chunk_size, tiled=len(batch.tiled),
+                            refused=len(batch.refused), peak_task=batch.plan.peak_task,
+                            budget=batch.plan.budget_min, estimate_s=batch.plan.duration_s)
                 runner = _Runner(c, tasks, ctx, result, events, bar)
-                hooks.run_started(c, ctx, tasks)
+                batch.attach(runner)
+                hooks.run_started(c, ctx, tasks, items=len(to_run))
                 if to_run:
                     runner.run(to_run, result.chunk_size)
+                for summary in batch.settle_oversize(ctx, c, runner):
+                    runner._absorb(summary)
+                result.tiled = len(batch.tiled)
                 runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
                 result.duration_s = time.perf_counter() - start
                 hooks.run_finished(c, ctx, result)
+                result.estimate = compare(result, batch.plan, run_dir)
         except BaseException as exc:
             events.emit("run_interrupted", error=repr(exc))
             raise
@@ -501,6 +528,11 @@ class RunHandle:
         self.done_items = 0
         self.failed_items = 0
         self.dashboard: str | None = None
+        #: Items this run executes (known once the run has compared inputs and records).
+        self.total_items: int | None = None
+        self.run_id: str | None = None
+        self.run_dir: Path | None = None
+        self.started = time.time()
         self._result: RunResult | None = None
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._main, args=(target,), daemon=True,
@@ -516,6 +548,11 @@ class RunHandle:
     def _on_progress(self, done: int, failed: int) -> None:
         self.done_items, self.failed_items = done, failed
 
+    def _begin(self, result: RunResult) -> None:
+        """The run knows what it will execute (called before its cluster connects)."""
+        self.total_items = result.executed
+        self.run_id, self.run_dir = result.run_id, result.run_dir
+
     def done(self) -> bool:
         """Whether the run has finished (or failed)."""
         return not self._thread.is_alive()
@@ -530,6 +567,21 @@ class RunHandle:
         assert self._result is not None
         return self._result
 
+    def exception(self) -> BaseException | None:
+        """The error the run raised, or ``None`` (while it runs, or when it finished)."""
+        return None if self._thread.is_alive() else self._error
+
     def __repr__(self) -> str:
         state = "finished" if self.done() else "running"
         return f"<RunHandle {state}: {self.done_items} items done, {self.failed_items} failed>"
+
+    def _repr_html_(self) -> str:
+        from dagflow.notebook import handle_html
+
+        return handle_html(self)
+
+    def _ipython_display_(self) -> None:
+        # In Jupyter: a progress bar that keeps updating until the run ends
+        from dagflow.notebook import display_handle
+
+        display_handle(self)

@@ -1,0 +1,23 @@
+"""dagflow's benchmarks: dagflow against the pipelines people write instead, side by side.
+
+Run ``python -m benchmarks --help`` (or ``make bench``). Every benchmark measures
+dagflow and its baselines in the same process run, repeats each measurement and reports
+medians and ratios, because a shared machine is noisy. Data is generated
+deterministically into ``benchmarks/.data/`` and reused; results are printed as a table
+and written to ``benchmarks/results/<benchmark>-<time>.json``.
+
+=================  =====================================================================
+``thumbnails``     the thumbnail workload: dagflow vs a loop, ProcessPoolExecutor,
+                   naive Pillow, ``client.map`` and pyvips
+``overhead``       a no-op workflow over many items: dagflow's cost per item
+``planning``       planning and compiling a million-item manifest: time, client memory
+``safety``         throughput with checkpoints and monitoring on and off
+``memory``         peak worker RSS against the configured budget
+``large-image``    memory on big images (needs ``benchmarks/large_image.py``)
+``gpu``            ``local-cuda`` against the CPU (needs a CUDA GPU)
+``env``            the worker allocator environment (``MALLOC_*``) on the kernels
+=================  =====================================================================
+
+This package is not part of the installed library and imports nothing from it at
+import time.
+"""

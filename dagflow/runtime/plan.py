@@ -1,0 +1,657 @@
+"""Planning a batch: what runs, where, in what chunks, with how much memory, for how long.
+
+One function, :func:`prepare_batch`, decides for a run (and for ``dagflow plan``, which
+prints the same decisions without running anything):
+
+* each node's device (``auto`` becomes ``gpu`` on a cluster with GPU workers for an op
+  with a GPU implementation, see :func:`dagflow.ops.dispatch.resolve_device`);
+* each item's estimated peak per node (:class:`dagflow.resources.MemoryModel`, from
+  headers: a manifest's columns, else :func:`dagflow.resources.probe_headers`);
+* which items are too large for any worker's budget (or the decoder's pixel limit):
+  processed tiled (:mod:`dagflow.tiled`; a TIFF, a workflow that is a chain of tiled
+  ops ending in ``save`` as TIFF) or refused before decoding, ``bad_input`` /
+  ``oversize``, with the estimate and the limit in the message;
+* the chunks: count-based size (:func:`dagflow.compile.choose_chunk_size`), cut so that
+  each node's task estimate stays within ``dagflow.resources.chunk-memory-fraction`` of
+  the smallest worker budget;
+* the Dask annotations: ``MEMORY`` per chunk and node (the estimate, never above the
+  largest budget, so that no task waits for a worker that cannot exist), ``GPU: 1`` for
+  GPU nodes, ``dagflow-<node>: 1`` for nodes with ``concurrency``;
+* the estimate: per node, items to run and to skip (already done, condition false,
+  oversize), peak memory per task and per worker, seconds from the history of earlier
+  runs (:mod:`dagflow.monitor.history`, seconds per megapixel); and the wall time for
+  the cluster's threads.
+
+After a run, :func:`compare` puts the estimate next to what happened (duration, compute
+seconds per node, the workers' peak memory sampled by the monitor) in the run's summary.
+
+Header probing happens on the client, in a thread pool, for the items that lack a
+header and still have to run (none on a re-run of a finished batch); above
+``dagflow.resources.probe-limit`` items, a sample is probed and the rest are estimated
+from it (the decoder's pixel limit still guards those on the workers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dagflow import config
+from dagflow.compile import Chunk, NodeTask, choose_chunk_size
+from dagflow.execute import ChunkSummary
+from dagflow.ops.dispatch import resolve_device
+from dagflow.resources import (
+    MemoryModel,
+    Resources,
+    concurrency_resource,
+    condition_fields,
+    format_bytes,
+    probe_headers,
+)
+from dagflow.runtime.capacity import ClusterCapacity
+
+__all__ = ["Batch", "BatchPlan", "NodePlan", "compare", "plan", "prepare_batch"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class NodePlan:
+    """One node's part of a plan."""
+
+    node: str
+    op: str
+    device: str
+    run: int = 0
+    skip_done: int = 0
+    skip_condition: int = 0
+    oversize: int = 0
+    tiled: int = 0
+    peak_task: int = 0
+    peak_worker: int = 0
+    megapixels: float = 0.0
+    seconds: float | None = None
+    basis: str | None = None
+
+
+@dataclass
+class BatchPlan:
+    """What a run of a batch will do, estimated before anything is decoded."""
+
+    workflow: str
+    items: int
+    to_run: int
+    already_done: int
+    chunk_size: int
+    chunks: int
+    workers: int
+    threads: int
+    budget_min: int
+    budget_max: int
+    task_limit: int
+    nodes: dict[str, NodePlan] = field(default_factory=dict)
+    oversize: list[dict[str, Any]] = field(default_factory=list)
+    peak_task: int = 0
+    peak_worker: int = 0
+    compute_s: float | None = None
+    duration_s: float | None = None
+    history_runs: int = 0
+    probe: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def tiled(self) -> int:
+        return sum(1 for o in self.oversize if o["action"] == "tiled")
+
+    @property
+    def refused(self) -> int:
+        return sum(1 for o in self.oversize if o["action"] == "refused")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["tiled"], out["refused"] = self.tiled, self.refused
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=str)
+
+    def estimate(self) -> dict[str, Any]:
+        """The figures a run's summary compares with what happened."""
+        return {"duration_s": self.duration_s, "compute_s": self.compute_s,
+                "peak_task": self.peak_task, "peak_worker": self.peak_worker,
+                "history_runs": self.history_runs,
+                "nodes": {n: p.seconds for n, p in self.nodes.items()}}
+
+    def __str__(self) -> str:
+        lines = [
+            f"plan for workflow {self.workflow!r}: {self.items} items, {self.to_run} to run, "
+            f"{self.already_done} already done"
+            + (f", {self.tiled} tiled, {self.refused} refused as oversize"
+               if self.oversize else ""),
+            f"  cluster: {self.workers} workers, {self.threads} threads, memory budget "
+            f"{format_bytes(self.budget_min)}"
+            + (f"-{format_bytes(self.budget_max)}" if self.budget_max != self.budget_min
+               else "") + " per worker",
+            f"  chunks: {self.chunks} of up to {self.chunk_size} items; a task may use up to "
+            f"{format_bytes(self.task_limit)}",
+        ]
+        width = max([len(n) for n in self.nodes] + [4])
+        lines.append(f"  {'node':<{width}}  {'op':<10} {'device':<6} {'run':>7} {'done':>7} "
+                     f"{'cond':>6} {'over':>5}  {'peak/task':>10} {'peak/worker':>11} "
+                     f"{'est. s':>8}")
+        for n, p in self.nodes.items():
+            secs = "-" if p.seconds is None else f"{p.seconds:.1f}"
+            lines.append(f"  {n:<{width}}  {p.op:<10} {p.device:<6} {p.run:>7} "
+                         f"{p.skip_done:>7} {p.skip_condition:>6} {p.oversize:>5}  "
+                         f"{format_bytes(p.peak_task):>10} {format_bytes(p.peak_worker):>11} "
+                         f"{secs:>8}")
+        if self.duration_s is not None:
+            lines.append(f"  estimated duration: {self.duration_s:.1f} s ({self.compute_s:.1f} "
+                         f"s of compute over {self.threads} threads, from "
+                         f"{self.history_runs} earlier runs)")
+        else:
+            lines.append("  estimated duration: unknown (no history of earlier runs of "
+                         "these nodes yet)")
+        lines.append(f"  peak memory: {format_bytes(self.peak_task)} per task, "
+                     f"{format_bytes(self.peak_worker)} per worker")
+        for o in self.oversize[:10]:
+            lines.append(f"  {o['action']}: {o['path']}: {o['why']}")
+        if len(self.oversize) > 10:
+            lines.append(f"  ... {len(self.oversize) - 10} more oversize items")
+        lines.extend(f"  note: {n}" for n in self.notes)
+        return "\n".join(lines)
+
+
+@dataclass
+class Batch:
+    """A run's decisions (see the module docstring); built by :func:`prepare_batch`."""
+
+    tasks: dict[str, NodeTask]
+    model: MemoryModel
+    items: list[Mapping[str, Any]]
+    chunk_size: int
+    task_limit: int
+    capacity: ClusterCapacity
+    annotate_memory: bool
+    node_resources: dict[str, Resources]
+    refused: list[tuple[Mapping[str, Any], str, int, int, str]]
+    tiled: list[Mapping[str, Any]]
+    plan: BatchPlan
+    _peaks: dict[int, dict[str, int]] = field(default_factory=dict, repr=False)
+
+    def make_chunks(self, items: Sequence[Mapping[str, Any]], size: int,
+                    *, start: int = 0) -> list[Chunk]:
+        """Chunks of at most ``size`` items within the task memory limit."""
+        limit = self.task_limit if self.annotate_memory else None
+        return self.model.make_chunks(items, size, limit, start=start)
+
+    def annotations(self, base: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Per node: ``base`` (retries) plus its static resources (GPU, concurrency)."""
+        out = {nid: dict(base.get(nid, {})) for nid in self.tasks}
+        for nid, res in self.node_resources.items():
+            out.setdefault(nid, {}).update(res.annotations())
+        return out
+
+    def attach(self, runner: Any) -> None:
+        """Make ``runner`` (the run loop) chunk and annotate as decided here."""
+        runner.annotations = self.annotations(runner.annotations)
+        runner.chunk_annotations = self.chunk_annotations
+        runner.make_chunks = self.make_chunks
+
+    def settle_oversize(self, ctx: Any, client: Any, runner: Any) -> Iterator[ChunkSummary]:
+        """Record the refused items and process the tiled ones, one summary per item.
+
+        Each gets a records part of its own, numbered after the run's chunks."""
+        for item, node, peak, limit, why in self.refused:
+            index, runner.next_index = runner.next_index, runner.next_index + 1
+            yield refuse(ctx, self.tasks, item, node, peak, limit, why, index)
+        for item in self.tiled:
+            index, runner.next_index = runner.next_index, runner.next_index + 1
+            logger.info("processing %s tiled (larger than any worker's budget)", item["path"])
+            yield run_tiled_item(ctx, self.tasks, item, client, index)
+
+    def chunk_annotations(self, task: NodeTask, chunk: Chunk) -> dict[str, Any]:
+        """``MEMORY`` for ``task`` over ``chunk``: its estimate, at most the largest budget."""
+        if not self.annotate_memory:
+            return {}
+        peaks = self._peaks.get(chunk.index)
+        if peaks is None:
+            peaks = self.model.chunk_peaks(chunk.items)
+            self._peaks[chunk.index] = peaks
+        need = min(max(1, peaks.get(task.id, 0)), self.capacity.max_budget)
+        return Resources(memory=need).annotations()
+
+
+def _history_dir(output: Path, history_dir: str | os.PathLike[str] | None) -> Path:
+    if history_dir is not None:
+        return Path(history_dir)
+    configured = config.get("monitor.history-dir")
+    if configured:
+        return Path(os.path.expanduser(str(configured)))
+    return Path(output) / config.get("state-dir") / "history"
+
+
+def resolve_devices(tasks: Mapping[str, NodeTask], capacity: ClusterCapacity
+                    ) -> dict[str, NodeTask]:
+    """The nodes with ``device`` decided for this cluster (``cpu`` or ``gpu``)."""
+    return {nid: dataclasses.replace(t, device=resolve_device(
+        t.device, t.op_spec, cluster_has_gpu=capacity.has_gpu)) for nid, t in tasks.items()}
+
+
+def _pixel_limit(tasks: Mapping[str, NodeTask]) -> int | None:
+    limits = [t.params.get("max_pixels") for t in tasks.values() if t.kind == "source"]
+    limits = [int(v) for v in limits if v]
+    return min(limits) if limits else None
+
+
+def prepare_batch(
+    workflow: Any,
+    tasks: Mapping[str, NodeTask],
+    to_run: Sequence[dict[str, Any]],
+    capacity: ClusterCapacity,
+    *,
+    items: int | None = None,
+    already_done: int = 0,
+    chunk_size: int | str | None = None,
+    output: str | os.PathLike[str] = ".",
+    history_dir: str | os.PathLike[str] | None = None,
+    conditions: bool = False,
+    probe: bool = True,
+) -> Batch:
+    """Decide devices, estimates, oversize items, chunks and annotations for a batch.
+
+    Parameters
+    ----------
+    workflow
+        The validated :class:`~dagflow.workflow.Workflow` (for ``concurrency``).
+    tasks
+        Its resolved nodes.
+    to_run
+        The items that still have to run (header fields are added to them in place).
+    capacity
+        The cluster's workers (:func:`~dagflow.runtime.capacity.cluster_capacity`).
+    items, already_done
+        For the plan's counts.
+    chunk_size
+        Items per chunk, or ``"auto"`` / ``None`` (the configured default).
+    output, history_dir
+        Where the history of earlier runs is (for the duration estimate).
+    conditions
+        Evaluate ``when:`` conditions on the headers to count the skips (for the plan).
+    probe
+        Probe the headers of items that lack them.
+    """
+    from dagflow.tiled import chain_problem
+
+    tasks = resolve_devices(tasks, capacity)
+    model = MemoryModel(tasks)
+    probed = probe_headers(to_run) if probe and to_run else {}
+    model.set_default(to_run)
+    budget = capacity.max_budget
+    annotate = capacity.has_memory
+    fraction = float(config.get("resources.chunk-memory-fraction"))
+    task_limit = int(capacity.min_budget * fraction) if annotate else 0
+    pixel_limit = _pixel_limit(tasks)
+    policy = str(config.get("resources.oversize"))
+    ordered = list(tasks.values())
+    tiled_why = chain_problem(ordered) if policy == "tiled" else "oversize: refuse"
+    runnable: list[Mapping[str, Any]] = []
+    refused: list[tuple[Mapping[str, Any], str, int, int, str]] = []
+    tiled: list[Mapping[str, Any]] = []
+    oversize_rows: list[dict[str, Any]] = []
+    for item in to_run:
+        node, peak = model.worst_node(item)
+        over_memory = annotate and peak > budget
+        pixels = int(item.get("width") or 0) * int(item.get("height") or 0)
+        over_pixels = pixel_limit is not None and pixels > pixel_limit
+        if not over_memory and not over_pixels:
+            runnable.append(item)
+            continue
+        if over_memory:
+            why = (f"estimated peak memory {format_bytes(peak)} for node {node!r} exceeds "
+                   f"the largest worker budget {format_bytes(budget)} (memory limit less "
+                   f"{config.get('resources.memory-margin'):.0%} and the worker's footprint)")
+        else:
+            why = (f"{item.get('width')}x{item.get('height')} = {pixels:,} pixels exceeds "
+                   f"the decoder's limit of {pixel_limit:,} pixels")
+        is_tiff = str(item.get("format") or "").lower() == "tiff"
+        if tiled_why is None and is_tiff:
+            tiled.append(item)
+            oversize_rows.append({"path": item["path"], "action": "tiled", "node": node,
+                                  "estimate": peak, "limit": budget, "why": why})
+        else:
+            reason = tiled_why if is_tiff else "not a TIFF, so it cannot be read tiled"
+            refused.append((item, node, peak, budget, f"{why}; {reason}"))
+            oversize_rows.append({"path": item["path"], "action": "refused", "node": node,
+                                  "estimate": peak, "limit": budget,
+                                  "why": f"{why}; {reason}"})
+    size = config.resolve(chunk_size, "chunk-size")
+    if size == "auto":
+        size = choose_chunk_size(len(runnable), capacity.threads,
+                                 minimum=int(config.get("min-chunk-size")),
+                                 maximum=int(config.get("max-chunk-size")))
+    size = max(1, int(size))
+    node_resources: dict[str, Resources] = {}
+    for node in workflow.nodes:
+        res = Resources()
+        if tasks[node.id].device == "gpu" and capacity.has_gpu:
+            res = res | Resources(gpu=1)
+        if node.concurrency:
+            slot = concurrency_resource(node.id)
+            if capacity.has_resource(slot):
+                res = res | Resources(slots=((slot, 1),))
+        if res.to_dict():
+            node_resources[node.id] = res
+    batch = Batch(tasks=dict(tasks), model=model, items=runnable, chunk_size=size,
+                  task_limit=task_limit, capacity=capacity, annotate_memory=annotate,
+                  node_resources=node_resources, refused=refused, tiled=tiled,
+                  plan=None)  # type: ignore[arg-type]
+    chunks = batch.make_chunks(runnable, size)
+    batch.plan = _make_plan(workflow, batch, chunks, items if items is not None else
+                            len(to_run) + already_done, already_done, oversize_rows,
+                            _history_dir(Path(output), history_dir), conditions, probed)
+    return batch
+
+
+def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], items: int,
+               already_done: int, oversize_rows: list[dict[str, Any]], history_dir: Path,
+               conditions: bool, probed: Mapping[str, int]) -> BatchPlan:
+    from dagflow.monitor import history
+
+    tasks, model, capacity = batch.tasks, batch.model, batch.capacity
+    nodes = {nid: NodePlan(nid, t.op, t.device) for nid, t in tasks.items()}
+    peaks = {nid: 0 for nid in tasks}
+    for chunk in chunks:
+        for nid, peak in model.chunk_peaks(chunk.items).items():
+            peaks[nid] = max(peaks[nid], peak)
+    per_thread = max((w.nthreads for w in capacity.workers), default=1)
+    for nid, p in nodes.items():
+        p.run = len(batch.items) + len(batch.tiled)
+        p.skip_done = already_done
+        p.oversize = len(batch.refused)
+        p.tiled = len(batch.tiled)
+        p.peak_task = peaks[nid]
+        task_worker = peaks[nid] * per_thread
+        p.peak_worker = min(task_worker, capacity.max_budget) if batch.annotate_memory \
+            else task_worker
+    ids = list(tasks)
+    if conditions:
+        cache: dict[Any, list[bool]] = {}
+        for item in batch.items:
+            sig = model.signature(item)
+            runs = cache.get(sig) if sig is not None else None
+            if runs is None:
+                runs = _condition_runs(tasks, model, item)
+                if sig is not None:
+                    cache[sig] = runs
+            for nid, ran in zip(ids, runs, strict=True):
+                if not ran:
+                    nodes[nid].run -= 1
+                    nodes[nid].skip_condition += 1
+    megapixels = {nid: 0.0 for nid in ids}
+    for item in batch.items:
+        est = model.estimates(item)
+        if est:
+            for nid, e in zip(ids, est, strict=True):
+                megapixels[nid] += e.megapixels
+    for nid in ids:
+        nodes[nid].megapixels = round(megapixels[nid], 3)
+    compute = duration = None
+    runs = 0
+    notes: list[str] = []
+    try:
+        hist = history.load(history_dir, workflow=workflow.name)
+        if hist.empty:
+            hist = history.load(history_dir)
+        est = history.estimate(hist, {nid: t.op for nid, t in tasks.items()},
+                               items={nid: nodes[nid].run for nid in ids},
+                               megapixels=megapixels)
+    except Exception as exc:  # an unreadable history is no reason to refuse a plan
+        logger.warning("could not read the history in %s: %s", history_dir, exc)
+        est = {}
+    if est:
+        for nid, e in est.items():
+            nodes[nid].seconds = round(float(e["seconds"]), 3)
+            nodes[nid].basis = e["basis"]
+            runs = max(runs, int(e["runs"]))
+        compute = sum(float(e["seconds"]) for e in est.values())
+        duration = compute / max(1, capacity.threads)
+        missing = [nid for nid in ids if nid not in est]
+        if missing:
+            notes.append(f"no history for {', '.join(missing)}: not in the duration")
+    if probed.get("failed"):
+        notes.append(f"{probed['failed']} items could not be probed (they will fail at load "
+                     "with the reason)")
+    if not batch.annotate_memory:
+        notes.append("the workers advertise no MEMORY: tasks are not memory-annotated")
+    peak_task = max(peaks.values(), default=0)
+    peak_worker = max((p.peak_worker for p in nodes.values()), default=0)
+    return BatchPlan(
+        workflow=workflow.name, items=items, to_run=len(batch.items) + len(batch.tiled)
+        + len(batch.refused), already_done=already_done, chunk_size=batch.chunk_size,
+        chunks=len(chunks), workers=len(capacity.workers), threads=capacity.threads,
+        budget_min=capacity.min_budget, budget_max=capacity.max_budget,
+        task_limit=batch.task_limit, nodes=nodes, oversize=oversize_rows,
+        peak_task=peak_task, peak_worker=peak_worker,
+        compute_s=None if compute is None else round(compute, 3),
+        duration_s=None if duration is None else round(duration, 3), history_runs=runs,
+        probe=dict(probed), notes=notes)
+
+
+def _condition_runs(tasks: Mapping[str, NodeTask], model: MemoryModel,
+                    item: Mapping[str, Any]) -> list[bool]:
+    """Per node, whether ``item`` reaches and passes it, judged on its headers (a
+    condition the header cannot decide counts as passed)."""
+    received = model.headers_through(item)
+    ran: dict[str, bool] = {}
+    for nid, task in tasks.items():
+        alive = all(ran.get(p, True) for p in task.parents)
+        if alive and task.when is not None and received is not None and task.parents:
+            try:
+                alive = bool(task.when(condition_fields(received[nid])))
+            except Exception:
+                alive = True
+        ran[nid] = alive
+    return [ran[nid] for nid in tasks]
+
+
+# --------------------------------------------------------------------------- outside the graph
+
+
+def _rows_base(ctx: Any, task: NodeTask, item: Mapping[str, Any]) -> dict[str, Any]:
+    return {"run_id": ctx.run_id, "item_id": item["item_id"], "item_key": item["key"],
+            "input_path": item["path"], "rel": item["rel"], "node_id": task.id,
+            "node_key": task.key, "op": task.op, "status": "ok", "error_class": None,
+            "error_type": None, "error_message": None, "reason": None, "attempts": 0,
+            "duration_s": 0.0, "started": time.time(), "worker": None, "device": None,
+            "output_path": None, "width": None, "height": None, "degraded": False}
+
+
+def _summary(ctx: Any, index: int, item: Mapping[str, Any], rows: list[dict[str, Any]],
+             status: str) -> ChunkSummary:
+    from dagflow.monitor import hooks
+    from dagflow.recovery.checkpoint import write_records
+
+    part = None
+    if ctx.checkpoint:
+        part = os.fspath(Path(ctx.run_dir, "records", f"part-{index:07d}.parquet"))
+        write_records(part, rows)
+    try:
+        hooks.chunk_done(ctx, rows)
+    except Exception as exc:
+        logger.debug("monitoring could not take the rows of item %s: %s", item["path"], exc)
+    counts: dict[tuple[str, str], int] = {}
+    for r in rows:
+        counts[(r["node_id"], r["status"])] = counts.get((r["node_id"], r["status"]), 0) + 1
+    failures = [r for r in rows if r["status"] == "failed"]
+    return ChunkSummary(index, 1, counts, {item["item_id"]: status}, failures, part, 0.0)
+
+
+def refuse(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any], node: str,
+           estimate: int, limit: int, why: str, index: int) -> ChunkSummary:
+    """Record an item refused before decoding: ``bad_input`` / ``oversize`` at its source
+    node (where it would have been decoded), ``upstream_failed`` after it; the message
+    names the node whose estimate is too large, the estimate and the limit."""
+    rows = []
+    for i, task in enumerate(tasks.values()):
+        row = _rows_base(ctx, task, item)
+        if i == 0:
+            row.update(status="failed", error_class="bad_input", error_type="OversizeError",
+                       reason="oversize", error_message=f"oversize: {why}"[:2000])
+        else:
+            row["status"] = "upstream_failed"
+        rows.append(row)
+    return _summary(ctx, index, item, rows, "failed")
+
+
+def run_tiled_item(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any],
+                   client: Any, index: int) -> ChunkSummary:
+    """Process an oversize TIFF tiled on the cluster and record it like any item."""
+    from dagflow.execute import _sink_dest
+    from dagflow.recovery.policy import classify
+    from dagflow.tiled import run_tiled
+
+    ordered = list(tasks.values())
+    sink = ordered[-1]
+    started = time.time()
+    try:
+        dest = _sink_dest(ctx, sink, item)
+        outcome = run_tiled(ordered, item, dest, client, fields=condition_fields,
+                            key=f"dagflow-tiled-{ctx.run_id}-{item['item_id']}")
+    except Exception as exc:
+        logger.warning("tiled processing of %s failed: %s: %s", item["path"],
+                       type(exc).__name__, exc)
+        rows = []
+        for i, task in enumerate(ordered):
+            row = _rows_base(ctx, task, item)
+            if i == 0:
+                row.update(status="failed", error_class=classify(exc),
+                           error_type=type(exc).__name__, reason=getattr(exc, "reason", None),
+                           error_message=(str(exc) or type(exc).__name__)[:2000], attempts=1,
+                           started=started)
+            else:
+                row["status"] = "upstream_failed"
+            rows.append(row)
+        return _summary(ctx, index, item, rows, "failed")
+    rows = []
+    for task in ordered:
+        row = _rows_base(ctx, task, item)
+        row.update(attempts=1, started=started, device="cpu")
+        if task.id in outcome.skipped:
+            row["status"] = "skipped"
+        else:
+            size = outcome.sizes.get(task.id)
+            if size:
+                row["width"], row["height"] = size
+            if task.kind == "sink":
+                row.update(output_path=outcome.output_path, duration_s=outcome.duration_s)
+        rows.append(row)
+    skipped = bool(outcome.skipped) and ordered[-1].id in outcome.skipped
+    return _summary(ctx, index, item, rows, "skipped" if skipped else "succeeded")
+
+
+def compare(result: Any, batch_plan: BatchPlan, run_dir: str | os.PathLike[str]) -> dict:
+    """The plan's estimate next to what happened in the run (for its summary)."""
+    out = batch_plan.estimate()
+    actual: dict[str, Any] = {"duration_s": round(float(result.duration_s), 3)}
+    try:
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        records = Path(run_dir, "records")
+        if records.exists():
+            table = ds.dataset(records, format="parquet").to_table(
+                columns=["node_id", "duration_s"])
+            grouped = table.group_by("node_id").aggregate([("duration_s", "sum")])
+            actual["nodes"] = {n: round(float(s), 3) for n, s in zip(
+                grouped["node_id"].to_pylist(), grouped["duration_s_sum"].to_pylist(),
+                strict=True)}
+            actual["compute_s"] = round(float(pc.sum(table["duration_s"]).as_py() or 0), 3)
+        workers = Path(run_dir, "metrics", "workers.parquet")
+        if workers.exists():
+            import pyarrow.parquet as pq
+
+            mem = pq.read_table(workers, columns=["memory"])["memory"]
+            peak = pc.max(mem).as_py()
+            actual["peak_worker"] = None if peak is None or math.isnan(peak) else int(peak)
+    except Exception as exc:  # the comparison is informative; never fail a run on it
+        logger.debug("could not compare the run with its estimate: %s", exc)
+    out["actual"] = actual
+    return out
+
+
+def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
+         client: Any = None, cluster: Any = None, scheduler_file: Any = None,
+         local_options: Mapping[str, Any] | None = None, chunk_size: int | None = None,
+         resume: bool = True, retry_failed: bool = False,
+         history_dir: str | os.PathLike[str] | None = None) -> BatchPlan:
+    """What :func:`dagflow.run` would do with these arguments, without running anything.
+
+    The embedded cluster is described without being started; an existing cluster
+    (``client``, an address, a scheduler file) is asked for its workers, and is told
+    nothing.
+
+    Returns
+    -------
+    BatchPlan
+        Per node and in total: items to run and to skip (already done, condition false,
+        oversize), chunk size, peak memory per task and per worker, estimated seconds.
+    """
+    from dagflow.compile import node_tasks
+    from dagflow.inputs import InputSet, resolve_inputs
+    from dagflow.recovery.checkpoint import Checkpoint, load_done
+    from dagflow.runtime.capacity import cluster_capacity, local_capacity
+    from dagflow.runtime.run import load_workflow, select_items
+
+    wf = load_workflow(workflow)
+    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(inputs)
+    tasks = node_tasks(wf)
+    output = Path(output)
+    state_dir = output / config.get("state-dir")
+    previous = load_done(state_dir) if (resume or retry_failed) and state_dir.exists() \
+        else Checkpoint()
+    to_run, done = select_items(input_set.items, tasks, previous, retry_failed=retry_failed)
+    remote = (client is not None or scheduler_file is not None
+              or cluster not in (None, "local")
+              or (cluster is None and _dask_scheduler_address() is not None))
+    if remote:
+        from dagflow.runtime.cluster import connect
+
+        with connect(client, cluster=cluster, scheduler_file=scheduler_file) as c:
+            capacity = cluster_capacity(c)
+            if not capacity.has_memory:
+                capacity = _assumed_budgets(capacity)
+    else:
+        capacity = local_capacity(local_options)
+    batch = prepare_batch(wf, tasks, [dict(i) for i in to_run], capacity,
+                          items=len(input_set.items), already_done=done,
+                          chunk_size=chunk_size, output=output, history_dir=history_dir,
+                          conditions=True)
+    return batch.plan
+
+
+def _dask_scheduler_address() -> str | None:
+    import dask.config
+
+    return dask.config.get("scheduler-address", None)
+
+
+def _assumed_budgets(capacity: ClusterCapacity) -> ClusterCapacity:
+    """The budgets the workers will advertise when the run tells them (see
+    :class:`~dagflow.runtime.capacity.AdvertiseResources`), from their memory limits."""
+    from dagflow.resources import MEMORY, worker_budget
+    from dagflow.runtime.capacity import WorkerCapacity
+
+    return ClusterCapacity(tuple(
+        WorkerCapacity(w.name, w.nthreads, w.memory_limit,
+                       {**w.resources, MEMORY: w.resources.get(MEMORY) or worker_budget(
+                           w.memory_limit)})
+        for w in capacity.workers))
