@@ -29,6 +29,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import shutil
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -47,6 +48,7 @@ from benchmarks.common import (
     save_results,
 )
 from benchmarks.data import ORIENTATIONS, corpus_files, photo_corpus
+from benchmarks.overhead import phases
 
 __all__ = ["ALL_VARIANTS", "run"]
 
@@ -219,8 +221,9 @@ def run(images: int = 400, repeat: int = 3, variants: tuple[str, ...] | None = N
                 result = dagflow.run(workflow, paths, out, client=client, progress=False)
                 seconds = time.perf_counter() - t0
                 assert result.succeeded == images, result
-                info["dagflow"] = {"chunk_size": result.chunk_size, "chunks": result.chunks,
-                                   "run_duration_s": result.duration_s}
+                info["dagflow"] = {"chunk_size": result.chunk_size, "chunks": result.chunks}
+                for key, value in phases(out).items():
+                    info.setdefault("dagflow_phases", {}).setdefault(key, []).append(value)
                 return {"seconds": seconds}
             calls["dagflow"] = dagflow_warm
         if "dagflow-cold" in variants:
@@ -237,13 +240,21 @@ def run(images: int = 400, repeat: int = 3, variants: tuple[str, ...] | None = N
     print_table(f"Thumbnails: {images} x 2048x1536 JPEG -> 512 px, Gaussian 1.5, JPEG 85; "
                 f"{n} processes; median of {repeat}", ["variant", "median s", "images/s",
                 "vs ppe-env", "vs ppe", "vs pyvips", "vs naive", "spread"], rows)
+    if info.get("dagflow_phases"):
+        ph = {k: statistics.median(v) for k, v in info["dagflow_phases"].items()}
+        print_table("dagflow's run, by phase (median seconds)",
+                    ["planning (client)", "processing (first submit to last chunk)",
+                     "finishing (aggregates, monitoring, report)", "processing images/s"],
+                    [[f"{ph['planning_s']:.2f}", f"{ph['processing_s']:.2f}",
+                      f"{ph['finishing_s']:.2f}", f"{images / ph['processing_s']:.1f}"]])
+        info["dagflow_phases_median"] = ph
     print_table("Thumbnail outputs against the exact reference (8 images, one per "
                 "orientation slot)", ["variant", "size+orientation ok", "min PSNR dB",
                                       "median PSNR dB"], quality)
     payload = {"images": images, "processes": n, "repeat": repeat,
                "load": [load_before, load_after], "summary": summary,
                "results": {k: m.as_dict() for k, m in measured.items()},
-               "dagflow_run": info.get("dagflow"), "quality": quality}
+               "dagflow_run": info, "quality": quality}
     print("results:", save_results("thumbnails", payload))
     return payload
 

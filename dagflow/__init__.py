@@ -38,6 +38,7 @@ from dagflow.ops.registry import Param, get_op, list_ops, register_op
 from dagflow.workflow import Condition, Node, Workflow
 
 if TYPE_CHECKING:
+    from dagflow.io.lazy import open_image
     from dagflow.runtime import RunHandle, RunResult, run
 
 __version__ = "0.1.0"
@@ -66,6 +67,7 @@ __all__ = [
     "__version__",
     "get_op",
     "list_ops",
+    "open_image",
     "register_op",
     "resolve_inputs",
     "run",
@@ -73,7 +75,9 @@ __all__ = [
 
 # The runtime imports distributed; load it on first use so that `dagflow validate` and
 # workflow code stay light.
-_LAZY = {"run": "dagflow.runtime", "RunResult": "dagflow.runtime", "RunHandle": "dagflow.runtime"}
+# open_image (a large TIFF as a lazy xarray.DataArray) imports dask and xarray.
+_LAZY = {"run": "dagflow.runtime", "RunResult": "dagflow.runtime", "RunHandle": "dagflow.runtime",
+         "open_image": "dagflow.io.lazy"}
 
 
 def __getattr__(name: str) -> Any:

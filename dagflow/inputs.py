@@ -73,7 +73,7 @@ def _scan_directory(directory: Path) -> list[str]:
     return found
 
 
-def _read_manifest(path: Path) -> tuple[list[Path], list[dict[str, Any]]]:
+def _read_manifest(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     import pyarrow.csv as pacsv
     import pyarrow.parquet as pq
 
@@ -84,8 +84,8 @@ def _read_manifest(path: Path) -> tuple[list[Path], list[dict[str, Any]]]:
     if "path" not in table.column_names:
         raise InputError(f"manifest {str(path)!r} has no 'path' column "
                          f"(columns: {', '.join(table.column_names)})")
-    base = path.parent
-    paths = [Path(p) if os.path.isabs(p) else base / p for p in table.column("path").to_pylist()]
+    base, isabs, join = os.fspath(path.parent), os.path.isabs, os.path.join
+    paths = [p if isabs(p) else join(base, p) for p in table.column("path").to_pylist()]
     extra_cols = [c for c in (*_HEADER_COLUMNS, "size", "mtime_ns") if c in table.column_names]
     extras = table.select(extra_cols).to_pylist() if extra_cols else [{} for _ in paths]
     return paths, extras
@@ -151,7 +151,10 @@ def resolve_inputs(
     if not paths:
         raise InputError(f"no images found in {', '.join(map(os.fspath, specs))} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
-    absolute = [os.path.abspath(p) for p in paths]
+    abspath = os.path.abspath
+    # an absolute path without "//", "/." or a trailing "/" is already what abspath returns
+    absolute = [p if p[:1] == "/" and p[-1:] != "/" and "//" not in p and "/." not in p
+                else abspath(p) for p in map(os.fspath, paths)]
     if exclude is not None:
         skip = os.path.abspath(exclude)
         if any(os.path.abspath(r) == skip for r in roots):

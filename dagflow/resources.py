@@ -377,27 +377,30 @@ class NodeEstimate:
         The image it hands on (0 for sinks).
     megapixels
         Of its input, for duration estimates from seconds per megapixel.
+    hold
+        What the item keeps in memory for the whole task: ``inputs + output``.
+    extra
+        The working set beyond what is held.
+    single
+        The task's peak for a chunk of this item alone: ``hold + extra``.
     """
 
     peak: int
     inputs: int
     output: int
     megapixels: float
+    hold: int = 0
+    extra: int = 0
+    single: int = 0
 
-    @property
-    def hold(self) -> int:
-        """What the item keeps in memory for the whole task: its input and output."""
-        return self.inputs + self.output
+    @classmethod
+    def of(cls, peak: int, inputs: int, output: int, megapixels: float) -> NodeEstimate:
+        hold = inputs + output
+        extra = max(0, peak - hold)
+        return cls(peak, inputs, output, megapixels, hold, extra, hold + extra)
 
-    @property
-    def extra(self) -> int:
-        """The working set beyond what is held."""
-        return max(0, self.peak - self.hold)
 
-    @property
-    def single(self) -> int:
-        """The task's peak for a chunk of this item alone."""
-        return self.hold + self.extra
+_SIG_KEYS = ("width", "height", "channels", "itemsize", "dtype", "format", "orientation")
 
 
 @dataclass
@@ -432,11 +435,10 @@ class MemoryModel:
 
     @staticmethod
     def signature(item: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        header = header_fields(item)
-        if header is None:
+        """The item's header fields as a cache key (``None`` when its size is unknown)."""
+        if not item.get("width") or not item.get("height"):
             return None
-        return (header["width"], header["height"], header["channels"], header["itemsize"],
-                header["dtype"], str(header["format"] or ""), header["orientation"])
+        return tuple(item.get(k) for k in _SIG_KEYS)
 
     def _estimate(self, header: Mapping[str, Any]) -> tuple[NodeEstimate, ...]:
         outputs: dict[str, dict[str, Any]] = {}
@@ -458,7 +460,7 @@ class MemoryModel:
                 output = decoded_bytes(produced)
             outputs[nid] = produced
             mp = in_header.get("width", 0) * in_header.get("height", 0) / 1e6
-            out.append(NodeEstimate(peak, inputs, output, mp))
+            out.append(NodeEstimate.of(peak, inputs, output, mp))
         return tuple(out)
 
     def headers_through(self, item: Mapping[str, Any]) -> dict[str, dict[str, Any]] | None:
@@ -477,8 +479,8 @@ class MemoryModel:
         return received
 
     def estimates(self, item: Mapping[str, Any]) -> tuple[NodeEstimate, ...] | None:
-        """One :class:`NodeEstimate` per node for ``item``; ``None`` without a header and
-        without a default (:meth:`set_default`)."""
+        """One :class:`NodeEstimate` per node for ``item``; without a header, the default
+        (:meth:`set_default`) or ``None``."""
         sig = self.signature(item)
         if sig is None:
             return self._default
@@ -488,14 +490,19 @@ class MemoryModel:
             self._cache[sig] = cached
         return cached
 
-    def set_default(self, items: Iterable[Mapping[str, Any]]) -> None:
-        """Estimate items without a header like the largest item that has one."""
+    def set_default(self, items: Iterable[Mapping[str, Any]], limit: float | None = None
+                    ) -> None:
+        """Estimate items without a header like the largest item that has one (ignoring
+        items above ``limit`` bytes: those are refused or tiled, not typical)."""
         best: tuple[NodeEstimate, ...] | None = None
+        best_peak = -1
         for item in items:
-            est = self.estimates(item) if self.signature(item) is not None else None
-            if est is not None and (best is None or max(e.single for e in est)
-                                    > max(e.single for e in best)):
-                best = est
+            if self.signature(item) is None:
+                continue
+            est = self.estimates(item) or ()
+            peak = max((e.single for e in est), default=0)
+            if est and peak > best_peak and (not limit or peak <= limit):
+                best, best_peak = est, peak
         self._default = best
 
     def item_peak(self, item: Mapping[str, Any]) -> int:
@@ -520,7 +527,8 @@ class MemoryModel:
             est = self.estimates(item)
             if not est:
                 continue
-            for k, e in enumerate(est):
+            for k in range(n):
+                e = est[k]
                 hold[k] += e.hold
                 if e.extra > extra[k]:
                     extra[k] = e.extra
@@ -548,36 +556,26 @@ class MemoryModel:
                     for i, j in enumerate(range(0, len(items), size))]
         chunks: list[Any] = []
         n = len(self.node_ids)
-        current: list[Mapping[str, Any]] = []
+        nodes = range(n)
+        first = 0
+        count = 0
         hold = [0] * n
         extra = [0] * n
-        for item in items:
+        for pos, item in enumerate(items):
             est = self.estimates(item) or ()
-            if current:
-                fits = len(current) < size and all(
-                    hold[k] + e.hold + max(extra[k], e.extra) <= limit
-                    for k, e in enumerate(est))
+            if count:
+                fits = count < size and all(
+                    hold[k] + est[k].hold + max(extra[k], est[k].extra) <= limit
+                    for k in range(len(est)))
                 if not fits:
-                    chunks.append(make(start + len(chunks), tuple(current)))
-                    current, hold, extra = [], [0] * n, [0] * n
-            current.append(item)
-            for k, e in enumerate(est):
+                    chunks.append(make(start + len(chunks), tuple(items[first:pos])))
+                    first, count, hold, extra = pos, 0, [0] * n, [0] * n
+            count += 1
+            for k in nodes if est else ():
+                e = est[k]
                 hold[k] += e.hold
-                extra[k] = max(extra[k], e.extra)
-        if current:
-            chunks.append(make(start + len(chunks), tuple(current)))
+                if e.extra > extra[k]:
+                    extra[k] = e.extra
+        if count:
+            chunks.append(make(start + len(chunks), tuple(items[first:])))
         return chunks
-
-    def chunk_size_for(self, items: Sequence[Mapping[str, Any]], limit: float | None) -> int:
-        """The most items of the largest kind in ``items`` that fit in ``limit`` bytes."""
-        if not limit or limit <= 0:
-            return 1 << 30
-        worst = 0
-        worst_extra = 0
-        for sig_est in {self.signature(i): self.estimates(i) for i in items}.values():
-            for e in sig_est or ():
-                worst = max(worst, e.hold)
-                worst_extra = max(worst_extra, e.extra)
-        if worst <= 0:
-            return 1 << 30
-        return max(1, int((limit - worst_extra) // worst))

@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import dask
 import pytest
 
 pytest.importorskip("bokeh")
@@ -56,7 +57,8 @@ def live(monkeypatch):
 def test_routes_metrics_and_page_after_a_run(live, photos_with_bad, tmp_path):
     base = dashboard_base(live)
     assert get(base + PAGE)[0] == 404  # not there before dagflow.run installs it
-    result = dagflow.run(WORKFLOW, photos_with_bad, tmp_path / "out", client=live)
+    with dask.config.set({"dagflow.monitor.enabled": True, "dagflow.monitor.report": True}):
+        result = dagflow.run(WORKFLOW, photos_with_bad, tmp_path / "out", client=live)
     assert result.failed == 2
 
     status, body = get(base + "/dagflow/api/")
@@ -99,8 +101,6 @@ def test_routes_metrics_and_page_after_a_run(live, photos_with_bad, tmp_path):
 
 
 def test_monitoring_switched_off(live, photos, tmp_path):
-    import dask
-
     with dask.config.set({"dagflow.monitor.enabled": False}):
         result = dagflow.run(WORKFLOW, photos, tmp_path / "out", client=live)
     assert result.succeeded == 12

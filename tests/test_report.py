@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import dask
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -31,6 +32,7 @@ nodes:
   - {id: save, op: save, after: [soft], params: {format: png}}
   - {id: stats, op: stats, after: [load]}
 """
+MONITOR_ON = {"dagflow.monitor.enabled": True, "dagflow.monitor.report": True}
 SECTIONS = ("summary", "recommendations", "nodes", "throughput", "critical-path",
             "anomalies", "trend", "resources", "waiting", "errors", "prediction")
 
@@ -55,9 +57,6 @@ def percentiles_from_records(run_dir: Path) -> dict[str, dict[str, float]]:
 @pytest.fixture(scope="module")
 def two_runs(client, tmp_path_factory):
     """Two runs into one output (the second has a history to be predicted from)."""
-    import sys as _sys
-
-    _sys.path.insert(0, str(Path(__file__).parent))
     from conftest import write_photos
 
     base = tmp_path_factory.mktemp("report")
@@ -65,8 +64,9 @@ def two_runs(client, tmp_path_factory):
     write_photos(photos, 12)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     out = base / "out"
-    first = dagflow.run(WORKFLOW, photos, out, client=client)
-    second = dagflow.run(WORKFLOW, photos, out, client=client, resume=False)
+    with dask.config.set(MONITOR_ON):
+        first = dagflow.run(WORKFLOW, photos, out, client=client)
+        second = dagflow.run(WORKFLOW, photos, out, client=client, resume=False)
     return first, second
 
 

@@ -79,13 +79,25 @@ def _local_options(n_workers: int | None, threads_per_worker: int | None,
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--progress/--no-progress", default=None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (as 'dagflow plan') and run nothing.")
 @cluster_options
 def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | None,
         resume: bool, retry_failed: bool, as_json: bool, progress: bool | None,
-        cluster: str | None, scheduler_file: str | None, n_workers: int | None,
-        threads_per_worker: int | None, memory_limit: str | None) -> None:
+        dry_run: bool, cluster: str | None, scheduler_file: str | None,
+        n_workers: int | None, threads_per_worker: int | None,
+        memory_limit: str | None) -> None:
     """Run WORKFLOW (a YAML file) over the inputs."""
     from dagflow.runtime import run as run_workflow
+
+    if dry_run:
+        from dagflow.cli.plan import show_plan
+
+        show_plan(workflow, inputs, output, chunk_size=chunk_size, resume=resume,
+                  retry_failed=retry_failed, as_json=as_json, cluster=cluster,
+                  scheduler_file=scheduler_file,
+                  local_options=_local_options(n_workers, threads_per_worker, memory_limit))
+        return
 
     result = run_workflow(
         workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
@@ -153,4 +165,5 @@ def status(run_dir: str, as_json: bool) -> None:
 
 
 from dagflow.cli import clusters as _clusters  # noqa: E402, F401  (submit, config...)
+from dagflow.cli import plan as _plan  # noqa: E402, F401  (registers `dagflow plan`)
 from dagflow.cli import report as _report  # noqa: E402, F401  (registers `dagflow report`)

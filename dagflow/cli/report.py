@@ -28,11 +28,10 @@ def report(run_dir: str, as_json: bool, output: str | None) -> None:
     RUN_DIR is a run directory (OUTPUT/_dagflow/runs/RUN_ID) or an output directory,
     whose latest run is taken. The HTML is self-contained: it opens offline.
     """
-    from dagflow.monitor.analysis import analyze
-    from dagflow.monitor.hooks import latest_run_dir
+    from dagflow.monitor.analysis import analyze, find_run_dir
     from dagflow.monitor.report import write_report
 
-    path = latest_run_dir(run_dir)
+    path = find_run_dir(run_dir)
     if not (path / "records").is_dir() and not (path / "metrics").is_dir():
         click.echo(f"error: {run_dir} is neither a run directory nor an output directory "
                    "with runs", err=True)

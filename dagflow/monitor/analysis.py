@@ -23,12 +23,28 @@ import pandas as pd
 from dagflow.monitor import metrics as M
 from dagflow.monitor.store import metrics_dir, read_json, read_metrics, read_parts, read_table
 
-__all__ = ["RunAnalysis", "analyze", "load_plan", "load_rows"]
+__all__ = ["RunAnalysis", "analyze", "find_run_dir", "load_plan", "load_rows"]
 
 logger = logging.getLogger(__name__)
 
 _METRIC_EXTRAS = ["chunk", "cpu_s", "megapixels", "bytes_in", "bytes_out", "sample_worker",
                   "sample_time", "worker_cpu", "worker_memory", "worker_gpu"]
+
+
+def find_run_dir(path: str | os.PathLike[str]) -> Path:
+    """``path`` if it is a run directory, else the latest run under an output directory
+    (or under a state directory)."""
+    from dagflow import config
+
+    path = Path(path)
+    if (path / "records").is_dir() or (path / "metrics").is_dir():
+        return path
+    for runs in (path / str(config.get("state-dir")) / "runs", path / "runs"):
+        if runs.is_dir():
+            found = sorted(p for p in runs.iterdir() if p.is_dir())
+            if found:
+                return found[-1]
+    return path
 
 
 def load_rows(run_dir: str | os.PathLike[str]) -> pd.DataFrame:

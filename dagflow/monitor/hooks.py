@@ -27,7 +27,6 @@ import os
 import socket
 import time
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from dagflow import config
@@ -329,15 +328,3 @@ def _topic() -> str:
 
     return METRICS_TOPIC
 
-
-def latest_run_dir(path: str | os.PathLike[str]) -> Path:
-    """``path`` if it is a run directory, else the latest run under an output directory."""
-    path = Path(path)
-    if (path / "records").is_dir() or (path / "metrics").is_dir():
-        return path
-    for runs in (path / "runs", path / str(config.get("state-dir")) / "runs"):
-        if runs.is_dir():
-            found = sorted(p for p in runs.iterdir() if p.is_dir())
-            if found:
-                return found[-1]
-    return path

@@ -22,7 +22,7 @@ from distributed import Client, LocalCluster
 from dagflow import config
 from dagflow.exceptions import ConfigError
 
-__all__ = ["connect", "dashboard_link", "start_local_cluster"]
+__all__ = ["connect", "dashboard_link", "start_cuda_cluster", "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,70 @@ def start_local_cluster(
                 os.environ[key] = value
     logger.info("started a local cluster: %s, dashboard %s", cluster.scheduler_address,
                 cluster.dashboard_link)
+    return cluster
+
+
+def start_cuda_cluster(
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int | None = None,
+    memory_limit: str | int | None = None,
+    device_memory_limit: str | float | int | None = None,
+    rmm_pool_size: str | float | int | None = None,
+    resources: Mapping[str, float] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Start dask-cuda's ``LocalCUDACluster``: one worker per GPU, each advertising ``GPU: 1``.
+
+    ``dask_cuda`` is imported here only (importing it fails on a machine without CUDA).
+    Every worker also advertises ``MEMORY`` when a run starts (see
+    :mod:`dagflow.runtime.capacity`), from its host memory limit.
+
+    Parameters
+    ----------
+    n_workers
+        GPUs to use (default: every visible one; ``CUDA_VISIBLE_DEVICES`` chooses).
+    threads_per_worker, memory_limit
+        Per worker; ``memory_limit`` is host memory (dask-cuda's default: a share of the
+        machine).
+    device_memory_limit, rmm_pool_size
+        Default to ``dagflow.cluster.cuda.device-memory-limit`` and ``rmm-pool-size``; with
+        an RMM pool, cupy allocates from it (``rmm_allocator_external_lib_list``).
+    resources
+        More resources per worker, merged over ``{"GPU": 1}``.
+    **kwargs
+        Passed to ``LocalCUDACluster``.
+
+    Raises
+    ------
+    ConfigError
+        When dask-cuda (or CUDA) is missing, naming what to install.
+    """
+    try:
+        from dask_cuda import LocalCUDACluster
+    except Exception as exc:  # dask_cuda raises more than ImportError without CUDA
+        raise ConfigError(f"a CUDA cluster needs dask-cuda and a CUDA driver ("
+                          f"{type(exc).__name__}: {exc}); install it with: "
+                          "pip install 'dagflow[gpu]'") from exc
+    options: dict[str, Any] = {
+        "host": config.get("cluster.host"),
+        "dashboard_address": config.get("cluster.dashboard-address"),
+        "silence_logs": logging.WARNING,
+        "n_workers": n_workers,
+        "threads_per_worker": threads_per_worker,
+        "memory_limit": memory_limit,
+        "device_memory_limit": config.resolve(device_memory_limit,
+                                              "cluster.cuda.device-memory-limit"),
+        "rmm_pool_size": config.resolve(rmm_pool_size, "cluster.cuda.rmm-pool-size"),
+    }
+    if options["rmm_pool_size"] is not None:
+        options["rmm_allocator_external_lib_list"] = ["cupy"]
+    options = {k: v for k, v in options.items() if v is not None}
+    options["resources"] = {"GPU": 1, **dict(resources or {})}
+    options.update(kwargs)
+    cluster = LocalCUDACluster(**options)
+    logger.info("started a CUDA cluster: %s, %d workers", cluster.scheduler_address,
+                len(cluster.workers))
     return cluster
 
 

@@ -294,8 +294,8 @@ def prepare_batch(
     tasks = resolve_devices(tasks, capacity)
     model = MemoryModel(tasks)
     probed = probe_headers(to_run) if probe and to_run else {}
-    model.set_default(to_run)
     budget = capacity.max_budget
+    model.set_default(to_run, limit=budget or None)
     annotate = capacity.has_memory
     fraction = float(config.get("resources.chunk-memory-fraction"))
     task_limit = int(capacity.min_budget * fraction) if annotate else 0
@@ -307,13 +307,24 @@ def prepare_batch(
     refused: list[tuple[Mapping[str, Any], str, int, int, str]] = []
     tiled: list[Mapping[str, Any]] = []
     oversize_rows: list[dict[str, Any]] = []
+    ids = list(tasks)
+    megapixels = [0.0] * len(ids)
     for item in to_run:
-        node, peak = model.worst_node(item)
+        est = model.estimates(item)
+        if model.signature(item) is None:  # unknown size: the decoder's limit guards it
+            runnable.append(item)
+            for k, e in enumerate(est or ()):
+                megapixels[k] += e.megapixels
+            continue
+        k_worst = max(range(len(est)), key=lambda k: est[k].single)  # type: ignore[index]
+        node, peak = ids[k_worst], est[k_worst].single  # type: ignore[index]
         over_memory = annotate and peak > budget
         pixels = int(item.get("width") or 0) * int(item.get("height") or 0)
         over_pixels = pixel_limit is not None and pixels > pixel_limit
         if not over_memory and not over_pixels:
             runnable.append(item)
+            for k, e in enumerate(est):  # type: ignore[arg-type]
+                megapixels[k] += e.megapixels
             continue
         if over_memory:
             why = (f"estimated peak memory {format_bytes(peak)} for node {node!r} exceeds "
@@ -351,27 +362,45 @@ def prepare_batch(
         if res.to_dict():
             node_resources[node.id] = res
     batch = Batch(tasks=dict(tasks), model=model, items=runnable, chunk_size=size,
-                  task_limit=task_limit, capacity=capacity, annotate_memory=annotate,
+                  task_limit=task_limit, capacity=capacity, annotate_memory=False,
                   node_resources=node_resources, refused=refused, tiled=tiled,
                   plan=None)  # type: ignore[arg-type]
     chunks = batch.make_chunks(runnable, size)
-    batch.plan = _make_plan(workflow, batch, chunks, items if items is not None else
-                            len(to_run) + already_done, already_done, oversize_rows,
+    peaks = _largest_tasks(model, chunks)
+    largest = max(peaks.values(), default=0)
+    if annotate and any(w.nthreads * largest > w.budget for w in capacity.workers):
+        # a worker running its largest tasks on every thread could exceed its budget:
+        # cut the chunks to the task limit and let MEMORY restrictions pace the tasks.
+        # (Otherwise they are left out: they would never hold a task back, only cost
+        # Dask its queuing -- a task with restrictions is assigned to a worker at once,
+        # and a dying worker then takes the blame for all of them.)
+        batch.annotate_memory = True
+        chunks = batch.make_chunks(runnable, size)
+        peaks = _largest_tasks(model, chunks)
+    batch.plan = _make_plan(workflow, batch, chunks, peaks, dict(zip(ids, megapixels,
+                                                                    strict=True)),
+                            items if items is not None else len(to_run) + already_done,
+                            already_done, oversize_rows,
                             _history_dir(Path(output), history_dir), conditions, probed)
     return batch
 
 
-def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], items: int,
-               already_done: int, oversize_rows: list[dict[str, Any]], history_dir: Path,
-               conditions: bool, probed: Mapping[str, int]) -> BatchPlan:
-    from dagflow.monitor import history
-
-    tasks, model, capacity = batch.tasks, batch.model, batch.capacity
-    nodes = {nid: NodePlan(nid, t.op, t.device) for nid, t in tasks.items()}
-    peaks = {nid: 0 for nid in tasks}
+def _largest_tasks(model: MemoryModel, chunks: Sequence[Chunk]) -> dict[str, int]:
+    """Per node, the largest task estimate over ``chunks``."""
+    peaks = dict.fromkeys(model.node_ids, 0)
     for chunk in chunks:
         for nid, peak in model.chunk_peaks(chunk.items).items():
-            peaks[nid] = max(peaks[nid], peak)
+            if peak > peaks[nid]:
+                peaks[nid] = peak
+    return peaks
+
+
+def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], peaks: dict[str, int],
+               megapixels: dict[str, float], items: int, already_done: int,
+               oversize_rows: list[dict[str, Any]], history_dir: Path, conditions: bool,
+               probed: Mapping[str, int]) -> BatchPlan:
+    tasks, model, capacity = batch.tasks, batch.model, batch.capacity
+    nodes = {nid: NodePlan(nid, t.op, t.device) for nid, t in tasks.items()}
     per_thread = max((w.nthreads for w in capacity.workers), default=1)
     for nid, p in nodes.items():
         p.run = len(batch.items) + len(batch.tiled)
@@ -396,24 +425,24 @@ def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], items: int,
                 if not ran:
                     nodes[nid].run -= 1
                     nodes[nid].skip_condition += 1
-    megapixels = {nid: 0.0 for nid in ids}
-    for item in batch.items:
-        est = model.estimates(item)
-        if est:
-            for nid, e in zip(ids, est, strict=True):
-                megapixels[nid] += e.megapixels
     for nid in ids:
         nodes[nid].megapixels = round(megapixels[nid], 3)
     compute = duration = None
     runs = 0
     notes: list[str] = []
     try:
+        if not any(history_dir.glob("run-*.parquet")):  # no history: spare pandas' import
+            raise FileNotFoundError(history_dir)
+        from dagflow.monitor import history
+
         hist = history.load(history_dir, workflow=workflow.name)
         if hist.empty:
             hist = history.load(history_dir)
         est = history.estimate(hist, {nid: t.op for nid, t in tasks.items()},
                                items={nid: nodes[nid].run for nid in ids},
                                megapixels=megapixels)
+    except FileNotFoundError:
+        est = {}
     except Exception as exc:  # an unreadable history is no reason to refuse a plan
         logger.warning("could not read the history in %s: %s", history_dir, exc)
         est = {}
@@ -430,8 +459,11 @@ def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], items: int,
     if probed.get("failed"):
         notes.append(f"{probed['failed']} items could not be probed (they will fail at load "
                      "with the reason)")
-    if not batch.annotate_memory:
+    if not capacity.has_memory:
         notes.append("the workers advertise no MEMORY: tasks are not memory-annotated")
+    elif not batch.annotate_memory:
+        notes.append("no MEMORY annotations: every worker holds one of the largest tasks "
+                     "per thread at once")
     peak_task = max(peaks.values(), default=0)
     peak_worker = max((p.peak_worker for p in nodes.values()), default=0)
     return BatchPlan(

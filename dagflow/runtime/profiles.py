@@ -66,6 +66,8 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "cluster-configs"
 _KEYS = {"description", "class", "install", "options", "scale", "adapt"}
 _LOCAL_CLASSES = {"distributed.LocalCluster", "distributed.deploy.local.LocalCluster",
                   "dask.distributed.LocalCluster"}
+#: dask-cuda's LocalCUDACluster, started through dagflow.runtime.cluster.start_cuda_cluster.
+_CUDA_CLASSES = {"dask_cuda.LocalCUDACluster", "dask_cuda.local_cuda_cluster.LocalCUDACluster"}
 #: What to install when a cluster class cannot be imported.
 _EXTRAS = {
     "dask_jobqueue": "dagflow[cluster]",
@@ -163,6 +165,10 @@ class Profile:
             from dagflow.runtime.cluster import start_local_cluster
 
             factory: Any = start_local_cluster
+        elif self.cls in _CUDA_CLASSES:  # config's device memory limit and RMM pool
+            from dagflow.runtime.cluster import start_cuda_cluster
+
+            factory = start_cuda_cluster
         else:
             factory = self.cluster_class()
         try:
