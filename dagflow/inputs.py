@@ -12,10 +12,12 @@ Nothing here decodes an image or contacts a cluster.
 
 from __future__ import annotations
 
+import functools
+import gc
 import glob as globlib
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +93,28 @@ def _read_manifest(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     return paths, extras
 
 
+def _without_gc(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``func`` with the cyclic garbage collector paused.
+
+    Resolving a million inputs builds millions of small dicts and strings, none in a
+    reference cycle; the collector would only walk them again and again meanwhile
+    (a third of the time).
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            return func(*args, **kwargs)
+        finally:
+            if collecting:
+                gc.enable()
+
+    return wrapper
+
+
+@_without_gc
 def resolve_inputs(
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,

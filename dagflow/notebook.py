@@ -102,8 +102,8 @@ def _duration(seconds: float) -> str:
 def handle_html(handle: RunHandle) -> str:
     """A snapshot of a background run as HTML: progress bar, counts, rate, links.
 
-    Once the run has finished, the run's summary (the :class:`RunResult`'s table)
-    follows the bar; when it failed, its error.
+    Once the run has finished: its outcome in one line and a link to its report (the
+    :class:`RunResult` shows the full summary); when it failed, its error.
     """
     done, failed, total = handle.done_items, handle.failed_items, handle.total_items
     finished = handle.done()
@@ -141,17 +141,25 @@ def handle_html(handle: RunHandle) -> str:
         f'<span style="color:{colour}">{html.escape(state)}</span><br>'
         f"{bar} {counts}"
     ]
+    result = handle._result if finished and error is None else None
+    if result is not None:
+        parts.append(f"<br>{result.succeeded} succeeded, {result.failed} failed "
+                     f"({result.quarantined} quarantined), {result.skipped} skipped, "
+                     f"{result.already_done} already done"
+                     + (f"; stopped: {html.escape(result.stopped)}" if result.stopped else "")
+                     + " &mdash; <code>handle.result()</code> for the summary")
     pages = dashboard_pages(handle.dashboard)
     links = []
     if pages and not finished:
         links += [("Dask dashboard", pages["dashboard"]), ("dagflow page", pages["dagflow"])]
     if handle.run_dir is not None:
+        report = Path(handle.run_dir) / "report.html"
+        if finished and report.exists():
+            links.append(("report", _href(report)))
         links.append(("run directory", _href(handle.run_dir)))
     if links:
         parts.append(f"<br>{_links(links)}")
     parts.append("</div>")
-    if finished and error is None and handle._result is not None:
-        parts.append(handle._result._repr_html_())
     return "".join(parts)
 
 

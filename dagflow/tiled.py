@@ -612,8 +612,15 @@ def _tiled_task(tasks: Sequence[Any], item: Mapping[str, Any], dest: str,
 
     t0 = time.perf_counter()
     load, save, middle = tasks[0], tasks[-1], tasks[1:-1]
-    image = open_image(item["path"], chunk,
-                       auto_orient=bool(load.params.get("auto_orient", True)))
+    orient = bool(load.params.get("auto_orient", True))
+    image = open_image(item["path"], chunk, auto_orient=orient)
+    if chunk is None:
+        # a band of blocks spans the width: keep one band near band_bytes
+        row_bytes = int(image.shape[1]) * int(image.shape[2]) * image.dtype.itemsize
+        rows = max(256, band_bytes // max(1, row_bytes))
+        side = max(image.data.chunks[1])
+        if rows < max(image.data.chunks[0]):
+            image = open_image(item["path"], (rows, side), auto_orient=orient)
     sizes = {load.id: (int(image.shape[1]), int(image.shape[0]))}
     skipped: list[str] = []
     ctx = _client_context()

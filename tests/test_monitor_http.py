@@ -110,6 +110,7 @@ def test_monitoring_switched_off(live, photos, tmp_path):
         lambda dask_scheduler: list(dask_scheduler.plugins))
 
 
+@pytest.mark.slow
 def test_scheduler_preload_in_a_real_scheduler_process(tmp_path):
     """``dask scheduler --preload dagflow.monitor.preload``: page listed, plugin, routes."""
     sched_file = tmp_path / "scheduler.json"

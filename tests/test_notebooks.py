@@ -74,10 +74,10 @@ def _errors(nb) -> list[str]:
 @pytest.mark.timeout(NOTEBOOK_TIMEOUT + 60)
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_top_to_bottom(path, kernel_name, tmp_path):
-    from nbclient import NotebookClient
+    nbclient = pytest.importorskip("nbclient")
 
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, kernel_name=kernel_name, timeout=NOTEBOOK_TIMEOUT,
+    client = nbclient.NotebookClient(nb, kernel_name=kernel_name, timeout=NOTEBOOK_TIMEOUT,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError on the first cell that fails
     assert not _errors(nb), f"{path.name} printed tracebacks:\n" + "\n".join(_errors(nb))

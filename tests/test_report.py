@@ -199,6 +199,7 @@ def test_report_from_records_only(tmp_path):
     assert "id='summary'" in write_report(run_dir, analysis=a).read_text()
 
 
+@pytest.mark.slow
 def test_report_cli_in_a_subprocess(tmp_path):
     run_dir = synthetic_run(tmp_path / "run", 100)
     out = subprocess.run([sys.executable, "-m", "dagflow.cli", "report", str(run_dir),

@@ -13,7 +13,7 @@ from typing import Any
 
 from dagflow.compile.spec import Chunk
 
-__all__ = ["choose_chunk_size", "make_chunks"]
+__all__ = ["choose_chunk_size", "make_chunks", "taper"]
 
 #: Chunks per worker thread that "auto" aims for, so stragglers even out.
 CHUNKS_PER_THREAD = 4
@@ -38,3 +38,38 @@ def make_chunks(items: Sequence[Mapping[str, Any]], size: int, *, start: int = 0
     """Split ``items`` into chunks of ``size``, numbered from ``start``."""
     return [Chunk(start + i, tuple(items[j:j + size]))
             for i, j in enumerate(range(0, len(items), size))]
+
+
+#: The last chunks hold at most 1/TAPER of the items left per thread.
+TAPER = 2
+
+
+def taper(chunks: Sequence[Chunk], threads: int) -> list[Chunk]:
+    """Split the last of ``chunks`` so that a batch ends with small chunks, not a long tail.
+
+    Walking back from the end, a chunk is cut into pieces of at most
+    ``ceil(items from its start to the end / (threads * TAPER))`` items, so that chunk
+    sizes fall as the batch nears its end (guided scheduling): the threads finish
+    together, however large the chunks before. Only the last ``TAPER * threads``
+    chunks' worth of items is affected; indices are renumbered from the first chunk's.
+
+    Examples
+    --------
+    >>> chunks = make_chunks(list(range(400)), 50)
+    >>> [len(c) for c in taper(chunks, 2)]
+    [50, 50, 50, 50, 25, 25, 25, 25, 25, 25, 13, 13, 12, 12]
+    >>> [c.index for c in taper(chunks, 2)][-3:]
+    [11, 12, 13]
+    """
+    pieces: list[tuple[Mapping[str, Any], ...]] = []
+    remaining = 0
+    for chunk in reversed(chunks):
+        remaining += len(chunk)
+        limit = max(1, math.ceil(remaining / (max(1, threads) * TAPER)))
+        parts = math.ceil(len(chunk) / limit)
+        size = math.ceil(len(chunk) / parts) if parts else 0
+        items = chunk.items
+        pieces.extend(reversed([items[i:i + size] for i in range(0, len(items), size)])
+                      if size else [items])
+    start = chunks[0].index if chunks else 0
+    return [Chunk(start + i, tuple(items)) for i, items in enumerate(reversed(pieces))]

@@ -73,6 +73,13 @@ def _lut_apply(arr: np.ndarray, lut: np.ndarray) -> np.ndarray:
     return lut[arr]
 
 
+def _histogram_memory(header: Mapping[str, Any], channels_at_once: int) -> float:
+    """Input, a copy and the output, plus ``np.bincount``'s 64-bit index of the pixels
+    counted at once (``channels_at_once`` colour channels, or one)."""
+    counted = plane_pixels(header) * min(channels_at_once, header.get("channels", 3))
+    return decoded_bytes(header) * 3 + counted * 8
+
+
 def _hist_bins(dtype: np.dtype) -> int | None:
     """The exact histogram size for small unsigned integer dtypes, else ``None``."""
     if dtype == np.uint8:
@@ -201,7 +208,7 @@ def _normalize_check(params: Mapping[str, Any]) -> list[str]:
               minimum=0, maximum=100),
         Param("per_channel", bool, False, "stretch each colour channel on its own"),
     ],
-    memory_factor=3.0,
+    memory=lambda header, params: _histogram_memory(header, 3),
     check=_normalize_check,
 )
 def normalize(
@@ -387,7 +394,8 @@ def convert(
 @register_op(
     "grayscale",
     params=[Param("keep_alpha", bool, True, "keep an alpha channel (output graya)")],
-    memory_factor=2.5,
+    # input, output, the 32-bit luma accumulator and a 32-bit channel at a time
+    memory=lambda header, params: decoded_bytes(header) * 1.5 + plane_pixels(header) * 12,
 )
 def grayscale(image: Image, *, keep_alpha: bool = True) -> Image:
     """Convert to gray with BT.601 luma; alpha is kept (graya) unless ``keep_alpha`` is off.
@@ -446,7 +454,7 @@ def equalize_array(arr: np.ndarray, *, alpha: bool = False) -> np.ndarray:
     return out
 
 
-@register_op("equalize", memory_factor=3.0)
+@register_op("equalize", memory=lambda header, params: _histogram_memory(header, 1))
 def equalize(image: Image) -> Image:
     """Histogram equalisation per colour channel (8- and 16-bit); alpha and dtype are kept.
 

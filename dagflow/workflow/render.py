@@ -15,6 +15,20 @@ if TYPE_CHECKING:
 __all__ = ["workflow_svg"]
 
 _BOX_W, _BOX_H, _GAP_X, _GAP_Y = 170, 46, 30, 34
+# Characters that fit in a box at 12 px (bold label, plain subtitle); longer text is cut
+# with an ellipsis, and shown whole in the box's tooltip.
+_LABEL_CHARS, _SUB_CHARS = 20, 25
+
+
+def _fit(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters (before escaping: an entity is never split).
+
+    Examples
+    --------
+    >>> _fit("when width >= 256 and channels >= 3", 25)
+    'when width >= 256 and ch…'
+    """
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _depths(workflow: Workflow) -> dict[str, int]:
@@ -68,14 +82,17 @@ def workflow_svg(workflow: Workflow) -> str:
     for n in workflow.nodes:
         x, y = pos[n.id]
         fill = "#fff4d6" if n.when is not None else "#e8f0fe"
-        label = html.escape(f"{n.id}: {n.op}")
-        sub = html.escape(f"when {n.when}" if n.when is not None else
-                          ", ".join(f"{k}={v}" for k, v in n.params.items()))[:40]
+        full_label = f"{n.id}: {n.op}"
+        full_sub = (f"when {n.when}" if n.when is not None else
+                    ", ".join(f"{k}={v}" for k, v in n.params.items()))
+        label, sub = _fit(full_label, _LABEL_CHARS), _fit(full_sub, _SUB_CHARS)
         parts.append(
+            f'<g><title>{html.escape(full_label)}\n{html.escape(full_sub)}</title>'
             f'<rect x="{x:.0f}" y="{y:.0f}" width="{_BOX_W}" height="{_BOX_H}" rx="6" '
             f'fill="{fill}" stroke="#456"/>'
-            f'<text x="{x + 8:.0f}" y="{y + 18:.0f}" font-weight="bold">{label}</text>'
-            f'<text x="{x + 8:.0f}" y="{y + 35:.0f}" fill="#555">{sub}</text>'
+            f'<text x="{x + 8:.0f}" y="{y + 18:.0f}" font-weight="bold">{html.escape(label)}'
+            f'</text><text x="{x + 8:.0f}" y="{y + 35:.0f}" fill="#555">{html.escape(sub)}'
+            "</text></g>"
         )
     parts.append("</svg>")
     return "".join(parts)
