@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
+from distributed import Event
 from distributed.utils_test import gen_cluster
 
 pytest.importorskip("bokeh")
@@ -37,8 +37,10 @@ def feed(plugin, *, items=10, failed=2):
                  "r": 3}}})
 
 
-def slow(x):
-    time.sleep(0.2)
+def blocked(x):
+    from distributed import Event
+
+    Event("dagflow-test-go").wait(timeout=30)
     return x
 
 
@@ -76,17 +78,19 @@ async def test_components_install_the_plugin_and_update(c, s, a):
     assert 0 <= resources.source.data["memory_fraction"][0] < 1
     assert resources.gpu.visible is False  # no GPU here
 
-    futures = [c.submit(slow, i, key=(f"load-0abc{i}", i)) for i in range(2)]
-    while not plugin.chunks:
+    futures = [c.submit(blocked, i, key=(f"load-0abc{i}", i)) for i in range(2)]
+    while plugin.queue_depth()["processing"] < 2:  # both running, held by the event
         await asyncio.sleep(0.01)
     chunks = ChunksInFlight(s)
     chunks.update()
-    assert set(chunks.source.data["chunk"]) <= {"chunk 0", "chunk 1"}
-    assert chunks.source.data["running"][0] == "load"
+    assert sorted(chunks.source.data["chunk"]) == ["chunk 0", "chunk 1"]
+    assert chunks.source.data["running"] == ["load", "load"]
+    assert chunks.source.data["progress"] == [0.0, 0.0]
     plugin.sample()
     queue = QueueDepth(s)
     queue.update()
     assert queue.source.data["processing"][-1] == 2
+    await Event("dagflow-test-go").set()
     await c.gather(futures)
 
 

@@ -266,7 +266,7 @@ def test_workflow_picture_cuts_long_text_without_breaking_the_markup():
     svg = workflow_svg(wf)
     root = ET.fromstring(svg)  # well-formed: no entity cut in half
     texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
-    assert "big_ones: unsharp" in texts and any(t.endswith("…") for t in texts)
+    assert "big_ones: unsharp" in texts and any((t or "").endswith("…") for t in texts)
     titles = [t.text for t in root.iter("{http://www.w3.org/2000/svg}title")]
     assert any(when in t for t in titles)  # the whole condition in the tooltip
     assert when in str(wf) and svg in wf._repr_html_()

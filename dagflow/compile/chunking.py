@@ -57,19 +57,17 @@ def taper(chunks: Sequence[Chunk], threads: int) -> list[Chunk]:
     --------
     >>> chunks = make_chunks(list(range(400)), 50)
     >>> [len(c) for c in taper(chunks, 2)]
-    [50, 50, 50, 50, 25, 25, 25, 25, 25, 25, 13, 13, 12, 12]
+    [50, 50, 50, 50, 50, 25, 25, 25, 25, 12, 13, 12, 13]
     >>> [c.index for c in taper(chunks, 2)][-3:]
-    [11, 12, 13]
+    [10, 11, 12]
     """
     pieces: list[tuple[Mapping[str, Any], ...]] = []
     remaining = 0
     for chunk in reversed(chunks):
         remaining += len(chunk)
         limit = max(1, math.ceil(remaining / (max(1, threads) * TAPER)))
-        parts = math.ceil(len(chunk) / limit)
-        size = math.ceil(len(chunk) / parts) if parts else 0
-        items = chunk.items
-        pieces.extend(reversed([items[i:i + size] for i in range(0, len(items), size)])
-                      if size else [items])
+        parts = max(1, math.ceil(len(chunk) / limit))
+        bounds = [len(chunk) * k // parts for k in range(parts + 1)]  # as even as can be
+        pieces.extend(chunk.items[bounds[k - 1]:bounds[k]] for k in range(parts, 0, -1))
     start = chunks[0].index if chunks else 0
     return [Chunk(start + i, tuple(items)) for i, items in enumerate(reversed(pieces))]

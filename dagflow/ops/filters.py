@@ -132,38 +132,36 @@ def _banded_gaussian(arr: np.ndarray, sigma: float, truncate: float, alpha: bool
                      ) -> np.ndarray:
     """:func:`gaussian_array` as two passes of banded float32 matrix products (BLAS).
 
-    The colour channels are laid out ``(y, c, x)`` so that each pass is one product per
-    block of rows or columns for all channels: about three times faster than scipy's
-    line-by-line filter, with the same kernel, edges and float32 intermediate.
+    Channel by channel, as scipy's filter (the same kernel, edges and float32
+    intermediate, and the same working set: two float32 planes), about three times
+    faster than its line-by-line loop.
     """
     h, w, channels = arr.shape
-    n = channels - 1 if alpha else channels
-    data = np.empty((h, n, w), np.float32)
-    data[...] = arr[:, :, :n].transpose(0, 2, 1)
-    rows = data.reshape(h, n * w)
-    vertical = np.empty_like(rows)
-    for start, stop, first, last, weights in _band_blocks(h, sigma, truncate, _ROW_BLOCK,
-                                                          False):
-        span = _span(stop - start, last - first)
-        for col in range(0, n * w, span):
-            np.matmul(weights, rows[first:last, col:col + span],
-                      out=vertical[start:stop, col:col + span])
-    lines = vertical.reshape(h * n, w)
-    both = data.reshape(h * n, w)
-    for start, stop, first, last, weights in _band_blocks(w, sigma, truncate, _COL_BLOCK,
-                                                          True):
-        span = _span(stop - start, last - first)
-        for row in range(0, h * n, span):
-            np.matmul(lines[row:row + span, first:last], weights,
-                      out=both[row:row + span, start:stop])
     out = np.empty_like(arr)
-    if arr.dtype.kind in "ui":  # as from_float: round to nearest, clip, then cast
-        info = np.iinfo(arr.dtype)
-        np.rint(data, out=data)
-        np.clip(data, info.min, info.max, out=data)
-    out[:, :, :n] = data.transpose(0, 2, 1)
+    plane = np.empty((h, w), np.float32)
+    vertical = np.empty((h, w), np.float32)
+    rows = _band_blocks(h, sigma, truncate, _ROW_BLOCK, False)
+    columns = _band_blocks(w, sigma, truncate, _COL_BLOCK, True)
+    info = np.iinfo(arr.dtype) if arr.dtype.kind in "ui" else None
+    n_colour = channels - 1 if alpha else channels
+    for c in range(n_colour):
+        plane[...] = arr[:, :, c]
+        for start, stop, first, last, weights in rows:
+            span = _span(stop - start, last - first)
+            for col in range(0, w, span):
+                np.matmul(weights, plane[first:last, col:col + span],
+                          out=vertical[start:stop, col:col + span])
+        for start, stop, first, last, weights in columns:
+            span = _span(stop - start, last - first)
+            for row in range(0, h, span):
+                np.matmul(vertical[row:row + span, first:last], weights,
+                          out=plane[row:row + span, start:stop])
+        if info is not None:  # as from_float: round to nearest and clip, then cast
+            np.rint(plane, out=plane)
+            np.clip(plane, info.min, info.max, out=plane)
+        out[:, :, c] = plane
     if alpha:
-        out[:, :, n:] = arr[:, :, n:]
+        out[:, :, n_colour:] = arr[:, :, n_colour:]
     return out
 
 

@@ -137,11 +137,13 @@ class _ItemThread(threading.Thread):
 
     Handing a call over and back costs two lock releases, about a third of a
     ``ThreadPoolExecutor`` round trip with its future. A call that times out leaves its
-    thread behind (it cannot be interrupted); the thread ends when the call returns.
+    thread behind (it cannot be interrupted); the thread ends when the call returns. An
+    idle thread ends within a second of the thread it served.
     """
 
     def __init__(self) -> None:
         super().__init__(name="dagflow-item", daemon=True)
+        self.owner = threading.current_thread()
         self.go = threading.Lock()
         self.go.acquire()
         self.done = threading.Lock()
@@ -153,7 +155,10 @@ class _ItemThread(threading.Thread):
 
     def run(self) -> None:
         while True:
-            self.go.acquire()
+            if not self.go.acquire(timeout=1.0):
+                if self.owner.is_alive():
+                    continue
+                return
             fn, self.fn = self.fn, None
             try:
                 self.result = (fn(), None)  # type: ignore[misc]

@@ -39,6 +39,7 @@ from dagflow.compile import (
     make_chunks,
     node_tasks,
 )
+from dagflow.compile.chunking import taper
 from dagflow.exceptions import CircuitOpenError
 from dagflow.execute import ChunkSummary, reduce_aggregate
 from dagflow.inputs import InputSet, resolve_inputs
@@ -109,6 +110,11 @@ def select_items(
     return to_run, done
 
 
+def _chunk_priority(key: tuple[str, int]) -> int:
+    """Dask priority of a node's task for a chunk: earlier chunks first."""
+    return -int(key[1])
+
+
 def _output_exists(checkpoint: Checkpoint, item_key: str, node_key: str) -> bool:
     path = checkpoint.outputs.get((item_key, node_key))
     return path is None or os.path.exists(path)
@@ -157,7 +163,11 @@ class _Runner:
         self.progress = progress
         self.token = secrets.token_hex(4)
         self.dask_retries = int(config.get("runtime.dask-retries"))
-        self.annotations = {nid: {"retries": self.dask_retries} for nid in tasks}
+        # chunks run in the order they were cut (the batch's tapered end last)
+        self.annotations = {nid: {"retries": self.dask_retries, "priority": _chunk_priority}
+                            for nid in tasks}
+        #: Threads to taper the chunks for (auto chunk size), or None to keep them as cut.
+        self.taper_threads: int | None = None
         self.chunks: dict[int, Chunk] = {}
         self.next_index = 0
         settings = BreakerSettings.from_config(config.get("breaker"))
@@ -243,7 +253,11 @@ class _Runner:
                             rows[:1], part, 0.0)
 
     def run(self, items: Sequence[Mapping[str, Any]], chunk_size: int) -> None:
-        pending = collections.deque(self.make_chunks(items, chunk_size))
+        chunks = self.make_chunks(items, chunk_size)
+        if self.taper_threads and chunks:
+            chunks = taper(chunks, self.taper_threads)
+            self.result.chunks = len(chunks)
+        pending = collections.deque(chunks)
         self.next_index = len(pending)
         window = max(1, int(config.get("runtime.window")))
         batch = max(1, min(256, window // 4))
@@ -495,6 +509,8 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                             budget=batch.plan.budget_min, estimate_s=batch.plan.duration_s)
                 runner = _Runner(c, tasks, ctx, result, events, bar)
                 batch.attach(runner)
+                if config.resolve(chunk_size, "chunk-size") == "auto":
+                    runner.taper_threads = n_threads
                 hooks.run_started(c, ctx, tasks, items=len(to_run))
                 if to_run:
                     runner.run(to_run, result.chunk_size)
@@ -510,7 +526,8 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
             raise
         finally:
             bar.close()
-        result.quarantined = write_quarantine(run_dir)
+        # bad inputs are failures: a run without any has no records to search
+        result.quarantined = write_quarantine(run_dir) if result.failed else 0
         result.duration_s = time.perf_counter() - start
         atomic_write(run_dir / "summary.json", result.to_json().encode())
         events.emit("run_finished", succeeded=result.succeeded, failed=result.failed,

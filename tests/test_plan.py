@@ -1,0 +1,107 @@
+"""Planning: ``dagflow plan`` / ``run --dry-run``, estimates from the history, and the
+summary's comparison of the estimate with what happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image as PILImage
+
+import dagflow
+from dagflow.cli import main
+from dagflow.runtime.plan import plan
+from dagflow.testing import photo_like
+
+WORKFLOW = """
+name: plan-me
+nodes:
+  - {id: load, op: load}
+  - {id: blur, op: gaussian, after: [load], params: {sigma: 1.0}, when: "width > 80"}
+  - {id: save, op: save, after: [blur], params: {format: png}, concurrency: 2}
+"""
+
+
+@pytest.fixture
+def setup(tmp_path):
+    (tmp_path / "wf.yaml").write_text(WORKFLOW)
+    (tmp_path / "in").mkdir()
+    for i, width in enumerate([64, 96, 128, 96]):
+        PILImage.fromarray(photo_like(48, width, seed=i)).save(tmp_path / "in" / f"{i}.png")
+    # a "huge" PNG: a header declaring more pixels than the decoder allows
+    PILImage.new("L", (20000, 20000)).save(tmp_path / "in" / "huge.png", optimize=True)
+    return tmp_path
+
+
+def test_plan_per_node_and_in_total(setup):
+    p = plan(setup / "wf.yaml", setup / "in", setup / "out",
+             local_options={"n_workers": 2, "threads_per_worker": 1, "memory_limit": "1GiB"})
+    assert (p.items, p.to_run, p.already_done, p.refused, p.tiled) == (5, 5, 0, 1, 0)
+    assert (p.workers, p.threads) == (2, 2)
+    assert p.budget_min == int(2**30 * 0.8) and p.task_limit == p.budget_min // 2
+    assert p.nodes["load"].run == 4 and p.nodes["load"].oversize == 1
+    assert (p.nodes["blur"].run, p.nodes["blur"].skip_condition) == (3, 1)
+    assert p.nodes["save"].skip_condition == 1  # skipped with the node it follows
+    blur = p.nodes["blur"]
+    assert blur.peak_task > 0 and blur.peak_worker == blur.peak_task  # one thread each
+    assert p.chunks >= 1 and p.chunk_size >= 1
+    (over,) = p.oversize
+    assert over["action"] == "refused" and "pixels exceeds the decoder's limit" in over["why"]
+    assert p.duration_s is None  # no history yet
+    text = str(p)
+    assert "estimated duration: unknown" in text and "refused: " in text
+
+
+def test_plan_after_a_run_uses_the_history_and_skips_what_is_done(setup, client):
+    result = dagflow.run(setup / "wf.yaml", setup / "in", setup / "out", client=client,
+                         progress=False)
+    assert result.succeeded == 3 and result.skipped == 1 and result.failed == 1
+    assert result.estimate is not None and result.estimate["actual"]["duration_s"] > 0
+    assert set(result.estimate["actual"]["nodes"]) == {"load", "blur", "save"}
+    assert "memory: estimated peak" in str(result)
+    history = setup / "out" / "_dagflow" / "history"
+    assert any(history.glob("run-*.parquet"))
+
+    again = plan(setup / "wf.yaml", setup / "in", setup / "out", client=client)
+    assert (again.to_run, again.already_done) == (0, 5)
+    assert again.nodes["blur"].skip_done == 5
+
+    # the same batch into a new output: everything to run, durations from the history
+    fresh = plan(setup / "wf.yaml", setup / "in", setup / "out2", client=client,
+                 history_dir=history)
+    assert fresh.to_run == 5 and fresh.history_runs == 1
+    assert fresh.nodes["blur"].seconds is not None and fresh.nodes["blur"].basis == "s_per_mp"
+    assert fresh.duration_s == pytest.approx(fresh.compute_s / fresh.threads)
+    assert "estimated duration:" in str(fresh) and "unknown" not in str(fresh)
+
+
+def test_plan_cli_and_dry_run(setup):
+    runner = CliRunner()
+    options = ["-i", str(setup / "in"), "-o", str(setup / "out"), "--n-workers", "1",
+               "--threads-per-worker", "2", "--memory-limit", "2GiB"]
+    shown = runner.invoke(main, ["plan", str(setup / "wf.yaml"), *options])
+    assert shown.exit_code == 0, shown.output
+    assert "plan for workflow 'plan-me': 5 items, 5 to run" in shown.output
+    assert "blur" in shown.output and "peak/task" in shown.output
+    as_json = runner.invoke(main, ["plan", str(setup / "wf.yaml"), *options, "--json"])
+    data = json.loads(as_json.output)
+    assert data["nodes"]["blur"]["skip_condition"] == 1 and data["refused"] == 1
+    assert data["threads"] == 2
+    dry = runner.invoke(main, ["run", str(setup / "wf.yaml"), *options, "--dry-run", "--json"])
+    assert dry.exit_code == 0 and json.loads(dry.output)["to_run"] == 5
+    assert not (setup / "out").exists()  # nothing ran, nothing was written
+
+
+def test_plan_command_in_a_real_process(setup):
+    done = subprocess.run([str(Path(sys.executable).parent / "dagflow"), "plan",
+                           str(setup / "wf.yaml"), "-i", str(setup / "in"), "-o",
+                           str(setup / "out"), "--json"],
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "DASK_DAGFLOW__CLUSTER__N_WORKERS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["workers"] == 1
