@@ -25,6 +25,7 @@ demo: $(STAMP)
 # The whole suite, slow tests included (what CI runs).
 test: $(STAMP)
 	$(BIN)/ruff check .
+	sh scripts/ensure-chromium.sh
 	$(BIN)/pytest
 
 # Everything but the slow tests, for a quick loop while developing.

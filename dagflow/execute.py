@@ -4,9 +4,11 @@ Each task takes the chunk's state from its parent nodes, runs its op on every it
 is still alive, and returns a new :class:`ChunkState`. One item's failure is recorded
 for that item and node; its descendants record ``upstream_failed`` and every other item
 goes on. A false ``when:`` condition records ``skipped`` for the node and its
-descendants. The last task of a chunk (:func:`commit_chunk`) writes the chunk's records
-as one Parquet part and returns only counts and failures to the client, so pixels never
-travel to the client.
+descendants. Each op runs on its node's device through :func:`dagflow.ops.dispatch.call`;
+the record says where it ran (``device``: ``cpu``, ``gpu``, or ``cpu-fallback`` with
+``degraded`` set when a GPU node had to use the CPU). The last task of a chunk
+(:func:`commit_chunk`) writes the chunk's records as one Parquet part and returns only
+counts and failures to the client, so pixels never travel to the client.
 
 This module imports no Dask at import time: it runs on workers and under the
 synchronous scheduler alike.
@@ -77,7 +79,8 @@ def _record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], status: st
         "error_class": fields.get("error_class"), "error_type": fields.get("error_type"),
         "error_message": fields.get("error_message"), "reason": fields.get("reason"),
         "attempts": fields.get("attempts", 0),
-        "duration_s": fields.get("duration_s", 0.0), "started": fields.get("started", 0.0),
+        "duration_s": fields.get("duration_s", 0.0), "cpu_s": fields.get("cpu_s", 0.0),
+        "started": fields.get("started", 0.0),
         "worker": worker, "device": fields.get("device", "cpu"),
         "degraded": bool(fields.get("degraded", False)),
         "output_path": fields.get("output_path"), "width": fields.get("width"),
@@ -169,7 +172,7 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
             task.policy, timeout=task.timeout,
         )
         common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
-                  "started": started, "device": used.get("device", "cpu"),
+                  "cpu_s": outcome.cpu_s, "started": started, "device": used.get("device", "cpu"),
                   "degraded": used.get("degraded", False)}
         if outcome.error is not None:
             state.blocked[iid] = "failed"

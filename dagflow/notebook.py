@@ -108,7 +108,8 @@ def handle_html(handle: RunHandle) -> str:
     done, failed, total = handle.done_items, handle.failed_items, handle.total_items
     finished = handle.done()
     error = handle.exception() if finished else None
-    elapsed = time.time() - handle.started
+    result = handle.result(timeout=0) if finished and error is None else None
+    elapsed = result.duration_s if result is not None else time.time() - handle.started
     if error is not None:
         state, colour = f"stopped by {type(error).__name__}: {error}", "#c0392b"
     elif finished:
@@ -141,7 +142,6 @@ def handle_html(handle: RunHandle) -> str:
         f'<span style="color:{colour}">{html.escape(state)}</span><br>'
         f"{bar} {counts}"
     ]
-    result = handle._result if finished and error is None else None
     if result is not None:
         parts.append(f"<br>{result.succeeded} succeeded, {result.failed} failed "
                      f"({result.quarantined} quarantined), {result.skipped} skipped, "
@@ -199,7 +199,7 @@ def display_handle(handle: RunHandle, *, refresh: float = REFRESH_S) -> threadin
                 last = now
             if finished:
                 return
-            handle._thread.join(refresh)
+            time.sleep(refresh)
 
     thread = threading.Thread(target=refresh_until_done, daemon=True,
                               name="dagflow-progress")

@@ -58,3 +58,15 @@ def client():
                       dashboard_address=None) as cluster, \
             Client(cluster) as c:
         yield c
+
+
+@pytest.fixture(autouse=True)
+def _no_html_report(request):
+    """Skip the end-of-run HTML report (about a second a run) except where a test asks.
+
+    The report has its own tests (tests/test_report.py), which switch it back on.
+    """
+    import dask
+
+    with dask.config.set({"dagflow.monitor.report": False}):
+        yield

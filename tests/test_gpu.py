@@ -239,15 +239,17 @@ def test_gpu_nodes_run_on_gpu_workers_only(tmp_path):
     sharp = [r for r in rows if r["node_id"] == "sharp"]
     assert {(r["device"], r["degraded"]) for r in sharp} == {("cpu", False)}
     assert result.nodes["blur"] == {"ok": 8}
+    report = (result.run_dir / "report.html").read_text()
+    assert "Devices: where each item ran" in report and "cpu-fallback" in report
 
 
-@gen_cluster(client=True, nthreads=[("127.0.0.1", 1)],
+@gen_cluster(client=True, nthreads=[("127.0.0.1", 2)],
              worker_kwargs={"resources": {"GPU": 1, "MEMORY": 64e6, "dagflow-save": 2}})
 async def test_gpu_memory_concurrency_and_retries_reach_the_scheduler(c, s, a):
     wf = Workflow("a", [Node("load", "load"),
                         Node("blur", "gaussian", {"sigma": 1.0}, after="load", device="gpu"),
                         Node("save", "save", after="blur", concurrency=2)])
-    capacity = ClusterCapacity((WorkerCapacity(a.address, 1, int(80e6),
+    capacity = ClusterCapacity((WorkerCapacity(a.address, 2, int(80e6),
                                                dict(a.state.total_resources)),))
     items = [{"item_id": i, "path": f"/in/{i}.png", "rel": f"{i}.png", "key": f"k{i}",
               "size": 1, "mtime_ns": 1, "width": 1200, "height": 1000, "channels": 3,
@@ -259,7 +261,7 @@ async def test_gpu_memory_concurrency_and_retries_reach_the_scheduler(c, s, a):
     tmp = tempfile.mkdtemp()
     ctx = RunContext("r", tmp + "/run", tmp, tmp + "/_dagflow", "a", checkpoint=False)
     chunks = batch.make_chunks(batch.items, 8)
-    assert len(chunks) == 8  # 8 items would need more than the budget at once
+    assert len(chunks) == 8  # one ~50 MB item per chunk: 2 at once would not fit
     compiled = compile_chunks(batch.tasks, ctx, chunks, token="ab12",
                               annotations=batch.annotations({n: {"retries": 3}
                                                              for n in batch.tasks}),

@@ -333,3 +333,26 @@ def test_memory_limit_holds_under_load_measured_by_sampled_rss(tmp_path):
     assert result.succeeded == 10 and result.failed == 0
     assert result.chunks >= 4  # 5-item chunks would not fit; cut to the task limit
     assert peak["rss"] < 0.95 * limit, (peak["rss"], limit)
+
+
+def _plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_tasks_waiting_for_memory_run_on_a_restarted_worker():
+    """A worker restarted by its nanny joins without MEMORY and gets it from the plugin a
+    moment later: the scheduler is told, so tasks waiting for MEMORY do not wait forever."""
+    from distributed import Client, LocalCluster
+
+    from dagflow.runtime.capacity import advertise, cluster_capacity
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB",
+                      dashboard_address=None, host="127.0.0.1") as cluster, \
+            Client(cluster) as c:
+        advertise(c)
+        assert cluster_capacity(c).has_memory
+        with contextlib.suppress(Exception):  # the worker dies before it answers
+            c.run(os._exit, 1)
+        future = c.submit(_plus_one, 1, resources={MEMORY: 1000}, pure=False)
+        assert future.result(timeout=60) == 2
+        assert cluster_capacity(c).has_memory

@@ -4,6 +4,8 @@
 * :func:`read_image` -- decode to an :class:`~dagflow.image.Image` ``(y, x, c)``, with a
   pixel limit checked before decoding, JPEG draft decoding and EXIF auto-orientation;
 * :func:`write_image` -- encode to JPEG, PNG (8/16-bit), WebP or TIFF, atomically;
+* :func:`open_image` -- a (large) TIFF as a lazy ``xarray.DataArray`` whose blocks are
+  read inside the tasks that compute them (:mod:`dagflow.io.lazy`);
 * :func:`atomic_write`, :func:`atomic_path`, :func:`safe_join`, :func:`find_temporaries`
   -- output files that appear whole or not at all, under their root.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 from dagflow.io.atomic import TEMP_PATTERN, atomic_path, atomic_write, find_temporaries, safe_join
 from dagflow.io.formats import FORMAT_SUFFIXES, IMAGE_EXTENSIONS, sniff_format
+from dagflow.io.lazy import open_image
 from dagflow.io.probe import probe_header
 from dagflow.io.read import DEFAULT_MAX_PIXELS, read_image
 from dagflow.io.write import write_image
@@ -29,6 +32,7 @@ __all__ = [
     "atomic_path",
     "atomic_write",
     "find_temporaries",
+    "open_image",
     "probe_header",
     "read_image",
     "safe_join",

@@ -254,6 +254,28 @@ def _figures(a: RunAnalysis) -> dict[str, Any]:
     return figs
 
 
+def _devices_html(rows: pd.DataFrame) -> str:
+    """Items per node and device (``cpu``, ``gpu``, ``cpu-fallback``), with the degraded
+    ones (a GPU node that ran on the CPU); empty when the records say nothing of it."""
+    if rows is None or "device" not in rows or not rows["device"].notna().any():
+        return ""
+    ran = rows[rows["device"].notna() & (rows["status"] == "ok")]
+    if ran.empty:
+        return ""
+    counts = ran.groupby(["node_id", "device"]).size().unstack(fill_value=0)
+    degraded = ran[ran["degraded"].fillna(False).astype(bool)].groupby("node_id").size() \
+        if "degraded" in ran else pd.Series(dtype=int)
+    head = "".join(f"<th>{_esc(d)}</th>" for d in counts.columns)
+    body = "".join(
+        f"<tr><td class='l'>{_esc(node)}</td>"
+        + "".join(f"<td>{int(v)}</td>" for v in counts.loc[node])
+        + f"<td>{int(degraded.get(node, 0))}</td></tr>" for node in counts.index)
+    note = ("<p>Degraded: asked for the GPU, ran on the CPU (no GPU, or out of GPU "
+            "memory on that item); their status is still ok.</p>")
+    return (f"<table><tr><th class='l'>node</th>{head}<th>degraded</th></tr>{body}</table>"
+            + note)
+
+
 def _section(sid: str, title: str, body: str) -> str:
     return f"<section id='{sid}'><h2>{_esc(title)}</h2>{body}</section>"
 
@@ -306,6 +328,9 @@ def render_html(a: RunAnalysis) -> str:
     sections.append(("nodes", "Nodes: item durations",
                      _table(a.nodes.reset_index(), cols, left=["node_id"], fmt=fmt)
                      + fig("durations")))
+    devices = _devices_html(a.rows)
+    if devices:
+        sections.append(("devices", "Devices: where each item ran", devices))
     sections.append(("throughput", "Throughput",
                      f"<p>{_num(run.get('throughput'))} items per second over the run.</p>"
                      + fig("throughput")))

@@ -40,6 +40,7 @@ RECORD_SCHEMA = pa.schema([
     ("reason", pa.string()),
     ("attempts", pa.int32()),
     ("duration_s", pa.float64()),
+    ("cpu_s", pa.float64()),
     ("started", pa.float64()),
     ("worker", pa.string()),
     ("device", pa.string()),

@@ -130,6 +130,8 @@ class Outcome:
     error_class: str | None = None
     attempts: int = 1
     duration_s: float = 0.0
+    #: CPU time of the thread that ran the op: far below ``duration_s`` means waiting (I/O).
+    cpu_s: float = 0.0
 
 
 class _ItemThread(threading.Thread):
@@ -191,6 +193,16 @@ def _call_once(fn: Callable[[], Any], timeout: float | None) -> Any:
     return value
 
 
+def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and the CPU time its thread spent on it (kept on an exception as ``cpu_s``)."""
+    start = time.thread_time()
+    try:
+        return fn(), time.thread_time() - start
+    except BaseException as exc:
+        exc.cpu_s = time.thread_time() - start  # type: ignore[attr-defined]
+        raise
+
+
 def call_with_policy(
     fn: Callable[[], Any],
     policy: RetryPolicy,
@@ -206,16 +218,19 @@ def call_with_policy(
     """
     start = time.perf_counter()
     attempt = 0
+    cpu = 0.0
     while True:
         attempt += 1
         try:
-            value = _call_once(fn, timeout)
-            return Outcome(value=value, attempts=attempt, duration_s=time.perf_counter() - start)
+            value, used = _call_once(lambda: _timed(fn), timeout)
+            return Outcome(value=value, attempts=attempt, duration_s=time.perf_counter() - start,
+                           cpu_s=cpu + used)
         except Exception as exc:
+            cpu += getattr(exc, "cpu_s", 0.0)
             error_class = classify(exc, policy)
             if error_class != "transient" or attempt >= policy.attempts:
                 return Outcome(error=exc, error_class=error_class, attempts=attempt,
-                               duration_s=time.perf_counter() - start)
+                               duration_s=time.perf_counter() - start, cpu_s=cpu)
             sleep(policy.backoff(attempt))
 
 

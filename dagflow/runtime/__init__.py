@@ -1,6 +1,7 @@
 """The only layer that talks to a live cluster: connecting, running, results."""
 
-from dagflow.runtime.cluster import connect, start_local_cluster
+from dagflow.runtime.cluster import connect, start_cuda_cluster, start_local_cluster
+from dagflow.runtime.plan import BatchPlan, plan
 from dagflow.runtime.result import (
     EXIT_BREAKER,
     EXIT_FAILED_ITEMS,
@@ -15,11 +16,14 @@ __all__ = [
     "EXIT_FAILED_ITEMS",
     "EXIT_INVALID",
     "EXIT_OK",
+    "BatchPlan",
     "RunHandle",
     "RunResult",
     "connect",
     "load_workflow",
+    "plan",
     "run",
     "select_items",
+    "start_cuda_cluster",
     "start_local_cluster",
 ]

@@ -13,8 +13,12 @@ A run asks every worker to advertise, as Dask resources:
 
 This is done by a :class:`AdvertiseResources` worker plugin (``Client.register_plugin``),
 so that it also reaches workers that join later or are restarted by their nanny, on
-the embedded cluster and on any existing one alike. :func:`cluster_capacity` then reads
-back, from the scheduler, every worker's threads, memory limit and resources.
+the embedded cluster and on any existing one alike. Dask's scheduler places its waiting
+(``no-worker``) tasks when a worker joins, not when a worker's resources change, so the
+plugin then calls a small scheduler handler (installed by :func:`advertise`) that does it:
+without it, tasks restricted to ``MEMORY`` would wait forever for a restarted worker.
+:func:`cluster_capacity` then reads back, from the scheduler, every worker's threads,
+memory limit and resources.
 
 :func:`local_capacity` describes the embedded ``LocalCluster`` a run *would* start,
 without starting it (for ``dagflow plan``).

@@ -15,8 +15,11 @@ prints the same decisions without running anything):
   each node's task estimate stays within ``dagflow.resources.chunk-memory-fraction`` of
   the smallest worker budget;
 * the Dask annotations: ``MEMORY`` per chunk and node (the estimate, never above the
-  largest budget, so that no task waits for a worker that cannot exist), ``GPU: 1`` for
-  GPU nodes, ``dagflow-<node>: 1`` for nodes with ``concurrency``;
+  largest budget, so that no task waits for a worker that cannot exist) whenever a
+  worker running its largest tasks on all its threads could exceed its budget (where it
+  cannot, the restriction would hold nothing back and only cost Dask its queuing of root
+  tasks, so it is left out); ``GPU: 1`` for GPU nodes; ``dagflow-<node>: 1`` for nodes
+  with ``concurrency``;
 * the estimate: per node, items to run and to skip (already done, condition false,
   oversize), peak memory per task and per worker, seconds from the history of earlier
   runs (:mod:`dagflow.monitor.history`, seconds per megapixel); and the wall time for
@@ -190,8 +193,7 @@ class Batch:
     def make_chunks(self, items: Sequence[Mapping[str, Any]], size: int,
                     *, start: int = 0) -> list[Chunk]:
         """Chunks of at most ``size`` items within the task memory limit."""
-        limit = self.task_limit if self.annotate_memory else None
-        return self.model.make_chunks(items, size, limit, start=start)
+        return self.model.make_chunks(items, size, self.task_limit or None, start=start)
 
     def annotations(self, base: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         """Per node: ``base`` (retries) plus its static resources (GPU, concurrency)."""
@@ -362,21 +364,18 @@ def prepare_batch(
         if res.to_dict():
             node_resources[node.id] = res
     batch = Batch(tasks=dict(tasks), model=model, items=runnable, chunk_size=size,
-                  task_limit=task_limit, capacity=capacity, annotate_memory=False,
+                  task_limit=task_limit, capacity=capacity, annotate_memory=annotate,
                   node_resources=node_resources, refused=refused, tiled=tiled,
                   plan=None)  # type: ignore[arg-type]
-    chunks = batch.make_chunks(runnable, size)
+    chunks = batch.make_chunks(runnable, size)  # within the task limit
     peaks = _largest_tasks(model, chunks)
     largest = max(peaks.values(), default=0)
-    if annotate and any(w.nthreads * largest > w.budget for w in capacity.workers):
-        # a worker running its largest tasks on every thread could exceed its budget:
-        # cut the chunks to the task limit and let MEMORY restrictions pace the tasks.
-        # (Otherwise they are left out: they would never hold a task back, only cost
-        # Dask its queuing -- a task with restrictions is assigned to a worker at once,
-        # and a dying worker then takes the blame for all of them.)
-        batch.annotate_memory = True
-        chunks = batch.make_chunks(runnable, size)
-        peaks = _largest_tasks(model, chunks)
+    # MEMORY restrictions only where they can hold a task back: a worker running its
+    # largest tasks on every thread would exceed its budget. Elsewhere they would only
+    # cost Dask its queuing (a task with restrictions is assigned to a worker at once,
+    # and a dying worker then takes the blame for all of them).
+    batch.annotate_memory = annotate and any(w.nthreads * largest > w.budget
+                                             for w in capacity.workers)
     batch.plan = _make_plan(workflow, batch, chunks, peaks, dict(zip(ids, megapixels,
                                                                     strict=True)),
                             items if items is not None else len(to_run) + already_done,
