@@ -7,6 +7,7 @@ between medians of the same run. The load average is recorded before and after.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -105,6 +106,12 @@ class Measure:
         return statistics.median(self.seconds) if self.seconds else float("nan")
 
     @property
+    def cpu(self) -> float:
+        """Median CPU seconds of the process tree per repetition."""
+        values = self.extra.get("cpu_s") or []
+        return statistics.median(values) if values else float("nan")
+
+    @property
     def spread(self) -> float:
         """(max - min) / median: how noisy the repetitions were."""
         if len(self.seconds) < 2:
@@ -116,13 +123,31 @@ class Measure:
                 "spread": round(self.spread, 3), **self.extra}
 
 
+def tree_cpu() -> float:
+    """CPU seconds (user + system) used so far by this process, its live descendants and
+    its children that have ended: what a variant costs, whatever the machine's load."""
+    import resource
+
+    import psutil
+
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:2])
+    for child in me.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            total += sum(child.cpu_times()[:2])
+    ended = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return total + ended.ru_utime + ended.ru_stime
+
+
 def interleaved(variants: Mapping[str, Callable[[], Any]], repeat: int, *,
                 warmup: Iterable[str] = (), log: Callable[[str], None] | None = None,
                 ) -> dict[str, Measure]:
     """Time each variant ``repeat`` times, in turn, rotating the order every repetition.
 
     Variants named in ``warmup`` run once untimed first. A variant returning a mapping
-    has it stored in ``Measure.extra`` (the last repetition's).
+    has it stored in ``Measure.extra`` (the last repetition's); a ``seconds`` entry in it
+    replaces the measured time. The CPU time of the whole process tree is recorded too
+    (``Measure.extra["cpu_s"]``, one value per repetition).
     """
     names = list(variants)
     results = {n: Measure(n) for n in names}
@@ -131,15 +156,19 @@ def interleaved(variants: Mapping[str, Callable[[], Any]], repeat: int, *,
     for r in range(repeat):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
+            c0 = tree_cpu()
             t0 = time.perf_counter()
             out = variants[n]()
             elapsed = time.perf_counter() - t0
+            cpu = tree_cpu() - c0
             if isinstance(out, Mapping):
                 results[n].extra.update(out)
                 elapsed = float(out.get("seconds", elapsed))
             results[n].seconds.append(elapsed)
+            results[n].extra.setdefault("cpu_s", []).append(cpu)
             if log is not None:
-                log(f"  [{r + 1}/{repeat}] {n}: {elapsed:.2f} s (load {load_average():.1f})")
+                log(f"  [{r + 1}/{repeat}] {n}: {elapsed:.2f} s, {cpu:.1f} CPU s "
+                    f"(load {load_average():.1f})")
     return results
 
 

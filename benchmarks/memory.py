@@ -48,12 +48,12 @@ def run(images: int = 400, memory_limit: str = "1GiB", **_: Any) -> dict[str, An
         options = {} if limit == "auto" else {"memory_limit": limit}
         with start_local_cluster(**options) as cluster, Client(cluster) as client:
             pids = client.run(os.getpid)
-            info = client.scheduler_info()["workers"]
             out = DATA / "out" / f"memory-{time.time_ns()}"
             with PeakRSS(lambda pids=pids: pids.values(), interval=0.02) as sampler:
                 result = dagflow.run(workflow, paths, os.fspath(out), client=client,
                                      progress=False)
             assert result.succeeded == images, result
+            info = client.scheduler_info()["workers"]  # MEMORY is advertised by the run
             for address, pid in sorted(pids.items()):
                 limit_bytes = info[address].get("memory_limit") or 0
                 budget = (info[address].get("resources") or {}).get("MEMORY")

@@ -93,6 +93,7 @@ def run(items: int = 100_000, repeat: int = 3, workers: int | None = None,
             assert result.succeeded == items, result
             info.update(chunk_size=result.chunk_size, chunks=result.chunks)
             found = phases(out)
+            found["setup_s"] = seconds - sum(found.values())
             for key, value in found.items():
                 info.setdefault(key, []).append(value)
             _remove(out)
@@ -121,7 +122,8 @@ def report(measured: dict[str, Measure], items: int, n: int, info: dict[str, Any
         ["dagflow, whole run", f"{dag.median:.2f}", f"{dag.median / items * 1e6:.1f}",
          f"{per_item:.1f}"],
     ]
-    for key, label in (("planning_s", "  planning on the client"),
+    for key, label in (("setup_s", "  setup on the client (inputs, checkpoint)"),
+                       ("planning_s", "  planning on the client (headers, chunks)"),
                        ("processing_s", "  processing (first submit to last chunk)"),
                        ("finishing_s", "  finishing (records, monitoring, report)")):
         if info.get(key):

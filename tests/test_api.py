@@ -14,7 +14,7 @@ PUBLIC = {
     "InputError", "InputSet", "ItemError", "ItemTimeoutError", "Node", "OversizeError",
     "Param", "ResourceError", "RunHandle", "RunResult", "TransientError", "UnknownOpError",
     "Workflow", "WorkflowValidationError", "__version__", "get_op", "list_ops",
-    "register_op", "resolve_inputs", "run",
+    "open_image", "register_op", "resolve_inputs", "run",
 }
 
 

@@ -382,3 +382,30 @@ def test_the_whole_bad_input_corpus_through_a_run(tmp_path, client):
     saved = {Path(r["input_path"]).name for r in records(result)
              if r["node_id"] == "save" and r["status"] == "ok"}
     assert len(saved) == sum(1 for r in by_name.values() if r["status"] == "ok")
+
+
+def test_closing_the_client_mid_run_is_an_interruption_not_failures(tmp_path, make_photos):
+    from distributed import Client, LocalCluster
+
+    make_photos(tmp_path / "in", 30, size=(320, 240))
+    wf = Workflow("c", [Node("load", "load"), Node("m", "median", {"size": 5}, after="load"),
+                        Node("save", "save", {"format": "png"}, after="m")])
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster:
+        c = Client(cluster)
+        handle = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, wait=False,
+                             chunk_size=2)
+        while handle.done_items < 4:
+            time.sleep(0.02)
+        c.close()
+        with pytest.raises(BaseException):  # noqa: B017 (whatever the client raises)
+            handle.result(timeout=60)
+    table, _ = read_records(record_parts(tmp_path / "out" / "_dagflow"))
+    assert "failed" not in set(table.column("status").to_pylist())
+    run_dir = sorted((tmp_path / "out" / "_dagflow" / "runs").iterdir())[-1]
+    assert run_status(run_dir).state == "interrupted"
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        resumed = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
+    assert resumed.failed == 0 and resumed.already_done >= 4
+    assert resumed.executed + resumed.already_done == 30

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ def select_items(
     With ``retry_failed``, only items with a failure on record are run, quarantined ones
     included.
     """
+    if not retry_failed and not checkpoint.done and not checkpoint.failed:
+        return list(items), 0  # nothing on record (a first run): every item runs
     to_run, done = [], 0
     for item in items:
         ik = item["key"]
@@ -278,6 +281,10 @@ class _Runner:
             chunk = self.chunks.pop(index)
             try:
                 summary = future.result()
+            except CancelledError:
+                # the client was closed or the run cancelled: an interruption, not a
+                # failure of these items; the next run picks them up
+                raise
             except Exception as exc:
                 iid = chunk.items[0]["item_id"]
                 if len(chunk) == 1 and isinstance(exc, KilledWorker) and \
