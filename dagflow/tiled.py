@@ -110,12 +110,29 @@ class _Ready:
 
 def _executor(client: Any = None) -> Callable[[Any], Any]:
     """``submit(collection) -> handle with .result()``: on ``client``, else the local
-    scheduler (computed at once)."""
-    if client is not None:
-        return client.compute
-    import dask
+    scheduler (computed at once).
 
-    return lambda obj: _Ready(dask.compute(obj)[0])
+    On a client, an array is culled to what it needs and submitted without graph
+    optimisation: the writer submits the next band while this one computes, and the two
+    share blocks (the overlap); optimised separately, a shared key could come with two
+    different tasks, which Dask's scheduler warns may deadlock.
+    """
+    if client is None:
+        import dask
+
+        return lambda obj: _Ready(dask.compute(obj)[0])
+
+    def submit(obj: Any) -> Any:
+        import dask.array as da
+        from dask.core import flatten
+
+        if isinstance(obj, da.Array):
+            graph = obj.__dask_graph__().cull(set(flatten(obj.__dask_keys__())))
+            obj = da.Array(graph, obj.name, obj.chunks, meta=obj._meta)
+            return client.compute(obj, optimize_graph=False)
+        return client.compute(obj)
+
+    return submit
 
 
 # --------------------------------------------------------------------------- ops

@@ -356,3 +356,16 @@ def test_tasks_waiting_for_memory_run_on_a_restarted_worker():
         future = c.submit(_plus_one, 1, resources={MEMORY: 1000}, pure=False)
         assert future.result(timeout=60) == 2
         assert cluster_capacity(c).has_memory
+
+
+def test_large_batches_are_probed_on_the_workers(tmp_path, make_photos, client):
+    paths = make_photos(tmp_path / "in", 5)
+    (tmp_path / "in" / "bad.jpg").write_bytes(b"not an image")
+    items = [{**items_of(1)[0], "item_id": i, "path": str(p), "width": None, "height": None}
+             for i, p in enumerate([*paths, tmp_path / "in" / "bad.jpg"])]
+    with dask.config.set({"dagflow.resources.probe-limit": 2}):
+        batch = prepare_batch(BLUR, node_tasks(BLUR), items, capacity(8000 * MiB),
+                              client=client)
+    assert batch.plan.probe == {"probed": 5, "failed": 1, "missing": 1, "on_workers": 6}
+    assert all(i["width"] and i["format"] for i in items[:5])
+    assert len(batch.items) == 6  # the unreadable one runs, and fails at load with why

@@ -223,6 +223,38 @@ def test_write_tiff_tile_by_tile(tmp_path, lazy, rgb, ome):
     np.testing.assert_array_equal(read_image(path).data, out.values)
 
 
+def test_bands_computed_on_a_cluster_keep_one_task_per_key(tmp_path):
+    """The next band is submitted while this one computes and they share blocks: each
+    shared key must come with the same task (Dask warns that it may deadlock otherwise)."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    class Count(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.n += "different `run_spec`" in record.getMessage()
+
+    data = photo_like(600, 800, seed=1)
+    path = write(tmp_path / "a.tif", data, tile=(64, 64), photometric="rgb")
+    counter = Count()
+    logger = logging.getLogger("distributed.scheduler")
+    logger.addHandler(counter)
+    try:
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                          dashboard_address=None) as cluster, Client(cluster) as c:
+            img = apply_op(open_image(path, chunks=128), "gaussian", {"sigma": 2.0})
+            out = write_tiff(img, tmp_path / "o.tif", client=c, band_bytes=100_000)
+            expected = img.values
+    finally:
+        logger.removeHandler(counter)
+    assert counter.n == 0
+    np.testing.assert_array_equal(tifffile.imread(out), expected)
+
+
 def test_write_tiff_gray_16_bit_uncompressed(tmp_path):
     data = photo_like(100, 130, channels=1, dtype=np.uint16, seed=7)
     path = write(tmp_path / "in.tif", data[:, :, 0], tile=(16, 16))

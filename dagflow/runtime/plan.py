@@ -41,6 +41,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ from dagflow.resources import (
     concurrency_resource,
     condition_fields,
     format_bytes,
+    header_fields,
     probe_headers,
 )
 from dagflow.runtime.capacity import ClusterCapacity
@@ -267,6 +269,7 @@ def prepare_batch(
     history_dir: str | os.PathLike[str] | None = None,
     conditions: bool = False,
     probe: bool = True,
+    client: Any = None,
 ) -> Batch:
     """Decide devices, estimates, oversize items, chunks and annotations for a batch.
 
@@ -289,13 +292,22 @@ def prepare_batch(
     conditions
         Evaluate ``when:`` conditions on the headers to count the skips (for the plan).
     probe
-        Probe the headers of items that lack them.
+        Probe the headers of items that lack them: on the client, or, for more than
+        ``dagflow.resources.probe-limit`` items and with a ``client``, on its workers.
+    client
+        The run's client (for probing a large batch on the workers).
     """
     from dagflow.tiled import chain_problem
 
     tasks = resolve_devices(tasks, capacity)
     model = MemoryModel(tasks)
-    probed = probe_headers(to_run) if probe and to_run else {}
+    probed: dict[str, int] = {}
+    if probe and to_run:
+        lacking = sum(1 for item in to_run if header_fields(item) is None)
+        if client is not None and lacking > int(config.get("resources.probe-limit")):
+            probed = probe_on_cluster(client, to_run)
+        elif lacking:
+            probed = probe_headers(to_run)
     budget = capacity.max_budget
     model.set_default(to_run, limit=budget or None)
     annotate = capacity.has_memory
@@ -382,6 +394,48 @@ def prepare_batch(
                             already_done, oversize_rows,
                             _history_dir(Path(output), history_dir), conditions, probed)
     return batch
+
+
+def _probe_paths(paths: list[str]) -> list[dict[str, Any] | None]:
+    """Task: the header fields of each file (``None`` for one that cannot be probed)."""
+    from dagflow.io import probe_header
+    from dagflow.resources import HEADER_KEYS
+
+    out: list[dict[str, Any] | None] = []
+    for path in paths:
+        try:
+            header = probe_header(path)
+        except Exception:  # a bad input: its load reports it with the reason
+            out.append(None)
+            continue
+        out.append({k: header[k] for k in HEADER_KEYS if header.get(k) is not None})
+    return out
+
+
+def probe_on_cluster(client: Any, items: Sequence[dict[str, Any]], *,
+                     per_task: int = 1000) -> dict[str, int]:
+    """Probe the items that lack a header on the cluster's workers, ``per_task`` files a
+    task (the workers read where the data is, in parallel); header fields are added to
+    the items in place. Returns ``probed``, ``failed`` and ``missing`` counts."""
+    from distributed import as_completed
+
+    lacking = [item for item in items if header_fields(item) is None]
+    groups = [lacking[i:i + per_task] for i in range(0, len(lacking), per_task)]
+    token = secrets.token_hex(4)
+    futures = client.map(_probe_paths, [[item["path"] for item in g] for g in groups],
+                         key=[f"dagflow-probe-{token}-{i}" for i in range(len(groups))])
+    index = {f.key: g for f, g in zip(futures, groups, strict=True)}
+    failed = 0
+    for future in as_completed(futures):
+        for item, header in zip(index[future.key], future.result(), strict=True):
+            if header is None:
+                failed += 1
+            else:
+                item.update(header)
+        future.release()
+    missing = sum(1 for item in items if header_fields(item) is None)
+    return {"probed": len(lacking) - failed, "failed": failed, "missing": missing,
+            "on_workers": len(lacking)}
 
 
 def _largest_tasks(model: MemoryModel, chunks: Sequence[Chunk]) -> dict[str, int]:

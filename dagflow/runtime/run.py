@@ -507,7 +507,8 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                 # oversize ones tiled or refused, chunks cut to fit (dagflow.runtime.plan)
                 batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
                                       items=len(input_set.items), already_done=already_done,
-                                      chunk_size=result.chunk_size, output=output)
+                                      chunk_size=result.chunk_size, output=output,
+                                      client=c)
                 tasks, to_run = batch.tasks, batch.items
                 result.chunks = batch.plan.chunks
                 events.emit("batch_planned", chunks=batch.plan.chunks,
