@@ -40,6 +40,11 @@ from dagflow.runtime.run import select_items
 from benchmarks.kernels import thumbnail_workflow
 
 def rss_mib():
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 manifest_path, output, mode = sys.argv[1], sys.argv[2], sys.argv[3]

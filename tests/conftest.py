@@ -70,3 +70,12 @@ def _no_html_report(request):
 
     with dask.config.set({"dagflow.monitor.report": False}):
         yield
+    # a client closed out of order can leave Dask's default scheduler pointing at it:
+    # don't let that leak into the next test's plain dask computations
+    from distributed import default_client
+
+    try:
+        default_client()
+    except ValueError:
+        if dask.config.get("scheduler", None) == "dask.distributed":
+            dask.config.config.pop("scheduler", None)

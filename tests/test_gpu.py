@@ -229,8 +229,9 @@ def test_gpu_nodes_run_on_gpu_workers_only(tmp_path):
             "dashboard_address": None}}) as cluster, Client(cluster) as c:
         gpu_worker = next(a for a, w in c.scheduler_info()["workers"].items()
                           if w["resources"].get("GPU"))
-        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c,
-                             progress=False, chunk_size=1)
+        with dask.config.set({"dagflow.monitor.report": True}):
+            result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c,
+                                 progress=False, chunk_size=1)
     assert result.succeeded == 8
     rows = ds.dataset(result.run_dir / "records").to_table().to_pylist()
     blur = [r for r in rows if r["node_id"] == "blur"]

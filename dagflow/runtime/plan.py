@@ -316,7 +316,8 @@ def prepare_batch(
     pixel_limit = _pixel_limit(tasks)
     policy = str(config.get("resources.oversize"))
     ordered = list(tasks.values())
-    tiled_why = chain_problem(ordered) if policy == "tiled" else "oversize: refuse"
+    tiled_why = chain_problem(ordered) if policy == "tiled" else \
+        "dagflow.resources.oversize is 'refuse'"
     runnable: list[Mapping[str, Any]] = []
     refused: list[tuple[Mapping[str, Any], str, int, int, str]] = []
     tiled: list[Mapping[str, Any]] = []
