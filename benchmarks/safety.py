@@ -94,16 +94,20 @@ def run(images: int = 400, items: int = 20_000, repeat: int = 3,
                 measured = interleaved({name: one(*flags) for name, flags in SETTINGS.items()},
                                        repeat, log=lambda s: print(s, flush=True))
             base = measured["neither"].median
+            base_cpu = measured["neither"].cpu
             rows = []
             for name, m in measured.items():
                 rows.append([name, f"{m.median:.2f}", f"{n / m.median:.1f}",
                              fmt_ratio(base / m.median), f"{(m.median / base - 1):+.1%}",
+                             f"{m.cpu:.1f}", f"{(m.cpu / base_cpu - 1):+.1%}",
                              f"{m.spread:.0%}"])
             print_table(f"Safety features, {workload} ({n} items), median of {repeat}",
                         ["setting", "seconds", "items/s", "throughput vs neither",
-                         "cost vs neither", "spread"], rows)
+                         "cost vs neither (wall)", "CPU s", "cost vs neither (CPU)",
+                         "spread"], rows)
             payload["workloads"][workload] = {
                 "items": n, "results": {k: m.as_dict() for k, m in measured.items()},
-                "cost": {k: m.median / base - 1 for k, m in measured.items()}}
+                "cost": {k: m.median / base - 1 for k, m in measured.items()},
+                "cost_cpu": {k: m.cpu / base_cpu - 1 for k, m in measured.items()}}
     print("results:", save_results("safety", payload))
     return payload

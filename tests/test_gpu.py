@@ -240,7 +240,7 @@ def test_gpu_nodes_run_on_gpu_workers_only(tmp_path):
     sharp = [r for r in rows if r["node_id"] == "sharp"]
     assert {(r["device"], r["degraded"]) for r in sharp} == {("cpu", False)}
     assert result.nodes["blur"] == {"ok": 8}
-    report = (result.run_dir / "report.html").read_text()
+    report = result.report().read_text()
     assert "Devices: where each item ran" in report and "cpu-fallback" in report
 
 
