@@ -22,11 +22,17 @@ demo: $(STAMP)
 	  rc=$$?; if [ $$rc -gt 1 ]; then exit $$rc; fi
 	@echo "outputs and records: out/demo (report and run directory under out/demo/_dagflow/runs)"
 
-# The whole suite, slow tests included (what CI runs).
+# The whole suite, slow tests included (what CI runs). The two tests that measure worker
+# deaths and memory under load run in a process of their own, after the rest: in one
+# long process they were seen to hang on state left by earlier tests (under
+# investigation, see the closing note of the first landing).
+ISOLATED := tests/test_resources.py::test_memory_limit_holds_under_load_measured_by_sampled_rss \
+	tests/test_recovery.py::test_poison_item_ends_lost_worker_alone
 test: $(STAMP)
 	$(BIN)/ruff check .
 	sh scripts/ensure-chromium.sh
-	$(BIN)/pytest
+	$(BIN)/pytest $(addprefix --deselect ,$(ISOLATED))
+	$(BIN)/pytest $(ISOLATED)
 
 # Everything but the slow tests, for a quick loop while developing.
 test-fast: $(STAMP)
