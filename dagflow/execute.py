@@ -21,7 +21,7 @@ import pickle
 import socket
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from dagflow.image import Image
 from dagflow.monitor import hooks
 from dagflow.recovery.breaker import counts_against_breaker
 from dagflow.recovery.policy import call_with_policy
+from dagflow.recovery.watch import run_watched
 
 __all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "reduce_aggregate", "run_node"]
 
@@ -122,94 +123,121 @@ def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: li
 
 
 def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState) -> ChunkState:
-    """Run ``task`` over every live item of ``chunk``; see the module docstring."""
+    """Run ``task`` over every live item of ``chunk``; see the module docstring.
+
+    The loop runs under :func:`~dagflow.recovery.watch.run_watched`: each item has the
+    node's timeout, watched once for the whole chunk rather than per call.
+    """
     worker = _worker_name()
     records: dict[str, list[dict[str, Any]]] = {}
     for parent in parents:
         records.update(parent.records)
     state = ChunkState(records=records)
     own: list[dict[str, Any]] = []
-    spec = task.op_spec
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
-    consecutive_failures = 0
-    for item in chunk.items:
+    failures = [0]  # consecutive failures that count against the node's breaker
+
+    def step(item: Mapping[str, Any], restart: Callable[[], None]) -> _Step:
+        return _step(task, ctx, item, parents, worker, failures[0], restart)
+
+    def commit(item: Mapping[str, Any], result: _Step) -> None:
+        record, image, blocked, breaker = result
         iid = item["item_id"]
-        blocked = [p.blocked[iid] for p in parents if iid in p.blocked]
-        if blocked:
-            status = _blocked_status(blocked)
-            state.blocked[iid] = status
-            own.append(_record(ctx, task, item, status, worker))
-            continue
-        if consecutive_failures >= task.breaker_failures:
-            state.blocked[iid] = "not_run"
-            own.append(_record(ctx, task, item, "not_run", worker, error_class="breaker",
-                               error_message=f"node {task.id!r} stopped after "
-                                             f"{consecutive_failures} consecutive failures"))
-            continue
-        inputs = [p.images[iid] for p in parents]
-        started = time.time()
-        if task.when is not None and inputs:
-            try:
-                passed = task.when(_condition_fields(inputs[0], item))
-            except Exception as exc:  # a user predicate that raises fails the item
-                passed, exc_info = None, exc
-            if passed is None:
-                state.blocked[iid] = "failed"
-                own.append(_record(ctx, task, item, "failed", worker, error_class="bug",
-                                   error_type=type(exc_info).__name__,
-                                   error_message=f"condition raised: {exc_info}"))
-                continue
-            if not passed:
-                state.blocked[iid] = "skipped"
-                own.append(_record(ctx, task, item, "skipped", worker, started=started))
-                continue
-        if spec.kind == "aggregate":
-            aggregate_inputs.append((item, inputs[0]))
-            continue
-        used: dict[str, Any] = {}
-        outcome = call_with_policy(
-            lambda item=item, inputs=inputs, used=used: _invoke(task, ctx, item, inputs, used),
-            task.policy, timeout=task.timeout,
-        )
-        common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
-                  "cpu_s": outcome.cpu_s, "started": started, "device": used.get("device", "cpu"),
-                  "degraded": used.get("degraded", False)}
-        if outcome.error is not None:
-            state.blocked[iid] = "failed"
-            consecutive_failures += counts_against_breaker(outcome.error_class)
-            exc = outcome.error
-            message = str(exc) or type(exc).__name__
-            if outcome.error_class == "bug":
-                frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-                where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
-                message = f"{message}{where}"
-            own.append(_record(ctx, task, item, "failed", worker,
-                               error_class=outcome.error_class, error_type=type(exc).__name__,
-                               error_message=message[:2000],
-                               reason=getattr(exc, "reason", None), **common))
-            continue
-        consecutive_failures = 0
-        value = outcome.value
-        if spec.kind == "sink":
-            own.append(_record(ctx, task, item, "ok", worker, output_path=str(value),
-                               width=inputs[0].width, height=inputs[0].height, **common))
-        else:
-            if not isinstance(value, Image):
-                value = Image(value) if hasattr(value, "shape") else value
-            if not isinstance(value, Image):
-                state.blocked[iid] = "failed"
-                own.append(_record(ctx, task, item, "failed", worker, error_class="bug",
-                                   error_type="TypeError",
-                                   error_message=f"op {task.op!r} returned {type(value).__name__}, "
-                                                 "not an Image", **common))
-                continue
-            state.images[iid] = value
-            own.append(_record(ctx, task, item, "ok", worker, width=value.width,
-                               height=value.height, **common))
+        if blocked is not None:
+            state.blocked[iid] = blocked
+        if image is not None:
+            if record is None:
+                aggregate_inputs.append((item, image))
+            else:
+                state.images[iid] = image
+        if record is not None:
+            own.append(record)
+        if breaker is True:
+            failures[0] += 1
+        elif breaker is False:
+            failures[0] = 0
+
+    def timed_out(item: Mapping[str, Any], elapsed: float) -> None:
+        state.blocked[item["item_id"]] = "failed"
+        failures[0] += counts_against_breaker("timeout")
+        own.append(_record(ctx, task, item, "failed", worker, error_class="timeout",
+                           error_type="ItemTimeoutError",
+                           error_message=f"no result after {task.timeout:g} s",
+                           attempts=1, duration_s=elapsed, started=time.time() - elapsed))
+
+    run_watched(chunk.items, step, commit, timed_out, task.timeout)
     if aggregate_inputs:
         own.extend(_run_aggregate_map(task, ctx, chunk, aggregate_inputs, worker))
     records[task.id] = own
     return state
+
+
+#: What one item's step yields: its record (``None`` for an aggregate's input), its image
+#: (or the aggregate's input), the status that blocks its descendants, and what it does
+#: to the node's count of consecutive failures (``True`` one more, ``False`` reset).
+_Step = tuple[dict[str, Any] | None, Image | None, str | None, bool | None]
+
+
+def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
+          parents: tuple[ChunkState, ...], worker: str, consecutive_failures: int,
+          restart: Callable[[], None]) -> _Step:
+    """One item through one node; changes nothing shared (see :func:`run_watched`)."""
+    iid = item["item_id"]
+    blocked = [p.blocked[iid] for p in parents if iid in p.blocked]
+    if blocked:
+        status = _blocked_status(blocked)
+        return _record(ctx, task, item, status, worker), None, status, None
+    if consecutive_failures >= task.breaker_failures:
+        return (_record(ctx, task, item, "not_run", worker, error_class="breaker",
+                        error_message=f"node {task.id!r} stopped after "
+                                      f"{consecutive_failures} consecutive failures"),
+                None, "not_run", None)
+    inputs = [p.images[iid] for p in parents]
+    started = time.time()
+    if task.when is not None and inputs:
+        try:
+            passed = task.when(_condition_fields(inputs[0], item))
+        except Exception as exc:  # a user predicate that raises fails the item
+            return (_record(ctx, task, item, "failed", worker, error_class="bug",
+                            error_type=type(exc).__name__,
+                            error_message=f"condition raised: {exc}"), None, "failed", None)
+        if not passed:
+            return _record(ctx, task, item, "skipped", worker, started=started), None, \
+                "skipped", None
+    spec = task.op_spec
+    if spec.kind == "aggregate":
+        return None, inputs[0], None, None
+    used: dict[str, Any] = {}
+    outcome = call_with_policy(lambda: _invoke(task, ctx, item, inputs, used), task.policy,
+                               restart=restart)
+    common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
+              "cpu_s": outcome.cpu_s, "started": started, "device": used.get("device", "cpu"),
+              "degraded": used.get("degraded", False)}
+    if outcome.error is not None:
+        exc = outcome.error
+        message = str(exc) or type(exc).__name__
+        if outcome.error_class == "bug":
+            frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+            where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
+            message = f"{message}{where}"
+        record = _record(ctx, task, item, "failed", worker, error_class=outcome.error_class,
+                         error_type=type(exc).__name__, error_message=message[:2000],
+                         reason=getattr(exc, "reason", None), **common)
+        return record, None, "failed", counts_against_breaker(outcome.error_class) or None
+    value = outcome.value
+    if spec.kind == "sink":
+        return (_record(ctx, task, item, "ok", worker, output_path=str(value),
+                        width=inputs[0].width, height=inputs[0].height, **common),
+                None, None, False)
+    if not isinstance(value, Image):
+        value = Image(value) if hasattr(value, "shape") else value
+    if not isinstance(value, Image):
+        return (_record(ctx, task, item, "failed", worker, error_class="bug",
+                        error_type="TypeError",
+                        error_message=f"op {task.op!r} returned {type(value).__name__}, "
+                                      "not an Image", **common), None, "failed", None)
+    return (_record(ctx, task, item, "ok", worker, width=value.width, height=value.height,
+                    **common), value, None, False)
 
 
 def _blocked_status(blocked: list[str]) -> str:
@@ -300,7 +328,7 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
     if ctx.checkpoint:
         part = os.fspath(Path(ctx.run_dir, "records", f"part-{chunk.index:07d}.parquet"))
         write_records(part, rows)
-    hooks.chunk_done(ctx, rows)
+    hooks.chunk_done(ctx, rows, {i["item_id"]: i.get("size") for i in chunk.items})
     counts: dict[tuple[str, str], int] = {}
     item_status: dict[int, str] = {}
     leaf_status: dict[int, list[str]] = {}

@@ -102,6 +102,46 @@ def test_retry_policy_backoff_and_classification():
     assert outcome.error_class == "bug" and outcome.attempts == 1
 
 
+def test_watched_loop_abandons_only_the_item_past_its_deadline():
+    from dagflow.recovery.watch import run_watched
+
+    release = threading.Event()
+    committed, timed_out, threads = [], [], set()
+
+    def step(item, restart):
+        threads.add(threading.get_ident())
+        if item == "hang":
+            release.wait(10)
+            return "late"  # discarded: its thread was abandoned
+        if item == "slow-retries":
+            for _ in range(3):  # three attempts of 0.2 s each, under a 0.3 s deadline
+                restart()
+                time.sleep(0.2)
+        return item.upper()
+
+    start = time.monotonic()
+    run_watched(["a", "hang", "slow-retries", "b"], step,
+                lambda item, out: committed.append((item, out)),
+                lambda item, elapsed: timed_out.append((item, round(elapsed, 1))), 0.3)
+    assert time.monotonic() - start < 3
+    release.set()
+    time.sleep(0.1)
+    assert committed == [("a", "A"), ("slow-retries", "SLOW-RETRIES"), ("b", "B")]
+    assert [t[0] for t in timed_out] == ["hang"] and timed_out[0][1] >= 0.3
+    assert len(threads) == 2  # one thread for the whole loop, a fresh one after the hang
+    assert threading.get_ident() not in threads
+
+    def broken(item, restart):
+        raise RuntimeError("a bug in the loop itself")
+
+    with pytest.raises(RuntimeError, match="a bug in the loop"):
+        run_watched([1], broken, lambda *a: None, lambda *a: None, 1.0)
+    calls = []
+    run_watched([1, 2], lambda x, r: x, lambda x, out: calls.append(threading.get_ident()),
+                lambda *a: None, None)
+    assert calls == [threading.get_ident()] * 2  # no deadline: the calling thread
+
+
 def test_flaky_succeeds_after_retries_permanent_tried_once_hang_times_out(photos, tmp_path,
                                                                           client):
     _ATTEMPTS.clear()

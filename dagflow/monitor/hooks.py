@@ -31,7 +31,8 @@ from typing import Any
 
 from dagflow import config
 
-__all__ = ["breaker_changed", "chunk_done", "chunk_payload", "enabled", "metric_rows",
+__all__ = ["breaker_changed", "chunk_done", "chunk_payload", "enabled", "metric_columns",
+           "metric_rows",
            "run_finished", "run_started"]
 
 logger = logging.getLogger(__name__)
@@ -210,80 +211,109 @@ def _size(path: Any) -> int | None:
         return None
 
 
-def metric_rows(ctx: Any, rows: Sequence[Mapping[str, Any]],
-                sample: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-    """The metrics of a chunk's records: one row per item and node.
+#: The columns of the records that the metrics carry as they are.
+_RECORD_COLUMNS = ("run_id", "item_id", "rel", "node_id", "op", "status", "error_class",
+                   "attempts", "duration_s", "cpu_s", "started", "worker", "device",
+                   "width", "height")
+
+
+def metric_columns(ctx: Any, rows: Sequence[Mapping[str, Any]],
+                   sample: Mapping[str, Any] | None = None,
+                   sizes: Mapping[int, int] | None = None) -> dict[str, list[Any]]:
+    """The metrics of a chunk's records, column by column: one entry per item and node.
 
     Adds what the records do not say: megapixels, bytes read by source nodes (the input
-    file) and written by sink nodes (the output file), and the worker process's CPU,
-    memory and GPU when the chunk was committed.
+    file's size, from ``sizes`` by item id when the caller knows it, else a ``stat``) and
+    written by sink nodes (the output file), and the worker process's CPU, memory and GPU
+    when the chunk was committed. Built a column at a time: a chunk has thousands of rows
+    and this runs for every one of them.
     """
     sample = sample or {}
-    chunk = min((r["item_id"] for r in rows), default=None)
+    n = len(rows)
+    cols: dict[str, list[Any]] = {k: [r.get(k) for r in rows] for k in _RECORD_COLUMNS}
+    cols["attempts"] = [a or 0 for a in cols["attempts"]]
+    cols["duration_s"] = [float(d or 0.0) for d in cols["duration_s"]]
+    cols["started"] = [float(t or 0.0) for t in cols["started"]]
+    cols["chunk"] = [min(cols["item_id"], default=None)] * n
+    cols["megapixels"] = [(w * h / 1e6) if w and h else None
+                          for w, h in zip(cols["width"], cols["height"], strict=True)]
     state_dir = os.fspath(getattr(ctx, "state_dir", "") or "") or None
-    out = []
-    for r in rows:
-        w, h = r.get("width"), r.get("height")
-        status = r.get("status")
-        kind = _kind(r.get("op") or "")
-        bytes_in = bytes_out = None
-        if status == "ok":
-            if kind == "source":
-                bytes_in = _size(r.get("input_path"))
-            elif kind == "sink":
-                out_path = r.get("output_path")
-                if out_path and not (state_dir and os.fspath(out_path).startswith(state_dir)):
-                    bytes_out = _size(out_path)
-        out.append({
-            "run_id": r.get("run_id"), "chunk": chunk, "item_id": r.get("item_id"),
-            "rel": r.get("rel"),
-            "node_id": r.get("node_id"), "op": r.get("op"), "status": status,
-            "error_class": r.get("error_class"), "attempts": r.get("attempts") or 0,
-            "duration_s": float(r.get("duration_s") or 0.0),
-            "started": float(r.get("started") or 0.0), "worker": r.get("worker"),
-            "device": r.get("device"), "width": w, "height": h,
-            "megapixels": (w * h / 1e6) if w and h else None, "cpu_s": r.get("cpu_s"),
-            "bytes_in": bytes_in, "bytes_out": bytes_out,
-            "sample_worker": sample.get("worker"), "sample_time": sample.get("time"),
-            "worker_cpu": sample.get("cpu"),
-            "worker_memory": sample.get("memory"), "worker_gpu": sample.get("gpu_utilization"),
-        })
-    return out
+    bytes_in: list[int | None] = [None] * n
+    bytes_out: list[int | None] = [None] * n
+    for i, (op, status) in enumerate(zip(cols["op"], cols["status"], strict=True)):
+        if status != "ok":
+            continue
+        kind = _kind(op or "")
+        if kind == "source":
+            r = rows[i]
+            size = sizes.get(r["item_id"]) if sizes else None
+            bytes_in[i] = size if size is not None and size >= 0 else _size(r.get("input_path"))
+        elif kind == "sink":
+            out_path = rows[i].get("output_path")
+            if out_path and not (state_dir and os.fspath(out_path).startswith(state_dir)):
+                bytes_out[i] = _size(out_path)
+    cols["bytes_in"], cols["bytes_out"] = bytes_in, bytes_out
+    for name, key in (("sample_worker", "worker"), ("sample_time", "time"),
+                      ("worker_cpu", "cpu"), ("worker_memory", "memory"),
+                      ("worker_gpu", "gpu_utilization")):
+        cols[name] = [sample.get(key)] * n
+    return cols
 
 
-def chunk_payload(ctx: Any, metrics: Sequence[Mapping[str, Any]], worker: str | None = None,
+def metric_rows(ctx: Any, rows: Sequence[Mapping[str, Any]],
+                sample: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """The metrics of a chunk's records as one dict per item and node
+    (:func:`metric_columns`, row by row)."""
+    cols = metric_columns(ctx, rows, sample)
+    names = list(cols)
+    return [dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True)]
+
+
+def _columns(metrics: Sequence[Mapping[str, Any]] | Mapping[str, list[Any]],
+             *names: str) -> list[list[Any]]:
+    """The named columns of metrics given as rows or as columns."""
+    if isinstance(metrics, Mapping):
+        return [metrics[k] for k in names]
+    return [[m.get(k) for m in metrics] for k in names]
+
+
+def chunk_payload(ctx: Any, metrics: Sequence[Mapping[str, Any]] | Mapping[str, list[Any]],
+                  worker: str | None = None,
                   sample: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The compact, columnar message a chunk sends to the scheduler plugin.
 
-    Per node: ``d`` durations of the items the op ran on, ``s`` counts by status, ``e``
-    counts by error class, ``r`` item retries (attempts beyond the first), ``bi`` / ``bo``
-    bytes read and written, ``mp`` megapixels, ``dev`` counts by device. For the chunk:
-    ``items`` and ``failed`` items. Only msgpack-friendly types.
+    ``metrics`` are :func:`metric_rows` or :func:`metric_columns`. Per node: ``d``
+    durations of the items the op ran on, ``s`` counts by status, ``e`` counts by error
+    class, ``r`` item retries (attempts beyond the first), ``bi`` / ``bo`` bytes read and
+    written, ``mp`` megapixels, ``dev`` counts by device. For the chunk: ``items`` and
+    ``failed`` items. Only msgpack-friendly types.
     """
     nodes: dict[str, dict[str, Any]] = {}
     items: set[Any] = set()
     failed: set[Any] = set()
-    for m in metrics:
-        n = m["node_id"]
+    columns = _columns(metrics, "node_id", "op", "status", "item_id", "duration_s",
+                       "attempts", "device", "error_class", "bytes_in", "bytes_out",
+                       "megapixels")
+    for n, op, status, iid, duration, attempts, device, cls, bi, bo, mp in zip(*columns,
+                                                                              strict=True):
         entry = nodes.get(n)
         if entry is None:
-            entry = nodes[n] = {"op": m.get("op"), "d": [], "s": {}, "e": {}, "r": 0,
+            entry = nodes[n] = {"op": op, "d": [], "s": {}, "e": {}, "r": 0,
                                 "bi": 0, "bo": 0, "mp": 0.0, "dev": {}}
-        status = m["status"]
         entry["s"][status] = entry["s"].get(status, 0) + 1
-        items.add(m["item_id"])
+        items.add(iid)
         if status in ("ok", "failed"):
-            entry["d"].append(round(m["duration_s"], 6))
-            entry["r"] += max(0, int(m.get("attempts") or 0) - 1)
-            if m.get("device"):
-                entry["dev"][m["device"]] = entry["dev"].get(m["device"], 0) + 1
+            entry["d"].append(round(duration, 6))
+            entry["r"] += max(0, int(attempts or 0) - 1)
+            if device:
+                entry["dev"][device] = entry["dev"].get(device, 0) + 1
         if status in ("failed", "upstream_failed"):
-            failed.add(m["item_id"])
-            cls = m.get("error_class") or status
+            failed.add(iid)
+            cls = cls or status
             entry["e"][cls] = entry["e"].get(cls, 0) + 1
-        entry["bi"] += m.get("bytes_in") or 0
-        entry["bo"] += m.get("bytes_out") or 0
-        entry["mp"] += m.get("megapixels") or 0.0
+        entry["bi"] += bi or 0
+        entry["bo"] += bo or 0
+        entry["mp"] += mp or 0.0
     return {"v": 1, "run": getattr(ctx, "run_id", None), "worker": worker, "t": time.time(),
             "items": len(items), "failed": len(failed), "nodes": nodes,
             "res": {k: (sample or {}).get(k) for k in ("cpu", "memory", "gpu_utilization")}}
@@ -298,8 +328,10 @@ def _current_worker() -> Any:
         return None
 
 
-def chunk_done(ctx: Any, rows: Sequence[Mapping[str, Any]]) -> None:
-    """A chunk's records are written (runs on the worker)."""
+def chunk_done(ctx: Any, rows: Sequence[Mapping[str, Any]],
+               sizes: Mapping[int, int] | None = None) -> None:
+    """A chunk's records are written (runs on the worker); ``sizes`` are the input files'
+    sizes by item id, when known."""
     if not rows or not enabled():
         return
     try:
@@ -310,7 +342,7 @@ def chunk_done(ctx: Any, rows: Sequence[Mapping[str, Any]]) -> None:
         worker = _current_worker()
         sample["worker"] = worker.address if worker is not None else \
             f"{socket.gethostname()}:{os.getpid()}"
-        metrics = metric_rows(ctx, rows, sample)
+        metrics = metric_columns(ctx, rows, sample, sizes)
         if getattr(ctx, "run_dir", None):
             write_metrics(ctx.run_dir, metrics)
         if worker is not None:

@@ -32,25 +32,46 @@ def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
-def emit_spans(ctx: Any, metrics: Sequence[Mapping[str, Any]], *, tracer: Any = None) -> int:
+def _configured() -> bool:
+    """Whether the process has a tracer provider of its own (else every span is a no-op)."""
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    return type(provider).__name__ not in ("ProxyTracerProvider", "NoOpTracerProvider")
+
+
+def emit_spans(ctx: Any, metrics: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+               *, tracer: Any = None) -> int:
     """Emit the chunk's spans; returns how many were sent (0 without OpenTelemetry).
 
-    ``tracer`` defaults to ``opentelemetry.trace.get_tracer("dagflow")`` (the process's
-    tracer provider).
+    ``metrics`` are the chunk's metric rows or columns
+    (:func:`dagflow.monitor.hooks.metric_columns`). ``tracer`` defaults to
+    ``opentelemetry.trace.get_tracer("dagflow")`` (the process's tracer provider); when
+    the process configured none, nothing is built.
     """
     if not metrics or not available():
         return 0
     from opentelemetry import trace
 
     if tracer is None:
+        if not _configured():
+            return 0
         tracer = trace.get_tracer("dagflow")
+    names = ("node_id", "op", "status", "item_id", "started", "duration_s")
+    if isinstance(metrics, Mapping):
+        rows = [dict(zip(names, v, strict=True))
+                for v in zip(*(metrics[k] for k in names), strict=True)]
+    else:
+        rows = list(metrics)
+    if not rows:
+        return 0
     by_node: dict[str, list[Mapping[str, Any]]] = {}
-    for m in metrics:
+    for m in rows:
         by_node.setdefault(m["node_id"], []).append(m)
-    timed = [m for m in metrics if m.get("started")]
+    timed = [m for m in rows if m.get("started")]
     start = min((m["started"] for m in timed), default=0.0)
     end = max((m["started"] + m["duration_s"] for m in timed), default=start)
-    items = sorted({m["item_id"] for m in metrics})
+    items = sorted({m["item_id"] for m in rows})
     chunk = tracer.start_span(
         "dagflow.chunk", start_time=_ns(start),
         attributes={"dagflow.run_id": str(getattr(ctx, "run_id", "")),
@@ -58,18 +79,18 @@ def emit_spans(ctx: Any, metrics: Sequence[Mapping[str, Any]], *, tracer: Any = 
                     "dagflow.items": len(items), "dagflow.first_item": int(items[0])})
     parent = trace.set_span_in_context(chunk)
     sent = 1
-    for node, rows in by_node.items():
-        ran = [r for r in rows if r.get("started")]
+    for node, node_rows in by_node.items():
+        ran = [r for r in node_rows if r.get("started")]
         if not ran:
             continue
         n_start = min(r["started"] for r in ran)
         n_end = max(r["started"] + r["duration_s"] for r in ran)
-        failed = sum(r["status"] == "failed" for r in rows)
+        failed = sum(r["status"] == "failed" for r in node_rows)
         span = tracer.start_span(
             "dagflow.node", context=parent, start_time=_ns(n_start),
-            attributes={"dagflow.node": node, "dagflow.op": str(rows[0].get("op")),
-                        "dagflow.items": len(rows), "dagflow.failed": failed,
-                        "dagflow.seconds": float(sum(r["duration_s"] for r in rows))})
+            attributes={"dagflow.node": node, "dagflow.op": str(node_rows[0].get("op")),
+                        "dagflow.items": len(node_rows), "dagflow.failed": failed,
+                        "dagflow.seconds": float(sum(r["duration_s"] for r in node_rows))})
         if failed:
             span.set_status(trace.Status(trace.StatusCode.ERROR, f"{failed} items failed"))
         span.end(end_time=_ns(n_end))

@@ -89,11 +89,18 @@ def write_table(path: str | os.PathLike[str], table: pa.Table) -> Path:
     return path
 
 
-def write_metrics(run_dir: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
-    """Write one chunk's metric rows as a part named after its first and last item."""
-    ids = [r["item_id"] for r in rows]
+def write_metrics(run_dir: str | os.PathLike[str],
+                  metrics: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]) -> Path:
+    """Write one chunk's metrics (rows, or columns by name) as a part named after its
+    first and last item."""
+    if isinstance(metrics, Mapping):
+        ids = list(metrics["item_id"])
+        table = pa.table({f.name: pa.array(metrics[f.name], type=f.type)
+                          for f in METRICS_SCHEMA}, schema=METRICS_SCHEMA)
+    else:
+        ids = [r["item_id"] for r in metrics]
+        table = pa.Table.from_pylist(list(metrics), schema=METRICS_SCHEMA)
     name = f"part-{min(ids):09d}-{max(ids):09d}.parquet"
-    table = pa.Table.from_pylist(list(rows), schema=METRICS_SCHEMA)
     return write_table(metrics_dir(run_dir) / name, table)
 
 

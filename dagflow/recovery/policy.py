@@ -5,7 +5,7 @@ error. :func:`classify` maps an exception to its class (``bad_input``, ``transie
 ``timeout``, ``resource``, ``bug``); :func:`call_with_policy` runs one op call with the
 node's :class:`RetryPolicy`: transient errors are retried with exponential backoff and
 jitter, everything else is tried once, and a per-item timeout keeps a hung item from
-hanging its task.
+hanging its task (:mod:`dagflow.recovery.watch`).
 
 This module runs inside tasks on workers; it imports no Dask.
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import errno
 import random
-import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from dagflow.exceptions import ItemError, ItemTimeoutError, TransientError
+from dagflow.recovery.watch import run_watched
 
 __all__ = ["ERROR_CLASSES", "Outcome", "RetryPolicy", "call_with_policy", "classify"]
 
@@ -134,65 +134,6 @@ class Outcome:
     cpu_s: float = 0.0
 
 
-class _ItemThread(threading.Thread):
-    """Runs op calls, one at a time, for one calling thread (a worker's task thread).
-
-    Handing a call over and back costs two lock releases, about a third of a
-    ``ThreadPoolExecutor`` round trip with its future. A call that times out leaves its
-    thread behind (it cannot be interrupted); the thread ends when the call returns. An
-    idle thread ends within a second of the thread it served.
-    """
-
-    def __init__(self) -> None:
-        super().__init__(name="dagflow-item", daemon=True)
-        self.owner = threading.current_thread()
-        self.go = threading.Lock()
-        self.go.acquire()
-        self.done = threading.Lock()
-        self.done.acquire()
-        self.fn: Callable[[], Any] | None = None
-        self.result: tuple[Any, BaseException | None] = (None, None)
-        self.abandoned = False
-        self.start()
-
-    def run(self) -> None:
-        while True:
-            if not self.go.acquire(timeout=1.0):
-                if self.owner.is_alive():
-                    continue
-                return
-            fn, self.fn = self.fn, None
-            try:
-                self.result = (fn(), None)  # type: ignore[misc]
-            except BaseException as exc:  # handed to the caller, as a future would
-                self.result = (None, exc)
-            if self.abandoned:
-                return
-            self.done.release()
-
-
-_ITEM_THREADS = threading.local()
-
-
-def _call_once(fn: Callable[[], Any], timeout: float | None) -> Any:
-    if timeout is None:
-        return fn()
-    runner: _ItemThread | None = getattr(_ITEM_THREADS, "runner", None)
-    if runner is None:
-        runner = _ITEM_THREADS.runner = _ItemThread()
-    runner.fn = fn
-    runner.go.release()
-    if not runner.done.acquire(timeout=timeout):
-        # The thread cannot be interrupted; it is abandoned and the batch goes on.
-        runner.abandoned = True
-        _ITEM_THREADS.runner = None
-        raise ItemTimeoutError(f"no result after {timeout:g} s") from None
-    (value, error), runner.result = runner.result, (None, None)
-    if error is not None:
-        raise error
-    return value
-
-
 def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and the CPU time its thread spent on it (kept on an exception as ``cpu_s``)."""
     start = time.thread_time()
@@ -209,20 +150,49 @@ def call_with_policy(
     *,
     timeout: float | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    restart: Callable[[], None] | None = None,
 ) -> Outcome:
     """Call ``fn`` for one item under ``policy``; never raises for an item's error.
 
     Transient errors (by :func:`classify`) are retried up to ``policy.attempts`` times
     with backoff; bad input, timeouts, bugs and resource errors are tried once here
     (resource errors are handled by the caller, e.g. by falling back to the CPU).
+
+    Parameters
+    ----------
+    fn
+        The op call for the item.
+    policy
+        The node's retry policy.
+    timeout
+        Seconds per attempt, kept by running the call in a helper thread
+        (:func:`~dagflow.recovery.watch.run_watched`). A loop over many items passes
+        ``restart`` instead and watches the whole loop once.
+    sleep
+        How to wait between attempts.
+    restart
+        Called before each attempt (a watched loop restarts the item's deadline).
     """
+    if timeout is not None:
+        outcome: list[Outcome] = []
+
+        def timed_out(_: Any, elapsed: float) -> None:
+            error = ItemTimeoutError(f"no result after {timeout:g} s")
+            outcome.append(Outcome(error=error, error_class="timeout", duration_s=elapsed))
+
+        run_watched([fn], lambda f, again: call_with_policy(f, policy, sleep=sleep,
+                                                            restart=again),
+                    lambda _, out: outcome.append(out), timed_out, timeout)
+        return outcome[0]
     start = time.perf_counter()
     attempt = 0
     cpu = 0.0
     while True:
         attempt += 1
+        if restart is not None:
+            restart()
         try:
-            value, used = _call_once(lambda: _timed(fn), timeout)
+            value, used = _timed(fn)
             return Outcome(value=value, attempts=attempt, duration_s=time.perf_counter() - start,
                            cpu_s=cpu + used)
         except Exception as exc:

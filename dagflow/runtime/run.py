@@ -267,16 +267,33 @@ class _Runner:
         seq = as_completed()
         in_flight = 0
 
+        #: single items whose worker died under them, tried again alone at the end
+        suspects: collections.deque[Chunk] = collections.deque()
+
         def submit(n: int) -> int:
+            if isolating:
+                return 0
             taken = [pending.popleft() for _ in range(min(n, len(pending)))]
             if taken:
                 self._submit(taken, seq)
             return len(taken)
 
+        def submit_suspect() -> int:
+            # a suspect runs with nothing else in flight, so a worker death is its own
+            nonlocal isolating
+            if in_flight or pending or not suspects or self._open_breakers():
+                return 0
+            isolating = True
+            self._submit([suspects.popleft()], seq)
+            return 1
+
+        isolating = False
+
         while pending and in_flight < window:
             in_flight += submit(min(batch, window - in_flight))
         for future in seq:
             in_flight -= 1
+            isolating = False
             index = future.key[1]
             chunk = self.chunks.pop(index)
             try:
@@ -290,11 +307,13 @@ class _Runner:
                 if len(chunk) == 1 and isinstance(exc, KilledWorker) and \
                         self.lost_worker_tries.get(iid, 0) < self.lost_worker_retries:
                     # a worker death also blames the innocent tasks that shared the worker:
-                    # an item is convicted only when it kills workers on its own again
+                    # the item is tried again alone on the cluster, once everything else
+                    # has finished, and convicted only if it then kills workers by itself
                     self.lost_worker_tries[iid] = self.lost_worker_tries.get(iid, 0) + 1
-                    pending.appendleft(Chunk(self.next_index, chunk.items))
+                    suspects.append(Chunk(self.next_index, chunk.items))
                     self.next_index += 1
-                    in_flight += submit(1)
+                    self.events.emit("suspect", item=iid, tries=self.lost_worker_tries[iid])
+                    in_flight += submit_suspect()
                     continue
                 if len(chunk) > 1:
                     logger.warning("chunk %d failed as a whole (%s: %s); splitting it",
@@ -332,13 +351,15 @@ class _Runner:
                 continue
             if pending and window - in_flight >= min(batch, len(pending)):
                 in_flight += submit(min(batch, window - in_flight))
+            in_flight += submit_suspect()
         if self.probe_failed is not None or self._open_breakers():
             breaker = self.probe_failed or self._open_breakers()[0]
             error = CircuitOpenError(breaker.name, list(breaker.last_errors))
             self.result.stopped = str(error)
-            self.result.not_run += sum(len(c) for c in pending)
+            not_run = sum(len(c) for c in pending) + len(suspects)
+            self.result.not_run += not_run
             self.events.emit("run_stopped", node=breaker.name, reason=str(error),
-                             not_run=sum(len(c) for c in pending))
+                             not_run=not_run)
             for future in list(seq.futures):
                 future.cancel()
 
