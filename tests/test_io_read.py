@@ -561,3 +561,58 @@ def test_transient_error_on_open(tmp_path, monkeypatch):
     monkeypatch.setattr(probe_module, "open", stale, raising=False)
     with pytest.raises(TransientError):
         probe_header(path)
+
+
+def _pillow_probe(path):
+    from dagflow.io.probe import count_frames, open_pillow, pillow_layout
+
+    with open(path, "rb") as fp:
+        im = open_pillow(fp, "jpeg", path)
+        channels, dtype = pillow_layout(im, "jpeg")
+        return {"width": im.size[0], "height": im.size[1], "channels": channels,
+                "dtype": dtype, "orientation": exif_orientation(im.info.get("exif")),
+                "frames": count_frames(im)}
+
+
+def test_fast_jpeg_header_agrees_with_pillow(tmp_path):
+    """The marker walk answers as Pillow would, or leaves the file to Pillow."""
+    from dagflow.io.jpeg_header import jpeg_header
+    from dagflow.testing.exif import exif_block, garbage_exif_block, insert_exif
+
+    rgb = asymmetric_pattern(37, 53)
+    variants = {}
+    for mode in ("RGB", "L", "CMYK"):
+        image = PILImage.fromarray(rgb).convert(mode)
+        for progressive in (False, True):
+            buf = io.BytesIO()
+            image.save(buf, "JPEG", quality=90, progressive=progressive)
+            variants[f"{mode}-{progressive}"] = buf.getvalue()
+    base = variants["RGB-False"]
+    for orientation in range(1, 9):
+        variants[f"exif-{orientation}"] = insert_exif(base, exif_block(orientation))
+    variants["garbage-exif"] = insert_exif(base, garbage_exif_block(3))
+    big = PILImage.fromarray(rgb)
+    buf = io.BytesIO()  # an APP segment past the bytes the walk reads: Pillow's to parse
+    big.save(buf, "JPEG", icc_profile=os.urandom(100_000))
+    variants["big-icc"] = buf.getvalue()
+    buf = io.BytesIO()
+    big.save(buf, "MPO", save_all=True, append_images=[big])
+    variants["mpo"] = buf.getvalue()
+    walked = 0
+    for name, data in variants.items():
+        path = tmp_path / f"{name}.jpg"
+        path.write_bytes(data)
+        fast = jpeg_header(data[:65536])
+        if name in ("big-icc", "mpo"):
+            assert fast is None, name
+        else:
+            walked += 1
+            assert fast == _pillow_probe(path), name
+        probed = probe_header(path)
+        expected = _pillow_probe(path)
+        assert {k: probed[k] for k in expected} == expected, name
+    assert walked == len(variants) - 2
+    # cut anywhere inside its header, a file is left to Pillow (which names the damage)
+    for cut in range(0, 200, 7):
+        header = jpeg_header(base[:cut])
+        assert header is None or cut >= base.index(b"\xff\xda") + 2

@@ -2,9 +2,11 @@
 
 :func:`probe_header` is what the scanner and the memory model call for every item
 before anything is scheduled, so it must stay cheap and safe on hostile files: it
-recognises the format by content, then reads only the header, through Pillow's lazy
-``open`` (no ``load``), tifffile's page tags (no ``asarray``) or, for WebP, a small
-RIFF chunk walker (Pillow's WebP ``open`` would allocate the whole canvas).
+recognises the format by content, then reads only the header: for a JPEG, a walk of
+its markers (:mod:`dagflow.io.jpeg_header`) and, when that cannot tell, Pillow's lazy
+``open`` (no ``load``), as for the other Pillow formats; tifffile's page tags (no
+``asarray``); for WebP, a small RIFF chunk walker (Pillow's WebP ``open`` would allocate
+the whole canvas).
 
 This module owns the header readers shared with :mod:`dagflow.io.read`
 (:func:`open_source`, :func:`open_pillow`, :func:`pillow_layout`, :func:`tiff_layout`,
@@ -30,6 +32,7 @@ from PIL import ImageFile as PILImageFile
 from dagflow.exceptions import BadInputError
 from dagflow.io.errors import decoder_errors, os_error
 from dagflow.io.formats import SNIFF_BYTES, format_from_suffix, sniff_format
+from dagflow.io.jpeg_header import jpeg_header
 from dagflow.io.orient import exif_orientation
 
 __all__ = [
@@ -93,6 +96,10 @@ _PILLOW_MODES: dict[str, tuple[int, str]] = {
 #: PNG raw modes of 16-bit colour, which Pillow would reduce to 8 bits.
 PNG16_RAWMODES = {"RGB;16B": 3, "RGBA;16B": 4, "LA;16B": 2}
 
+#: Bytes read for the fast JPEG header walk (EXIF with a large thumbnail can exceed it:
+#: Pillow then parses the file).
+_JPEG_HEADER_BYTES = 64 * 1024
+
 # TIFF photometric interpretations.
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
 _TIFF_JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
@@ -136,6 +143,8 @@ def probe_header(path: str | PathLike[str]) -> dict[str, Any]:
                 header = tiff_layout(tif)
         elif fmt == "webp":
             header = webp_header(fp)
+        elif fmt == "jpeg" and (fast := jpeg_header(fp.read(_JPEG_HEADER_BYTES))) is not None:
+            header = fast
         else:
             im = open_pillow(fp, fmt, path)
             channels, dtype = pillow_layout(im, fmt)
