@@ -46,6 +46,8 @@ def test_run_json_summary_and_exit_codes(workflow_file, photos, tmp_path):
         assert key in summary
     assert (summary["items"], summary["succeeded"], summary["failed"]) == (12, 12, 0)
     assert Path(summary["run_dir"], "records").is_dir()
+    report = Path(summary["run_dir"], "report.html")  # the command writes the report
+    assert report.stat().st_size > 10_000 and "bokeh" in report.read_text().lower()
     assert "it/s" not in done.stderr and "img/s" not in done.stderr  # no bar off a terminal
 
     (photos / "broken.jpg").write_bytes(b"nope")

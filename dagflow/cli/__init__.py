@@ -99,11 +99,19 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
                   local_options=_local_options(n_workers, threads_per_worker, memory_limit))
         return
 
-    result = run_workflow(
-        workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
-        chunk_size=chunk_size, resume=resume, retry_failed=retry_failed, progress=progress,
-        local_options=_local_options(n_workers, threads_per_worker, memory_limit),
-    )
+    import dask
+
+    from dagflow import config
+
+    # the command writes the run's report at its end unless configured not to
+    report = config.get("monitor.report") in (True, "cli")
+    with dask.config.set({"dagflow.monitor.report": report}):
+        result = run_workflow(
+            workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
+            chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
+            progress=progress,
+            local_options=_local_options(n_workers, threads_per_worker, memory_limit),
+        )
     if as_json:
         click.echo(result.to_json())
     else:

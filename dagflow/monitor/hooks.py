@@ -126,7 +126,7 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
     except Exception as exc:
         logger.warning("could not analyse this run: %s: %s", type(exc).__name__, exc)
         return
-    if config.get("monitor.report", True):
+    if config.get("monitor.report", "cli") is True:  # "cli": the command sets it
         try:
             from dagflow.monitor.report import write_report
 

@@ -326,7 +326,7 @@ def prepare_batch(
     megapixels = [0.0] * len(ids)
     for item in to_run:
         est = model.estimates(item)
-        if model.signature(item) is None:  # unknown size: the decoder's limit guards it
+        if not model.has_header(item):  # unknown size: the decoder's limit guards it
             runnable.append(item)
             for k, e in enumerate(est or ()):
                 megapixels[k] += e.megapixels
