@@ -431,9 +431,6 @@ class NodeEstimate:
         return cls(peak, inputs, output, megapixels, hold, extra, hold + extra)
 
 
-_SIG_KEYS = ("width", "height", "channels", "itemsize", "dtype", "format", "orientation")
-
-
 @dataclass
 class MemoryModel:
     """Per item and node estimates for a resolved workflow.
@@ -460,8 +457,6 @@ class MemoryModel:
     _cache: dict[tuple[Any, ...], tuple[NodeEstimate, ...]] = field(default_factory=dict,
                                                                    repr=False)
     _default: tuple[NodeEstimate, ...] | None = field(default=None, repr=False)
-    _by_item: dict[int, tuple[Mapping[str, Any], tuple[NodeEstimate, ...]]] = field(
-        default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.node_ids = list(self.tasks)
@@ -469,9 +464,12 @@ class MemoryModel:
     @staticmethod
     def signature(item: Mapping[str, Any]) -> tuple[Any, ...] | None:
         """The item's header fields as a cache key (``None`` when its size is unknown)."""
-        if not item.get("width") or not item.get("height"):
+        get = item.get  # spelled out: planning calls this for every item
+        width, height = get("width"), get("height")
+        if not width or not height:
             return None
-        return tuple(item.get(k) for k in _SIG_KEYS)
+        return (width, height, get("channels"), get("itemsize"), get("dtype"), get("format"),
+                get("orientation"))
 
     def _estimate(self, header: Mapping[str, Any]) -> tuple[NodeEstimate, ...]:
         outputs: dict[str, dict[str, Any]] = {}
@@ -514,25 +512,14 @@ class MemoryModel:
     def estimates(self, item: Mapping[str, Any]) -> tuple[NodeEstimate, ...] | None:
         """One :class:`NodeEstimate` per node for ``item``; without a header, the default
         (:meth:`set_default`) or ``None``."""
-        # planning asks for every item's estimates several times (oversize, chunk cut,
-        # peaks, annotations): remembered per item object, which the memo keeps alive
-        hit = self._by_item.get(id(item))
-        if hit is not None and hit[0] is item:
-            return hit[1]
         sig = self.signature(item)
         if sig is None:
-            return self._default  # changes with set_default: not remembered
+            return self._default
         cached = self._cache.get(sig)
         if cached is None:
             cached = self._estimate(header_fields(item))  # type: ignore[arg-type]
             self._cache[sig] = cached
-        self._by_item[id(item)] = (item, cached)
         return cached
-
-    def has_header(self, item: Mapping[str, Any]) -> bool:
-        """Whether ``item`` has the header fields its estimates are computed from."""
-        hit = self._by_item.get(id(item))
-        return (hit is not None and hit[0] is item) or self.signature(item) is not None
 
     def set_default(self, items: Iterable[Mapping[str, Any]], limit: float | None = None
                     ) -> None:
@@ -540,10 +527,15 @@ class MemoryModel:
         items above ``limit`` bytes: those are refused or tiled, not typical)."""
         best: tuple[NodeEstimate, ...] | None = None
         best_peak = -1
+        seen: set[int] = set()
         for item in items:
-            if not self.has_header(item):
+            sig = self.signature(item)
+            if sig is None:
                 continue
-            est = self.estimates(item) or ()
+            est = self._cache.get(sig) or self.estimates(item) or ()
+            if id(est) in seen:  # items share their estimates: each tuple once
+                continue
+            seen.add(id(est))
             peak = max((e.single for e in est), default=0)
             if est and peak > best_peak and (not limit or peak <= limit):
                 best, best_peak = est, peak
@@ -579,8 +571,8 @@ class MemoryModel:
         return {nid: hold[k] + extra[k] for k, nid in enumerate(self.node_ids)}
 
     def make_chunks(self, items: Sequence[Mapping[str, Any]], size: int, limit: float | None,
-                    *, start: int = 0, make: Callable[[int, tuple], Any] | None = None
-                    ) -> list[Any]:
+                    *, start: int = 0, make: Callable[[int, tuple], Any] | None = None,
+                    peaks: dict[int, dict[str, int]] | None = None) -> list[Any]:
         """Group consecutive ``items`` into chunks of at most ``size`` items whose every
         node's task estimate stays within ``limit`` bytes (a single item always makes a
         chunk, however large).
@@ -589,6 +581,9 @@ class MemoryModel:
         ----------
         make
             ``make(index, items) -> chunk``; default :class:`dagflow.compile.Chunk`.
+        peaks
+            Filled, when given and ``limit`` is set, with each chunk's :meth:`chunk_peaks`
+            by chunk index (computed on the way, at no extra cost).
         """
         if make is None:
             from dagflow.compile.spec import Chunk
@@ -605,14 +600,26 @@ class MemoryModel:
         count = 0
         hold = [0] * n
         extra = [0] * n
+
+        def close(end: int) -> None:
+            index = start + len(chunks)
+            chunks.append(make(index, tuple(items[first:end])))
+            if peaks is not None:
+                peaks[index] = {nid: hold[k] + extra[k] for k, nid in enumerate(self.node_ids)}
+
         for pos, item in enumerate(items):
             est = self.estimates(item) or ()
             if count:
-                fits = count < size and all(
-                    hold[k] + est[k].hold + max(extra[k], est[k].extra) <= limit
-                    for k in range(len(est)))
+                fits = count < size
+                if fits:  # a plain loop: this runs for every item of a batch
+                    for k in range(len(est)):
+                        e = est[k]
+                        if hold[k] + e.hold + (extra[k] if extra[k] > e.extra else e.extra) \
+                                > limit:
+                            fits = False
+                            break
                 if not fits:
-                    chunks.append(make(start + len(chunks), tuple(items[first:pos])))
+                    close(pos)
                     first, count, hold, extra = pos, 0, [0] * n, [0] * n
             count += 1
             for k in nodes if est else ():
@@ -621,5 +628,5 @@ class MemoryModel:
                 if e.extra > extra[k]:
                     extra[k] = e.extra
         if count:
-            chunks.append(make(start + len(chunks), tuple(items[first:])))
+            close(len(items))
         return chunks

@@ -31,6 +31,7 @@ from dagflow.resources import (
     worker_budget,
 )
 from dagflow.runtime.capacity import ClusterCapacity, WorkerCapacity, local_capacity
+from dagflow.compile.chunking import taper
 from dagflow.runtime.plan import prepare_batch
 from dagflow.testing import photo_like
 
@@ -198,6 +199,17 @@ def test_memory_annotations_only_when_memory_can_bind():
             need = tight.chunk_annotations(task, c)["resources"][MEMORY]
             assert need <= 1200 * MiB  # never more than the largest worker advertises
             assert need == min(tight.model.chunk_peaks(c.items)[nid], 1200 * MiB)
+    # the run reuses the plan's cut; tapered (renumbered) chunks get their own peaks
+    mixed = [*items_of(8), *items_of(8, 400, 300)]
+    for k, item in enumerate(mixed):
+        item["item_id"] = k
+    tight = prepare_batch(BLUR, tasks, mixed, capacity(600 * MiB, 1200 * MiB),
+                          chunk_size=8, probe=False)
+    cut = tight.make_chunks(tight.items, 8)
+    assert [c.items for c in cut] == [c.items for c in tight.make_chunks(tight.items, 8)]
+    for c in taper(cut, 4):
+        need = tight.chunk_annotations(tight.tasks["blur"], c)["resources"][MEMORY]
+        assert need == min(tight.model.chunk_peaks(c.items)["blur"], 1200 * MiB)
 
 
 def test_static_resources_for_gpu_and_concurrency():

@@ -175,6 +175,13 @@ class BatchPlan:
         return "\n".join(lines)
 
 
+def _chunk_key(chunk: Chunk) -> tuple[int, int]:
+    """A chunk's items, identified (chunks are runs of consecutive items; tapering and
+    bisection renumber them)."""
+    first = chunk.items[0] if chunk.items else None
+    return (first.get("item_id", id(first)) if first is not None else -1, len(chunk))
+
+
 @dataclass
 class Batch:
     """A run's decisions (see the module docstring); built by :func:`prepare_batch`."""
@@ -190,12 +197,28 @@ class Batch:
     refused: list[tuple[Mapping[str, Any], str, int, int, str]]
     tiled: list[Mapping[str, Any]]
     plan: BatchPlan
-    _peaks: dict[int, dict[str, int]] = field(default_factory=dict, repr=False)
+    #: each chunk's task peaks per node, by :func:`_chunk_key`
+    _peaks: dict[tuple[int, int], dict[str, int]] = field(default_factory=dict, repr=False)
+
+    _cut: tuple[int, int, list[Chunk]] | None = field(default=None, repr=False)
 
     def make_chunks(self, items: Sequence[Mapping[str, Any]], size: int,
                     *, start: int = 0) -> list[Chunk]:
-        """Chunks of at most ``size`` items within the task memory limit."""
-        return self.model.make_chunks(items, size, self.task_limit or None, start=start)
+        """Chunks of at most ``size`` items within the task memory limit.
+
+        The batch's own items are cut once (for the plan) and the run reuses that cut;
+        each chunk's peaks are kept for its ``MEMORY`` annotations."""
+        if start == 0 and self._cut is not None and self._cut[:2] == (id(items), size):
+            return list(self._cut[2])
+        by_index: dict[int, dict[str, int]] = {}
+        chunks = self.model.make_chunks(items, size, self.task_limit or None, start=start,
+                                        peaks=by_index)
+        for chunk in chunks:
+            if chunk.index in by_index:
+                self._peaks[_chunk_key(chunk)] = by_index[chunk.index]
+        if start == 0 and items is self.items:
+            self._cut = (id(items), size, chunks)
+        return chunks
 
     def annotations(self, base: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
         """Per node: ``base`` (retries) plus its static resources (GPU, concurrency)."""
@@ -226,10 +249,11 @@ class Batch:
         """``MEMORY`` for ``task`` over ``chunk``: its estimate, at most the largest budget."""
         if not self.annotate_memory:
             return {}
-        peaks = self._peaks.get(chunk.index)
+        key = _chunk_key(chunk)
+        peaks = self._peaks.get(key)
         if peaks is None:
             peaks = self.model.chunk_peaks(chunk.items)
-            self._peaks[chunk.index] = peaks
+            self._peaks[key] = peaks
         need = min(max(1, peaks.get(task.id, 0)), self.capacity.max_budget)
         return Resources(memory=need).annotations()
 
@@ -303,7 +327,7 @@ def prepare_batch(
     model = MemoryModel(tasks)
     probed: dict[str, int] = {}
     if probe and to_run:
-        lacking = sum(1 for item in to_run if header_fields(item) is None)
+        lacking = sum(1 for item in to_run if not item.get("width") or not item.get("height"))
         if client is not None and lacking > int(config.get("resources.probe-limit")):
             probed = probe_on_cluster(client, to_run)
         elif lacking:
@@ -324,15 +348,20 @@ def prepare_batch(
     oversize_rows: list[dict[str, Any]] = []
     ids = list(tasks)
     megapixels = [0.0] * len(ids)
+    worst_of: dict[int, tuple[str, int]] = {}  # per estimates tuple (items share them)
     for item in to_run:
         est = model.estimates(item)
-        if not model.has_header(item):  # unknown size: the decoder's limit guards it
+        if not item.get("width") or not item.get("height"):  # unknown size: the decoder's
+            # limit guards it
             runnable.append(item)
             for k, e in enumerate(est or ()):
                 megapixels[k] += e.megapixels
             continue
-        k_worst = max(range(len(est)), key=lambda k: est[k].single)  # type: ignore[index]
-        node, peak = ids[k_worst], est[k_worst].single  # type: ignore[index]
+        worst = worst_of.get(id(est))
+        if worst is None:
+            k_worst = max(range(len(est)), key=lambda k: est[k].single)
+            worst = worst_of[id(est)] = (ids[k_worst], est[k_worst].single)
+        node, peak = worst
         over_memory = annotate and peak > budget
         pixels = int(item.get("width") or 0) * int(item.get("height") or 0)
         over_pixels = pixel_limit is not None and pixels > pixel_limit
@@ -381,7 +410,8 @@ def prepare_batch(
                   node_resources=node_resources, refused=refused, tiled=tiled,
                   plan=None)  # type: ignore[arg-type]
     chunks = batch.make_chunks(runnable, size)  # within the task limit
-    peaks = _largest_tasks(model, chunks)
+    peaks = _largest_tasks(model, chunks, {c.index: batch._peaks.get(_chunk_key(c))
+                                           for c in chunks})
     largest = max(peaks.values(), default=0)
     # MEMORY restrictions only where they can hold a task back: a worker running its
     # largest tasks on every thread would exceed its budget. Elsewhere they would only
@@ -439,11 +469,13 @@ def probe_on_cluster(client: Any, items: Sequence[dict[str, Any]], *,
             "on_workers": len(lacking)}
 
 
-def _largest_tasks(model: MemoryModel, chunks: Sequence[Chunk]) -> dict[str, int]:
-    """Per node, the largest task estimate over ``chunks``."""
+def _largest_tasks(model: MemoryModel, chunks: Sequence[Chunk],
+                   known: Mapping[int, dict[str, int] | None]) -> dict[str, int]:
+    """Per node, the largest task estimate over ``chunks`` (``known`` by chunk index)."""
     peaks = dict.fromkeys(model.node_ids, 0)
     for chunk in chunks:
-        for nid, peak in model.chunk_peaks(chunk.items).items():
+        chunk_peaks = known.get(chunk.index) or model.chunk_peaks(chunk.items)
+        for nid, peak in chunk_peaks.items():
             if peak > peaks[nid]:
                 peaks[nid] = peak
     return peaks
