@@ -86,10 +86,17 @@ def _read_manifest(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     if "path" not in table.column_names:
         raise InputError(f"manifest {str(path)!r} has no 'path' column "
                          f"(columns: {', '.join(table.column_names)})")
-    base, isabs, join = os.fspath(path.parent), os.path.isabs, os.path.join
-    paths = [p if isabs(p) else join(base, p) for p in table.column("path").to_pylist()]
+    # an absolute base: the joined paths are then already what abspath would make them
+    base, isabs = os.path.abspath(path.parent), os.path.isabs
+    prefix = base.rstrip(os.sep) + os.sep
+    paths = [p if isabs(p) else prefix + p for p in table.column("path").to_pylist()]
     extra_cols = [c for c in (*_HEADER_COLUMNS, "size", "mtime_ns") if c in table.column_names]
-    extras = table.select(extra_cols).to_pylist() if extra_cols else [{} for _ in paths]
+    if not extra_cols:
+        return paths, [{} for _ in paths]
+    # column by column, dropping the nulls once here rather than per item later
+    columns = [table.column(c).to_pylist() for c in extra_cols]
+    extras = [{k: v for k, v in zip(extra_cols, values, strict=True) if v is not None}
+              for values in zip(*columns, strict=True)]
     return paths, extras
 
 
@@ -213,12 +220,9 @@ def resolve_inputs(
             except OSError:
                 pass
         rel = path[len(prefix):] if path.startswith(prefix) else os.path.basename(path)
-        item = {"item_id": len(items), "path": path,
-                "rel": rel if posix else Path(rel).as_posix(),
-                "size": size, "mtime_ns": mtime, "key": item_key(path, size, mtime)}
-        if extra:
-            item.update({k: v for k, v in extra.items()
-                         if k in _HEADER_COLUMNS and v is not None})
-        items.append(item)
+        # a manifest's header columns first: the keys after them take precedence
+        items.append({**extra, "item_id": len(items), "path": path,
+                      "rel": rel if posix else Path(rel).as_posix(),
+                      "size": size, "mtime_ns": mtime, "key": item_key(path, size, mtime)})
     return InputSet(Path(base), items, ", ".join(map(os.fspath, specs)))
 
