@@ -165,7 +165,13 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
                            error_message=f"no result after {task.timeout:g} s",
                            attempts=1, duration_s=elapsed, started=time.time() - elapsed))
 
-    run_watched(chunk.items, step, commit, timed_out, task.timeout)
+    if task.op_spec.kind == "sink":  # the chunk's outputs made durable together
+        from dagflow.io.atomic import deferred_sync
+
+        with deferred_sync():
+            run_watched(chunk.items, step, commit, timed_out, task.timeout)
+    else:
+        run_watched(chunk.items, step, commit, timed_out, task.timeout)
     if aggregate_inputs:
         own.extend(_run_aggregate_map(task, ctx, chunk, aggregate_inputs, worker))
     records[task.id] = own

@@ -334,3 +334,33 @@ def test_umask_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+def test_deferred_sync_makes_a_block_durable_at_its_end(tmp_path, monkeypatch):
+    import os as _os
+
+    from dagflow.io import atomic
+
+    synced = []
+    real_fsync = _os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    atomic.atomic_write(tmp_path / "alone.txt", b"x")
+    assert len(synced) == 2  # the file, then its directory
+    synced.clear()
+    with atomic.deferred_sync():
+        for k in range(10):
+            atomic.atomic_write(tmp_path / "out" / f"{k}.txt", str(k).encode())
+        assert synced == []  # nothing flushed while the block runs
+    if atomic._syncfs() is not None:
+        assert synced == []  # one syncfs of the filesystem instead of 20 fsyncs
+    else:
+        assert len(synced) == 11
+    assert [(tmp_path / "out" / f"{k}.txt").read_text() for k in range(10)] == \
+        [str(k) for k in range(10)]
+    # without syncfs: every file and each directory once
+    monkeypatch.setattr(atomic, "_syncfs", lambda: None)
+    synced.clear()
+    with atomic.deferred_sync():
+        for k in range(3):
+            atomic.atomic_write(tmp_path / "more" / f"{k}.txt", b"y")
+    assert len(synced) == 4 and not atomic.find_temporaries(tmp_path)
