@@ -22,10 +22,10 @@ demo: $(STAMP)
 	  rc=$$?; if [ $$rc -gt 1 ]; then exit $$rc; fi
 	@echo "outputs and records: out/demo (report and run directory under out/demo/_dagflow/runs)"
 
-# The whole suite, slow tests included (what CI runs). The two tests that measure worker
-# deaths and memory under load run in a process of their own, after the rest: in one
-# long process they were seen to hang on state left by earlier tests (under
-# investigation, see the closing note of the first landing).
+# The whole suite, slow tests included (what CI runs). Two tests run in a process of
+# their own, after the rest: the one that measures workers' memory under load (in the
+# long process it was seen to wait past its timeout, cause not found yet) and the one
+# that kills workers with a poison image (it wants the machine to itself).
 ISOLATED := tests/test_resources.py::test_memory_limit_holds_under_load_measured_by_sampled_rss \
 	tests/test_recovery.py::test_poison_item_ends_lost_worker_alone
 test: $(STAMP)

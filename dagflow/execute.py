@@ -115,11 +115,32 @@ def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: li
     params = {k: v for k, v in task.params.items() if k != "subdir"}
     if spec.kind == "source":
         args: tuple[Any, ...] = (item["path"],)
+        guard = item.get("guard_pixels")  # planned without its header: see plan.py
+        if guard and spec.param("max_pixels") is not None:
+            limit = params.get("max_pixels")
+            if limit is None or guard < limit:
+                return _guarded_source(spec, task, args, params, guard, used)
     elif spec.kind == "sink":
         args = (inputs[0], _sink_dest(ctx, task, item))
     else:
         args = tuple(inputs)
     return call(spec, task.device, args, params, used)
+
+
+def _guarded_source(spec: Any, task: NodeTask, args: tuple[Any, ...], params: dict[str, Any],
+                    guard: int, used: dict[str, Any] | None) -> Any:
+    """A source op under the pixel limit of an item planned without its header."""
+    from dagflow.exceptions import OversizeError
+    from dagflow.ops.dispatch import call
+
+    try:
+        return call(spec, task.device, args, {**params, "max_pixels": guard}, used)
+    except OversizeError as exc:
+        raise OversizeError(
+            f"{exc}; this limit is the smallest worker's memory budget over the bytes per "
+            "pixel of the largest sampled image (the batch was too large to read every "
+            "header before it ran): run again with --retry-failed, and it is planned from "
+            "its own header, tiled or refused with its estimate") from None
 
 
 def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState) -> ChunkState:

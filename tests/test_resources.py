@@ -18,6 +18,7 @@ from PIL import Image as PILImage
 import dagflow
 from dagflow import Node, Workflow
 from dagflow.compile import node_tasks
+from dagflow.compile.chunking import taper
 from dagflow.image import Image
 from dagflow.io import probe_header
 from dagflow.ops import get_op
@@ -31,7 +32,6 @@ from dagflow.resources import (
     worker_budget,
 )
 from dagflow.runtime.capacity import ClusterCapacity, WorkerCapacity, local_capacity
-from dagflow.compile.chunking import taper
 from dagflow.runtime.plan import prepare_batch
 from dagflow.testing import photo_like
 
@@ -381,3 +381,31 @@ def test_large_batches_are_probed_on_the_workers(tmp_path, make_photos, client):
     assert batch.plan.probe == {"probed": 5, "failed": 1, "missing": 1, "on_workers": 6}
     assert all(i["width"] and i["format"] for i in items[:5])
     assert len(batch.items) == 6  # the unreadable one runs, and fails at load with why
+
+
+def test_large_batch_planned_from_a_sample_guards_the_unprobed_items(tmp_path):
+    """Above probe-limit only a sample of headers is read before the run; an unsampled
+    image too large for the workers is refused on the worker before it is decoded."""
+    from distributed import Client, LocalCluster
+
+    from dagflow.testing.badcorpus import _png_bomb
+
+    _write_pngs(tmp_path / "in", 12, (200, 150))
+    (tmp_path / "in" / "00-huge.png").write_bytes(_png_bomb(14000, 14000))  # 196 MB decoded
+    wf = Workflow("g", [Node("load", "load"), Node("save", "save", {"format": "png"},
+                                                   after="load")])
+    settings = {"dagflow.resources.probe-limit": 4, "dagflow.resources.probe-sample": 2}
+    with dask.config.set(settings), \
+            LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB",
+                         dashboard_address=None, host="127.0.0.1") as cluster, \
+            Client(cluster) as c:
+        pids = c.run(os.getpid)
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
+        assert c.run(os.getpid) == pids  # no worker died decoding it
+    rows = {(Path(r["input_path"]).name, r["node_id"]): r
+            for r in ds.dataset(result.run_dir / "records").to_table().to_pylist()}
+    huge = rows[("00-huge.png", "load")]
+    assert (huge["status"], huge["error_class"], huge["reason"]) == (
+        "failed", "bad_input", "oversize")
+    assert "sampled image" in huge["error_message"]
+    assert result.succeeded == 12 and result.failed == 1

@@ -326,14 +326,19 @@ def prepare_batch(
     tasks = resolve_devices(tasks, capacity)
     model = MemoryModel(tasks)
     probed: dict[str, int] = {}
+    sampled = False
     if probe and to_run:
         lacking = sum(1 for item in to_run if not item.get("width") or not item.get("height"))
-        if client is not None and lacking > int(config.get("resources.probe-limit")):
+        over = lacking > int(config.get("resources.probe-limit"))
+        if over and client is not None and config.get("resources.probe-large") == "cluster":
             probed = probe_on_cluster(client, to_run)
         elif lacking:
-            probed = probe_headers(to_run)
+            probed = probe_headers(to_run)  # above the limit: a random sample
+            sampled = over
     budget = capacity.max_budget
     model.set_default(to_run, limit=budget or None)
+    if sampled:
+        probed["guard_pixels"] = _guard_unprobed(model, to_run, capacity.min_budget)
     annotate = capacity.has_memory
     fraction = float(config.get("resources.chunk-memory-fraction"))
     task_limit = int(capacity.min_budget * fraction) if annotate else 0
@@ -425,6 +430,35 @@ def prepare_batch(
                             already_done, oversize_rows,
                             _history_dir(Path(output), history_dir), conditions, probed)
     return batch
+
+
+#: The item key that carries the pixel limit of an item planned without its header.
+GUARD_KEY = "guard_pixels"
+
+
+def _guard_unprobed(model: MemoryModel, items: Sequence[dict[str, Any]], budget: int) -> int:
+    """Give every item still without a header the largest pixel count that fits ``budget``.
+
+    Planned from a sample of headers, the others are estimated like the sample's largest
+    item; an unsampled image far above it could exceed a worker's memory. Its source node
+    refuses it before decoding instead (``oversize``), from this limit: the budget over
+    the sample's largest bytes per pixel. Returns the limit (0: none, when the workers
+    advertise no memory or no item could be probed).
+    """
+    default = model.estimates({})
+    sampled = [i for i in items if i.get("width") and i.get("height")]
+    if not budget or not default or not sampled:
+        return 0
+    worst = max(sampled, key=lambda i: max(e.single for e in model.estimates(i) or ()) /
+                max(1, int(i["width"]) * int(i["height"])))
+    per_pixel = max(e.single for e in model.estimates(worst) or ()) / \
+        max(1, int(worst["width"]) * int(worst["height"]))
+    guard = int(budget / per_pixel) if per_pixel > 0 else 0
+    if guard:
+        for item in items:
+            if not item.get("width") or not item.get("height"):
+                item[GUARD_KEY] = guard
+    return guard
 
 
 def _probe_paths(paths: list[str]) -> list[dict[str, Any] | None]:
@@ -542,6 +576,11 @@ def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], peaks: dict
         missing = [nid for nid in ids if nid not in est]
         if missing:
             notes.append(f"no history for {', '.join(missing)}: not in the duration")
+    if probed.get("guard_pixels"):
+        notes.append(f"headers read for a random sample of {probed['probed']} items; the "
+                     f"other {probed.get('missing', 0)} are estimated from it and refused on "
+                     f"the workers above {probed['guard_pixels']:,} pixels (what fits the "
+                     "smallest worker budget)")
     if probed.get("failed"):
         notes.append(f"{probed['failed']} items could not be probed (they will fail at load "
                      "with the reason)")
