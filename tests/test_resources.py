@@ -375,7 +375,8 @@ def test_large_batches_are_probed_on_the_workers(tmp_path, make_photos, client):
     (tmp_path / "in" / "bad.jpg").write_bytes(b"not an image")
     items = [{**items_of(1)[0], "item_id": i, "path": str(p), "width": None, "height": None}
              for i, p in enumerate([*paths, tmp_path / "in" / "bad.jpg"])]
-    with dask.config.set({"dagflow.resources.probe-limit": 2}):
+    with dask.config.set({"dagflow.resources.probe-limit": 2,
+                          "dagflow.resources.probe-large": "cluster"}):
         batch = prepare_batch(BLUR, node_tasks(BLUR), items, capacity(8000 * MiB),
                               client=client)
     assert batch.plan.probe == {"probed": 5, "failed": 1, "missing": 1, "on_workers": 6}
