@@ -117,16 +117,19 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
                 _write_scheduler_data(ctx.run_dir, data)
             except Exception as exc:
                 logger.warning("could not write the scheduler's measurements: %s", exc)
+    report = config.get("monitor.report", "cli") is True  # "cli": the command sets it
     try:
         from dagflow.monitor import history
         from dagflow.monitor.analysis import analyze
 
-        analysis = analyze(ctx.run_dir, duration_s=getattr(result, "duration_s", None))
+        # the whole analysis only for the report; the history needs the node figures
+        analysis = analyze(ctx.run_dir, duration_s=getattr(result, "duration_s", None)) \
+            if report else None
         history.append_run(ctx.run_dir, analysis=analysis)
     except Exception as exc:
         logger.warning("could not analyse this run: %s: %s", type(exc).__name__, exc)
         return
-    if config.get("monitor.report", "cli") is True:  # "cli": the command sets it
+    if report:
         try:
             from dagflow.monitor.report import write_report
 
