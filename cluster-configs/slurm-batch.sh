@@ -30,7 +30,7 @@ OUTPUT=${OUTPUT:?set OUTPUT to the output directory}
 WORKERS_PER_NODE=4
 # source /shared/envs/dagflow/bin/activate
 
-export MALLOC_MMAP_THRESHOLD_=65536 MALLOC_TRIM_THRESHOLD_=0
+export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=134217728
 SCHEDULER_FILE="$OUTPUT/_dagflow/scheduler-${SLURM_JOB_ID}.json"
 mkdir -p "$(dirname "$SCHEDULER_FILE")"
 rm -f "$SCHEDULER_FILE"

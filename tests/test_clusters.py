@@ -278,7 +278,7 @@ def test_jobqueue_profiles_render_job_scripts(name, worker, resources, directive
     assert worker + " tcp://10.0.0.1:8786" in command
     assert resources in command
     assert directive in script
-    assert "export MALLOC_MMAP_THRESHOLD_=65536" in script
+    assert "export MALLOC_MMAP_THRESHOLD_=33554432" in script
     assert "distributed.cli" not in script
     if name == "slurm-tls":
         assert "--protocol tls://" in command
