@@ -235,3 +235,11 @@ def test_opentelemetry_spans(tmp_path):
     assert names == ["dagflow.chunk"] + ["dagflow.node"] * 4
     chunk = next(s for s in spans if s.name == "dagflow.chunk")
     assert all(s.parent.span_id == chunk.context.span_id for s in spans if s is not chunk)
+    # the columns a worker builds give the same spans
+    from dagflow.monitor.hooks import metric_columns
+
+    exporter.clear()
+    assert otel.emit_spans(ctx, metric_columns(ctx, rows), tracer=tracer) == 5
+    again = exporter.get_finished_spans()
+    assert sorted((s.name, s.attributes.get("dagflow.items")) for s in again) == \
+        sorted((s.name, s.attributes.get("dagflow.items")) for s in spans)

@@ -14,7 +14,10 @@ c = get_config()  # noqa: F821  (provided by the gateway when it loads this file
 
 c.ClusterConfig.scheduler_cmd = ["dask", "scheduler", "--preload", "dagflow.monitor.preload"]
 c.ClusterConfig.worker_cmd = ["dask", "worker"]
-c.ClusterConfig.environment = {"MALLOC_MMAP_THRESHOLD_": "33554432", "MALLOC_TRIM_THRESHOLD_": "134217728"}
+c.ClusterConfig.environment = {
+    "MALLOC_MMAP_THRESHOLD_": "33554432",
+    "MALLOC_TRIM_THRESHOLD_": "134217728",
+}
 
 
 def options_handler(options):
