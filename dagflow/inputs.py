@@ -162,7 +162,9 @@ def resolve_inputs(
         text = os.fspath(spec)
         p = Path(text).expanduser()
         if p.is_dir():
-            found = _scan_directory(p)
+            # from its absolute path: the paths found are then already absolute and
+            # normal, and skip abspath below
+            found = _scan_directory(Path(os.path.abspath(p)))
             roots.append(p)
         elif p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
             found, manifest_extras = _read_manifest(p)
