@@ -185,9 +185,11 @@ def resolve_inputs(
         raise InputError(f"no images found in {', '.join(map(os.fspath, specs))} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     abspath = os.path.abspath
-    # an absolute path without "//", "/." or a trailing "/" is already what abspath returns
-    absolute = [p if p[:1] == "/" and p[-1:] != "/" and "//" not in p and "/." not in p
-                else abspath(p) for p in map(os.fspath, paths)]
+    # an absolute path without "//", "/./", "/../" or a trailing "/", "/." or "/.." is
+    # already what abspath returns (".data/" is a name, not a "." component)
+    absolute = [p if p[:1] == "/" and "//" not in p and "/./" not in p and "/../" not in p
+                and not p.endswith(("/", "/.", "/..")) else abspath(p)
+                for p in map(os.fspath, paths)]
     if exclude is not None:
         skip = os.path.abspath(exclude)
         if any(os.path.abspath(r) == skip for r in roots):

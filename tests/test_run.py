@@ -172,3 +172,27 @@ def test_outputs_inside_the_input_tree_are_never_inputs(photos, tmp_path, client
     assert first.items == again.items == 12 and again.executed == 0
     with pytest.raises(dagflow.InputError, match="also an input directory"):
         run(THUMBS, photos, photos, client)
+
+
+def test_resolved_paths_are_normal_and_absolute(tmp_path, monkeypatch):
+    """Every spelling of an input resolves to the one absolute, normal path (checked
+    against os.path.abspath), dot-directories included."""
+    from dagflow.inputs import resolve_inputs
+
+    root = tmp_path / ".data" / "in"
+    (root / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "sub/b.jpg"):
+        (root / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    spellings = [f"{root}/sub/../a.jpg", f"{root}/./sub/b.jpg", f"{root}//a.jpg",
+                 ".data/in/sub/b.jpg", f"{root}/sub/b.jpg"]
+    items = resolve_inputs(spellings, root=root).items
+    assert [i["path"] for i in items] == [os.path.abspath(f"{root}/a.jpg"),
+                                         os.path.abspath(f"{root}/sub/b.jpg")]
+    assert [i["rel"] for i in items] == ["a.jpg", "sub/b.jpg"]
+    scanned = resolve_inputs(".data/in").items  # a relative directory, a dot-directory
+    assert [i["path"] for i in scanned] == [str(root / "a.jpg"), str(root / "sub" / "b.jpg")]
+    manifest = root / "m.csv"
+    manifest.write_text("path\n./a.jpg\nsub/b.jpg\nsub/../a.jpg\n")
+    listed = resolve_inputs(str(manifest)).items
+    assert [i["path"] for i in listed] == [str(root / "a.jpg"), str(root / "sub" / "b.jpg")]

@@ -59,6 +59,27 @@ def _nan_to_none(x: Any) -> Any:
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
+_STATS_COLUMNS = ("item_id", "node_id", "op", "status", "attempts", "duration_s", "started",
+                  "megapixels", "bytes_in", "bytes_out")
+
+
+def _metric_rows(run_dir: str | os.PathLike[str]) -> Any:
+    """The node-figure columns of a run's metrics parts (``None`` without any, or when
+    a part is unreadable)."""
+    from dagflow.monitor.store import METRICS_SCHEMA, metrics_dir, read_parts
+
+    parts = sorted(metrics_dir(run_dir).glob("part-*.parquet"))
+    if not parts:
+        return None
+    table = read_parts(parts, METRICS_SCHEMA)
+    if table is None or table.num_rows == 0:
+        return None
+    df = table.select(list(_STATS_COLUMNS)).to_pandas()
+    for col in ("duration_s", "started"):
+        df[col] = df[col].astype(float).fillna(0.0)
+    return df.drop_duplicates(["item_id", "node_id"], keep="last").reset_index(drop=True)
+
+
 def append_run(run_dir: str | os.PathLike[str], *,
                history_dir: str | os.PathLike[str] | None = None,
                analysis: Any = None) -> Path | None:
@@ -74,7 +95,11 @@ def append_run(run_dir: str | os.PathLike[str], *,
     if analysis is not None:
         df, plan, stats = analysis.rows, analysis.plan, analysis.nodes
     else:
-        df = load_rows(run_dir)
+        # the metrics parts carry every column the node figures need: read those alone
+        # (the records beside them hold the same rows with their paths and messages)
+        df = _metric_rows(run_dir)
+        if df is None:
+            df = load_rows(run_dir)
         plan = load_plan(run_dir)
         stats = node_stats(df, order=list(plan.get("nodes", {}))) if len(df) else None
     if df.empty or stats is None:
