@@ -529,10 +529,9 @@ class MemoryModel:
         best_peak = -1
         seen: set[int] = set()
         for item in items:
-            sig = self.signature(item)
-            if sig is None:
+            if self.signature(item) is None:
                 continue
-            est = self._cache.get(sig) or self.estimates(item) or ()
+            est = self.estimates(item) or ()
             if id(est) in seen:  # items share their estimates: each tuple once
                 continue
             seen.add(id(est))

@@ -57,12 +57,11 @@ def emit_spans(ctx: Any, metrics: Sequence[Mapping[str, Any]] | Mapping[str, Seq
         if not _configured():
             return 0
         tracer = trace.get_tracer("dagflow")
+    from dagflow.monitor.hooks import _columns
+
     names = ("node_id", "op", "status", "item_id", "started", "duration_s")
-    if isinstance(metrics, Mapping):
-        rows = [dict(zip(names, v, strict=True))
-                for v in zip(*(metrics[k] for k in names), strict=True)]
-    else:
-        rows = list(metrics)
+    rows = [dict(zip(names, v, strict=True))
+            for v in zip(*_columns(metrics, *names), strict=True)]
     if not rows:
         return 0
     by_node: dict[str, list[Mapping[str, Any]]] = {}

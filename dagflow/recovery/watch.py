@@ -35,11 +35,10 @@ def _no_restart() -> None:
 class _Watch:
     """The loop's shared state: which item is running since when, and which thread owns it."""
 
-    def __init__(self, start: int, total: int) -> None:
+    def __init__(self) -> None:
         self.lock = threading.Lock()
         self.finished = threading.Event()
-        self.index = start
-        self.total = total
+        self.index = 0
         self.since = time.monotonic()
         self.generation = 0
         self.error: BaseException | None = None
@@ -97,7 +96,7 @@ def run_watched(
         return
     if not items:
         return
-    watch = _Watch(0, len(items))
+    watch = _Watch()
     context = contextvars.copy_context()  # ops may ask for their worker (a context var)
 
     def loop(generation: int, start: int) -> None:

@@ -200,7 +200,8 @@ class Batch:
     #: each chunk's task peaks per node, by :func:`_chunk_key`
     _peaks: dict[tuple[int, int], dict[str, int]] = field(default_factory=dict, repr=False)
 
-    _cut: tuple[int, int, list[Chunk]] | None = field(default=None, repr=False)
+    #: the batch's own items as cut for the plan: (size, chunks)
+    _cut: tuple[int, list[Chunk]] | None = field(default=None, repr=False)
 
     def make_chunks(self, items: Sequence[Mapping[str, Any]], size: int,
                     *, start: int = 0) -> list[Chunk]:
@@ -208,16 +209,17 @@ class Batch:
 
         The batch's own items are cut once (for the plan) and the run reuses that cut;
         each chunk's peaks are kept for its ``MEMORY`` annotations."""
-        if start == 0 and self._cut is not None and self._cut[:2] == (id(items), size):
-            return list(self._cut[2])
+        own = start == 0 and items is self.items
+        if own and self._cut is not None and self._cut[0] == size:
+            return list(self._cut[1])
         by_index: dict[int, dict[str, int]] = {}
         chunks = self.model.make_chunks(items, size, self.task_limit or None, start=start,
                                         peaks=by_index)
         for chunk in chunks:
             if chunk.index in by_index:
                 self._peaks[_chunk_key(chunk)] = by_index[chunk.index]
-        if start == 0 and items is self.items:
-            self._cut = (id(items), size, chunks)
+        if own:
+            self._cut = (size, chunks)
         return chunks
 
     def annotations(self, base: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -415,8 +417,7 @@ def prepare_batch(
                   node_resources=node_resources, refused=refused, tiled=tiled,
                   plan=None)  # type: ignore[arg-type]
     chunks = batch.make_chunks(runnable, size)  # within the task limit
-    peaks = _largest_tasks(model, chunks, {c.index: batch._peaks.get(_chunk_key(c))
-                                           for c in chunks})
+    peaks = _largest_tasks(model, chunks, batch._peaks)
     largest = max(peaks.values(), default=0)
     # MEMORY restrictions only where they can hold a task back: a worker running its
     # largest tasks on every thread would exceed its budget. Elsewhere they would only
@@ -445,14 +446,11 @@ def _guard_unprobed(model: MemoryModel, items: Sequence[dict[str, Any]], budget:
     the sample's largest bytes per pixel. Returns the limit (0: none, when the workers
     advertise no memory or no item could be probed).
     """
-    default = model.estimates({})
-    sampled = [i for i in items if i.get("width") and i.get("height")]
-    if not budget or not default or not sampled:
+    if not budget or not model.estimates({}):
         return 0
-    worst = max(sampled, key=lambda i: max(e.single for e in model.estimates(i) or ()) /
-                max(1, int(i["width"]) * int(i["height"])))
-    per_pixel = max(e.single for e in model.estimates(worst) or ()) / \
-        max(1, int(worst["width"]) * int(worst["height"]))
+    per_pixel = max((max(e.single for e in model.estimates(i) or ())
+                     / max(1, int(i["width"]) * int(i["height"]))
+                     for i in items if i.get("width") and i.get("height")), default=0.0)
     guard = int(budget / per_pixel) if per_pixel > 0 else 0
     if guard:
         for item in items:
@@ -504,11 +502,11 @@ def probe_on_cluster(client: Any, items: Sequence[dict[str, Any]], *,
 
 
 def _largest_tasks(model: MemoryModel, chunks: Sequence[Chunk],
-                   known: Mapping[int, dict[str, int] | None]) -> dict[str, int]:
-    """Per node, the largest task estimate over ``chunks`` (``known`` by chunk index)."""
+                   known: Mapping[tuple[int, int], dict[str, int]]) -> dict[str, int]:
+    """Per node, the largest task estimate over ``chunks`` (``known`` by :func:`_chunk_key`)."""
     peaks = dict.fromkeys(model.node_ids, 0)
     for chunk in chunks:
-        chunk_peaks = known.get(chunk.index) or model.chunk_peaks(chunk.items)
+        chunk_peaks = known.get(_chunk_key(chunk)) or model.chunk_peaks(chunk.items)
         for nid, peak in chunk_peaks.items():
             if peak > peaks[nid]:
                 peaks[nid] = peak
