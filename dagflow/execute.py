@@ -7,8 +7,9 @@ goes on. A false ``when:`` condition records ``skipped`` for the node and its
 descendants. Each op runs on its node's device through :func:`dagflow.ops.dispatch.call`;
 the record says where it ran (``device``: ``cpu``, ``gpu``, or ``cpu-fallback`` with
 ``degraded`` set when a GPU node had to use the CPU). The last task of a chunk
-(:func:`commit_chunk`) writes the chunk's records as one Parquet part and returns only
-counts and failures to the client, so pixels never travel to the client.
+(:func:`commit_chunk`) writes the chunk's records, with the metrics' columns, as one
+Parquet part and returns only counts and failures to the client, so pixels never travel
+to the client.
 
 This module imports no Dask at import time: it runs on workers and under the
 synchronous scheduler alike.
@@ -16,12 +17,13 @@ synchronous scheduler alike.
 
 from __future__ import annotations
 
+import collections
 import os
 import pickle
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,11 +32,16 @@ from dagflow.compile.spec import Chunk, NodeTask, RunContext
 from dagflow.exceptions import BadInputError
 from dagflow.image import Image
 from dagflow.monitor import hooks
+from dagflow.ops.dispatch import call
 from dagflow.recovery.breaker import counts_against_breaker
+from dagflow.recovery.checkpoint import RECORD_SCHEMA
 from dagflow.recovery.policy import call_with_policy
 from dagflow.recovery.watch import run_watched
 
-__all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "reduce_aggregate", "run_node"]
+__all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "reduce_aggregate", "run_node",
+           "write_chunk"]
+
+_FAILED = frozenset({"failed", "upstream_failed"})
 
 #: Most failed records a chunk sends back to the client (all are in the Parquet part).
 MAX_FAILURES_RETURNED = 50
@@ -46,7 +53,7 @@ class ChunkState:
 
     images: dict[int, Image] = field(default_factory=dict)
     blocked: dict[int, str] = field(default_factory=dict)
-    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    records: dict[str, list[Record]] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,6 +63,7 @@ class ChunkSummary:
     index: int
     items: int
     counts: dict[tuple[str, str], int]
+    #: The items that did not succeed, by id: ``failed``, ``not_run`` or ``skipped``.
     item_status: dict[int, str]
     failures: list[dict[str, Any]]
     part: str | None
@@ -71,22 +79,30 @@ def _worker_name() -> str:
         return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: A record as the item loop builds it: a tuple in :data:`RECORD_SCHEMA` order (cheaper
+#: to build than a dict; written column by column, turned into a dict only to travel).
+Record = tuple[Any, ...]
+
+_NAMES = tuple(RECORD_SCHEMA.names)
+_ITEM_ID, _NODE_ID, _STATUS = (_NAMES.index(n) for n in ("item_id", "node_id", "status"))
+
+
 def _record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], status: str,
-            worker: str, **fields: Any) -> dict[str, Any]:
-    return {
-        "run_id": ctx.run_id, "item_id": item["item_id"], "item_key": item["key"],
-        "input_path": item["path"], "rel": item["rel"], "node_id": task.id,
-        "node_key": task.key, "op": task.op, "status": status,
-        "error_class": fields.get("error_class"), "error_type": fields.get("error_type"),
-        "error_message": fields.get("error_message"), "reason": fields.get("reason"),
-        "attempts": fields.get("attempts", 0),
-        "duration_s": fields.get("duration_s", 0.0), "cpu_s": fields.get("cpu_s", 0.0),
-        "started": fields.get("started", 0.0),
-        "worker": worker, "device": fields.get("device", "cpu"),
-        "degraded": bool(fields.get("degraded", False)),
-        "output_path": fields.get("output_path"), "width": fields.get("width"),
-        "height": fields.get("height"),
-    }
+            worker: str, *, error_class: str | None = None, error_type: str | None = None,
+            error_message: str | None = None, reason: str | None = None, attempts: int = 0,
+            duration_s: float = 0.0, cpu_s: float = 0.0, started: float = 0.0,
+            device: str = "cpu", degraded: bool = False, output_path: str | None = None,
+            width: int | None = None, height: int | None = None) -> Record:
+    # the order of RECORD_SCHEMA (checked by the tests)
+    return (ctx.run_id, item["item_id"], item["key"], item["path"], item["rel"], task.id,
+            task.key, task.op, status, error_class, error_type, error_message, reason,
+            attempts, duration_s, cpu_s, started, worker, device, output_path, width, height,
+            bool(degraded))
+
+
+def as_dict(record: Record) -> dict[str, Any]:
+    """A record as a dict by column name."""
+    return dict(zip(_NAMES, record, strict=True))
 
 
 def _condition_fields(image: Image, item: Mapping[str, Any]) -> dict[str, Any]:
@@ -109,10 +125,8 @@ def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
 def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any],
             used: dict[str, Any] | None = None) -> Any:
     """Call the node's op on one item, on the node's device (``used`` says where it ran)."""
-    from dagflow.ops.dispatch import call
-
     spec = task.op_spec
-    params = {k: v for k, v in task.params.items() if k != "subdir"}
+    params = task.op_params
     if spec.kind == "source":
         args: tuple[Any, ...] = (item["path"],)
         guard = item.get("guard_pixels")  # planned without its header: see plan.py
@@ -131,7 +145,6 @@ def _guarded_source(spec: Any, task: NodeTask, args: tuple[Any, ...], params: di
                     guard: int, used: dict[str, Any] | None) -> Any:
     """A source op under the pixel limit of an item planned without its header."""
     from dagflow.exceptions import OversizeError
-    from dagflow.ops.dispatch import call
 
     try:
         return call(spec, task.device, args, {**params, "max_pixels": guard}, used)
@@ -154,7 +167,7 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
     for parent in parents:
         records.update(parent.records)
     state = ChunkState(records=records)
-    own: list[dict[str, Any]] = []
+    own: list[Record] = []
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
     failures = [0]  # consecutive failures that count against the node's breaker
 
@@ -202,7 +215,7 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
 #: What one item's step yields: its record (``None`` for an aggregate's input), its image
 #: (or the aggregate's input), the status that blocks its descendants, and what it does
 #: to the node's count of consecutive failures (``True`` one more, ``False`` reset).
-_Step = tuple[dict[str, Any] | None, Image | None, str | None, bool | None]
+_Step = tuple[Record | None, Image | None, str | None, bool | None]
 
 
 def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
@@ -210,7 +223,7 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
           restart: Callable[[], None]) -> _Step:
     """One item through one node; changes nothing shared (see :func:`run_watched`)."""
     iid = item["item_id"]
-    blocked = [p.blocked[iid] for p in parents if iid in p.blocked]
+    blocked = [p.blocked[iid] for p in parents if iid in p.blocked] if parents else None
     if blocked:
         status = _blocked_status(blocked)
         return _record(ctx, task, item, status, worker), None, status, None
@@ -281,7 +294,8 @@ def _aggregate_dir(ctx: RunContext, task: NodeTask) -> Path:
 
 
 def _run_aggregate_map(task: NodeTask, ctx: RunContext, chunk: Chunk,
-                       inputs: list[tuple[Mapping[str, Any], Image]], worker: str) -> list[dict]:
+                       inputs: list[tuple[Mapping[str, Any], Image]], worker: str
+                       ) -> list[Record]:
     """Compute this chunk's partial for an aggregate node and store it for the reduce."""
     from dagflow.io.atomic import atomic_write
 
@@ -341,41 +355,58 @@ def _select(partial: Any, wanted: list[bool]) -> Any:
     return partial
 
 
+def write_chunk(ctx: RunContext, index: int, rows: Sequence[Record | Mapping[str, Any]],
+                sizes: Mapping[int, int] | None = None) -> str | None:
+    """Write a chunk's records once and tell monitoring; returns the records part.
+
+    One Parquet part per chunk holds its records (the checkpoint) and, with monitoring
+    on, the metrics' columns beside them; without checkpoints, monitoring writes that
+    part in the metrics directory instead. ``sizes`` are the input files' sizes by item.
+    """
+    from dagflow.recovery.checkpoint import record_columns, write_part
+
+    if not rows or not (ctx.checkpoint or hooks.enabled()):
+        return None
+    columns = hooks.with_metrics(ctx, record_columns(rows), sizes)
+    part = None
+    if ctx.checkpoint:
+        from dagflow.monitor.store import PART_SCHEMA
+
+        part = os.fspath(Path(ctx.run_dir, "records", f"part-{index:07d}.parquet"))
+        write_part(part, columns, PART_SCHEMA)
+    hooks.chunk_done(ctx, columns, sizes, chunk=index, written=part is not None)
+    return part
+
+
 def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
                  *states: ChunkState) -> ChunkSummary:
     """Merge the chunk's records, write them as one Parquet part, summarise for the client."""
-    from dagflow.recovery.checkpoint import write_records
-
     t0 = time.perf_counter()
-    records: dict[str, list[dict[str, Any]]] = {}
+    records: dict[str, list[Record]] = {}
     for s in states:
         records.update(s.records)
     rows = [r for node_records in records.values() for r in node_records]
-    part = None
-    if ctx.checkpoint:
-        part = os.fspath(Path(ctx.run_dir, "records", f"part-{chunk.index:07d}.parquet"))
-        write_records(part, rows)
-    hooks.chunk_done(ctx, rows, {i["item_id"]: i.get("size") for i in chunk.items})
-    counts: dict[tuple[str, str], int] = {}
-    item_status: dict[int, str] = {}
-    leaf_status: dict[int, list[str]] = {}
-    failures = []
-    for r in rows:
-        counts[(r["node_id"], r["status"])] = counts.get((r["node_id"], r["status"]), 0) + 1
-        iid = r["item_id"]
-        if r["status"] in ("failed", "upstream_failed"):
-            item_status[iid] = "failed"
-            if r["status"] == "failed" and len(failures) < MAX_FAILURES_RETURNED:
-                failures.append(r)
-        elif r["status"] == "not_run":
-            item_status.setdefault(iid, "not_run")
-        if r["node_id"] in leaves:
-            leaf_status.setdefault(iid, []).append(r["status"])
-    for item in chunk.items:
-        iid = item["item_id"]
-        if iid not in item_status:
-            statuses = leaf_status.get(iid, [])
-            item_status[iid] = "skipped" if statuses and all(s == "skipped" for s in statuses) \
-                else "succeeded"
-    return ChunkSummary(chunk.index, len(chunk), counts, item_status, failures, part,
-                        time.perf_counter() - t0)
+    part = write_chunk(ctx, chunk.index, rows, {i["item_id"]: i.get("size") for i in chunk.items})
+    nodes = [r[_NODE_ID] for r in rows]
+    statuses = [r[_STATUS] for r in rows]
+    counts = dict(collections.Counter(zip(nodes, statuses, strict=True)))
+    failures = [as_dict(r) for r in rows if r[_STATUS] == "failed"][:MAX_FAILURES_RETURNED]
+    return ChunkSummary(chunk.index, len(chunk), counts,
+                        _unsucceeded([r[_ITEM_ID] for r in rows], nodes, statuses, leaves),
+                        failures, part, time.perf_counter() - t0)
+
+
+def _unsucceeded(ids: list[int], nodes: list[str], statuses: list[str],
+                 leaves: tuple[str, ...]) -> dict[int, str]:
+    """The items of a chunk that did not succeed: ``failed`` (a node failed), else
+    ``not_run``, else ``skipped`` (every leaf record of the item is ``skipped``)."""
+    leaf = set(leaves)
+    skipped = {i for i, n, s in zip(ids, nodes, statuses, strict=True)
+               if n in leaf and s == "skipped"}
+    if skipped:
+        skipped -= {i for i, n, s in zip(ids, nodes, statuses, strict=True)
+                    if n in leaf and s != "skipped"}
+    out = dict.fromkeys(skipped, "skipped")
+    out.update((i, "not_run") for i, s in zip(ids, statuses, strict=True) if s == "not_run")
+    out.update((i, "failed") for i, s in zip(ids, statuses, strict=True) if s in _FAILED)
+    return out

@@ -64,14 +64,45 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _scan_directory(directory: Path) -> list[str]:
-    # strings, not Path objects: a million of them are built and compared
+def _scan_directory(directory: str, stats: dict[str, tuple[int, int]] | None = None
+                    ) -> list[str]:
+    """Image files under ``directory``, sorted, depth first (as ``os.walk`` lists them).
+
+    Strings, not Path objects: a million of them are built and compared. Directories
+    whose names start with ``.`` or ``_dagflow`` are skipped, symlinked directories are
+    not followed. Given ``stats``, each file's size and modification time go in it,
+    read from its directory entry while the directory is open.
+    """
     found: list[str] = []
-    join, splitext = os.path.join, os.path.splitext
-    for dirpath, dirnames, filenames in os.walk(directory):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith((".", "_dagflow")))
-        found.extend(join(dirpath, f) for f in sorted(filenames)
-                     if splitext(f)[1].lower() in IMAGE_EXTENSIONS)
+    extensions = IMAGE_EXTENSIONS
+    try:
+        with os.scandir(directory) as listing:
+            entries = sorted(listing, key=lambda e: e.name)
+    except OSError:
+        return found
+    below = []
+    for entry in entries:
+        name = entry.name
+        try:
+            is_dir = entry.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            if not name.startswith((".", "_dagflow")) and not entry.is_symlink():
+                below.append(entry.path)
+            continue
+        dot = name.rfind(".")
+        if dot < 0 or name[dot:].lower() not in extensions:
+            continue
+        found.append(entry.path)
+        if stats is not None:
+            try:
+                st = entry.stat()
+            except OSError:
+                continue
+            stats[entry.path] = (st.st_size, st.st_mtime_ns)
+    for sub in below:
+        found.extend(_scan_directory(sub, stats))
     return found
 
 
@@ -157,6 +188,7 @@ def resolve_inputs(
         raise InputError("no inputs given")
     paths: list[str | Path] = []
     extras: list[dict[str, Any]] = []
+    known: dict[str, tuple[int, int]] = {}  # (size, mtime) read while scanning
     roots: list[Path] = []
     for spec in specs:
         text = os.fspath(spec)
@@ -164,7 +196,7 @@ def resolve_inputs(
         if p.is_dir():
             # from its absolute path: the paths found are then already absolute and
             # normal, and skip abspath below
-            found = _scan_directory(Path(os.path.abspath(p)))
+            found = _scan_directory(os.path.abspath(p), known if stat else None)
             roots.append(p)
         elif p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
             found, manifest_extras = _read_manifest(p)
@@ -205,7 +237,8 @@ def resolve_inputs(
     elif len(roots) == 1 and len(specs) == 1:
         base = os.path.abspath(roots[0])
     else:
-        base = os.path.commonpath([os.path.dirname(a) for a in absolute])
+        # each path's directory (with its separator: commonpath drops it)
+        base = os.path.commonpath({a[:a.rfind(os.sep) + 1] for a in absolute})
     items = []
     seen: set[str] = set()
     # `absolute` and `base` are normalised, so a path inside `base` is `prefix` + its
@@ -218,11 +251,15 @@ def resolve_inputs(
         seen.add(path)
         size, mtime = extra.get("size", -1), extra.get("mtime_ns", -1)
         if stat:
-            try:
-                st = os.stat(path)
-                size, mtime = st.st_size, st.st_mtime_ns
-            except OSError:
-                pass
+            scanned = known.get(path)
+            if scanned is not None:
+                size, mtime = scanned
+            else:
+                try:
+                    st = os.stat(path)
+                    size, mtime = st.st_size, st.st_mtime_ns
+                except OSError:
+                    pass
         rel = path[len(prefix):] if path.startswith(prefix) else os.path.basename(path)
         # a manifest's header columns first: the keys after them take precedence
         items.append({**extra, "item_id": len(items), "path": path,

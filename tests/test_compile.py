@@ -83,8 +83,7 @@ def test_executes_on_the_synchronous_scheduler_with_per_item_isolation(tmp_path)
     compiled = compile_chunks(tasks, context(tmp_path), make_chunks(items(10), 4), token="ab12")
     summaries: list[ChunkSummary] = get_sync(dict(compiled.graph), compiled.commit_keys)
     status = {k: v for s in summaries for k, v in s.item_status.items()}
-    assert status[3] == "failed"  # the item whose source raised
-    assert all(status[i] == "succeeded" for i in range(10) if i != 3)
+    assert status == {3: "failed"}  # the item whose source raised; every other succeeded
     counts: dict = {}
     for s in summaries:
         for k, v in s.counts.items():
@@ -99,6 +98,70 @@ def test_executes_on_the_synchronous_scheduler_with_per_item_isolation(tmp_path)
     (failure,) = [f for s in summaries for f in s.failures]
     assert failure["node_id"] == "src" and failure["error_class"] == "bug"
     assert "synthetic failure" in failure["error_message"]
+
+
+@pytest.mark.parametrize("checkpoint, monitoring, where", [
+    (True, True, "records"), (True, False, "records"), (False, True, "metrics"),
+    (False, False, None)])
+def test_one_part_per_chunk_holds_records_and_metrics(tmp_path, checkpoint, monitoring, where):
+    import dask
+    import pyarrow.parquet as pq
+
+    from dagflow.monitor.analysis import load_rows
+    from dagflow.monitor.store import METRICS_SCHEMA, read_metrics
+    from dagflow.recovery.checkpoint import RECORD_SCHEMA, load_done
+
+    tasks = node_tasks(dag())
+    run_dir = tmp_path / "_dagflow" / "runs" / "r1"
+    ctx = RunContext(run_id="r1", run_dir=str(run_dir), output_dir=str(tmp_path),
+                     state_dir=str(tmp_path / "_dagflow"), workflow="dag", checkpoint=checkpoint)
+    compiled = compile_chunks(tasks, ctx, make_chunks(items(10), 4), token="ab12")
+    with dask.config.set({"dagflow.monitor.enabled": monitoring}):
+        summaries = get_sync(dict(compiled.graph), compiled.commit_keys)
+    written = sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.parquet")) \
+        if run_dir.exists() else []
+    if where is None:
+        assert written == [] and all(s.part is None for s in summaries)
+        return
+    # one file per chunk, whichever features are on
+    assert written == [f"{where}/part-{i:07d}.parquet" for i in range(3)]
+    table = pq.read_table(run_dir / written[0])
+    assert set(RECORD_SCHEMA.names) <= set(table.column_names)
+    assert ({"bytes_in", "megapixels", "chunk"} <= set(table.column_names)) == monitoring
+    assert [s.part is not None for s in summaries] == [checkpoint] * 3
+    if checkpoint:
+        done = load_done(tmp_path / "_dagflow")
+        assert len(done.done) == 9 * 4  # item 3 failed at its source, and so its descendants
+    if monitoring:
+        metrics = read_metrics(run_dir)
+        assert metrics.schema == METRICS_SCHEMA and metrics.num_rows == 10 * 4
+        rows = load_rows(run_dir)
+        src = rows[(rows["node_id"] == "src") & (rows["status"] == "ok")]
+        assert len(src) == 9 and (src["bytes_in"] == 1).all()
+        assert rows["megapixels"].notna().sum() >= 9
+
+
+def test_records_are_tuples_in_schema_order(tmp_path):
+    from dagflow.execute import _record, as_dict
+    from dagflow.recovery.checkpoint import RECORD_SCHEMA, record_columns
+
+    task = node_tasks(dag())["blur"]
+    ctx = context(tmp_path)
+    item = items(1)[0]
+    record = _record(ctx, task, item, "failed", "tcp://w", error_class="bug",
+                     error_type="ValueError", error_message="m", reason="r", attempts=2,
+                     duration_s=0.5, cpu_s=0.25, started=1.0, device="cpu-fallback",
+                     degraded=True, output_path="/o", width=3, height=4)
+    as_row = as_dict(record)
+    assert list(as_row) == RECORD_SCHEMA.names
+    assert as_row == {
+        "run_id": "r1", "item_id": 0, "item_key": "k0", "input_path": "/in/img0.png",
+        "rel": "img0.png", "node_id": "blur", "node_key": task.key, "op": "gaussian",
+        "status": "failed", "error_class": "bug", "error_type": "ValueError",
+        "error_message": "m", "reason": "r", "attempts": 2, "duration_s": 0.5,
+        "cpu_s": 0.25, "started": 1.0, "worker": "tcp://w", "device": "cpu-fallback",
+        "output_path": "/o", "width": 3, "height": 4, "degraded": True}
+    assert record_columns([record, record]) == record_columns([as_row, as_row])
 
 
 def test_node_keys_change_with_params_and_upstream():

@@ -69,6 +69,40 @@ def test_payload_is_compact_and_columnar(tmp_path):
     assert serialize(payload)
 
 
+def _reference_nodes(metrics):
+    """The payload's per-node entries computed row by row, the plain way."""
+    nodes = {}
+    for m in metrics:
+        e = nodes.setdefault(m["node_id"], {"op": m["op"], "d": [], "s": {}, "e": {}, "r": 0,
+                                            "bi": 0, "bo": 0, "mp": 0.0, "dev": {}})
+        e["s"][m["status"]] = e["s"].get(m["status"], 0) + 1
+        if m["status"] in ("ok", "failed"):
+            e["d"].append(m["duration_s"] or 0.0)
+            e["r"] += max(0, (m["attempts"] or 0) - 1)
+            if m["device"]:
+                e["dev"][m["device"]] = e["dev"].get(m["device"], 0) + 1
+        if m["status"] in ("failed", "upstream_failed"):
+            cls = m["error_class"] or m["status"]
+            e["e"][cls] = e["e"].get(cls, 0) + 1
+        e["bi"] += m["bytes_in"] or 0
+        e["bo"] += m["bytes_out"] or 0
+        e["mp"] += m["megapixels"] or 0.0
+    return nodes
+
+
+@pytest.mark.parametrize("nodes", [("load",), ("load", "blur", "save")])
+def test_payload_matches_a_row_by_row_count(tmp_path, nodes):
+    rows = [r for r in chunk_rows("r", 0, 30, fail=7) if r["node_id"] in nodes]
+    rows[3] = {**rows[3], "status": "not_run", "error_class": "breaker"}
+    rows[4] = {**rows[4], "status": "skipped", "duration_s": None, "attempts": 0}
+    rows[5] = {**rows[5], "attempts": 4, "device": "cpu-fallback"}
+    metrics = hooks.metric_rows(ctx(tmp_path), rows)
+    for given in (metrics, hooks.metric_columns(ctx(tmp_path), rows)):
+        payload = hooks.chunk_payload(ctx(tmp_path), given, "tcp://w")
+        assert payload["nodes"] == _reference_nodes(metrics)
+        assert payload["items"] == 30 and payload["failed"] == (1 if "blur" in nodes else 0)
+
+
 def test_chunk_done_outside_a_worker_only_writes(tmp_path):
     c = ctx(tmp_path)
     hooks.chunk_done(c, chunk_rows("r", 10, 3))

@@ -12,6 +12,7 @@ everything after it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -53,6 +54,12 @@ class NodeTask:
     @property
     def op_spec(self) -> OpSpec:
         return self.spec if self.spec is not None else get_op(self.op)
+
+    @functools.cached_property
+    def op_params(self) -> dict[str, Any]:
+        """The parameters passed to the op (``subdir`` belongs to the node, not the op);
+        built once, not per item."""
+        return {k: v for k, v in self.params.items() if k != "subdir"}
 
 
 @dataclass(frozen=True)

@@ -364,7 +364,8 @@ def atomic_write(
 
 
 @contextlib.contextmanager
-def atomic_path(path: PathArg, *, root: PathArg | None = None) -> Iterator[Path]:
+def atomic_path(path: PathArg, *, root: PathArg | None = None,
+                sync: bool = True) -> Iterator[Path]:
     """A temporary path to write to; on success it replaces ``path`` atomically.
 
     For writers that want a file name rather than a file object. The temporary file is
@@ -376,6 +377,11 @@ def atomic_path(path: PathArg, *, root: PathArg | None = None) -> Iterator[Path]
         The final file. Missing parent directories are created.
     root
         As in :func:`atomic_write`.
+    sync
+        Flush the file and its directory to the disk before and after the rename (or in
+        the :func:`deferred_sync` block). ``False`` for a file that is only worth its
+        cost if it survives: one lost to a power cut, or torn, is simply made again
+        (a chunk's records part: its items run again).
 
     Yields
     ------
@@ -404,12 +410,16 @@ def atomic_path(path: PathArg, *, root: PathArg | None = None) -> Iterator[Path]
         yield tmp
         if not tmp.is_file() or tmp.is_symlink():
             raise FileNotFoundError(f"nothing was written to the temporary file {tmp}")
-        fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-        try:
-            _sync_file(fd, final)
-        finally:
-            os.close(fd)
-        _replace(tmp, final, root)
+        if sync:
+            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                _sync_file(fd, final)
+            finally:
+                os.close(fd)
+            _replace(tmp, final, root)
+        else:
+            _check_final(final, root)
+            os.replace(tmp, final)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

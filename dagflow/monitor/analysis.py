@@ -2,9 +2,9 @@
 
 The report (:mod:`dagflow.monitor.report`), ``dagflow report --json`` and notebooks all
 use this object. Item outcomes and durations come from the records (the source of
-truth), joined with the metrics parts for what the records do not hold (bytes,
-megapixels, the worker's resources); the scheduler's files add resource samples per
-worker, the queue depth and Dask's CPU / non-CPU seconds per node. Figures come from
+truth), whose parts also hold the metrics' columns (bytes, megapixels; see
+:mod:`dagflow.monitor.store`); the scheduler's files add resource samples per worker,
+the queue depth and Dask's CPU / non-CPU seconds per node. Figures come from
 :mod:`dagflow.monitor.metrics`. No Bokeh here.
 """
 
@@ -21,14 +21,11 @@ import numpy as np
 import pandas as pd
 
 from dagflow.monitor import metrics as M
-from dagflow.monitor.store import metrics_dir, read_json, read_metrics, read_parts, read_table
+from dagflow.monitor.store import metrics_dir, read_json, read_metrics, read_table
 
 __all__ = ["RunAnalysis", "analyze", "find_run_dir", "load_plan", "load_rows"]
 
 logger = logging.getLogger(__name__)
-
-_METRIC_EXTRAS = ["chunk", "cpu_s", "megapixels", "bytes_in", "bytes_out", "sample_worker",
-                  "sample_time", "worker_cpu", "worker_memory", "worker_gpu"]
 
 
 def find_run_dir(path: str | os.PathLike[str]) -> Path:
@@ -49,22 +46,13 @@ def find_run_dir(path: str | os.PathLike[str]) -> Path:
 
 def load_rows(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     """One row per item and node: the records, with the metrics' extra columns."""
-    from dagflow.recovery.checkpoint import RECORD_SCHEMA, read_records
+    from dagflow.monitor.store import PART_SCHEMA
 
-    parts = sorted(Path(run_dir, "records").glob("part-*.parquet"))
-    records = read_parts(parts, RECORD_SCHEMA)
-    if records is None:  # a torn part: read part by part, skipping it
-        records, _ = read_records(parts)
-    metrics = read_metrics(run_dir).to_pandas()
-    if records.num_rows == 0:
-        df = metrics
-    else:
-        df = records.to_pandas()
-        if len(metrics):
-            extra = metrics[["item_id", "node_id",
-                             *[c for c in _METRIC_EXTRAS if c not in df.columns]]]
-            extra = extra.drop_duplicates(["item_id", "node_id"], keep="last")
-            df = df.merge(extra, on=["item_id", "node_id"], how="left")
+    df = read_metrics(run_dir, PART_SCHEMA).to_pandas()
+    if "sample_time" in df and df["sample_time"].isna().all():
+        # sampled by the scheduler plugin instead (see dagflow.monitor.store)
+        df = df.drop(columns=["sample_worker", "sample_time", "worker_cpu",
+                              "worker_memory", "worker_gpu"])
     if "megapixels" not in df:
         df["megapixels"] = np.nan
     if {"width", "height"} <= set(df.columns):

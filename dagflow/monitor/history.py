@@ -66,15 +66,15 @@ _STATS_COLUMNS = ("item_id", "node_id", "op", "status", "attempts", "duration_s"
 def _metric_rows(run_dir: str | os.PathLike[str]) -> Any:
     """The node-figure columns of a run's metrics parts (``None`` without any, or when
     a part is unreadable)."""
-    from dagflow.monitor.store import METRICS_SCHEMA, metrics_dir, read_parts
+    from dagflow.monitor.store import METRICS_SCHEMA, metric_parts, read_parts
 
-    parts = sorted(metrics_dir(run_dir).glob("part-*.parquet"))
+    parts = metric_parts(run_dir)
     if not parts:
         return None
-    table = read_parts(parts, METRICS_SCHEMA)
+    table = read_parts(parts, pa.schema([METRICS_SCHEMA.field(c) for c in _STATS_COLUMNS]))
     if table is None or table.num_rows == 0:
         return None
-    df = table.select(list(_STATS_COLUMNS)).to_pandas()
+    df = table.to_pandas()
     for col in ("duration_s", "started"):
         df[col] = df[col].astype(float).fillna(0.0)
     return df.drop_duplicates(["item_id", "node_id"], keep="last").reset_index(drop=True)
@@ -95,8 +95,7 @@ def append_run(run_dir: str | os.PathLike[str], *,
     if analysis is not None:
         df, plan, stats = analysis.rows, analysis.plan, analysis.nodes
     else:
-        # the metrics parts carry every column the node figures need: read those alone
-        # (the records beside them hold the same rows with their paths and messages)
+        # the chunks' parts carry every column the node figures need: read those alone
         df = _metric_rows(run_dir)
         if df is None:
             df = load_rows(run_dir)

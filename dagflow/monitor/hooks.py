@@ -7,9 +7,11 @@ records. Monitoring (the scheduler plugin, metrics files, the report) hangs off 
 * :func:`run_started` writes the run's plan to ``<run_dir>/metrics/run.json`` and, on
   the scheduler, installs the :class:`~dagflow.monitor.plugin.DagflowMonitor` plugin,
   the JSON routes and the dashboard page (idempotent) and tells it about the run.
-* :func:`chunk_done` writes the chunk's metrics part (atomically, like the records) and,
-  inside a distributed worker, sends one compact payload to the plugin with
-  ``Worker.log_event``; elsewhere (the synchronous scheduler) it only writes the file.
+* :func:`with_metrics` adds the metrics' columns to a chunk's record columns, so that
+  the chunk's one Parquet part holds both; :func:`chunk_done` then, inside a
+  distributed worker, sends one compact payload to the plugin with
+  ``Worker.log_event`` (for a run without checkpoints it first writes the metrics as
+  their own part, atomically like the records).
 * :func:`run_finished` fetches what only the scheduler knew (worker resources, queue
   depth, Dask's CPU / non-CPU seconds per node), writes it to the run directory, appends
   the run's per-node figures to the history used for planning and writes the report.
@@ -22,6 +24,7 @@ is imported on workers by :mod:`dagflow.execute`).
 
 from __future__ import annotations
 
+import collections
 import logging
 import os
 import socket
@@ -31,9 +34,8 @@ from typing import Any
 
 from dagflow import config
 
-__all__ = ["breaker_changed", "chunk_done", "chunk_payload", "enabled", "metric_columns",
-           "metric_rows",
-           "run_finished", "run_started"]
+__all__ = ["breaker_changed", "chunk_done", "chunk_payload", "chunk_sample", "enabled",
+           "metric_columns", "metric_rows", "run_finished", "run_started", "with_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -220,46 +222,61 @@ _RECORD_COLUMNS = ("run_id", "item_id", "rel", "node_id", "op", "status", "error
                    "width", "height")
 
 
-def metric_columns(ctx: Any, rows: Sequence[Mapping[str, Any]],
+def _record_columns(records: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]
+                    ) -> Mapping[str, Sequence[Any]]:
+    if isinstance(records, Mapping):
+        return records
+    from dagflow.recovery.checkpoint import record_columns
+
+    return record_columns(records)
+
+
+def metric_columns(ctx: Any,
+                   records: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
                    sample: Mapping[str, Any] | None = None,
                    sizes: Mapping[int, int] | None = None) -> dict[str, list[Any]]:
     """The metrics of a chunk's records, column by column: one entry per item and node.
 
-    Adds what the records do not say: megapixels, bytes read by source nodes (the input
-    file's size, from ``sizes`` by item id when the caller knows it, else a ``stat``) and
-    written by sink nodes (the output file), and the worker process's CPU, memory and GPU
-    when the chunk was committed. Built a column at a time: a chunk has thousands of rows
-    and this runs for every one of them.
+    ``records`` are rows or columns by name
+    (:func:`~dagflow.recovery.checkpoint.record_columns`); their columns are returned
+    as they are (the same lists), beside what the records do not say: the chunk (its
+    first item), megapixels, bytes read by source nodes (the input file's size, from
+    ``sizes`` by item id when the caller knows it, else a ``stat``) and written by sink
+    nodes (the output file), and, given a ``sample``, the worker process's CPU, memory
+    and GPU when the chunk was committed. Built a column at a time: a chunk has
+    thousands of rows and this runs for every one of them.
     """
-    sample = sample or {}
-    n = len(rows)
-    cols: dict[str, list[Any]] = {k: [r.get(k) for r in rows] for k in _RECORD_COLUMNS}
-    cols["attempts"] = [a or 0 for a in cols["attempts"]]
-    cols["duration_s"] = [float(d or 0.0) for d in cols["duration_s"]]
-    cols["started"] = [float(t or 0.0) for t in cols["started"]]
+    records = _record_columns(records)
+    cols: dict[str, Any] = dict(records)
+    n = len(cols["item_id"])
+    for k in _RECORD_COLUMNS:
+        if k not in cols:
+            cols[k] = [None] * n
     cols["chunk"] = [min(cols["item_id"], default=None)] * n
     cols["megapixels"] = [(w * h / 1e6) if w and h else None
                           for w, h in zip(cols["width"], cols["height"], strict=True)]
     state_dir = os.fspath(getattr(ctx, "state_dir", "") or "") or None
     bytes_in: list[int | None] = [None] * n
     bytes_out: list[int | None] = [None] * n
+    item_ids, paths, outputs = cols["item_id"], cols.get("input_path"), cols.get("output_path")
     for i, (op, status) in enumerate(zip(cols["op"], cols["status"], strict=True)):
         if status != "ok":
             continue
         kind = _kind(op or "")
         if kind == "source":
-            r = rows[i]
-            size = sizes.get(r["item_id"]) if sizes else None
-            bytes_in[i] = size if size is not None and size >= 0 else _size(r.get("input_path"))
+            size = sizes.get(item_ids[i]) if sizes else None
+            bytes_in[i] = size if size is not None and size >= 0 else \
+                _size(paths[i] if paths else None)
         elif kind == "sink":
-            out_path = rows[i].get("output_path")
+            out_path = outputs[i] if outputs else None
             if out_path and not (state_dir and os.fspath(out_path).startswith(state_dir)):
                 bytes_out[i] = _size(out_path)
     cols["bytes_in"], cols["bytes_out"] = bytes_in, bytes_out
-    for name, key in (("sample_worker", "worker"), ("sample_time", "time"),
-                      ("worker_cpu", "cpu"), ("worker_memory", "memory"),
-                      ("worker_gpu", "gpu_utilization")):
-        cols[name] = [sample.get(key)] * n
+    if sample is not None:
+        for name, key in (("sample_worker", "worker"), ("sample_time", "time"),
+                          ("worker_cpu", "cpu"), ("worker_memory", "memory"),
+                          ("worker_gpu", "gpu_utilization")):
+            cols[name] = [sample.get(key)] * n
     return cols
 
 
@@ -267,7 +284,7 @@ def metric_rows(ctx: Any, rows: Sequence[Mapping[str, Any]],
                 sample: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """The metrics of a chunk's records as one dict per item and node
     (:func:`metric_columns`, row by row)."""
-    cols = metric_columns(ctx, rows, sample)
+    cols = metric_columns(ctx, rows, sample or {})
     names = list(cols)
     return [dict(zip(names, values, strict=True)) for values in zip(*cols.values(), strict=True)]
 
@@ -278,6 +295,10 @@ def _columns(metrics: Sequence[Mapping[str, Any]] | Mapping[str, list[Any]],
     if isinstance(metrics, Mapping):
         return [metrics[k] for k in names]
     return [[m.get(k) for m in metrics] for k in names]
+
+
+_RAN = frozenset({"ok", "failed"})
+_FAILED = frozenset({"failed", "upstream_failed"})
 
 
 def chunk_payload(ctx: Any, metrics: Sequence[Mapping[str, Any]] | Mapping[str, list[Any]],
@@ -291,35 +312,57 @@ def chunk_payload(ctx: Any, metrics: Sequence[Mapping[str, Any]] | Mapping[str, 
     written, ``mp`` megapixels, ``dev`` counts by device. For the chunk: ``items`` and
     ``failed`` items. Only msgpack-friendly types.
     """
-    nodes: dict[str, dict[str, Any]] = {}
-    items: set[Any] = set()
-    failed: set[Any] = set()
     columns = _columns(metrics, "node_id", "op", "status", "item_id", "duration_s",
                        "attempts", "device", "error_class", "bytes_in", "bytes_out",
                        "megapixels")
-    for n, op, status, iid, duration, attempts, device, cls, bi, bo, mp in zip(*columns,
-                                                                              strict=True):
-        entry = nodes.get(n)
-        if entry is None:
-            entry = nodes[n] = {"op": op, "d": [], "s": {}, "e": {}, "r": 0,
-                                "bi": 0, "bo": 0, "mp": 0.0, "dev": {}}
-        entry["s"][status] = entry["s"].get(status, 0) + 1
-        items.add(iid)
-        if status in ("ok", "failed"):
-            entry["d"].append(round(duration, 6))
-            entry["r"] += max(0, int(attempts or 0) - 1)
-            if device:
-                entry["dev"][device] = entry["dev"].get(device, 0) + 1
-        if status in ("failed", "upstream_failed"):
-            failed.add(iid)
-            cls = cls or status
-            entry["e"][cls] = entry["e"].get(cls, 0) + 1
-        entry["bi"] += bi or 0
-        entry["bo"] += bo or 0
-        entry["mp"] += mp or 0.0
+    node_ids, ops, statuses, item_ids = columns[:4]
+    groups: dict[str, list[int]] = {}
+    if node_ids and node_ids.count(node_ids[0]) == len(node_ids):  # counted in C
+        groups[node_ids[0]] = []  # one node: all the rows
+    else:
+        for i, n in enumerate(node_ids):
+            group = groups.get(n)
+            if group is None:
+                groups[n] = [i]
+            else:
+                group.append(i)
+    nodes = {n: _node_payload(ops[idx[0] if idx else 0], idx, columns)
+             for n, idx in groups.items()}
+    failed = {iid for iid, status in zip(item_ids, statuses, strict=True) if status in _FAILED}
     return {"v": 1, "run": getattr(ctx, "run_id", None), "worker": worker, "t": time.time(),
-            "items": len(items), "failed": len(failed), "nodes": nodes,
+            "items": len(set(item_ids)), "failed": len(failed), "nodes": nodes,
             "res": {k: (sample or {}).get(k) for k in ("cpu", "memory", "gpu_utilization")}}
+
+
+def _node_payload(op: Any, idx: list[int], columns: list[list[Any]]) -> dict[str, Any]:
+    """One node's entry in :func:`chunk_payload` (``idx``: its rows; empty: all rows).
+
+    Written for chunks of a thousand rows: counts and sums in C where the values allow.
+    """
+    def take(col: list[Any]) -> list[Any]:
+        return [col[i] for i in idx] if idx else col
+
+    _, _, status, _, duration, attempts, device, cls, bi, bo, mp = map(take, columns)
+    counts = collections.Counter(status)
+    if counts.keys() <= _RAN:  # every row ran: no selection needed
+        durations, ran_attempts, ran_devices = duration, attempts, device
+    else:
+        ran = [i for i, s in enumerate(status) if s in _RAN]
+        durations = [duration[i] for i in ran]
+        ran_attempts = [attempts[i] for i in ran]
+        ran_devices = [device[i] for i in ran]
+    errors = collections.Counter(cls[i] or s for i, s in enumerate(status) if s in _FAILED) \
+        if counts.keys() & _FAILED else {}
+    if None in durations:
+        durations = [d or 0.0 for d in durations]
+    if None in ran_attempts or 0 in ran_attempts:
+        retries = sum(a - 1 for a in ran_attempts if a and a > 1)
+    else:
+        retries = sum(ran_attempts) - len(ran_attempts)
+    return {"op": op, "d": list(durations), "s": dict(counts), "e": dict(errors),
+            "r": retries, "bi": sum(filter(None, bi)), "bo": sum(filter(None, bo)),
+            "mp": float(sum(filter(None, mp))),
+            "dev": dict(collections.Counter(filter(None, ran_devices)))}
 
 
 def _current_worker() -> Any:
@@ -331,25 +374,56 @@ def _current_worker() -> Any:
         return None
 
 
-def chunk_done(ctx: Any, rows: Sequence[Mapping[str, Any]],
-               sizes: Mapping[int, int] | None = None) -> None:
-    """A chunk's records are written (runs on the worker); ``sizes`` are the input files'
-    sizes by item id, when known."""
-    if not rows or not enabled():
+def chunk_sample() -> dict[str, Any] | None:
+    """The sample a chunk's metrics carry: none inside a distributed worker (the plugin
+    samples every worker from the scheduler), else this process's CPU, memory and GPU."""
+    if _current_worker() is not None:
+        return None
+    from dagflow.monitor.sampling import process_sample
+
+    sample = process_sample()
+    sample["worker"] = f"{socket.gethostname()}:{os.getpid()}"
+    return sample
+
+
+def with_metrics(ctx: Any, columns: Mapping[str, Sequence[Any]],
+                 sizes: Mapping[int, int] | None = None) -> Mapping[str, Sequence[Any]]:
+    """A chunk's record columns with the metrics' own columns beside them (for the part
+    that holds both); the columns alone when monitoring is off or fails."""
+    if not enabled():
+        return columns
+    try:
+        return metric_columns(ctx, columns, chunk_sample(), sizes)
+    except Exception as exc:  # monitoring never fails a chunk
+        logger.warning("dagflow monitoring of a chunk failed: %s: %s", type(exc).__name__, exc)
+        return columns
+
+
+def chunk_done(ctx: Any, records: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+               sizes: Mapping[int, int] | None = None, *, chunk: int | None = None,
+               written: bool = False) -> None:
+    """A chunk's records are committed (runs on the worker).
+
+    ``records`` are rows or columns (with the metrics' columns, from
+    :func:`with_metrics`, when ``written``: the records part already holds them);
+    otherwise the metrics are written here as the chunk's part of the metrics directory.
+    Then the plugin gets the chunk's payload, and OpenTelemetry its spans. ``sizes`` are
+    the input files' sizes by item id, when known.
+    """
+    if not enabled():
         return
     try:
-        from dagflow.monitor.sampling import process_sample
-        from dagflow.monitor.store import write_metrics
+        metrics = records if written and isinstance(records, Mapping) and "chunk" in records \
+            else metric_columns(ctx, records, chunk_sample(), sizes)
+        if not metrics["item_id"]:
+            return
+        if not written and getattr(ctx, "run_dir", None):
+            from dagflow.monitor.store import write_metrics
 
-        sample = process_sample()
+            write_metrics(ctx.run_dir, metrics, chunk)
         worker = _current_worker()
-        sample["worker"] = worker.address if worker is not None else \
-            f"{socket.gethostname()}:{os.getpid()}"
-        metrics = metric_columns(ctx, rows, sample, sizes)
-        if getattr(ctx, "run_dir", None):
-            write_metrics(ctx.run_dir, metrics)
         if worker is not None:
-            worker.log_event(_topic(), chunk_payload(ctx, metrics, worker.address, sample))
+            worker.log_event(_topic(), chunk_payload(ctx, metrics, worker.address))
         if config.get("monitor.opentelemetry", True):
             from dagflow.monitor.otel import emit_spans
 

@@ -5,9 +5,12 @@
 ``run.json``
     The run's plan: workflow name, item count, nodes with op, kind, parents and device
     (written by the client when the run starts).
-``part-<first item>-<last item>.parquet``
-    One part per chunk, one row per item and node (:data:`METRICS_SCHEMA`), written by
-    the worker as the chunk's records are committed, atomically like the records.
+``part-<chunk>.parquet``
+    Only for a run without checkpoints: one part per chunk, one row per item and node
+    (:data:`PART_SCHEMA`), written by the worker as the chunk is committed. With
+    checkpoints, the metrics' columns are in the chunk's records part
+    (``<run_dir>/records/part-<chunk>.parquet``) instead: one file per chunk, written
+    once. :func:`metric_parts` finds either.
 ``workers.parquet``, ``queue.parquet``, ``throughput.parquet``, ``scheduler.json``
     What only the scheduler knew (resource samples per worker, queue depth, Dask task
     counts, breaker states, Dask's CPU / non-CPU seconds per node), written at the end.
@@ -28,9 +31,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from dagflow.recovery.checkpoint import RECORD_SCHEMA, write_part
+
 __all__ = [
     "METRICS_DIR",
     "METRICS_SCHEMA",
+    "PART_SCHEMA",
+    "metric_parts",
     "read_json",
     "read_metrics",
     "read_table",
@@ -73,6 +80,12 @@ METRICS_SCHEMA = pa.schema([
     ("worker_gpu", pa.float64()),
 ])
 
+#: A chunk's part with monitoring on: its records and the metrics' own columns. The
+#: worker samples (``sample_*``, ``worker_*``) are only written outside a distributed
+#: worker; on a cluster the scheduler plugin samples every worker instead.
+PART_SCHEMA = pa.schema([*RECORD_SCHEMA,
+                         *(f for f in METRICS_SCHEMA if f.name not in RECORD_SCHEMA.names)])
+
 
 def metrics_dir(run_dir: str | os.PathLike[str]) -> Path:
     return Path(run_dir, METRICS_DIR)
@@ -90,18 +103,25 @@ def write_table(path: str | os.PathLike[str], table: pa.Table) -> Path:
 
 
 def write_metrics(run_dir: str | os.PathLike[str],
-                  metrics: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]) -> Path:
-    """Write one chunk's metrics (rows, or columns by name) as a part named after its
-    first and last item."""
-    if isinstance(metrics, Mapping):
-        ids = list(metrics["item_id"])
-        table = pa.table({f.name: pa.array(metrics[f.name], type=f.type)
-                          for f in METRICS_SCHEMA}, schema=METRICS_SCHEMA)
+                  metrics: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]],
+                  chunk: int | None = None) -> Path:
+    """Write one chunk's metrics (rows, or columns by name) as a part of the metrics
+    directory: ``part-<chunk>.parquet``, or named after its first and last item."""
+    if not isinstance(metrics, Mapping):
+        rows = list(metrics)
+        metrics = {f.name: [r.get(f.name) for r in rows] for f in PART_SCHEMA}
+    if chunk is not None:
+        name = f"part-{chunk:07d}.parquet"
     else:
-        ids = [r["item_id"] for r in metrics]
-        table = pa.Table.from_pylist(list(metrics), schema=METRICS_SCHEMA)
-    name = f"part-{min(ids):09d}-{max(ids):09d}.parquet"
-    return write_table(metrics_dir(run_dir) / name, table)
+        ids = list(metrics["item_id"])
+        name = f"part-{min(ids):09d}-{max(ids):09d}.parquet"
+    return write_part(metrics_dir(run_dir) / name, metrics, PART_SCHEMA)
+
+
+def metric_parts(run_dir: str | os.PathLike[str]) -> list[Path]:
+    """The parts that hold a run's metrics: its metrics parts, else its records parts."""
+    return (sorted(metrics_dir(run_dir).glob("part-*.parquet"))
+            or sorted(Path(run_dir, "records").glob("part-*.parquet")))
 
 
 def read_parts(paths: Sequence[Path], schema: pa.Schema) -> pa.Table | None:
@@ -117,21 +137,24 @@ def read_parts(paths: Sequence[Path], schema: pa.Schema) -> pa.Table | None:
         return None
 
 
-def read_metrics(run_dir: str | os.PathLike[str]) -> pa.Table:
-    """Every metrics part of a run (unreadable parts are skipped with a warning)."""
-    paths = sorted(metrics_dir(run_dir).glob("part-*.parquet"))
-    table = read_parts(paths, METRICS_SCHEMA)
+def read_metrics(run_dir: str | os.PathLike[str],
+                 schema: pa.Schema = METRICS_SCHEMA) -> pa.Table:
+    """Every metrics part of a run, as ``schema`` (unreadable parts are skipped with a
+    warning; a column a part lacks is null)."""
+    paths = metric_parts(run_dir)
+    table = read_parts(paths, schema)
     if table is not None:
         return table
     tables = []
     for p in paths:
-        try:
-            tables.append(pq.read_table(p))
-        except Exception as exc:
-            logger.warning("metrics part %s is unreadable (%s); skipped", p, exc)
+        one = read_parts([p], schema)
+        if one is None:
+            logger.warning("metrics part %s is unreadable; skipped", p)
+        else:
+            tables.append(one)
     if not tables:
-        return METRICS_SCHEMA.empty_table()
-    return pa.concat_tables(tables, promote_options="default")
+        return schema.empty_table()
+    return pa.concat_tables(tables)
 
 
 def read_table(path: str | os.PathLike[str]) -> pa.Table | None:

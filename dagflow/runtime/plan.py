@@ -632,22 +632,15 @@ def _rows_base(ctx: Any, task: NodeTask, item: Mapping[str, Any]) -> dict[str, A
 
 def _summary(ctx: Any, index: int, item: Mapping[str, Any], rows: list[dict[str, Any]],
              status: str) -> ChunkSummary:
-    from dagflow.monitor import hooks
-    from dagflow.recovery.checkpoint import write_records
+    from dagflow.execute import write_chunk
 
-    part = None
-    if ctx.checkpoint:
-        part = os.fspath(Path(ctx.run_dir, "records", f"part-{index:07d}.parquet"))
-        write_records(part, rows)
-    try:
-        hooks.chunk_done(ctx, rows)
-    except Exception as exc:
-        logger.debug("monitoring could not take the rows of item %s: %s", item["path"], exc)
+    part = write_chunk(ctx, index, rows)
     counts: dict[tuple[str, str], int] = {}
     for r in rows:
         counts[(r["node_id"], r["status"])] = counts.get((r["node_id"], r["status"]), 0) + 1
     failures = [r for r in rows if r["status"] == "failed"]
-    return ChunkSummary(index, 1, counts, {item["item_id"]: status}, failures, part, 0.0)
+    unsucceeded = {} if status == "succeeded" else {item["item_id"]: status}
+    return ChunkSummary(index, 1, counts, unsucceeded, failures, part, 0.0)
 
 
 def refuse(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any], node: str,

@@ -42,12 +42,12 @@ from dagflow.compile import (
 )
 from dagflow.compile.chunking import taper
 from dagflow.exceptions import CircuitOpenError
-from dagflow.execute import ChunkSummary, reduce_aggregate
+from dagflow.execute import ChunkSummary, reduce_aggregate, write_chunk
 from dagflow.inputs import InputSet, resolve_inputs
 from dagflow.io.atomic import atomic_write, find_temporaries
 from dagflow.monitor import hooks
 from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker, counts_against_breaker
-from dagflow.recovery.checkpoint import Checkpoint, load_done, write_records
+from dagflow.recovery.checkpoint import Checkpoint, load_done
 from dagflow.recovery.events import EventLog
 from dagflow.runtime.capacity import prepare_cluster
 from dagflow.runtime.cluster import connect, dashboard_link
@@ -197,6 +197,7 @@ class _Runner:
     def _absorb(self, summary: ChunkSummary) -> None:
         r = self.result
         failed = 0
+        r.succeeded += summary.items - len(summary.item_status)
         for status in summary.item_status.values():
             if status == "failed":
                 failed += 1
@@ -247,10 +248,7 @@ class _Runner:
             "error_message": message if i == 0 else None, "attempts": self.dask_retries + 1,
             "duration_s": 0.0, "started": time.time(), "worker": None, "device": None,
         } for i, t in enumerate(self.tasks.values())]
-        part = None
-        if self.ctx.checkpoint:
-            part = os.fspath(Path(self.ctx.run_dir, "records", f"part-{chunk.index:07d}.parquet"))
-            write_records(part, rows)
+        part = write_chunk(self.ctx, chunk.index, rows)
         counts = collections.Counter((r["node_id"], r["status"]) for r in rows)
         return ChunkSummary(chunk.index, 1, dict(counts), {item["item_id"]: "failed"},
                             rows[:1], part, 0.0)
