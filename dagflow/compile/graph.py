@@ -96,17 +96,12 @@ def compile_chunks(
             mapping[key] = Task(key, run_node, task, ctx, chunk, *parents)
         layer_annotations = dict((annotations or {}).get(nid, {}))
         if chunk_annotations is not None:
-            by_index = {c.index: c for c in chunks}
-            static = layer_annotations
-
-            def resources(key: tuple[str, int], task: NodeTask = task,
-                          static: Mapping[str, Any] = static,
-                          by_index: Mapping[int, Chunk] = by_index) -> dict[str, Any]:
-                merged = dict(static.get("resources", {}))
-                merged.update(chunk_annotations(task, by_index[key[1]]).get("resources", {}))
-                return merged
-
-            layer_annotations = {**static, "resources": resources}
+            # computed here, for this window's keys: the annotation travels with the
+            # graph, and a function calling chunk_annotations would carry the whole batch
+            static = layer_annotations.get("resources", {})
+            by_key = {(name, c.index): {**static, **chunk_annotations(task, c).get("resources", {})}
+                      for c in chunks}
+            layer_annotations = {**layer_annotations, "resources": by_key.__getitem__}
         layers[name] = MaterializedLayer(mapping, annotations=layer_annotations or None)
         dependencies[name] = {names[p] for p in task.parents}
     leaves = tuple(nid for nid, t in tasks.items() if t.leaf)

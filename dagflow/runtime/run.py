@@ -268,13 +268,22 @@ class _Runner:
         #: single items whose worker died under them, tried again alone at the end
         suspects: collections.deque[Chunk] = collections.deque()
 
+        graph_items = max(1, int(config.get("runtime.graph-items")))
+
         def submit(n: int) -> int:
+            """Submit up to ``n`` chunks, in graphs of at most ``graph_items`` items."""
             if isolating:
                 return 0
-            taken = [pending.popleft() for _ in range(min(n, len(pending)))]
-            if taken:
+            submitted = 0
+            while pending and submitted < n:
+                taken, items_taken = [], 0
+                while pending and submitted + len(taken) < n and (
+                        not taken or items_taken + len(pending[0]) <= graph_items):
+                    items_taken += len(pending[0])
+                    taken.append(pending.popleft())
                 self._submit(taken, seq)
-            return len(taken)
+                submitted += len(taken)
+            return submitted
 
         def submit_suspect() -> int:
             # a suspect runs with nothing else in flight, so a worker death is its own
