@@ -20,6 +20,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 from dagflow.exceptions import InputError
@@ -191,8 +192,20 @@ def resolve_inputs(
     known: dict[str, tuple[int, int]] = {}  # (size, mtime) read while scanning
     roots: list[Path] = []
     for spec in specs:
-        text = os.fspath(spec)
-        p = Path(text).expanduser()
+        text = os.path.expanduser(os.fspath(spec))
+        try:
+            st = os.stat(text)
+        except (OSError, ValueError):
+            st = None
+        if st is not None and S_ISREG(st.st_mode) and \
+                not text.lower().endswith((".csv", ".parquet")):
+            # an image named by its path (often thousands of them): one stat, kept
+            absolute_path = os.path.abspath(text)
+            if stat:
+                known[absolute_path] = (st.st_size, st.st_mtime_ns)
+            paths.append(absolute_path)
+            continue
+        p = Path(text)
         if p.is_dir():
             # from its absolute path: the paths found are then already absolute and
             # normal, and skip abspath below
