@@ -243,3 +243,40 @@ def test_opentelemetry_spans(tmp_path):
     again = exporter.get_finished_spans()
     assert sorted((s.name, s.attributes.get("dagflow.items")) for s in again) == \
         sorted((s.name, s.attributes.get("dagflow.items")) for s in spans)
+
+
+def test_history_from_the_plugin_equals_the_history_from_the_records(client, tmp_path):
+    """At the end of a run whose records all came from the workers, the history is
+    written from the scheduler plugin's figures (no records read back); they equal the
+    figures computed from the records parts."""
+    import pyarrow.parquet as pq
+
+    from conftest import write_photos
+    from dagflow import Node, Workflow
+    from dagflow.monitor import history, hooks
+
+    write_photos(tmp_path / "in", 6)
+    wf = Workflow("hist", [Node("load", "load"),
+                           Node("small", "resize", {"long_side": 32}, after="load"),
+                           Node("save", "save", {"format": "png"}, after="small")])
+    with dask.config.set({"dagflow.monitor.report": False}):
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=client,
+                             progress=False)
+    assert result.succeeded == 6
+    scheduler = json.loads((result.run_dir / "metrics" / "scheduler.json").read_text())
+    assert hooks._covers(scheduler["nodes"], result.nodes)  # the plugin saw every record
+    live = pq.read_table(tmp_path / "out" / "_dagflow" / "history"
+                         / f"run-{result.run_id}.parquet").to_pandas().set_index("node_id")
+    written = history.append_run(result.run_dir, history_dir=tmp_path / "from-parts")
+    parts = pq.read_table(written).to_pandas().set_index("node_id")
+    assert list(live.index) == list(parts.index) == ["load", "small", "save"]
+    for column in ("op", "workflow", "items", "failed", "bytes_in", "bytes_out"):
+        assert live[column].tolist() == parts[column].tolist(), column
+    assert (live["bytes_in"]["load"], live["bytes_out"]["save"]) > (0, 0)
+    for column in ("total_s", "mean_s", "p50_s", "p95_s", "megapixels", "s_per_mp",
+                   "s_per_item"):
+        assert live[column].tolist() == pytest.approx(parts[column].tolist(), rel=1e-9), \
+            column
+    # a count the plugin did not see sends the history back to the records
+    assert not hooks._covers(scheduler["nodes"], {**result.nodes, "save": {"ok": 7}})
+    assert not hooks._covers(None, result.nodes)

@@ -82,16 +82,28 @@ def _metric_rows(run_dir: str | os.PathLike[str]) -> Any:
 
 def append_run(run_dir: str | os.PathLike[str], *,
                history_dir: str | os.PathLike[str] | None = None,
-               analysis: Any = None) -> Path | None:
+               analysis: Any = None,
+               live: Mapping[str, Mapping[str, Any]] | None = None) -> Path | None:
     """Append this run's per-node figures to the history; returns the file written.
 
     ``analysis`` (a :class:`~dagflow.monitor.analysis.RunAnalysis` of the run) saves
-    reading the run directory again.
+    reading the run directory again; so do ``live``, the scheduler plugin's figures per
+    node (:meth:`~dagflow.monitor.plugin.NodeStats.to_dict`), when they cover every
+    record of the run (the caller checks).
     """
     from dagflow.monitor.analysis import load_plan, load_rows
     from dagflow.monitor.metrics import node_stats
     from dagflow.monitor.store import write_table
 
+    if live is not None and analysis is None:
+        plan = load_plan(run_dir)
+        rows = _live_rows(plan, live, str(plan.get("run_id") or Path(run_dir).name))
+        if not rows:
+            return None
+        directory = Path(history_dir) if history_dir is not None else \
+            default_history_dir(run_dir)
+        return write_table(directory / f"run-{rows[0]['run_id']}.parquet",
+                           pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA))
     if analysis is not None:
         df, plan, stats = analysis.rows, analysis.plan, analysis.nodes
     else:
@@ -128,6 +140,30 @@ def append_run(run_dir: str | os.PathLike[str], *,
     directory = Path(history_dir) if history_dir is not None else default_history_dir(run_dir)
     return write_table(directory / f"run-{run_id}.parquet",
                        pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA))
+
+
+def _live_rows(plan: Mapping[str, Any], live: Mapping[str, Mapping[str, Any]],
+               run_id: str) -> list[dict[str, Any]]:
+    """History rows from the scheduler plugin's node figures (durations of the items the
+    op ran on; percentiles over the latest few thousand of them)."""
+    rows = []
+    now = time.time()
+    for node, s in live.items():
+        count = int(s.get("count") or 0)
+        if not count:
+            continue
+        total = float(s.get("total_s") or 0.0)
+        mp = float(s.get("megapixels") or 0.0)
+        rows.append({
+            "run_id": run_id, "workflow": plan.get("workflow"), "node_id": str(node),
+            "op": plan.get("nodes", {}).get(node, {}).get("op") or s.get("op"),
+            "finished": now, "items": count, "failed": int(s.get("failed") or 0),
+            "total_s": total, "mean_s": total / count, "p50_s": s.get("p50"),
+            "p95_s": s.get("p95"), "megapixels": mp,
+            "s_per_mp": total / mp if mp > 0 else None, "s_per_item": total / count,
+            "bytes_in": int(s.get("bytes_in") or 0), "bytes_out": int(s.get("bytes_out") or 0),
+        })
+    return rows
 
 
 def load(history_dir: str | os.PathLike[str], *, workflow: str | None = None,

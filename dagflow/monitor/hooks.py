@@ -127,7 +127,9 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
         # the whole analysis only for the report; the history needs the node figures
         analysis = analyze(ctx.run_dir, duration_s=getattr(result, "duration_s", None)) \
             if report else None
-        history.append_run(ctx.run_dir, analysis=analysis)
+        live = (data or {}).get("nodes") if client is not None else None
+        history.append_run(ctx.run_dir, analysis=analysis,
+                           live=live if _covers(live, getattr(result, "nodes", None)) else None)
     except Exception as exc:
         logger.warning("could not analyse this run: %s: %s", type(exc).__name__, exc)
         return
@@ -138,6 +140,25 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
             write_report(ctx.run_dir, analysis=analysis)
         except Exception as exc:
             logger.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
+
+
+def _covers(live: Mapping[str, Mapping[str, Any]] | None,
+            counts: Mapping[str, Mapping[str, int]] | None) -> bool:
+    """Whether the plugin's node figures count every record the run counted.
+
+    A chunk's payload reaches the plugin before its task is reported finished (both go
+    through the worker's one stream to the scheduler, in order), so they do unless some
+    records were made outside the workers (tiled items, failed tasks) or the plugin is
+    missing; then the history is computed from the records parts.
+    """
+    if not live or not counts:
+        return False
+    for node, by_status in counts.items():
+        figures = live.get(node)
+        if figures is None or any(int(figures.get(status) or 0) != n
+                                  for status, n in by_status.items() if n):
+            return False
+    return True
 
 
 def _write_scheduler_data(run_dir: str, data: Mapping[str, Any]) -> None:
