@@ -18,6 +18,7 @@ synchronous scheduler alike.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import pickle
 import socket
@@ -68,6 +69,8 @@ class ChunkSummary:
     failures: list[dict[str, Any]]
     part: str | None
     duration_s: float
+    #: Per node, the seconds its op ran over the chunk's items.
+    seconds: dict[str, float] = field(default_factory=dict)
 
 
 def _worker_name() -> str:
@@ -84,7 +87,8 @@ def _worker_name() -> str:
 Record = tuple[Any, ...]
 
 _NAMES = tuple(RECORD_SCHEMA.names)
-_ITEM_ID, _NODE_ID, _STATUS = (_NAMES.index(n) for n in ("item_id", "node_id", "status"))
+_ITEM_ID, _NODE_ID, _STATUS, _DURATION = (
+    _NAMES.index(n) for n in ("item_id", "node_id", "status", "duration_s"))
 
 
 def _record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], status: str,
@@ -391,9 +395,12 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
     statuses = [r[_STATUS] for r in rows]
     counts = dict(collections.Counter(zip(nodes, statuses, strict=True)))
     failures = [as_dict(r) for r in rows if r[_STATUS] == "failed"][:MAX_FAILURES_RETURNED]
+    seconds = dict.fromkeys(records, 0.0)
+    for node, node_records in records.items():
+        seconds[node] = math.fsum(r[_DURATION] for r in node_records)
     return ChunkSummary(chunk.index, len(chunk), counts,
                         _unsucceeded([r[_ITEM_ID] for r in rows], nodes, statuses, leaves),
-                        failures, part, time.perf_counter() - t0)
+                        failures, part, time.perf_counter() - t0, seconds)
 
 
 def _unsucceeded(ids: list[int], nodes: list[str], statuses: list[str],

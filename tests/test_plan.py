@@ -77,6 +77,11 @@ def test_plan_after_a_run_uses_the_history_and_skips_what_is_done(setup, client)
     assert result.succeeded == 3 and result.skipped == 1 and result.failed == 1
     assert result.estimate is not None and result.estimate["actual"]["duration_s"] > 0
     assert set(result.estimate["actual"]["nodes"]) == {"load", "blur", "save"}
+    # seconds per node summed from the chunks' summaries, as the records say
+    from_records = result.records().groupby("node_id")["duration_s"].sum().to_dict()
+    assert result.node_seconds == pytest.approx(from_records, rel=1e-9)
+    assert result.estimate["actual"]["nodes"] == {
+        n: round(s, 3) for n, s in result.node_seconds.items()}
     assert "memory: estimated peak" in str(result)
     history = setup / "out" / "_dagflow" / "history"
     assert any(history.glob("run-*.parquet"))

@@ -250,8 +250,8 @@ def test_history_from_the_plugin_equals_the_history_from_the_records(client, tmp
     written from the scheduler plugin's figures (no records read back); they equal the
     figures computed from the records parts."""
     import pyarrow.parquet as pq
-
     from conftest import write_photos
+
     from dagflow import Node, Workflow
     from dagflow.monitor import history, hooks
 

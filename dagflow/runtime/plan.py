@@ -640,7 +640,10 @@ def _summary(ctx: Any, index: int, item: Mapping[str, Any], rows: list[dict[str,
         counts[(r["node_id"], r["status"])] = counts.get((r["node_id"], r["status"]), 0) + 1
     failures = [r for r in rows if r["status"] == "failed"]
     unsucceeded = {} if status == "succeeded" else {item["item_id"]: status}
-    return ChunkSummary(index, 1, counts, unsucceeded, failures, part, 0.0)
+    seconds: dict[str, float] = {}
+    for r in rows:
+        seconds[r["node_id"]] = seconds.get(r["node_id"], 0.0) + float(r["duration_s"] or 0.0)
+    return ChunkSummary(index, 1, counts, unsucceeded, failures, part, 0.0, seconds)
 
 
 def refuse(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any], node: str,
@@ -715,7 +718,11 @@ def compare(result: Any, batch_plan: BatchPlan, run_dir: str | os.PathLike[str])
         import pyarrow.dataset as ds
 
         records = Path(run_dir, "records")
-        if records.exists():
+        seconds = getattr(result, "node_seconds", None)
+        if seconds:  # summed from the chunks' summaries as they came in
+            actual["nodes"] = {n: round(s, 3) for n, s in seconds.items()}
+            actual["compute_s"] = round(math.fsum(seconds.values()), 3)
+        elif records.exists():
             table = ds.dataset(records, format="parquet").to_table(
                 columns=["node_id", "duration_s"])
             grouped = table.group_by("node_id").aggregate([("duration_s", "sum")])

@@ -43,6 +43,8 @@ class RunResult:
         ``not_run``: held back by an open circuit breaker, run again by the next run).
     nodes
         Per node id, counts by status (``ok``, ``failed``, ``skipped``, ``upstream_failed``).
+    node_seconds
+        Per node id, the seconds its op ran, summed over the items of this run.
     failures
         Records of failed items (up to a bound; all are in the records).
     aggregates
@@ -75,6 +77,7 @@ class RunResult:
     not_run: int = 0
     quarantined: int = 0
     nodes: dict[str, dict[str, int]] = field(default_factory=dict)
+    node_seconds: dict[str, float] = field(default_factory=dict)
     failures: list[dict[str, Any]] = field(default_factory=list)
     aggregates: dict[str, str] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)

@@ -205,6 +205,8 @@ class _Runner:
         for (node, status), n in summary.counts.items():
             r.nodes.setdefault(node, {})
             r.nodes[node][status] = r.nodes[node].get(status, 0) + n
+        for node, seconds in summary.seconds.items():
+            r.node_seconds[node] = r.node_seconds.get(node, 0.0) + seconds
         r.failures.extend(summary.failures[: max(0, 1000 - len(r.failures))])
         self._feed_breakers(summary)
         self.events.emit("chunk_finished", chunk=summary.index, items=summary.items,
