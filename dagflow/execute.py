@@ -256,13 +256,6 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
     used: dict[str, Any] = {}
     outcome = call_with_policy(lambda: _invoke(task, ctx, item, inputs, used), task.policy,
                                restart=restart)
-    value = outcome.value
-    if outcome.error is None and spec.kind != "sink" and isinstance(value, Image):
-        # the common case first, without the dict of fields below
-        return (_record(ctx, task, item, "ok", worker, attempts=outcome.attempts,
-                        duration_s=outcome.duration_s, cpu_s=outcome.cpu_s, started=started,
-                        device=used.get("device", "cpu"), degraded=used.get("degraded", False),
-                        width=value.width, height=value.height), value, None, False)
     common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
               "cpu_s": outcome.cpu_s, "started": started, "device": used.get("device", "cpu"),
               "degraded": used.get("degraded", False)}
@@ -277,6 +270,7 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
                          error_type=type(exc).__name__, error_message=message[:2000],
                          reason=getattr(exc, "reason", None), **common)
         return record, None, "failed", counts_against_breaker(outcome.error_class) or None
+    value = outcome.value
     if spec.kind == "sink":
         return (_record(ctx, task, item, "ok", worker, output_path=str(value),
                         width=inputs[0].width, height=inputs[0].height, **common),
