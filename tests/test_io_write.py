@@ -364,3 +364,28 @@ def test_deferred_sync_makes_a_block_durable_at_its_end(tmp_path, monkeypatch):
         for k in range(3):
             atomic.atomic_write(tmp_path / "more" / f"{k}.txt", b"y")
     assert len(synced) == 4 and not atomic.find_temporaries(tmp_path)
+
+
+def test_unsynced_atomic_path_renames_without_flushing(tmp_path, monkeypatch):
+    """Records parts are written with ``sync=False``: still all or nothing, no fsync."""
+    import os as _os
+
+    from dagflow.io import atomic
+    from dagflow.recovery.checkpoint import RECORD_SCHEMA, read_records, write_part
+
+    synced = []
+    real_fsync = _os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    with atomic.atomic_path(tmp_path / "a.bin", sync=False) as tmp:
+        tmp.write_bytes(b"whole")
+    assert (tmp_path / "a.bin").read_bytes() == b"whole" and synced == []
+    with pytest.raises(RuntimeError), atomic.atomic_path(tmp_path / "b.bin", sync=False) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed mid-write")
+    assert not (tmp_path / "b.bin").exists() and atomic.find_temporaries(tmp_path) == []
+    columns = {"item_id": [1, 2], "status": ["ok", "failed"]}
+    part = write_part(tmp_path / "records" / "part-0000000.parquet", columns, RECORD_SCHEMA)
+    table, bad = read_records([part])
+    assert bad == [] and synced == []
+    assert table.column("status").to_pylist() == ["ok", "failed"]
+    assert table.column_names == ["item_id", "status"]  # the fields it was given

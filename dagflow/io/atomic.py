@@ -379,9 +379,9 @@ def atomic_path(path: PathArg, *, root: PathArg | None = None,
         As in :func:`atomic_write`.
     sync
         Flush the file and its directory to the disk before and after the rename (or in
-        the :func:`deferred_sync` block). ``False`` for a file that is only worth its
-        cost if it survives: one lost to a power cut, or torn, is simply made again
-        (a chunk's records part: its items run again).
+        the :func:`deferred_sync` block). ``False`` for a file whose loss is harmless:
+        one lost to a power cut, or torn by it, is simply made again (a chunk's records
+        part: its items run again). The rename is atomic either way.
 
     Yields
     ------
