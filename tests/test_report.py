@@ -280,3 +280,25 @@ def test_history_from_the_plugin_equals_the_history_from_the_records(client, tmp
     # a count the plugin did not see sends the history back to the records
     assert not hooks._covers(scheduler["nodes"], {**result.nodes, "save": {"ok": 7}})
     assert not hooks._covers(None, result.nodes)
+
+
+def test_a_torn_part_is_skipped_by_the_analysis(client, tmp_path):
+    """A records part torn by a crash (unreadable) leaves the report of the other chunks."""
+    from conftest import write_photos
+
+    from dagflow import Node, Workflow
+    from dagflow.monitor.analysis import analyze
+    from dagflow.monitor.store import read_metrics
+
+    write_photos(tmp_path / "in", 6)
+    wf = Workflow("torn", [Node("load", "load"),
+                           Node("save", "save", {"format": "png"}, after="load")])
+    with dask.config.set({"dagflow.monitor.report": False}):
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=client,
+                             progress=False, chunk_size=2)
+    parts = sorted((result.run_dir / "records").glob("part-*.parquet"))
+    assert len(parts) == 3 and read_metrics(result.run_dir).num_rows == 12
+    parts[1].write_bytes(parts[1].read_bytes()[:100])  # torn
+    assert read_metrics(result.run_dir).num_rows == 8
+    analysis = analyze(result.run_dir)
+    assert analysis.nodes.loc["load", "count"] == 4 and analysis.nodes.loc["save", "ok"] == 4
