@@ -434,7 +434,8 @@ def chunk_done(ctx: Any, records: Sequence[Mapping[str, Any]] | Mapping[str, Seq
     if not enabled():
         return
     try:
-        metrics = records if written and isinstance(records, Mapping) and "chunk" in records \
+        # the columns from with_metrics already carry the metrics' own
+        metrics = records if isinstance(records, Mapping) and "chunk" in records \
             else metric_columns(ctx, records, chunk_sample(), sizes)
         if not metrics["item_id"]:
             return
