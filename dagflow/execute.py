@@ -24,7 +24,7 @@ import pickle
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +35,12 @@ from dagflow.image import Image
 from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
 from dagflow.recovery.breaker import counts_against_breaker
-from dagflow.recovery.checkpoint import RECORD_SCHEMA
+from dagflow.recovery.checkpoint import RECORD_SCHEMA, record_columns
 from dagflow.recovery.policy import call_with_policy
 from dagflow.recovery.watch import run_watched
 
-__all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "reduce_aggregate", "run_node",
-           "write_chunk"]
+__all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "item_summary", "reduce_aggregate",
+           "run_node", "write_chunk"]
 
 _FAILED = frozenset({"failed", "upstream_failed"})
 
@@ -87,8 +87,7 @@ def _worker_name() -> str:
 Record = tuple[Any, ...]
 
 _NAMES = tuple(RECORD_SCHEMA.names)
-_ITEM_ID, _NODE_ID, _STATUS, _DURATION = (
-    _NAMES.index(n) for n in ("item_id", "node_id", "status", "duration_s"))
+_STATUS, _DURATION = (_NAMES.index(n) for n in ("status", "duration_s"))
 
 
 def _record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], status: str,
@@ -361,19 +360,21 @@ def _select(partial: Any, wanted: list[bool]) -> Any:
     return partial
 
 
-def write_chunk(ctx: RunContext, index: int, rows: Sequence[Record | Mapping[str, Any]],
+def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],
                 sizes: Mapping[int, int] | None = None) -> str | None:
     """Write a chunk's records once and tell monitoring; returns the records part.
 
-    One Parquet part per chunk holds its records (the checkpoint) and, with monitoring
-    on, the metrics' columns beside them; without checkpoints, monitoring writes that
-    part in the metrics directory instead. ``sizes`` are the input files' sizes by item.
+    One Parquet part per chunk holds its records (``columns``, from
+    :func:`~dagflow.recovery.checkpoint.record_columns`: the checkpoint) and, with
+    monitoring on, the metrics' columns beside them; without checkpoints, monitoring
+    writes that part in the metrics directory instead. ``sizes`` are the input files'
+    sizes by item.
     """
-    from dagflow.recovery.checkpoint import record_columns, write_part
+    from dagflow.recovery.checkpoint import write_part
 
-    if not rows or not (ctx.checkpoint or hooks.enabled()):
+    if not columns["item_id"] or not (ctx.checkpoint or hooks.enabled()):
         return None
-    columns = hooks.with_metrics(ctx, record_columns(rows), sizes)
+    columns = hooks.with_metrics(ctx, columns, sizes)
     part = None
     if ctx.checkpoint:
         from dagflow.monitor.store import PART_SCHEMA
@@ -384,6 +385,20 @@ def write_chunk(ctx: RunContext, index: int, rows: Sequence[Record | Mapping[str
     return part
 
 
+def item_summary(ctx: RunContext, index: int, item: Mapping[str, Any],
+                 rows: list[dict[str, Any]], status: str) -> ChunkSummary:
+    """Write and summarise the records of one item made on the client (refused, tiled,
+    or whose task failed as a whole), as a chunk of its own numbered ``index``."""
+    part = write_chunk(ctx, index, record_columns(rows))
+    counts = collections.Counter((r["node_id"], r["status"]) for r in rows)
+    seconds: dict[str, float] = {}
+    for r in rows:
+        seconds[r["node_id"]] = seconds.get(r["node_id"], 0.0) + float(r["duration_s"] or 0.0)
+    failures = [r for r in rows if r["status"] == "failed"]
+    unsucceeded = {} if status == "succeeded" else {item["item_id"]: status}
+    return ChunkSummary(index, 1, dict(counts), unsucceeded, failures, part, 0.0, seconds)
+
+
 def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
                  *states: ChunkState) -> ChunkSummary:
     """Merge the chunk's records, write them as one Parquet part, summarise for the client."""
@@ -392,16 +407,17 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
     for s in states:
         records.update(s.records)
     rows = [r for node_records in records.values() for r in node_records]
-    part = write_chunk(ctx, chunk.index, rows, {i["item_id"]: i.get("size") for i in chunk.items})
-    nodes = [r[_NODE_ID] for r in rows]
-    statuses = [r[_STATUS] for r in rows]
+    columns = record_columns(rows)  # the part's, and the summary's below
+    part = write_chunk(ctx, chunk.index, columns,
+                       {i["item_id"]: i.get("size") for i in chunk.items})
+    nodes, statuses = columns["node_id"], columns["status"]
     counts = dict(collections.Counter(zip(nodes, statuses, strict=True)))
     failures = [as_dict(r) for r in rows if r[_STATUS] == "failed"][:MAX_FAILURES_RETURNED]
     seconds = dict.fromkeys(records, 0.0)
     for node, node_records in records.items():
         seconds[node] = math.fsum(r[_DURATION] for r in node_records)
     return ChunkSummary(chunk.index, len(chunk), counts,
-                        _unsucceeded([r[_ITEM_ID] for r in rows], nodes, statuses, leaves),
+                        _unsucceeded(columns["item_id"], nodes, statuses, leaves),
                         failures, part, time.perf_counter() - t0, seconds)
 
 

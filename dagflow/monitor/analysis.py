@@ -49,10 +49,6 @@ def load_rows(run_dir: str | os.PathLike[str]) -> pd.DataFrame:
     from dagflow.monitor.store import PART_SCHEMA
 
     df = read_metrics(run_dir, PART_SCHEMA).to_pandas()
-    if "sample_time" in df and df["sample_time"].isna().all():
-        # sampled by the scheduler plugin instead (see dagflow.monitor.store)
-        df = df.drop(columns=["sample_worker", "sample_time", "worker_cpu",
-                              "worker_memory", "worker_gpu"])
     if "megapixels" not in df:
         df["megapixels"] = np.nan
     if {"width", "height"} <= set(df.columns):

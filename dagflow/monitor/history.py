@@ -95,27 +95,35 @@ def append_run(run_dir: str | os.PathLike[str], *,
     from dagflow.monitor.metrics import node_stats
     from dagflow.monitor.store import write_table
 
-    if live is not None and analysis is None:
+    if analysis is None and live is not None:
         plan = load_plan(run_dir)
-        rows = _live_rows(plan, live, str(plan.get("run_id") or Path(run_dir).name))
-        if not rows:
-            return None
-        directory = Path(history_dir) if history_dir is not None else \
-            default_history_dir(run_dir)
-        return write_table(directory / f"run-{rows[0]['run_id']}.parquet",
-                           pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA))
-    if analysis is not None:
-        df, plan, stats = analysis.rows, analysis.plan, analysis.nodes
+        rows = _live_rows(plan, live, _run_id(plan, run_dir))
     else:
-        # the chunks' parts carry every column the node figures need: read those alone
-        df = _metric_rows(run_dir)
-        if df is None:
-            df = load_rows(run_dir)
-        plan = load_plan(run_dir)
-        stats = node_stats(df, order=list(plan.get("nodes", {}))) if len(df) else None
-    if df.empty or stats is None:
+        if analysis is not None:
+            df, plan, stats = analysis.rows, analysis.plan, analysis.nodes
+        else:
+            # the chunks' parts carry every column the node figures need: read those alone
+            df = _metric_rows(run_dir)
+            if df is None:
+                df = load_rows(run_dir)
+            plan = load_plan(run_dir)
+            stats = node_stats(df, order=list(plan.get("nodes", {}))) if len(df) else None
+        empty = df.empty or stats is None
+        rows = [] if empty else _stats_rows(plan, df, stats, _run_id(plan, run_dir))
+    if not rows:
         return None
-    run_id = str(plan.get("run_id") or Path(run_dir).name)
+    directory = Path(history_dir) if history_dir is not None else default_history_dir(run_dir)
+    return write_table(directory / f"run-{rows[0]['run_id']}.parquet",
+                       pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA))
+
+
+def _run_id(plan: Mapping[str, Any], run_dir: str | os.PathLike[str]) -> str:
+    return str(plan.get("run_id") or Path(run_dir).name)
+
+
+def _stats_rows(plan: Mapping[str, Any], df: pd.DataFrame, stats: pd.DataFrame,
+                run_id: str) -> list[dict[str, Any]]:
+    """History rows from the node figures computed from the run's records."""
     rows = []
     now = time.time()
     for node, s in stats.iterrows():
@@ -135,11 +143,7 @@ def append_run(run_dir: str | os.PathLike[str], *,
             "s_per_item": float(s["total_s"]) / float(s["count"]),
             "bytes_in": int(s["bytes_in"]), "bytes_out": int(s["bytes_out"]),
         })
-    if not rows:
-        return None
-    directory = Path(history_dir) if history_dir is not None else default_history_dir(run_dir)
-    return write_table(directory / f"run-{run_id}.parquet",
-                       pa.Table.from_pylist(rows, schema=HISTORY_SCHEMA))
+    return rows
 
 
 def _live_rows(plan: Mapping[str, Any], live: Mapping[str, Mapping[str, Any]],

@@ -632,18 +632,9 @@ def _rows_base(ctx: Any, task: NodeTask, item: Mapping[str, Any]) -> dict[str, A
 
 def _summary(ctx: Any, index: int, item: Mapping[str, Any], rows: list[dict[str, Any]],
              status: str) -> ChunkSummary:
-    from dagflow.execute import write_chunk
+    from dagflow.execute import item_summary
 
-    part = write_chunk(ctx, index, rows)
-    counts: dict[tuple[str, str], int] = {}
-    for r in rows:
-        counts[(r["node_id"], r["status"])] = counts.get((r["node_id"], r["status"]), 0) + 1
-    failures = [r for r in rows if r["status"] == "failed"]
-    unsucceeded = {} if status == "succeeded" else {item["item_id"]: status}
-    seconds: dict[str, float] = {}
-    for r in rows:
-        seconds[r["node_id"]] = seconds.get(r["node_id"], 0.0) + float(r["duration_s"] or 0.0)
-    return ChunkSummary(index, 1, counts, unsucceeded, failures, part, 0.0, seconds)
+    return item_summary(ctx, index, item, rows, status)
 
 
 def refuse(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any], node: str,
@@ -715,21 +706,11 @@ def compare(result: Any, batch_plan: BatchPlan, run_dir: str | os.PathLike[str])
     actual: dict[str, Any] = {"duration_s": round(float(result.duration_s), 3)}
     try:
         import pyarrow.compute as pc
-        import pyarrow.dataset as ds
 
-        records = Path(run_dir, "records")
-        seconds = getattr(result, "node_seconds", None)
-        if seconds:  # summed from the chunks' summaries as they came in
-            actual["nodes"] = {n: round(s, 3) for n, s in seconds.items()}
-            actual["compute_s"] = round(math.fsum(seconds.values()), 3)
-        elif records.exists():
-            table = ds.dataset(records, format="parquet").to_table(
-                columns=["node_id", "duration_s"])
-            grouped = table.group_by("node_id").aggregate([("duration_s", "sum")])
-            actual["nodes"] = {n: round(float(s), 3) for n, s in zip(
-                grouped["node_id"].to_pylist(), grouped["duration_s_sum"].to_pylist(),
-                strict=True)}
-            actual["compute_s"] = round(float(pc.sum(table["duration_s"]).as_py() or 0), 3)
+        # seconds per node summed from the chunks' summaries as they came in
+        seconds = result.node_seconds
+        actual["nodes"] = {n: round(v, 3) for n, v in seconds.items()}
+        actual["compute_s"] = round(math.fsum(seconds.values()), 3)
         workers = Path(run_dir, "metrics", "workers.parquet")
         if workers.exists():
             import pyarrow.parquet as pq

@@ -42,7 +42,7 @@ from dagflow.compile import (
 )
 from dagflow.compile.chunking import taper
 from dagflow.exceptions import CircuitOpenError
-from dagflow.execute import ChunkSummary, reduce_aggregate, write_chunk
+from dagflow.execute import ChunkSummary, item_summary, reduce_aggregate
 from dagflow.inputs import InputSet, resolve_inputs
 from dagflow.io.atomic import atomic_write, find_temporaries
 from dagflow.monitor import hooks
@@ -250,10 +250,7 @@ class _Runner:
             "error_message": message if i == 0 else None, "attempts": self.dask_retries + 1,
             "duration_s": 0.0, "started": time.time(), "worker": None, "device": None,
         } for i, t in enumerate(self.tasks.values())]
-        part = write_chunk(self.ctx, chunk.index, rows)
-        counts = collections.Counter((r["node_id"], r["status"]) for r in rows)
-        return ChunkSummary(chunk.index, 1, dict(counts), {item["item_id"]: "failed"},
-                            rows[:1], part, 0.0)
+        return item_summary(self.ctx, chunk.index, item, rows, "failed")
 
     def run(self, items: Sequence[Mapping[str, Any]], chunk_size: int) -> None:
         chunks = self.make_chunks(items, chunk_size)
