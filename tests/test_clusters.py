@@ -143,6 +143,37 @@ def write_profile(path: Path, **fields) -> Path:
     return path
 
 
+def _worker_settings() -> tuple[bool, str, str | None]:
+    import dask
+
+    return (dask.config.get("distributed.worker.profile.enabled"),
+            dask.config.get("distributed.admin.tick.interval"),
+            os.environ.get("MALLOC_MMAP_THRESHOLD_"))
+
+
+@pytest.mark.slow
+def test_embedded_cluster_takes_dagflows_dask_settings_into_every_worker_process():
+    """``cluster.dask-config`` reaches the scheduler and every worker, restarted ones too;
+    ``{}`` leaves Dask's defaults."""
+    from distributed import Client
+
+    from dagflow.runtime.cluster import start_local_cluster
+
+    with start_local_cluster(n_workers=1, threads_per_worker=1) as cluster, \
+            Client(cluster) as client:
+        assert cluster.scheduler._tick_interval == 0.2  # the default is 20 ms
+        assert list(client.run(_worker_settings).values()) == [(False, "200ms", "33554432")]
+        client.restart()  # the nanny starts a new worker process
+        assert list(client.run(_worker_settings).values()) == [(False, "200ms", "33554432")]
+    with dask.config.set({"dagflow.cluster.dask-config": {}}), \
+            start_local_cluster(n_workers=1, threads_per_worker=1) as cluster, \
+            Client(cluster) as client:
+        assert cluster.scheduler._tick_interval == 0.02
+        assert list(client.run(_worker_settings).values()) == [(True, "20ms", "33554432")]
+    # the settings were set for the clusters only
+    assert dask.config.get("distributed.worker.profile.enabled") is True
+
+
 def test_shipped_profiles_load():
     names = {p.name for p in list_profiles()}
     assert {"local", "local-tls", "local-cuda", "slurm", "slurm-gpu", "slurm-tls", "pbs",

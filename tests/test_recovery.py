@@ -449,3 +449,26 @@ def test_closing_the_client_mid_run_is_an_interruption_not_failures(tmp_path, ma
         resumed = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
     assert resumed.failed == 0 and resumed.already_done >= 4
     assert resumed.executed + resumed.already_done == 30
+
+
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_parts_keep_every_value_whether_a_column_repeats_one_or_not(tmp_path, n):
+    """A column of one repeated value is written without converting each copy; what is
+    read back is the same either way (strings, nulls, booleans, numbers, mixed)."""
+    import pyarrow.parquet as pq
+
+    from dagflow.monitor.store import PART_SCHEMA
+    from dagflow.recovery.checkpoint import write_part
+
+    columns = {
+        "run_id": ["r1"] * n, "item_id": list(range(n)), "node_id": ["load"] * n,
+        "status": ["ok"] * (n - 1) + ["failed"], "error_class": [None] * n,
+        "reason": [None] * (n - 1) + ["oversize"], "attempts": [1] * n,
+        "duration_s": [0.5] * n, "width": [None] + [640] * (n - 1),
+        "degraded": [True] * n, "megapixels": [0.3] * n,
+    }
+    path = write_part(tmp_path / "part-0000000.parquet", columns, PART_SCHEMA)
+    table = pq.read_table(path)
+    assert table.column_names == [f.name for f in PART_SCHEMA if f.name in columns]
+    assert table.to_pydict() == columns
+    assert table.schema.field("degraded").type == PART_SCHEMA.field("degraded").type

@@ -11,6 +11,7 @@ workers, dashboard) to 127.0.0.1 unless configured otherwise.
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -22,9 +23,33 @@ from distributed import Client, LocalCluster
 from dagflow import config
 from dagflow.exceptions import ConfigError
 
-__all__ = ["connect", "dashboard_link", "start_cuda_cluster", "start_local_cluster"]
+__all__ = ["cluster_dask_config", "connect", "dashboard_link", "start_cuda_cluster",
+           "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
+
+
+def cluster_dask_config() -> dict[str, Any]:
+    """``dagflow.cluster.dask-config`` as dotted Dask keys, nested mappings flattened.
+
+    Set while an embedded cluster starts: its scheduler reads them then, and its nannies
+    hand them to every worker process they start (and restart).
+
+    Examples
+    --------
+    >>> with dask.config.set({"dagflow.cluster.dask-config":
+    ...                       {"distributed": {"admin": {"tick": {"interval": "1s"}}}}}):
+    ...     cluster_dask_config()
+    {'distributed.admin.tick.interval': '1s'}
+    """
+    def flat(prefix: str, value: Any) -> Iterator[tuple[str, Any]]:
+        if isinstance(value, Mapping) and value:
+            for key, inner in value.items():
+                yield from flat(f"{prefix}.{key}" if prefix else str(key), inner)
+        elif prefix:
+            yield prefix, value
+
+    return dict(flat("", config.get("cluster.dask-config") or {}))
 
 
 def start_local_cluster(
@@ -78,7 +103,12 @@ def start_local_cluster(
     saved = {k: os.environ.get(k) for k in worker_env}
     os.environ.update(worker_env)
     try:
-        with dask.config.set({"distributed.nanny.pre-spawn-environ": spawn_env}):
+        with dask.config.set({**cluster_dask_config(),
+                              "distributed.nanny.pre-spawn-environ": spawn_env}):
+            if processes and "config" not in options:
+                # a nanny keeps references into the global configuration, and would
+                # restart its worker with whatever it says then: it gets a copy
+                options["config"] = copy.deepcopy(dask.config.config)
             cluster = LocalCluster(**options)
     finally:
         for key, value in saved.items():
@@ -149,7 +179,8 @@ def start_cuda_cluster(
     options = {k: v for k, v in options.items() if v is not None}
     options["resources"] = {"GPU": 1, **dict(resources or {})}
     options.update(kwargs)
-    cluster = LocalCUDACluster(**options)
+    with dask.config.set(cluster_dask_config()):
+        cluster = LocalCUDACluster(**options)
     logger.info("started a CUDA cluster: %s, %d workers", cluster.scheduler_address,
                 len(cluster.workers))
     return cluster
