@@ -19,7 +19,7 @@ from distributed.utils_test import gen_cluster
 
 from dagflow.monitor import hooks
 from dagflow.monitor import plugin as P
-from dagflow.monitor.plugin import PLUGIN_NAME, DagflowMonitor, ensure_plugin
+from dagflow.monitor.plugin import PLUGIN_NAME, DagflowMonitor, ensure_plugin, payload_durations
 from dagflow.monitor.preload import install
 
 NODES = {"load": {"op": "load", "kind": "source", "parents": []},
@@ -58,7 +58,7 @@ def test_payload_is_compact_and_columnar(tmp_path):
     assert payload["items"] == 4 and payload["failed"] == 1
     blur = payload["nodes"]["blur"]
     assert blur["s"] == {"ok": 3, "failed": 1} and blur["e"] == {"bad_input": 1}
-    assert len(blur["d"]) == 4
+    assert payload_durations(blur) == [0.01] * 4 and isinstance(blur["d"], bytes)
     assert payload["nodes"]["save"]["s"] == {"ok": 3, "upstream_failed": 1}
     assert payload["nodes"]["load"]["r"] == 1
     assert payload["nodes"]["load"]["mp"] == pytest.approx(4 * 0.005)
@@ -99,7 +99,8 @@ def test_payload_matches_a_row_by_row_count(tmp_path, nodes):
     metrics = hooks.metric_rows(ctx(tmp_path), rows)
     for given in (metrics, hooks.metric_columns(ctx(tmp_path), rows)):
         payload = hooks.chunk_payload(ctx(tmp_path), given, "tcp://w")
-        assert payload["nodes"] == _reference_nodes(metrics)
+        got = {n: {**e, "d": payload_durations(e)} for n, e in payload["nodes"].items()}
+        assert got == _reference_nodes(metrics)
         assert payload["items"] == 30 and payload["failed"] == (1 if "blur" in nodes else 0)
 
 

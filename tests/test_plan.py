@@ -124,3 +124,23 @@ def test_plan_command_in_a_real_process(setup):
                           env={**os.environ, "DASK_DAGFLOW__CLUSTER__N_WORKERS": "1"})
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["workers"] == 1
+
+
+def test_auto_chunks_hold_at_most_chunk_megapixels_of_work(tmp_path):
+    """"auto" caps a chunk by the megapixels its items go through (every node), as well as
+    by count: costly items get small chunks, cheap ones large."""
+    (tmp_path / "wf.yaml").write_text("name: mp\nnodes:\n  - {id: load, op: load}\n"
+                                      "  - {id: save, op: save, after: [load]}\n")
+    rows = ["path,width,height,channels,format"]
+    rows += [f"img{i}.png,200,100,3,PNG" for i in range(10_000)]  # 0.02 MP, through 2 nodes
+    (tmp_path / "items.csv").write_text("\n".join(rows) + "\n")
+    options = {"n_workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB"}
+    with dask.config.set({"dagflow.chunk-megapixels": 1.0}):
+        capped = plan(tmp_path / "wf.yaml", tmp_path / "items.csv", tmp_path / "out",
+                      local_options=options)
+    with dask.config.set({"dagflow.chunk-megapixels": None}):
+        by_count = plan(tmp_path / "wf.yaml", tmp_path / "items.csv", tmp_path / "out",
+                        local_options=options)
+    assert capped.chunk_size == 25  # 1 MP / (2 nodes x 0.02 MP)
+    assert by_count.chunk_size == 1250  # 10,000 items / (2 threads x 4 chunks each)
+    assert capped.chunks >= 10_000 // 25

@@ -20,17 +20,29 @@ CHUNKS_PER_THREAD = 4
 
 
 def choose_chunk_size(n_items: int, n_threads: int, *, minimum: int = 1,
-                      maximum: int = 64) -> int:
+                      maximum: int = 64, megapixels_per_item: float | None = None,
+                      chunk_megapixels: float | None = None) -> int:
     """Items per chunk for ``n_items`` on ``n_threads`` threads.
+
+    At least :data:`CHUNKS_PER_THREAD` chunks per thread, at most ``maximum`` items, and,
+    given the megapixels an item goes through (summed over the nodes), at most
+    ``chunk_megapixels`` of them per chunk: cheap items get large chunks (a chunk costs
+    tens of milliseconds of its own), costly ones small chunks (a chunk is what a killed
+    run redoes, and how often progress moves).
 
     Examples
     --------
     >>> choose_chunk_size(400, 2), choose_chunk_size(100_000, 2), choose_chunk_size(3, 8)
     (50, 64, 1)
+    >>> choose_chunk_size(100_000, 2, maximum=4096, megapixels_per_item=3.7,
+    ...                   chunk_megapixels=1000)
+    270
     """
     if n_items <= 0:
         return max(1, minimum)
     target = math.ceil(n_items / max(1, n_threads * CHUNKS_PER_THREAD))
+    if megapixels_per_item and chunk_megapixels:
+        target = min(target, int(chunk_megapixels / megapixels_per_item))
     return max(minimum, min(maximum, target))
 
 

@@ -29,6 +29,7 @@ import logging
 import os
 import socket
 import time
+from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -328,7 +329,8 @@ def chunk_payload(ctx: Any, metrics: Sequence[Mapping[str, Any]] | Mapping[str, 
     """The compact, columnar message a chunk sends to the scheduler plugin.
 
     ``metrics`` are :func:`metric_rows` or :func:`metric_columns`. Per node: ``d``
-    durations of the items the op ran on, ``s`` counts by status, ``e`` counts by error
+    durations of the items the op ran on (float64 bytes, see
+    :func:`dagflow.monitor.plugin.payload_durations`), ``s`` counts by status, ``e`` counts by error
     class, ``r`` item retries (attempts beyond the first), ``bi`` / ``bo`` bytes read and
     written, ``mp`` megapixels, ``dev`` counts by device. For the chunk: ``items`` and
     ``failed`` items. Only msgpack-friendly types.
@@ -380,7 +382,10 @@ def _node_payload(op: Any, idx: list[int], columns: list[list[Any]]) -> dict[str
         retries = sum(a - 1 for a in ran_attempts if a and a > 1)
     else:
         retries = sum(ran_attempts) - len(ran_attempts)
-    return {"op": op, "d": list(durations), "s": dict(counts), "e": dict(errors),
+    # durations as the bytes of a float64 array: Dask walks a list value by value, twice,
+    # before sending it (is it msgpack-able? how large?); bytes it takes as they are
+    return {"op": op, "d": array("d", durations).tobytes(), "s": dict(counts),
+            "e": dict(errors),
             "r": retries, "bi": sum(filter(None, bi)), "bo": sum(filter(None, bo)),
             "mp": float(sum(filter(None, mp))),
             "dev": dict(collections.Counter(filter(None, ran_devices)))}

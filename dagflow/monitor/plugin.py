@@ -24,6 +24,7 @@ import functools
 import logging
 import math
 import time
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
@@ -87,6 +88,21 @@ def _quantile(sorted_values: list[float], q: float) -> float | None:
 _bucket = functools.partial(bisect.bisect_left, DURATION_BUCKETS)
 
 
+def payload_durations(entry: Mapping[str, Any]) -> list[float]:
+    """The durations of a node's entry in a chunk's payload: float64 bytes (or a list).
+
+    Examples
+    --------
+    >>> from array import array
+    >>> payload_durations({"d": array("d", [0.25, 1.5]).tobytes()})
+    [0.25, 1.5]
+    """
+    values = entry.get("d") or ()
+    if isinstance(values, bytes | bytearray | memoryview):
+        return array("d", bytes(values)).tolist()
+    return [float(v) for v in values]
+
+
 class NodeStats:
     """What is known about one node: counts, a fixed histogram, recent durations.
 
@@ -134,7 +150,7 @@ class NodeStats:
         """Add one chunk's entry for this node (see :func:`dagflow.monitor.hooks`)."""
         if entry.get("op") and not self.op:
             self.op = entry["op"]
-        self.add_durations(entry.get("d", ()))
+        self.add_durations(payload_durations(entry))
         self.add_counts(self.counts, entry.get("s", {}))
         self.add_counts(self.errors, entry.get("e", {}))
         self.add_counts(self.devices, entry.get("dev", {}))

@@ -171,7 +171,8 @@ def call_with_policy(
     sleep
         How to wait between attempts.
     restart
-        Called before each attempt (a watched loop restarts the item's deadline).
+        Called before each retry: a watched loop restarts the item's deadline (its first
+        attempt's deadline started when the loop reached the item).
     """
     if timeout is not None:
         outcome: list[Outcome] = []
@@ -189,7 +190,7 @@ def call_with_policy(
     cpu = 0.0
     while True:
         attempt += 1
-        if restart is not None:
+        if restart is not None and attempt > 1:  # a first attempt's deadline is running
             restart()
         try:
             value, used = _timed(fn)

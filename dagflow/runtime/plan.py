@@ -399,7 +399,9 @@ def prepare_batch(
     if size == "auto":
         size = choose_chunk_size(len(runnable), capacity.threads,
                                  minimum=int(config.get("min-chunk-size")),
-                                 maximum=int(config.get("max-chunk-size")))
+                                 maximum=int(config.get("max-chunk-size")),
+                                 megapixels_per_item=_megapixels_per_item(model, runnable),
+                                 chunk_megapixels=config.get("chunk-megapixels"))
     size = max(1, int(size))
     node_resources: dict[str, Resources] = {}
     for node in workflow.nodes:
@@ -599,6 +601,16 @@ def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], peaks: dict
         compute_s=None if compute is None else round(compute, 3),
         duration_s=None if duration is None else round(duration, 3), history_runs=runs,
         probe=dict(probed), notes=notes)
+
+
+def _megapixels_per_item(model: MemoryModel, items: Sequence[Mapping[str, Any]],
+                         sample: int = 2048) -> float | None:
+    """The mean megapixels an item goes through (summed over the nodes), from up to
+    ``sample`` items spread over the batch; ``None`` when none has a header."""
+    step = max(1, len(items) // sample)
+    totals = [sum(e.megapixels for e in est) for est in map(model.estimates, items[::step])
+              if est]
+    return math.fsum(totals) / len(totals) if totals else None
 
 
 def _condition_runs(tasks: Mapping[str, NodeTask], model: MemoryModel,

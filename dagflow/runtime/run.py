@@ -34,7 +34,6 @@ from dagflow.compile import (
     Chunk,
     NodeTask,
     RunContext,
-    choose_chunk_size,
     compile_chunks,
     layer_name,
     make_chunks,
@@ -523,21 +522,15 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                 if handle is not None:
                     handle.dashboard = result.dashboard
                 n_threads = sum(c.nthreads().values()) or 1
-                size = config.resolve(chunk_size, "chunk-size")
-                if size == "auto":
-                    size = choose_chunk_size(len(to_run), n_threads,
-                                             minimum=int(config.get("min-chunk-size")),
-                                             maximum=int(config.get("max-chunk-size")))
-                result.chunk_size = int(size)
-                result.chunks = -(-len(to_run) // result.chunk_size)
                 # workers advertise MEMORY; items are estimated from their headers, the
                 # oversize ones tiled or refused, chunks cut to fit (dagflow.runtime.plan)
                 batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
                                       items=len(input_set.items), already_done=already_done,
-                                      chunk_size=result.chunk_size, output=output,
+                                      chunk_size=config.resolve(chunk_size, "chunk-size"),
+                                      output=output,
                                       client=c)
                 tasks, to_run = batch.tasks, batch.items
-                result.chunks = batch.plan.chunks
+                result.chunk_size, result.chunks = batch.chunk_size, batch.plan.chunks
                 events.emit("batch_planned", chunks=batch.plan.chunks,
                             chunk_size=batch.chunk_size, tiled=len(batch.tiled),
                             refused=len(batch.refused), peak_task=batch.plan.peak_task,
