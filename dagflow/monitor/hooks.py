@@ -329,11 +329,11 @@ def chunk_payload(ctx: Any, metrics: Sequence[Mapping[str, Any]] | Mapping[str, 
     """The compact, columnar message a chunk sends to the scheduler plugin.
 
     ``metrics`` are :func:`metric_rows` or :func:`metric_columns`. Per node: ``d``
-    durations of the items the op ran on (float64 bytes, see
-    :func:`dagflow.monitor.plugin.payload_durations`), ``s`` counts by status, ``e`` counts by error
-    class, ``r`` item retries (attempts beyond the first), ``bi`` / ``bo`` bytes read and
-    written, ``mp`` megapixels, ``dev`` counts by device. For the chunk: ``items`` and
-    ``failed`` items. Only msgpack-friendly types.
+    durations of the items the op ran on (float64 bytes, read by
+    :func:`dagflow.monitor.plugin.payload_durations`), ``s`` counts by status, ``e``
+    counts by error class, ``r`` item retries (attempts beyond the first), ``bi`` /
+    ``bo`` bytes read and written, ``mp`` megapixels, ``dev`` counts by device. For the
+    chunk: ``items`` and ``failed`` items. Only msgpack-friendly types.
     """
     columns = _columns(metrics, "node_id", "op", "status", "item_id", "duration_s",
                        "attempts", "device", "error_class", "bytes_in", "bytes_out",
@@ -385,8 +385,8 @@ def _node_payload(op: Any, idx: list[int], columns: list[list[Any]]) -> dict[str
     # durations as the bytes of a float64 array: Dask walks a list value by value, twice,
     # before sending it (is it msgpack-able? how large?); bytes it takes as they are
     return {"op": op, "d": array("d", durations).tobytes(), "s": dict(counts),
-            "e": dict(errors),
-            "r": retries, "bi": sum(filter(None, bi)), "bo": sum(filter(None, bo)),
+            "e": dict(errors), "r": retries, "bi": sum(filter(None, bi)),
+            "bo": sum(filter(None, bo)),
             "mp": float(sum(filter(None, mp))),
             "dev": dict(collections.Counter(filter(None, ran_devices)))}
 
