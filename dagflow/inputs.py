@@ -69,14 +69,15 @@ def _is_glob(text: str) -> bool:
     return any(ch in text for ch in "*?[")
 
 
-def _scan_directory(directory: str, stats: dict[str, tuple[int, int]] | None = None
-                    ) -> list[str]:
+def _scan_directory(directory: str, stats: dict[str, tuple[int, int]] | None = None,
+                    dirs: set[str] | None = None) -> list[str]:
     """Image files under ``directory``, sorted, depth first (as ``os.walk`` lists them).
 
     Strings, not Path objects: a million of them are built and compared. Directories
     whose names start with ``.`` or ``_dagflow`` are skipped, symlinked directories are
     not followed. Given ``stats``, each file's size and modification time go in it,
-    read from its directory entry while the directory is open.
+    read from its directory entry while the directory is open; given ``dirs``, each
+    directory that holds a file found goes in it, with its trailing separator.
     """
     found: list[str] = []
     extensions = IMAGE_EXTENSIONS
@@ -99,15 +100,18 @@ def _scan_directory(directory: str, stats: dict[str, tuple[int, int]] | None = N
         dot = name.rfind(".")
         if dot < 0 or name[dot:].lower() not in extensions:
             continue
-        found.append(entry.path)
+        path = entry.path
+        if dirs is not None and not found:
+            dirs.add(path[:path.rfind(os.sep) + 1])
+        found.append(path)
         if stats is not None:
             try:
                 st = entry.stat()
             except OSError:
                 continue
-            stats[entry.path] = (st.st_size, st.st_mtime_ns)
+            stats[path] = (st.st_size, st.st_mtime_ns)
     for sub in below:
-        found.extend(_scan_directory(sub, stats))
+        found.extend(_scan_directory(sub, stats, dirs))
     return found
 
 
@@ -195,6 +199,10 @@ def resolve_inputs(
     extras: list[dict[str, Any]] = []
     known: dict[str, tuple[int, int]] = {}  # (size, mtime) read while scanning
     roots: list[Path] = []
+    # paths found by scanning are absolute and normal already: the others are made so
+    # below, and their directories counted for the common root
+    scanned_dirs: set[str] = set()
+    unscanned: list[int] = []  # where paths from other specs start and end
     for spec in specs:
         text = os.path.expanduser(os.fspath(spec))
         try:
@@ -207,14 +215,18 @@ def resolve_inputs(
             absolute_path = os.path.abspath(text)
             if stat:
                 known[absolute_path] = (st.st_size, st.st_mtime_ns)
+            unscanned += [len(paths), len(paths) + 1]
             paths.append(absolute_path)
             continue
         p = Path(text)
         if p.is_dir():
             # from its absolute path: the paths found are then already absolute and
             # normal, and skip abspath below
-            found = _scan_directory(os.path.abspath(p), known if stat else None)
+            found = _scan_directory(os.path.abspath(p), known if stat else None,
+                                    scanned_dirs)
             roots.append(p)
+            paths.extend(found)
+            continue
         elif p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
             found, manifest_extras = _read_manifest(p)
             extras.extend([{}] * (len(paths) - len(extras)))
@@ -228,24 +240,32 @@ def resolve_inputs(
         else:
             raise InputError(f"input {text!r} is not a file, a directory, a manifest or a glob "
                              "that matches anything")
+        unscanned += [len(paths), len(paths) + len(found)]
         paths.extend(found)
     extras.extend([{}] * (len(paths) - len(extras)))
     if not paths:
         raise InputError(f"no images found in {', '.join(map(os.fspath, specs))} "
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     abspath = os.path.abspath
-    # an absolute path without "//", "/./", "/../" or a trailing "/", "/." or "/.." is
-    # already what abspath returns (".data/" is a name, not a "." component)
-    absolute = [p if p[:1] == "/" and "//" not in p and "/./" not in p and "/../" not in p
-                and not p.endswith(("/", "/.", "/..")) else abspath(p)
-                for p in map(os.fspath, paths)]
+    absolute = paths  # the scanned ones as they are
+    for start, end in zip(unscanned[::2], unscanned[1::2], strict=True):
+        # an absolute path without "//", "/./", "/../" or a trailing "/", "/." or "/.." is
+        # already what abspath returns (".data/" is a name, not a "." component)
+        absolute[start:end] = [
+            p if p[:1] == "/" and "//" not in p and "/./" not in p and "/../" not in p
+            and not p.endswith(("/", "/.", "/..")) else abspath(p)
+            for p in map(os.fspath, paths[start:end])]
+    dirs_known = True  # scanned_dirs (and the unscanned paths) give every path's directory
     if exclude is not None:
         skip = os.path.abspath(exclude)
         if any(os.path.abspath(r) == skip for r in roots):
             raise InputError(f"the output directory {skip!r} is also an input directory: "
                              "write the outputs somewhere else (a sub-directory is fine)")
-        kept = [i for i, a in enumerate(absolute) if not a.startswith(skip + os.sep)]
-        absolute, extras = [absolute[i] for i in kept], [extras[i] for i in kept]
+        inside = operator.methodcaller("startswith", skip + os.sep)
+        if any(map(inside, absolute)):
+            kept = [i for i, a in enumerate(absolute) if not inside(a)]
+            absolute, extras = [absolute[i] for i in kept], [extras[i] for i in kept]
+            dirs_known = False
         if not absolute:
             raise InputError(f"no images found in {', '.join(map(os.fspath, specs))} "
                              "outside the output directory")
@@ -255,7 +275,13 @@ def resolve_inputs(
         base = os.path.abspath(roots[0])
     else:
         # each path's directory (with its separator: commonpath drops it)
-        base = os.path.commonpath({a[:a.rfind(os.sep) + 1] for a in absolute})
+        if dirs_known:
+            dirs = scanned_dirs | {a[:a.rfind(os.sep) + 1] for start, end in
+                                   zip(unscanned[::2], unscanned[1::2], strict=True)
+                                   for a in absolute[start:end]}
+        else:
+            dirs = {a[:a.rfind(os.sep) + 1] for a in absolute}
+        base = os.path.commonpath(dirs)
     items = []
     seen: set[str] = set()
     # `absolute` and `base` are normalised, so a path inside `base` is `prefix` + its

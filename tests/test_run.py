@@ -174,6 +174,44 @@ def test_outputs_inside_the_input_tree_are_never_inputs(photos, tmp_path, client
         run(THUMBS, photos, photos, client)
 
 
+@pytest.mark.parametrize("exclude", [False, True])
+def test_mixed_inputs_resolve_to_the_paths_and_common_root_of_their_files(tmp_path,
+                                                                          monkeypatch,
+                                                                          exclude):
+    """Directories (one with files only below it), a glob, single files and a manifest
+    together: every path absolute and normal, in order, once; the root the deepest
+    directory common to the files kept (checked against os.path), relative paths from
+    it; an output directory inside an input directory left out."""
+    from dagflow.inputs import resolve_inputs
+
+    data = tmp_path / "data"
+    files = ["x/a.jpg", "x/deep/b.png", "y/only/below/c.jpg", "z/d.jpg", "z/e.tif",
+             "x/out/old.jpg"]
+    for name in files:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(b"x")
+    (data / "list.csv").write_text("path\nz/d.jpg\nx/../z/e.tif\n")
+    monkeypatch.chdir(data)
+    specs = [str(data / "x"), "y", "z/*.jpg", "./z/e.tif", str(data / "list.csv"),
+             str(data / "x")]  # x again: its files once
+    got = resolve_inputs(specs, exclude=data / "x" / "out" if exclude else None)
+    expected = []
+    for name in ["x/a.jpg", "x/deep/b.png", "x/out/old.jpg", "y/only/below/c.jpg",
+                 "z/d.jpg", "z/e.tif"]:
+        path = os.path.abspath(data / name)
+        if path not in expected and not (exclude and "/out/" in path):
+            expected.append(path)
+    assert [i["path"] for i in got.items] == expected
+    root = os.path.commonpath([os.path.dirname(p) for p in expected])
+    assert str(got.root) == root
+    assert [i["rel"] for i in got.items] == [os.path.relpath(p, root) for p in expected]
+    assert [i["item_id"] for i in got.items] == list(range(len(expected)))
+    # a directory whose files are all further down: the root is where the files are
+    below = resolve_inputs([str(data / "y"), "y/only/below/c.jpg"])
+    assert str(below.root) == str(data / "y" / "only" / "below")
+    assert [i["rel"] for i in below.items] == ["c.jpg"]
+
+
 def test_resolved_paths_are_normal_and_absolute(tmp_path, monkeypatch):
     """Every spelling of an input resolves to the one absolute, normal path (checked
     against os.path.abspath), dot-directories included."""
