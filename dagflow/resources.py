@@ -207,6 +207,12 @@ def _itemsize(header: Mapping[str, Any]) -> int:
     return 1
 
 
+def has_size(item: Mapping[str, Any]) -> bool:
+    """Whether the item's header gives its width and height (cheap: planning asks it of
+    every item)."""
+    return bool(item.get("width")) and bool(item.get("height"))
+
+
 def header_fields(item: Mapping[str, Any]) -> dict[str, Any] | None:
     """The header part of an item (``None`` when its size is unknown)."""
     if not item.get("width") or not item.get("height"):
@@ -343,7 +349,7 @@ def probe_headers(items: Sequence[dict[str, Any]], *, threads: int | None = None
     threads = int(threads or config.get("resources.probe-threads"))
     limit = int(limit if limit is not None else config.get("resources.probe-limit"))
     sample = int(sample if sample is not None else config.get("resources.probe-sample"))
-    lacking = [it for it in items if header_fields(it) is None]
+    lacking = [it for it in items if not has_size(it)]
     if len(lacking) > limit:
         lacking = random.Random(seed).sample(lacking, min(sample, len(lacking)))
     failed = 0
@@ -387,7 +393,7 @@ def probe_headers(items: Sequence[dict[str, Any]], *, threads: int | None = None
                 failed += absorb(batch, headers)
     elif rest:
         failed += absorb(rest, probe_batch(rest))
-    missing = sum(1 for it in items if header_fields(it) is None)
+    missing = sum(1 for it in items if not has_size(it))
     return {"probed": len(lacking) - failed, "failed": failed, "missing": missing}
 
 
@@ -529,7 +535,7 @@ class MemoryModel:
         best_peak = -1
         seen: set[int] = set()
         for item in items:
-            if self.signature(item) is None:
+            if not has_size(item):
                 continue
             est = self.estimates(item) or ()
             if id(est) in seen:  # items share their estimates: each tuple once
