@@ -42,6 +42,7 @@ import contextlib
 import logging
 import math
 import random
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -437,6 +438,24 @@ class NodeEstimate:
         return cls(peak, inputs, output, megapixels, hold, extra, hold + extra)
 
 
+def _uniform_cap(est: Sequence[NodeEstimate], limit: float) -> int:
+    """How many items sharing ``est`` fit one chunk within ``limit`` (at least one): the
+    largest ``c`` with ``c * hold + extra <= limit`` for every node."""
+    cap = sys.maxsize
+    for e in est:
+        if e.hold <= 0:
+            if e.extra > limit:
+                return 1
+            continue
+        c = int((limit - e.extra) // e.hold) if limit >= e.extra else 0
+        while (c + 1) * e.hold + e.extra <= limit:  # exact in integers, whatever the float
+            c += 1
+        while c > 0 and c * e.hold + e.extra > limit:
+            c -= 1
+        cap = min(cap, c)
+    return max(1, cap)
+
+
 @dataclass
 class MemoryModel:
     """Per item and node estimates for a resolved workflow.
@@ -605,8 +624,21 @@ class MemoryModel:
         count = 0
         hold = [0] * n
         extra = [0] * n
+        # a chunk of items that all share one estimates tuple (the items planned without
+        # a header share the default): its sums are count * hold and the extra, and how
+        # many fit is known in advance, so those items cost no loop over the nodes
+        uniform: tuple[NodeEstimate, ...] | None = None
+        caps: dict[int, int] = {}
+
+        def settle() -> None:  # the uniform chunk's sums, before a different item joins
+            nonlocal uniform
+            if uniform is not None:
+                for k in nodes:
+                    hold[k], extra[k] = count * uniform[k].hold, uniform[k].extra
+                uniform = None
 
         def close(end: int) -> None:
+            settle()
             index = start + len(chunks)
             chunks.append(make(index, tuple(items[first:end])))
             if peaks is not None:
@@ -614,7 +646,19 @@ class MemoryModel:
 
         for pos, item in enumerate(items):
             est = self.estimates(item) or ()
+            if est and est is uniform:
+                cap = caps.get(id(est))
+                if cap is None:
+                    cap = caps[id(est)] = _uniform_cap(est, limit)
+                if count < size and count < cap:
+                    count += 1
+                    continue
+                close(pos)
+                first, count, hold, extra = pos, 1, [0] * n, [0] * n
+                uniform = est
+                continue
             if count:
+                settle()
                 fits = count < size
                 if fits:  # a plain loop: this runs for every item of a batch
                     for k in range(len(est)):
@@ -626,6 +670,10 @@ class MemoryModel:
                 if not fits:
                     close(pos)
                     first, count, hold, extra = pos, 0, [0] * n, [0] * n
+            if not count and est:
+                uniform = est  # a chunk starting with this item
+                count = 1
+                continue
             count += 1
             for k in nodes if est else ():
                 e = est[k]

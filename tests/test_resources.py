@@ -410,3 +410,47 @@ def test_large_batch_planned_from_a_sample_guards_the_unprobed_items(tmp_path):
         "failed", "bad_input", "oversize")
     assert "sampled image" in huge["error_message"]
     assert result.succeeded == 12 and result.failed == 1
+
+
+def _reference_chunks(model, items, size, limit):
+    """The chunk cut spelled out item by item and node by node: the specification."""
+    out, current, hold, extra = [], [], {}, {}
+    for item in items:
+        est = model.estimates(item) or ()
+        if current:
+            fits = len(current) < size and all(
+                hold[k] + e.hold + max(extra[k], e.extra) <= limit for k, e in enumerate(est))
+            if not fits:
+                out.append((current, [hold[k] + extra[k] for k in range(len(model.node_ids))]))
+                current, hold, extra = [], {}, {}
+        current.append(item["item_id"])
+        for k, e in enumerate(est):
+            hold[k] = hold.get(k, 0) + e.hold
+            extra[k] = max(extra.get(k, 0), e.extra)
+    if current:
+        out.append((current, [hold.get(k, 0) + extra.get(k, 0)
+                              for k in range(len(model.node_ids))]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_chunk_cut_equals_the_item_by_item_cut(seed):
+    """Runs of items sharing one estimate (those planned without a header share the
+    default) are cut arithmetically; the chunks and their peaks are the same as the
+    item-by-item cut's, at limits that split the runs anywhere."""
+    import random
+
+    rng = random.Random(seed)
+    model = MemoryModel(node_tasks(BLUR))
+    sizes = [(4000, 3000), (400, 300), (1200, 900)]
+    kinds = [rng.choice(["none", "none", "none", 0, 1, 2]) for _ in range(300)]
+    items = [{"item_id": i, "path": f"/x/{i}.jpg"} if k == "none" else
+             {**items_of(1, *sizes[k])[0], "item_id": i} for i, k in enumerate(kinds)]
+    model.set_default(items)
+    for size in (1, 3, 8, 64):
+        for limit in (1, 20 * MiB, 100 * MiB, 250 * MiB, 10**12):
+            peaks = {}
+            chunks = model.make_chunks(items, size, limit, peaks=peaks)
+            got = [([i["item_id"] for i in c.items], list(peaks[c.index].values()))
+                   for c in chunks]
+            assert got == _reference_chunks(model, items, size, limit), (size, limit)

@@ -356,14 +356,13 @@ def prepare_batch(
     ids = list(tasks)
     megapixels = [0.0] * len(ids)
     worst_of: dict[int, tuple[str, int]] = {}  # per estimates tuple (items share them)
+    unknown = 0  # items without a size: the default estimate, the decoder's limit
     for item in to_run:
-        est = model.estimates(item)
-        if not item.get("width") or not item.get("height"):  # unknown size: the decoder's
-            # limit guards it
+        if not item.get("width") or not item.get("height"):
             runnable.append(item)
-            for k, e in enumerate(est or ()):
-                megapixels[k] += e.megapixels
+            unknown += 1
             continue
+        est = model.estimates(item)
         worst = worst_of.get(id(est))
         if worst is None:
             k_worst = max(range(len(est)), key=lambda k: est[k].single)
@@ -395,6 +394,8 @@ def prepare_batch(
             oversize_rows.append({"path": item["path"], "action": "refused", "node": node,
                                   "estimate": peak, "limit": budget,
                                   "why": f"{why}; {reason}"})
+    for k, e in enumerate(model.estimates({}) or ()):  # the default, for each unknown item
+        megapixels[k] += unknown * e.megapixels
     size = config.resolve(chunk_size, "chunk-size")
     if size == "auto":
         size = choose_chunk_size(len(runnable), capacity.threads,
