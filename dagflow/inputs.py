@@ -202,7 +202,7 @@ def resolve_inputs(
     # paths found by scanning are absolute and normal already: the others are made so
     # below, and their directories counted for the common root
     scanned_dirs: set[str] = set()
-    unscanned: list[int] = []  # where paths from other specs start and end
+    unscanned: list[range] = []  # the positions of paths from other specs
     for spec in specs:
         text = os.path.expanduser(os.fspath(spec))
         try:
@@ -215,7 +215,7 @@ def resolve_inputs(
             absolute_path = os.path.abspath(text)
             if stat:
                 known[absolute_path] = (st.st_size, st.st_mtime_ns)
-            unscanned += [len(paths), len(paths) + 1]
+            unscanned.append(range(len(paths), len(paths) + 1))
             paths.append(absolute_path)
             continue
         p = Path(text)
@@ -240,7 +240,7 @@ def resolve_inputs(
         else:
             raise InputError(f"input {text!r} is not a file, a directory, a manifest or a glob "
                              "that matches anything")
-        unscanned += [len(paths), len(paths) + len(found)]
+        unscanned.append(range(len(paths), len(paths) + len(found)))
         paths.extend(found)
     extras.extend([{}] * (len(paths) - len(extras)))
     if not paths:
@@ -248,13 +248,13 @@ def resolve_inputs(
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     abspath = os.path.abspath
     absolute = paths  # the scanned ones as they are
-    for start, end in zip(unscanned[::2], unscanned[1::2], strict=True):
+    for span in unscanned:
         # an absolute path without "//", "/./", "/../" or a trailing "/", "/." or "/.." is
         # already what abspath returns (".data/" is a name, not a "." component)
-        absolute[start:end] = [
+        absolute[span.start:span.stop] = [
             p if p[:1] == "/" and "//" not in p and "/./" not in p and "/../" not in p
             and not p.endswith(("/", "/.", "/..")) else abspath(p)
-            for p in map(os.fspath, paths[start:end])]
+            for p in map(os.fspath, paths[span.start:span.stop])]
     dirs_known = True  # scanned_dirs (and the unscanned paths) give every path's directory
     if exclude is not None:
         skip = os.path.abspath(exclude)
@@ -276,9 +276,8 @@ def resolve_inputs(
     else:
         # each path's directory (with its separator: commonpath drops it)
         if dirs_known:
-            dirs = scanned_dirs | {a[:a.rfind(os.sep) + 1] for start, end in
-                                   zip(unscanned[::2], unscanned[1::2], strict=True)
-                                   for a in absolute[start:end]}
+            dirs = scanned_dirs | {absolute[i][:absolute[i].rfind(os.sep) + 1]
+                                   for span in unscanned for i in span}
         else:
             dirs = {a[:a.rfind(os.sep) + 1] for a in absolute}
         base = os.path.commonpath(dirs)

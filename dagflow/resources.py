@@ -62,6 +62,7 @@ __all__ = [
     "Resources",
     "concurrency_resource",
     "format_bytes",
+    "has_size",
     "header_fields",
     "output_header",
     "probe_headers",
@@ -216,7 +217,7 @@ def has_size(item: Mapping[str, Any]) -> bool:
 
 def header_fields(item: Mapping[str, Any]) -> dict[str, Any] | None:
     """The header part of an item (``None`` when its size is unknown)."""
-    if not item.get("width") or not item.get("height"):
+    if not has_size(item):
         return None
     return {
         "width": int(item["width"]), "height": int(item["height"]),

@@ -42,7 +42,8 @@ def choose_chunk_size(n_items: int, n_threads: int, *, minimum: int = 1,
         return max(1, minimum)
     target = math.ceil(n_items / max(1, n_threads * CHUNKS_PER_THREAD))
     if megapixels_per_item and chunk_megapixels:
-        target = min(target, int(chunk_megapixels / megapixels_per_item))
+        # (a mean summed over a batch carries rounding: 1 / 0.04000000001 is still 25)
+        target = min(target, int(chunk_megapixels / megapixels_per_item * (1 + 1e-9)))
     return max(minimum, min(maximum, target))
 
 

@@ -58,7 +58,7 @@ from dagflow.resources import (
     concurrency_resource,
     condition_fields,
     format_bytes,
-    header_fields,
+    has_size,
     probe_headers,
 )
 from dagflow.runtime.capacity import ClusterCapacity
@@ -330,7 +330,7 @@ def prepare_batch(
     probed: dict[str, int] = {}
     sampled = False
     if probe and to_run:
-        lacking = sum(1 for item in to_run if not item.get("width") or not item.get("height"))
+        lacking = sum(1 for item in to_run if not has_size(item))
         over = lacking > int(config.get("resources.probe-limit"))
         if over and client is not None and config.get("resources.probe-large") == "cluster":
             probed = probe_on_cluster(client, to_run)
@@ -358,7 +358,7 @@ def prepare_batch(
     worst_of: dict[int, tuple[str, int]] = {}  # per estimates tuple (items share them)
     unknown = 0  # items without a size: the default estimate, the decoder's limit
     for item in to_run:
-        if not item.get("width") or not item.get("height"):
+        if not has_size(item):
             runnable.append(item)
             unknown += 1
             continue
@@ -398,10 +398,12 @@ def prepare_batch(
         megapixels[k] += unknown * e.megapixels
     size = config.resolve(chunk_size, "chunk-size")
     if size == "auto":
+        # the megapixels an item goes through, all nodes together, on average
+        per_item = math.fsum(megapixels) / len(runnable) if runnable else None
         size = choose_chunk_size(len(runnable), capacity.threads,
                                  minimum=int(config.get("min-chunk-size")),
                                  maximum=int(config.get("max-chunk-size")),
-                                 megapixels_per_item=_megapixels_per_item(model, runnable),
+                                 megapixels_per_item=per_item,
                                  chunk_megapixels=config.get("chunk-megapixels"))
     size = max(1, int(size))
     node_resources: dict[str, Resources] = {}
@@ -453,11 +455,11 @@ def _guard_unprobed(model: MemoryModel, items: Sequence[dict[str, Any]], budget:
         return 0
     per_pixel = max((max(e.single for e in model.estimates(i) or ())
                      / max(1, int(i["width"]) * int(i["height"]))
-                     for i in items if i.get("width") and i.get("height")), default=0.0)
+                     for i in items if has_size(i)), default=0.0)
     guard = int(budget / per_pixel) if per_pixel > 0 else 0
     if guard:
         for item in items:
-            if not item.get("width") or not item.get("height"):
+            if not has_size(item):
                 item[GUARD_KEY] = guard
     return guard
 
@@ -485,7 +487,7 @@ def probe_on_cluster(client: Any, items: Sequence[dict[str, Any]], *,
     the items in place. Returns ``probed``, ``failed`` and ``missing`` counts."""
     from distributed import as_completed
 
-    lacking = [item for item in items if header_fields(item) is None]
+    lacking = [item for item in items if not has_size(item)]
     groups = [lacking[i:i + per_task] for i in range(0, len(lacking), per_task)]
     token = secrets.token_hex(4)
     futures = client.map(_probe_paths, [[item["path"] for item in g] for g in groups],
@@ -499,7 +501,7 @@ def probe_on_cluster(client: Any, items: Sequence[dict[str, Any]], *,
             else:
                 item.update(header)
         future.release()
-    missing = sum(1 for item in items if header_fields(item) is None)
+    missing = sum(1 for item in items if not has_size(item))
     return {"probed": len(lacking) - failed, "failed": failed, "missing": missing,
             "on_workers": len(lacking)}
 
@@ -602,16 +604,6 @@ def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], peaks: dict
         compute_s=None if compute is None else round(compute, 3),
         duration_s=None if duration is None else round(duration, 3), history_runs=runs,
         probe=dict(probed), notes=notes)
-
-
-def _megapixels_per_item(model: MemoryModel, items: Sequence[Mapping[str, Any]],
-                         sample: int = 2048) -> float | None:
-    """The mean megapixels an item goes through (summed over the nodes), from up to
-    ``sample`` items spread over the batch; ``None`` when none has a header."""
-    step = max(1, len(items) // sample)
-    totals = [sum(e.megapixels for e in est) for est in map(model.estimates, items[::step])
-              if est]
-    return math.fsum(totals) / len(totals) if totals else None
 
 
 def _condition_runs(tasks: Mapping[str, NodeTask], model: MemoryModel,
