@@ -32,6 +32,7 @@ from typing import Any
 from dagflow.compile.spec import Chunk, NodeTask, RunContext
 from dagflow.exceptions import BadInputError
 from dagflow.image import Image
+from dagflow.inputs import fill_fingerprint
 from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
 from dagflow.recovery.breaker import counts_against_breaker
@@ -50,8 +51,14 @@ MAX_FAILURES_RETURNED = 50
 
 @dataclass
 class ChunkState:
-    """A chunk after one node: images of the items still alive, and every record so far."""
+    """A chunk after one node: images of the items still alive, and every record so far.
 
+    It carries the chunk's items on to the node's children and the commit: only the tasks
+    of root nodes get them from the graph, so that a chunk's items are serialised once
+    per chunk, not once per node.
+    """
+
+    chunk: Chunk
     images: dict[int, Image] = field(default_factory=dict)
     blocked: dict[int, str] = field(default_factory=dict)
     records: dict[str, list[Record]] = field(default_factory=dict)
@@ -130,14 +137,15 @@ def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: li
     """Call the node's op on one item, on the node's device (``used`` says where it ran)."""
     spec = task.op_spec
     params = task.op_params
-    if spec.kind == "source":
+    kind = spec.kind
+    if kind == "source":
         args: tuple[Any, ...] = (item["path"],)
-        guard = item.get("guard_pixels")  # planned without its header: see plan.py
-        if guard and spec.param("max_pixels") is not None:
+        if task.guards_pixels:
+            guard = item.get("guard_pixels")  # planned without its header: see plan.py
             limit = params.get("max_pixels")
-            if limit is None or guard < limit:
+            if guard and (limit is None or guard < limit):
                 return _guarded_source(spec, task, args, params, guard, used)
-    elif spec.kind == "sink":
+    elif kind == "sink":
         args = (inputs[0], _sink_dest(ctx, task, item))
     else:
         args = tuple(inputs)
@@ -161,22 +169,35 @@ def _guarded_source(spec: Any, task: NodeTask, args: tuple[Any, ...], params: di
             "its own header, tiled or refused with its estimate") from None
 
 
-def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState) -> ChunkState:
-    """Run ``task`` over every live item of ``chunk``; see the module docstring.
+def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
+             *parents: ChunkState) -> ChunkState:
+    """Run ``task`` over every live item of a chunk; see the module docstring.
 
-    The loop runs under :func:`~dagflow.recovery.watch.run_watched`: each item has the
-    node's timeout, watched once for the whole chunk rather than per call.
+    A root node gets the chunk itself (``source``), any other node its parents' states
+    (``source`` is the first). The loop runs under
+    :func:`~dagflow.recovery.watch.run_watched`: each item has the node's timeout,
+    watched once for the whole chunk rather than per call.
     """
+    if isinstance(source, ChunkState):
+        parents = (source, *parents)
+        chunk = source.chunk
+    else:
+        chunk = source
     worker = _worker_name()
     records: dict[str, list[dict[str, Any]]] = {}
     for parent in parents:
         records.update(parent.records)
-    state = ChunkState(records=records)
+    state = ChunkState(chunk, records=records)
     own: list[Record] = []
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
     failures = [0]  # consecutive failures that count against the node's breaker
+    # a first run leaves the inputs' fingerprints to the tasks that read them: the root
+    # nodes' (the chunk's items go on from here, fingerprinted, to the children and commit)
+    deferred = not parents and any(item["key"] is None for item in chunk.items)
 
     def step(item: Mapping[str, Any], restart: Callable[[], None]) -> _Step:
+        if deferred:
+            fill_fingerprint(item)  # type: ignore[arg-type]
         return _step(task, ctx, item, parents, worker, failures[0], restart)
 
     def commit(item: Mapping[str, Any], result: _Step) -> None:
@@ -197,6 +218,8 @@ def run_node(task: NodeTask, ctx: RunContext, chunk: Chunk, *parents: ChunkState
             failures[0] = 0
 
     def timed_out(item: Mapping[str, Any], elapsed: float) -> None:
+        if deferred:
+            fill_fingerprint(item, stat=False)  # type: ignore[arg-type]
         state.blocked[item["item_id"]] = "failed"
         failures[0] += counts_against_breaker("timeout")
         own.append(_record(ctx, task, item, "failed", worker, error_class="timeout",
@@ -257,7 +280,9 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
                                restart=restart)
     common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
               "cpu_s": outcome.cpu_s, "started": started, "device": used.get("device", "cpu"),
-              "degraded": used.get("degraded", False)}
+              "degraded": used.get("degraded", False)} if used else \
+        {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
+         "cpu_s": outcome.cpu_s, "started": started}
     if outcome.error is not None:
         exc = outcome.error
         message = str(exc) or type(exc).__name__
@@ -399,10 +424,11 @@ def item_summary(ctx: RunContext, index: int, item: Mapping[str, Any],
     return ChunkSummary(index, 1, dict(counts), unsucceeded, failures, part, 0.0, seconds)
 
 
-def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], chunk: Chunk,
-                 *states: ChunkState) -> ChunkSummary:
-    """Merge the chunk's records, write them as one Parquet part, summarise for the client."""
+def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) -> ChunkSummary:
+    """Merge the chunk's records (the states of its leaf nodes), write them as one Parquet
+    part, summarise for the client."""
     t0 = time.perf_counter()
+    chunk = states[0].chunk
     records: dict[str, list[Record]] = {}
     for s in states:
         records.update(s.records)

@@ -3,7 +3,8 @@
 An *item* is one input image, as a small dict: ``item_id`` (its index), ``path``
 (absolute), ``rel`` (its path relative to the input root, POSIX form, which names its
 outputs), ``size`` and ``mtime_ns`` (its fingerprint) and ``key`` (a hash of the
-fingerprint, the item's part of every checkpoint key). A manifest may also give header
+fingerprint, the item's part of every checkpoint key; ``None`` while deferred, see
+:func:`fill_fingerprint`). A manifest may also give header
 fields (``width``, ``height``, ``channels``, ``dtype``, ``format``), so that a batch can
 be planned without touching the files.
 
@@ -26,7 +27,7 @@ from typing import Any
 
 from dagflow.exceptions import InputError
 
-__all__ = ["IMAGE_EXTENSIONS", "InputSet", "item_key", "resolve_inputs"]
+__all__ = ["IMAGE_EXTENSIONS", "InputSet", "fill_fingerprint", "item_key", "resolve_inputs"]
 
 #: File extensions picked up when scanning a directory or a glob (case-insensitive).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".gif", ".bmp"})
@@ -60,6 +61,26 @@ class InputSet:
 def item_key(path: str, size: int, mtime_ns: int) -> str:
     """The fingerprint hash of an input file: path, size and modification time."""
     return hashlib.blake2b(f"{path}\0{size}\0{mtime_ns}".encode(), digest_size=8).hexdigest()
+
+
+def fill_fingerprint(item: dict[str, Any], *, stat: bool = True) -> None:
+    """Read the size and modification time of an item resolved with a deferred fingerprint
+    and hash them into its ``key``, in place; an item that has its key is left alone.
+
+    Exactly what :func:`resolve_inputs` would have computed: a file that cannot be read
+    keeps the size and time its item has (a manifest's, or -1). ``stat=False`` hashes those
+    without touching the file.
+    """
+    if item["key"] is not None:
+        return
+    path, size, mtime = item["path"], item["size"], item["mtime_ns"]
+    if stat:
+        try:
+            st = os.stat(path)
+            size, mtime = st.st_size, st.st_mtime_ns
+        except OSError:
+            pass
+    item.update(size=size, mtime_ns=mtime, key=item_key(path, size, mtime))
 
 
 _entry_name = operator.attrgetter("name")  # a sort key in C: a million entries are sorted
@@ -168,6 +189,7 @@ def resolve_inputs(
     root: str | os.PathLike[str] | None = None,
     stat: bool = True,
     exclude: str | os.PathLike[str] | None = None,
+    defer_fingerprint: bool = False,
 ) -> InputSet:
     """Turn what the user gave into an :class:`InputSet`.
 
@@ -186,6 +208,11 @@ def resolve_inputs(
     exclude
         A directory whose files are never inputs: the run's output directory, so that a
         run writing inside its input tree does not pick up its own outputs next time.
+    defer_fingerprint
+        Leave each file's fingerprint unread (``key`` ``None``) unless it was read
+        anyway: whoever processes the item reads it with :func:`fill_fingerprint`. A first
+        run into an empty output needs no fingerprint before it starts, and its workers
+        read them in parallel, beside the reading they do anyway.
 
     Raises
     ------
@@ -222,7 +249,8 @@ def resolve_inputs(
         if p.is_dir():
             # from its absolute path: the paths found are then already absolute and
             # normal, and skip abspath below
-            found = _scan_directory(os.path.abspath(p), known if stat else None,
+            found = _scan_directory(os.path.abspath(p),
+                                    known if stat and not defer_fingerprint else None,
                                     scanned_dirs)
             roots.append(p)
             paths.extend(found)
@@ -292,20 +320,25 @@ def resolve_inputs(
             continue
         seen.add(path)
         size, mtime = extra.get("size", -1), extra.get("mtime_ns", -1)
+        key: str | None = None
         if stat:
             scanned = known.get(path)
             if scanned is not None:
                 size, mtime = scanned
-            else:
+            elif not defer_fingerprint:
                 try:
                     st = os.stat(path)
                     size, mtime = st.st_size, st.st_mtime_ns
                 except OSError:
                     pass
+            if scanned is not None or not defer_fingerprint:
+                key = item_key(path, size, mtime)
+        else:
+            key = item_key(path, size, mtime)
         rel = path[len(prefix):] if path.startswith(prefix) else os.path.basename(path)
         # a manifest's header columns first: the keys after them take precedence
         items.append({**extra, "item_id": len(items), "path": path,
                       "rel": rel if posix else Path(rel).as_posix(),
-                      "size": size, "mtime_ns": mtime, "key": item_key(path, size, mtime)})
+                      "size": size, "mtime_ns": mtime, "key": key})
     return InputSet(Path(base), items, ", ".join(map(os.fspath, specs)))
 

@@ -78,6 +78,28 @@ def test_compiling_computes_nothing(tmp_path):
     assert CALLS == []
 
 
+def test_a_chunks_items_travel_once_in_its_root_tasks(tmp_path):
+    import pickle
+
+    from dagflow.compile import Chunk
+
+    tasks = node_tasks(dag())
+    chunks = make_chunks(items(10), 4)
+    compiled = compile_chunks(tasks, context(tmp_path), chunks, token="ab12")
+    carrying = {}
+    for layer in compiled.graph.layers.values():
+        for key, task in layer.items():
+            held = [a for a in task.args if isinstance(a, Chunk)]
+            if held:
+                carrying[key] = held
+    # only the root node ("src") holds the chunk; its children and the commit read it from
+    # the state they are given, so each task sent to a worker pickles its items at most once
+    assert sorted(carrying) == sorted((compiled.layers["src"], c.index) for c in chunks)
+    assert all(held == [chunks[key[1]]] for key, held in carrying.items())
+    flip = compiled.graph.layers[compiled.layers["flip"]][(compiled.layers["flip"], 0)]
+    assert b"img0.png" not in pickle.dumps(flip)
+
+
 def test_executes_on_the_synchronous_scheduler_with_per_item_isolation(tmp_path):
     tasks = node_tasks(dag())
     compiled = compile_chunks(tasks, context(tmp_path), make_chunks(items(10), 4), token="ab12")

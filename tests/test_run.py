@@ -234,3 +234,56 @@ def test_resolved_paths_are_normal_and_absolute(tmp_path, monkeypatch):
     manifest.write_text("path\n./a.jpg\nsub/b.jpg\nsub/../a.jpg\n")
     listed = resolve_inputs(str(manifest)).items
     assert [i["path"] for i in listed] == [str(root / "a.jpg"), str(root / "sub" / "b.jpg")]
+
+
+def test_a_deferred_fingerprint_is_the_one_the_client_would_read(tmp_path):
+    """Resolved with the fingerprint deferred, scanned files are not read (no key yet);
+    filled in later, each item equals the item resolved the usual way, a file that
+    vanished meanwhile included (its manifest's size and time, or -1, as usual)."""
+    from dagflow.inputs import fill_fingerprint, item_key, resolve_inputs
+
+    data = tmp_path / "in"
+    (data / "sub").mkdir(parents=True)
+    for i, name in enumerate(["a.jpg", "sub/b.png", "sub/c.jpg"]):
+        (data / name).write_bytes(b"x" * (10 + i))
+    (data / "m.csv").write_text("path,size,mtime_ns\nsub/c.jpg,7,8\ngone.jpg,5,6\n")
+    specs = [str(data), str(data / "m.csv"), str(data / "a.jpg")]
+    deferred = resolve_inputs(specs[:2], defer_fingerprint=True).items
+    assert [i["key"] for i in deferred] == [None] * 4  # nothing read: gone.jpg is kept
+    single = resolve_inputs(specs[2], defer_fingerprint=True).items
+    assert single[0]["key"] is not None  # a file named by its path is read anyway
+    os.utime(data / "a.jpg", ns=(1, 2))  # changed after resolving: the new time counts
+    usual = resolve_inputs(specs[:2], stat=True).items
+    for item in deferred:
+        fill_fingerprint(item)
+    assert deferred == usual
+    gone = deferred[-1]
+    assert (gone["size"], gone["mtime_ns"]) == (5, 6)
+    assert gone["key"] == item_key(gone["path"], 5, 6)
+    timed_out = resolve_inputs(specs[0], defer_fingerprint=True).items[0]
+    fill_fingerprint(timed_out, stat=False)  # its file never answered: hashed unread
+    assert timed_out["key"] == item_key(timed_out["path"], -1, -1)
+
+
+def test_a_first_run_leaves_fingerprints_to_its_tasks_and_the_next_run_matches_them(
+        photos, tmp_path, client):
+    """A first run reads no fingerprint before it starts; its records carry the ones its
+    tasks read, equal to what a resuming run reads on the client, so that run executes
+    nothing; a run with an aggregate node reads them first."""
+    from dagflow.inputs import item_key
+    from dagflow.runtime.run import fingerprints_needed
+
+    out = tmp_path / "out"
+    assert not fingerprints_needed(THUMBS, out, resume=True)
+    first = run(THUMBS, photos, out, client)
+    assert first.succeeded == 12
+    records = first.records()
+    for path, key in zip(records["input_path"], records["item_key"], strict=True):
+        st = os.stat(path)
+        assert key == item_key(path, st.st_size, st.st_mtime_ns)
+    assert fingerprints_needed(THUMBS, out, resume=True)
+    assert not fingerprints_needed(THUMBS, out, resume=False)
+    again = run(THUMBS, photos, out, client)
+    assert (again.executed, again.already_done) == (0, 12)
+    stats = Workflow("s", [Node("load", "load"), Node("stats", "stats", after="load")])
+    assert fingerprints_needed(stats, tmp_path / "empty", resume=True)

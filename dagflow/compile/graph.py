@@ -92,8 +92,10 @@ def compile_chunks(
         mapping = {}
         for chunk in chunks:
             key = (name, chunk.index)
-            parents = [TaskRef((names[p], chunk.index)) for p in task.parents]
-            mapping[key] = Task(key, run_node, task, ctx, chunk, *parents)
+            # a root node's task gets the chunk, the others take it from their parents'
+            # state: the items are serialised once per chunk, not once per node
+            parents = [TaskRef((names[p], chunk.index)) for p in task.parents] or [chunk]
+            mapping[key] = Task(key, run_node, task, ctx, *parents)
         layer_annotations = dict((annotations or {}).get(nid, {}))
         if chunk_annotations is not None:
             # computed here, for this window's keys: the annotation travels with the
@@ -110,7 +112,7 @@ def compile_chunks(
     for chunk in chunks:
         key = (commit, chunk.index)
         refs = [TaskRef((names[nid], chunk.index)) for nid in leaves]
-        commit_mapping[key] = Task(key, commit_chunk, ctx, leaves, chunk, *refs)
+        commit_mapping[key] = Task(key, commit_chunk, ctx, leaves, *refs)
     layers[commit] = MaterializedLayer(commit_mapping)
     dependencies[commit] = {names[nid] for nid in leaves}
     graph = HighLevelGraph(layers, dependencies)

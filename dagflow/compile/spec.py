@@ -56,6 +56,13 @@ class NodeTask:
         return self.spec if self.spec is not None else get_op(self.op)
 
     @functools.cached_property
+    def guards_pixels(self) -> bool:
+        """Whether the op is a source with a ``max_pixels`` limit, which an item planned
+        without its header lowers to its guard (asked once per node, not per item)."""
+        spec = self.op_spec
+        return spec.kind == "source" and spec.param("max_pixels") is not None
+
+    @functools.cached_property
     def op_params(self) -> dict[str, Any]:
         """The parameters passed to the op (``subdir`` belongs to the node, not the op);
         built once, not per item."""

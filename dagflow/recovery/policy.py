@@ -121,7 +121,7 @@ def classify(exc: BaseException, policy: RetryPolicy | None = None) -> str:
     return "bug"
 
 
-@dataclass
+@dataclass(slots=True)
 class Outcome:
     """The result of one op call for one item."""
 
@@ -132,16 +132,6 @@ class Outcome:
     duration_s: float = 0.0
     #: CPU time of the thread that ran the op: far below ``duration_s`` means waiting (I/O).
     cpu_s: float = 0.0
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    """``fn()`` and the CPU time its thread spent on it (kept on an exception as ``cpu_s``)."""
-    start = time.thread_time()
-    try:
-        return fn(), time.thread_time() - start
-    except BaseException as exc:
-        exc.cpu_s = time.thread_time() - start  # type: ignore[attr-defined]
-        raise
 
 
 def call_with_policy(
@@ -185,24 +175,29 @@ def call_with_policy(
                                                             restart=again),
                     lambda _, out: outcome.append(out), timed_out, timeout)
         return outcome[0]
-    start = time.perf_counter()
+    # called once per item and node: the clocks are read inline, the happy path builds
+    # nothing but its Outcome
+    wall, thread_cpu = time.perf_counter, time.thread_time
+    start = wall()
     attempt = 0
     cpu = 0.0
     while True:
         attempt += 1
         if restart is not None and attempt > 1:  # a first attempt's deadline is running
             restart()
+        begun = thread_cpu()
         try:
-            value, used = _timed(fn)
-            return Outcome(value=value, attempts=attempt, duration_s=time.perf_counter() - start,
-                           cpu_s=cpu + used)
+            value = fn()
         except Exception as exc:
-            cpu += getattr(exc, "cpu_s", 0.0)
+            cpu += thread_cpu() - begun
             error_class = classify(exc, policy)
             if error_class != "transient" or attempt >= policy.attempts:
                 return Outcome(error=exc, error_class=error_class, attempts=attempt,
-                               duration_s=time.perf_counter() - start, cpu_s=cpu)
+                               duration_s=wall() - start, cpu_s=cpu)
             sleep(policy.backoff(attempt))
+        else:
+            cpu += thread_cpu() - begun
+            return Outcome(value, None, None, attempt, wall() - start, cpu)
 
 
 def as_transient(exc: BaseException) -> TransientError:

@@ -51,6 +51,7 @@ from typing import Any
 from dagflow import config
 from dagflow.compile import Chunk, NodeTask, choose_chunk_size
 from dagflow.execute import ChunkSummary
+from dagflow.inputs import fill_fingerprint
 from dagflow.ops.dispatch import resolve_device
 from dagflow.resources import (
     MemoryModel,
@@ -627,6 +628,7 @@ def _condition_runs(tasks: Mapping[str, NodeTask], model: MemoryModel,
 
 
 def _rows_base(ctx: Any, task: NodeTask, item: Mapping[str, Any]) -> dict[str, Any]:
+    fill_fingerprint(item)  # type: ignore[arg-type]  # a first run defers it to here
     return {"run_id": ctx.run_id, "item_id": item["item_id"], "item_key": item["key"],
             "input_path": item["path"], "rel": item["rel"], "node_id": task.id,
             "node_key": task.key, "op": task.op, "status": "ok", "error_class": None,

@@ -42,11 +42,12 @@ from dagflow.compile import (
 from dagflow.compile.chunking import taper
 from dagflow.exceptions import CircuitOpenError
 from dagflow.execute import ChunkSummary, item_summary, reduce_aggregate
-from dagflow.inputs import InputSet, resolve_inputs
+from dagflow.inputs import InputSet, fill_fingerprint, resolve_inputs
 from dagflow.io.atomic import atomic_write, find_temporaries
 from dagflow.monitor import hooks
+from dagflow.ops.registry import get_op
 from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker, counts_against_breaker
-from dagflow.recovery.checkpoint import Checkpoint, load_done
+from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
 from dagflow.recovery.events import EventLog
 from dagflow.runtime.capacity import prepare_cluster
 from dagflow.runtime.cluster import connect, dashboard_link
@@ -238,6 +239,7 @@ class _Runner:
     def _fail_item(self, chunk: Chunk, exc: BaseException) -> ChunkSummary:
         """Record a single item whose task failed as a whole (its worker died, or worse)."""
         item = chunk.items[0]
+        fill_fingerprint(item)  # type: ignore[arg-type]  # a first run defers it to here
         error_class = "lost_worker" if isinstance(exc, KilledWorker) else "bug"
         message = (f"the task for this item failed as a whole: {type(exc).__name__}: {exc}")[:2000]
         rows = [{
@@ -475,7 +477,10 @@ def run(
         Before anything runs.
     """
     wf = load_workflow(workflow)
-    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(inputs, exclude=output)
+    if not isinstance(inputs, InputSet):
+        defer = not fingerprints_needed(wf, Path(output), resume or retry_failed)
+        inputs = resolve_inputs(inputs, exclude=output, defer_fingerprint=defer)
+    input_set = inputs
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)
@@ -483,6 +488,19 @@ def run(
         return RunHandle(lambda handle: _run(wf, input_set, Path(output), progress=False,
                                              handle=handle, **options))
     return _run(wf, input_set, Path(output), progress=progress, **options)
+
+
+def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
+    """Whether a run must read its inputs' fingerprints before it starts.
+
+    It must to compare them with the records of earlier runs into ``output`` (when it
+    resumes or retries), and to combine an aggregate's partials by item at the end. A
+    first run does not: its tasks read each item's fingerprint where they read the item
+    (in parallel, on the workers), and the records carry it for the next run.
+    """
+    if any(get_op(n.op).kind == "aggregate" for n in workflow.nodes):
+        return True
+    return resume and bool(record_parts(output / config.get("state-dir")))
 
 
 def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, scheduler_file,
