@@ -236,6 +236,26 @@ def test_resolved_paths_are_normal_and_absolute(tmp_path, monkeypatch):
     assert [i["path"] for i in listed] == [str(root / "a.jpg"), str(root / "sub" / "b.jpg")]
 
 
+def test_the_first_submission_gives_each_worker_thread_two_chunks_the_rest_follows(
+        photos, tmp_path, client):
+    """Two chunks per worker thread go first, so that the workers start while the rest is
+    sent; the rest follows as chunks finish, every chunk once."""
+    import json
+
+    threads = sum(client.nthreads().values())
+    result = run(THUMBS, photos, tmp_path / "out", client, chunk_size=1)
+    assert result.succeeded == 12 and result.chunks == 12
+    events = [json.loads(line) for line in
+              (result.run_dir / "events.jsonl").read_text().splitlines()]
+    submitted = [e["chunks"] for e in events if e["event"] == "chunks_submitted"]
+    assert submitted[0] == list(range(2 * threads))
+    assert sorted(c for chunks in submitted for c in chunks) == list(range(12))
+    first_finished = next(i for i, e in enumerate(events) if e["event"] == "chunk_finished")
+    later = next(i for i, e in enumerate(events)
+                 if e["event"] == "chunks_submitted" and e["chunks"] != submitted[0])
+    assert later > first_finished
+
+
 def test_a_deferred_fingerprint_is_the_one_the_client_would_read(tmp_path):
     """Resolved with the fingerprint deferred, scanned files are not read (no key yet);
     filled in later, each item equals the item resolved the usual way, a file that

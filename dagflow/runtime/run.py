@@ -171,6 +171,8 @@ class _Runner:
                             for nid in tasks}
         #: Threads to taper the chunks for (auto chunk size), or None to keep them as cut.
         self.taper_threads: int | None = None
+        #: The cluster's worker threads: the first submission gives each two chunks.
+        self.threads = 1
         self.chunks: dict[int, Chunk] = {}
         self.next_index = 0
         settings = BreakerSettings.from_config(config.get("breaker"))
@@ -296,8 +298,12 @@ class _Runner:
 
         isolating = False
 
-        while pending and in_flight < window:
-            in_flight += submit(min(batch, window - in_flight))
+        # first two chunks for every worker thread, the rest once a chunk has finished:
+        # sent together, every graph was serialised before the scheduler (often in this
+        # process) dispatched the first, and the workers waited (~0.2 s per 100,000 items)
+        first = min(window, 2 * self.threads)
+        while pending and in_flight < first:
+            in_flight += submit(min(batch, first - in_flight))
         for future in seq:
             in_flight -= 1
             isolating = False
@@ -554,6 +560,7 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                             refused=len(batch.refused), peak_task=batch.plan.peak_task,
                             budget=batch.plan.budget_min, estimate_s=batch.plan.duration_s)
                 runner = _Runner(c, tasks, ctx, result, events, bar)
+                runner.threads = n_threads
                 batch.attach(runner)
                 if config.resolve(chunk_size, "chunk-size") == "auto":
                     runner.taper_threads = n_threads
