@@ -18,6 +18,7 @@ synchronous scheduler alike.
 from __future__ import annotations
 
 import collections
+import functools
 import math
 import os
 import pickle
@@ -37,7 +38,7 @@ from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
 from dagflow.recovery.breaker import counts_against_breaker
 from dagflow.recovery.checkpoint import RECORD_SCHEMA, record_columns
-from dagflow.recovery.policy import call_with_policy
+from dagflow.recovery.policy import Outcome, call_with_policy
 from dagflow.recovery.watch import run_watched
 
 __all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "item_summary", "reduce_aggregate",
@@ -249,18 +250,26 @@ _Step = tuple[Record | None, Image | None, str | None, bool | None]
 def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
           parents: tuple[ChunkState, ...], worker: str, consecutive_failures: int,
           restart: Callable[[], None]) -> _Step:
-    """One item through one node; changes nothing shared (see :func:`run_watched`)."""
+    """One item through one node; changes nothing shared (see :func:`run_watched`).
+
+    It runs once per item and node between the ops' own work: the path of an item that
+    succeeds is kept short (no closure, no dict of common fields, its record built by
+    position).
+    """
     iid = item["item_id"]
-    blocked = [p.blocked[iid] for p in parents if iid in p.blocked] if parents else None
-    if blocked:
-        status = _blocked_status(blocked)
-        return _record(ctx, task, item, status, worker), None, status, None
+    if parents:
+        blocked = [p.blocked[iid] for p in parents if iid in p.blocked]
+        if blocked:
+            status = _blocked_status(blocked)
+            return _record(ctx, task, item, status, worker), None, status, None
+        inputs = [p.images[iid] for p in parents]
+    else:
+        inputs = []
     if consecutive_failures >= task.breaker_failures:
         return (_record(ctx, task, item, "not_run", worker, error_class="breaker",
                         error_message=f"node {task.id!r} stopped after "
                                       f"{consecutive_failures} consecutive failures"),
                 None, "not_run", None)
-    inputs = [p.images[iid] for p in parents]
     started = time.time()
     if task.when is not None and inputs:
         try:
@@ -272,42 +281,62 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
         if not passed:
             return _record(ctx, task, item, "skipped", worker, started=started), None, \
                 "skipped", None
-    spec = task.op_spec
-    if spec.kind == "aggregate":
+    kind = task.op_spec.kind
+    if kind == "aggregate":
         return None, inputs[0], None, None
     used: dict[str, Any] = {}
-    outcome = call_with_policy(lambda: _invoke(task, ctx, item, inputs, used), task.policy,
-                               restart=restart)
-    common = {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
-              "cpu_s": outcome.cpu_s, "started": started, "device": used.get("device", "cpu"),
-              "degraded": used.get("degraded", False)} if used else \
-        {"attempts": outcome.attempts, "duration_s": outcome.duration_s,
-         "cpu_s": outcome.cpu_s, "started": started}
+    outcome = call_with_policy(functools.partial(_invoke, task, ctx, item, inputs, used),
+                               task.policy, restart=restart)
+    device, degraded = (used.get("device", "cpu"), used.get("degraded", False)) if used \
+        else ("cpu", False)
     if outcome.error is not None:
-        exc = outcome.error
-        message = str(exc) or type(exc).__name__
-        if outcome.error_class == "bug":
-            frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
-            where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
-            message = f"{message}{where}"
-        record = _record(ctx, task, item, "failed", worker, error_class=outcome.error_class,
-                         error_type=type(exc).__name__, error_message=message[:2000],
-                         reason=getattr(exc, "reason", None), **common)
-        return record, None, "failed", counts_against_breaker(outcome.error_class) or None
+        return _failed_step(task, ctx, item, worker, outcome, started, device, degraded)
     value = outcome.value
-    if spec.kind == "sink":
-        return (_record(ctx, task, item, "ok", worker, output_path=str(value),
-                        width=inputs[0].width, height=inputs[0].height, **common),
-                None, None, False)
+    if kind == "sink":
+        source = inputs[0]
+        return (_ok_record(ctx, task, item, worker, outcome, started, device, degraded,
+                           str(value), source.width, source.height), None, None, False)
     if not isinstance(value, Image):
         value = Image(value) if hasattr(value, "shape") else value
-    if not isinstance(value, Image):
-        return (_record(ctx, task, item, "failed", worker, error_class="bug",
-                        error_type="TypeError",
-                        error_message=f"op {task.op!r} returned {type(value).__name__}, "
-                                      "not an Image", **common), None, "failed", None)
-    return (_record(ctx, task, item, "ok", worker, width=value.width, height=value.height,
-                    **common), value, None, False)
+        if not isinstance(value, Image):
+            return (_record(ctx, task, item, "failed", worker, error_class="bug",
+                            error_type="TypeError",
+                            error_message=f"op {task.op!r} returned {type(value).__name__}, "
+                                          "not an Image", attempts=outcome.attempts,
+                            duration_s=outcome.duration_s, cpu_s=outcome.cpu_s,
+                            started=started, device=device, degraded=degraded),
+                    None, "failed", None)
+    shape = value.data.shape
+    return (_ok_record(ctx, task, item, worker, outcome, started, device, degraded, None,
+                       int(shape[1]), int(shape[0])), value, None, False)
+
+
+def _ok_record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], worker: str,
+               outcome: Outcome, started: float, device: str, degraded: bool,
+               output_path: str | None, width: int, height: int) -> Record:
+    """The record of an item a node succeeded on: :func:`_record`, by position."""
+    return (ctx.run_id, item["item_id"], item["key"], item["path"], item["rel"], task.id,
+            task.key, task.op, "ok", None, None, None, None, outcome.attempts,
+            outcome.duration_s, outcome.cpu_s, started, worker, device, output_path, width,
+            height, bool(degraded))
+
+
+def _failed_step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], worker: str,
+                 outcome: Outcome, started: float, device: str, degraded: bool) -> _Step:
+    """The record and verdict of an item whose op failed (after its retries)."""
+    exc = outcome.error
+    assert exc is not None
+    message = str(exc) or type(exc).__name__
+    if outcome.error_class == "bug":
+        frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+        where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
+        message = f"{message}{where}"
+    record = _record(ctx, task, item, "failed", worker, error_class=outcome.error_class,
+                     error_type=type(exc).__name__, error_message=message[:2000],
+                     reason=getattr(exc, "reason", None), attempts=outcome.attempts,
+                     duration_s=outcome.duration_s, cpu_s=outcome.cpu_s, started=started,
+                     device=device, degraded=degraded)
+    return record, None, "failed", counts_against_breaker(outcome.error_class) or None
 
 
 def _blocked_status(blocked: list[str]) -> str:
