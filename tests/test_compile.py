@@ -71,6 +71,29 @@ def test_one_layer_per_node_keys_named_by_node(tmp_path):
     assert deps[compiled.layers["flip"]] == {compiled.layers["blur"]}
 
 
+def test_a_chunk_passes_through_a_scheduler_as_bytes(monkeypatch):
+    """Unpickled and pickled again without its items being used (as a scheduler passing a
+    task on does), a chunk's items are not unpickled; where they are used they are all
+    there, and a change made to them (a fingerprint filled in) travels on."""
+    import pickle
+
+    from dagflow.compile import Chunk
+
+    chunk = Chunk(7, items(5))
+    sent = pickle.dumps(chunk, protocol=5)
+    loads = []
+    real_loads = pickle.loads
+    monkeypatch.setattr(pickle, "loads", lambda b: loads.append(1) or real_loads(b))
+    passed_on = pickle.dumps(real_loads(sent), protocol=5)  # the scheduler
+    assert loads == [] and len(passed_on) < len(sent) + 64
+    received = real_loads(passed_on)  # the worker
+    assert received == chunk and received.index == 7 and len(received) == 5
+    assert loads == [1]
+    received.items[0]["key"] = "filled"
+    again = real_loads(pickle.dumps(received, protocol=5))
+    assert again.items[0]["key"] == "filled" and again.items[1:] == chunk.items[1:]
+
+
 def test_compiling_computes_nothing(tmp_path):
     CALLS.clear()
     tasks = node_tasks(dag())

@@ -15,7 +15,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Mapping
+import pickle
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,19 +82,52 @@ class RunContext:
     checkpoint: bool = True
 
 
-@dataclass(frozen=True)
 class Chunk:
     """A group of items processed by one task per node.
 
     Kept as an object (not a list) so that Dask treats it as a literal and does not walk
-    its items looking for task keys.
+    its items looking for task keys. Pickled, its items are one byte string, unpickled
+    only where they are first used: the scheduler a chunk passes through on its way to a
+    worker copies those bytes instead of unpickling and pickling every item again.
     """
 
-    index: int
-    items: tuple[Mapping[str, Any], ...] = field(repr=False)
+    __slots__ = ("_blob", "_items", "index")
+
+    def __init__(self, index: int, items: Sequence[Mapping[str, Any]]) -> None:
+        self.index = index
+        self._items: tuple[Mapping[str, Any], ...] | None = tuple(items)
+        self._blob: bytes | None = None
+
+    @property
+    def items(self) -> tuple[Mapping[str, Any], ...]:
+        if self._items is None:
+            self._items = pickle.loads(self._blob)  # type: ignore[arg-type]
+            self._blob = None  # the items may change (fingerprints): pickled anew
+        return self._items
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        blob = self._blob if self._items is None else pickle.dumps(self._items, protocol=5)
+        return _chunk_from_pickle, (self.index, blob)
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Chunk):
+            return NotImplemented
+        return self.index == other.index and self.items == other.items
+
+    __hash__ = None  # type: ignore[assignment]  # items are dicts
+
+    def __repr__(self) -> str:
+        return f"Chunk(index={self.index})"
+
+
+def _chunk_from_pickle(index: int, blob: bytes) -> Chunk:
+    """A chunk from its pickled items, left unpickled until used (see :class:`Chunk`)."""
+    chunk = Chunk.__new__(Chunk)
+    chunk.index, chunk._items, chunk._blob = index, None, blob
+    return chunk
 
 
 def _digest(payload: Any) -> str:
