@@ -162,7 +162,7 @@ def interleaved(variants: Mapping[str, Callable[[], Any]], repeat: int, *,
             elapsed = time.perf_counter() - t0
             cpu = tree_cpu() - c0
             if isinstance(out, Mapping):
-                results[n].extra.update(out)
+                results[n].extra.update((k, v) for k, v in out.items() if k != "seconds")
                 elapsed = float(out.get("seconds", elapsed))
             results[n].seconds.append(elapsed)
             results[n].extra.setdefault("cpu_s", []).append(cpu)
