@@ -9,9 +9,9 @@ large chunks (the kernel's own cost on the same cores, with next to no per-item 
 dagflow's cost per item is ``(dagflow wall time - baseline wall time) / items`` (the
 medians' difference; the median of each repetition's difference, the two run back to
 back, is printed beside it): its scheduling, per-item loop, records, checkpoint parts,
-monitoring and client-side planning together, amortised. The run's event log splits dagflow's time into planning
-on the client (before the first chunk is submitted), processing (first submit to last
-chunk) and finishing (last chunk to the end of ``run``).
+monitoring and client-side planning together, amortised. The run's event log splits
+dagflow's time into planning on the client (before the first chunk is submitted),
+processing (first submit to last chunk) and finishing (last chunk to the end of ``run``).
 """
 
 from __future__ import annotations
