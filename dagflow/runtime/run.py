@@ -499,10 +499,11 @@ def run(
 def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
     """Whether a run must read its inputs' fingerprints before it starts.
 
-    It must to compare them with the records of earlier runs into ``output`` (when it
-    resumes or retries), and to combine an aggregate's partials by item at the end. A
-    first run does not: its tasks read each item's fingerprint where they read the item
-    (in parallel, on the workers), and the records carry it for the next run.
+    It must when it resumes or retries into an ``output`` that holds records (to compare
+    them with those), and when the workflow has an aggregate node (its partials are
+    combined by item at the end). A first run need not: its tasks read each item's
+    fingerprint where they read the item (in parallel, on the workers), and the records
+    carry it to the next run.
     """
     if any(get_op(n.op).kind == "aggregate" for n in workflow.nodes):
         return True
