@@ -393,6 +393,15 @@ def test_status_reconstructs_the_run_and_flags_inconsistencies(photos, tmp_path,
 
     shown = CliRunner().invoke(main, ["status", str(result.run_dir), "--json"])
     assert shown.exit_code == 0 and '"running or died"' in shown.output
+    # the output directory names its latest run; a directory that is neither is refused
+    # (its grandparent would otherwise be searched for leftovers)
+    later = dagflow.run(wf, photos, out, client=client, progress=False)
+    assert run_status(out).run_id == later.run_id != result.run_id
+    by_output = CliRunner().invoke(main, ["status", str(out)])
+    assert by_output.exit_code == 0 and later.run_id in by_output.output
+    refused = CliRunner().invoke(main, ["status", str(photos)])
+    assert refused.exit_code == 2 and "neither a run directory" in refused.output
+    assert "inconsistency" not in refused.output
 
 
 def test_the_whole_bad_input_corpus_through_a_run(tmp_path, client):

@@ -165,7 +165,11 @@ def sample_data(directory: str, photos: int, seed: int) -> None:
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--json", "as_json", is_flag=True)
 def status(run_dir: str, as_json: bool) -> None:
-    """Reconstruct a run's state from its event log and records (also after a crash)."""
+    """Reconstruct a run's state from its event log and records (also after a crash).
+
+    RUN_DIR is a run directory (<output>/_dagflow/runs/<run id>) or an output directory
+    (its latest run).
+    """
     from dagflow.recovery.status import run_status
 
     state = run_status(run_dir)

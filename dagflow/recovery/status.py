@@ -13,10 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dagflow import config
+from dagflow.exceptions import InputError
 from dagflow.recovery.checkpoint import read_records
 from dagflow.recovery.events import read_events
 
-__all__ = ["RunStatus", "run_status"]
+__all__ = ["RunStatus", "find_run_dir", "run_status"]
 
 
 @dataclass
@@ -48,11 +50,34 @@ class RunStatus:
         return "\n".join(lines)
 
 
+def find_run_dir(path: str | os.PathLike[str]) -> Path:
+    """The run directory ``path`` names: itself when it holds a run's event log, else the
+    run of the output directory it is that was written to last.
+
+    Raises
+    ------
+    InputError
+        When ``path`` is neither: the output directory two levels up would otherwise be
+        searched for leftovers as if it were the run's.
+    """
+    path = Path(path)
+    if (path / "events.jsonl").is_file():
+        return path
+    runs = path / config.get("state-dir") / "runs"
+    logs = list(runs.glob("*/events.jsonl")) if runs.is_dir() else []
+    if not logs:
+        raise InputError(f"{path} is neither a run directory (no events.jsonl in it) nor an "
+                         f"output directory with runs (nothing in {runs}): give the output "
+                         "directory of a run, or one of its run directories")
+    return max(logs, key=lambda log: log.stat().st_mtime_ns).parent
+
+
 def run_status(run_dir: str | os.PathLike[str]) -> RunStatus:
-    """Rebuild the state of the run in ``run_dir``."""
+    """Rebuild the state of a run: ``run_dir`` is its run directory, or the output
+    directory it wrote into (its latest run; see :func:`find_run_dir`)."""
     from dagflow.io.atomic import find_temporaries
 
-    run_dir = Path(run_dir)
+    run_dir = find_run_dir(run_dir)
     events = list(read_events(run_dir / "events.jsonl"))
     kinds = [e.get("event") for e in events]
     if "run_finished" in kinds:
