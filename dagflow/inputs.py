@@ -73,14 +73,20 @@ def fill_fingerprint(item: dict[str, Any], *, stat: bool = True) -> None:
     """
     if item["key"] is not None:
         return
-    path, size, mtime = item["path"], item["size"], item["mtime_ns"]
-    if stat:
+    size, mtime, key = _fingerprint(item["path"], item["size"], item["mtime_ns"], read=stat)
+    item.update(size=size, mtime_ns=mtime, key=key)
+
+
+def _fingerprint(path: str, size: int, mtime_ns: int, *, read: bool) -> tuple[int, int, str]:
+    """Size, modification time and key of a file: read from the file when ``read`` and it
+    can be, else the ones given."""
+    if read:
         try:
             st = os.stat(path)
-            size, mtime = st.st_size, st.st_mtime_ns
+            size, mtime_ns = st.st_size, st.st_mtime_ns
         except OSError:
             pass
-    item.update(size=size, mtime_ns=mtime, key=item_key(path, size, mtime))
+    return size, mtime_ns, item_key(path, size, mtime_ns)
 
 
 _entry_name = operator.attrgetter("name")  # a sort key in C: a million entries are sorted
@@ -321,20 +327,12 @@ def resolve_inputs(
         seen.add(path)
         size, mtime = extra.get("size", -1), extra.get("mtime_ns", -1)
         key: str | None = None
-        if stat:
-            scanned = known.get(path)
-            if scanned is not None:
-                size, mtime = scanned
-            elif not defer_fingerprint:
-                try:
-                    st = os.stat(path)
-                    size, mtime = st.st_size, st.st_mtime_ns
-                except OSError:
-                    pass
-            if scanned is not None or not defer_fingerprint:
-                key = item_key(path, size, mtime)
-        else:
+        scanned = known.get(path) if stat else None  # read while scanning, or named
+        if scanned is not None:
+            size, mtime = scanned
             key = item_key(path, size, mtime)
+        elif not (stat and defer_fingerprint):
+            size, mtime, key = _fingerprint(path, size, mtime, read=stat)
         rel = path[len(prefix):] if path.startswith(prefix) else os.path.basename(path)
         # a manifest's header columns first: the keys after them take precedence
         items.append({**extra, "item_id": len(items), "path": path,

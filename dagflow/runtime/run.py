@@ -483,10 +483,9 @@ def run(
         Before anything runs.
     """
     wf = load_workflow(workflow)
-    if not isinstance(inputs, InputSet):
-        defer = not fingerprints_needed(wf, Path(output), resume or retry_failed)
-        inputs = resolve_inputs(inputs, exclude=output, defer_fingerprint=defer)
-    input_set = inputs
+    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(
+        inputs, exclude=output,
+        defer_fingerprint=not fingerprints_needed(wf, Path(output), resume or retry_failed))
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)
