@@ -38,7 +38,7 @@ from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
 from dagflow.recovery.breaker import counts_against_breaker
 from dagflow.recovery.checkpoint import RECORD_SCHEMA, record_columns
-from dagflow.recovery.policy import Outcome, call_with_policy
+from dagflow.recovery.policy import Outcome, retry_after
 from dagflow.recovery.watch import run_watched
 
 __all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "item_summary", "reduce_aggregate",
@@ -285,40 +285,54 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
     if kind == "aggregate":
         return None, inputs[0], None, None
     used: dict[str, Any] = {}
-    outcome = call_with_policy(functools.partial(_invoke, task, ctx, item, inputs, used),
-                               task.policy, restart=restart)
+    # call_with_policy's first attempt, inline: most items succeed at once, and this is
+    # their path (retries and failures go on in retry_after)
+    wall0 = time.perf_counter()
+    cpu0 = time.thread_time()
+    outcome: Outcome | None = None
+    try:
+        value = _invoke(task, ctx, item, inputs, used)
+    except Exception as exc:
+        outcome = retry_after(exc, functools.partial(_invoke, task, ctx, item, inputs, used),
+                              task.policy, wall0, time.thread_time() - cpu0, restart=restart)
+        value = outcome.value
+    else:
+        cpu = time.thread_time() - cpu0
     device, degraded = (used.get("device", "cpu"), used.get("degraded", False)) if used \
         else ("cpu", False)
-    if outcome.error is not None:
+    if outcome is None:
+        attempts, duration = 1, time.perf_counter() - wall0
+    elif outcome.error is not None:
         return _failed_step(task, ctx, item, worker, outcome, started, device, degraded)
-    value = outcome.value
+    else:
+        attempts, duration, cpu = outcome.attempts, outcome.duration_s, outcome.cpu_s
     if kind == "sink":
         source = inputs[0]
-        return (_ok_record(ctx, task, item, worker, outcome, started, device, degraded,
-                           str(value), source.width, source.height), None, None, False)
+        return (_ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
+                           degraded, str(value), source.width, source.height),
+                None, None, False)
     if not isinstance(value, Image):
         value = Image(value) if hasattr(value, "shape") else value
         if not isinstance(value, Image):
             return (_record(ctx, task, item, "failed", worker, error_class="bug",
                             error_type="TypeError",
                             error_message=f"op {task.op!r} returned {type(value).__name__}, "
-                                          "not an Image", attempts=outcome.attempts,
-                            duration_s=outcome.duration_s, cpu_s=outcome.cpu_s,
-                            started=started, device=device, degraded=degraded),
+                                          "not an Image", attempts=attempts,
+                            duration_s=duration, cpu_s=cpu, started=started, device=device,
+                            degraded=degraded),
                     None, "failed", None)
     shape = value.data.shape
-    return (_ok_record(ctx, task, item, worker, outcome, started, device, degraded, None,
-                       int(shape[1]), int(shape[0])), value, None, False)
+    return (_ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
+                       degraded, None, int(shape[1]), int(shape[0])), value, None, False)
 
 
 def _ok_record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], worker: str,
-               outcome: Outcome, started: float, device: str, degraded: bool,
-               output_path: str | None, width: int, height: int) -> Record:
+               attempts: int, duration_s: float, cpu_s: float, started: float, device: str,
+               degraded: bool, output_path: str | None, width: int, height: int) -> Record:
     """The record of an item a node succeeded on: :func:`_record`, by position."""
     return (ctx.run_id, item["item_id"], item["key"], item["path"], item["rel"], task.id,
-            task.key, task.op, "ok", None, None, None, None, outcome.attempts,
-            outcome.duration_s, outcome.cpu_s, started, worker, device, output_path, width,
-            height, bool(degraded))
+            task.key, task.op, "ok", None, None, None, None, attempts, duration_s, cpu_s,
+            started, worker, device, output_path, width, height, bool(degraded))
 
 
 def _failed_step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], worker: str,

@@ -209,10 +209,8 @@ def test_records_are_tuples_in_schema_order(tmp_path):
     assert record_columns([record, record]) == record_columns([as_row, as_row])
     # a success's record, built by position on the item loop's short path, is the same
     from dagflow.execute import _ok_record
-    from dagflow.recovery.policy import Outcome
 
-    outcome = Outcome(value=None, attempts=2, duration_s=0.5, cpu_s=0.25)
-    assert _ok_record(ctx, task, item, "tcp://w", outcome, 1.0, "gpu", True, "/o", 3, 4) == \
+    assert _ok_record(ctx, task, item, "tcp://w", 2, 0.5, 0.25, 1.0, "gpu", True, "/o", 3, 4) == \
         _record(ctx, task, item, "ok", "tcp://w", attempts=2, duration_s=0.5, cpu_s=0.25,
                 started=1.0, device="gpu", degraded=True, output_path="/o", width=3, height=4)
 

@@ -17,8 +17,10 @@ from typing import Any
 from dask._task_spec import Task, TaskRef
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+# the module, not its names: importing dagflow.execute first imports this package
+# (through dagflow.compile.spec), while execute is still half-initialised
+from dagflow import execute
 from dagflow.compile.spec import Chunk, NodeTask, RunContext
-from dagflow.execute import commit_chunk, run_node
 
 __all__ = ["COMMIT_PREFIX", "CompiledGraph", "compile_chunks", "layer_name"]
 
@@ -95,7 +97,7 @@ def compile_chunks(
             # a root node's task gets the chunk, the others take it from their parents'
             # state: the items are serialised once per chunk, not once per node
             parents = [TaskRef((names[p], chunk.index)) for p in task.parents] or [chunk]
-            mapping[key] = Task(key, run_node, task, ctx, *parents)
+            mapping[key] = Task(key, execute.run_node, task, ctx, *parents)
         layer_annotations = dict((annotations or {}).get(nid, {}))
         if chunk_annotations is not None:
             # computed here, for this window's keys: the annotation travels with the
@@ -112,7 +114,7 @@ def compile_chunks(
     for chunk in chunks:
         key = (commit, chunk.index)
         refs = [TaskRef((names[nid], chunk.index)) for nid in leaves]
-        commit_mapping[key] = Task(key, commit_chunk, ctx, leaves, *refs)
+        commit_mapping[key] = Task(key, execute.commit_chunk, ctx, leaves, *refs)
     layers[commit] = MaterializedLayer(commit_mapping)
     dependencies[commit] = {names[nid] for nid in leaves}
     graph = HighLevelGraph(layers, dependencies)

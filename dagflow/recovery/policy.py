@@ -22,7 +22,8 @@ from typing import Any
 from dagflow.exceptions import ItemError, ItemTimeoutError, TransientError
 from dagflow.recovery.watch import run_watched
 
-__all__ = ["ERROR_CLASSES", "Outcome", "RetryPolicy", "call_with_policy", "classify"]
+__all__ = ["ERROR_CLASSES", "Outcome", "RetryPolicy", "call_with_policy", "classify",
+           "retry_after"]
 
 ERROR_CLASSES = ("transient", "bad_input", "resource", "lost_worker", "timeout", "bug")
 
@@ -176,25 +177,48 @@ def call_with_policy(
                     lambda _, out: outcome.append(out), timed_out, timeout)
         return outcome[0]
     # called once per item and node: the clocks are read inline, the happy path builds
-    # nothing but its Outcome
+    # nothing but its Outcome (the item loop inlines this first attempt: see execute._step)
+    start = time.perf_counter()
+    begun = time.thread_time()
+    try:
+        value = fn()
+    except Exception as exc:
+        return retry_after(exc, fn, policy, start, time.thread_time() - begun,
+                           sleep=sleep, restart=restart)
+    cpu = time.thread_time() - begun
+    return Outcome(value, None, None, 1, time.perf_counter() - start, cpu)
+
+
+def retry_after(
+    exc: Exception,
+    fn: Callable[[], Any],
+    policy: RetryPolicy,
+    start: float,
+    cpu: float,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    restart: Callable[[], None] | None = None,
+) -> Outcome:
+    """What :func:`call_with_policy` does once a first attempt, begun at ``start``
+    (:func:`time.perf_counter`) and having used ``cpu`` seconds, raised ``exc``: retry it
+    if it is transient, else (or when the attempts run out) the failed :class:`Outcome`."""
     wall, thread_cpu = time.perf_counter, time.thread_time
-    start = wall()
-    attempt = 0
-    cpu = 0.0
+    attempt = 1
     while True:
+        error_class = classify(exc, policy)
+        if error_class != "transient" or attempt >= policy.attempts:
+            return Outcome(error=exc, error_class=error_class, attempts=attempt,
+                           duration_s=wall() - start, cpu_s=cpu)
+        sleep(policy.backoff(attempt))
         attempt += 1
-        if restart is not None and attempt > 1:  # a first attempt's deadline is running
+        if restart is not None:  # a new attempt: its deadline counts from now
             restart()
         begun = thread_cpu()
         try:
             value = fn()
-        except Exception as exc:
+        except Exception as next_exc:
             cpu += thread_cpu() - begun
-            error_class = classify(exc, policy)
-            if error_class != "transient" or attempt >= policy.attempts:
-                return Outcome(error=exc, error_class=error_class, attempts=attempt,
-                               duration_s=wall() - start, cpu_s=cpu)
-            sleep(policy.backoff(attempt))
+            exc = next_exc
         else:
             cpu += thread_cpu() - begun
             return Outcome(value, None, None, attempt, wall() - start, cpu)

@@ -220,12 +220,18 @@ def cluster_capacity(client: Any) -> ClusterCapacity:
 
 def prepare_cluster(client: Any, workflow: Any) -> ClusterCapacity:
     """Tell the workers their resources for ``workflow`` (``MEMORY``, its nodes'
-    concurrency slots, ``GPU``) and read back what every worker advertises."""
+    concurrency slots, ``GPU``), freeze their startup objects out of full garbage
+    collections (:mod:`dagflow.runtime.worker_gc`), and read back what every worker
+    advertises."""
     from dagflow.resources import concurrency_resource
 
     slots = {concurrency_resource(n.id): int(n.concurrency)
              for n in workflow.nodes if n.concurrency}
     advertise(client, slots)
+    if config.get("runtime.worker-gc-freeze"):
+        from dagflow.runtime import worker_gc
+
+        worker_gc.register(client)
     return cluster_capacity(client)
 
 
