@@ -352,6 +352,7 @@ def probe_headers(items: Sequence[dict[str, Any]], *, threads: int | None = None
     limit = int(limit if limit is not None else config.get("resources.probe-limit"))
     sample = int(sample if sample is not None else config.get("resources.probe-sample"))
     lacking = [it for it in items if not has_size(it)]
+    unknown = len(lacking)
     if len(lacking) > limit:
         lacking = random.Random(seed).sample(lacking, min(sample, len(lacking)))
     failed = 0
@@ -395,7 +396,7 @@ def probe_headers(items: Sequence[dict[str, Any]], *, threads: int | None = None
                 failed += absorb(batch, headers)
     elif rest:
         failed += absorb(rest, probe_batch(rest))
-    missing = sum(1 for it in items if not has_size(it))
+    missing = unknown - sum(1 for it in lacking if has_size(it))  # only these changed
     return {"probed": len(lacking) - failed, "failed": failed, "missing": missing}
 
 

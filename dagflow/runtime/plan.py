@@ -339,9 +339,12 @@ def prepare_batch(
             probed = probe_headers(to_run)  # above the limit: a random sample
             sampled = over
     budget = capacity.max_budget
-    model.set_default(to_run, limit=budget or None)
+    # has_size is asked once more here and once in the loop below, not once per step
+    sized = [item for item in to_run if has_size(item)]
+    model.set_default(sized, limit=budget or None)
+    guard = 0
     if sampled:
-        probed["guard_pixels"] = _guard_unprobed(model, to_run, capacity.min_budget)
+        guard = probed["guard_pixels"] = _guard_unprobed(model, sized, capacity.min_budget)
     annotate = capacity.has_memory
     fraction = float(config.get("resources.chunk-memory-fraction"))
     task_limit = int(capacity.min_budget * fraction) if annotate else 0
@@ -360,6 +363,8 @@ def prepare_batch(
     unknown = 0  # items without a size: the default estimate, the decoder's limit
     for item in to_run:
         if not has_size(item):
+            if guard:
+                item[GUARD_KEY] = guard
             runnable.append(item)
             unknown += 1
             continue
@@ -443,12 +448,14 @@ def prepare_batch(
 GUARD_KEY = "guard_pixels"
 
 
-def _guard_unprobed(model: MemoryModel, items: Sequence[dict[str, Any]], budget: int) -> int:
-    """Give every item still without a header the largest pixel count that fits ``budget``.
+def _guard_unprobed(model: MemoryModel, sized: Sequence[Mapping[str, Any]], budget: int) -> int:
+    """The pixel limit for the items still without a header: the largest pixel count
+    that fits ``budget``.
 
-    Planned from a sample of headers, the others are estimated like the sample's largest
-    item; an unsampled image far above it could exceed a worker's memory. Its source node
-    refuses it before decoding instead (``oversize``), from this limit: the budget over
+    Planned from a sample of headers (``sized``: the items that have one), the others are
+    estimated like the sample's largest item; an unsampled image far above it could
+    exceed a worker's memory. Its source node refuses it before decoding instead
+    (``oversize``), from this limit (:data:`GUARD_KEY` of each such item): the budget over
     the sample's largest bytes per pixel. Returns the limit (0: none, when the workers
     advertise no memory or no item could be probed).
     """
@@ -456,13 +463,8 @@ def _guard_unprobed(model: MemoryModel, items: Sequence[dict[str, Any]], budget:
         return 0
     per_pixel = max((max(e.single for e in model.estimates(i) or ())
                      / max(1, int(i["width"]) * int(i["height"]))
-                     for i in items if has_size(i)), default=0.0)
-    guard = int(budget / per_pixel) if per_pixel > 0 else 0
-    if guard:
-        for item in items:
-            if not has_size(item):
-                item[GUARD_KEY] = guard
-    return guard
+                     for i in sized), default=0.0)
+    return int(budget / per_pixel) if per_pixel > 0 else 0
 
 
 def _probe_paths(paths: list[str]) -> list[dict[str, Any] | None]:
