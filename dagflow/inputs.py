@@ -315,12 +315,23 @@ def resolve_inputs(
         else:
             dirs = {a[:a.rfind(os.sep) + 1] for a in absolute}
         base = os.path.commonpath(dirs)
-    items = []
-    seen: set[str] = set()
     # `absolute` and `base` are normalised, so a path inside `base` is `prefix` + its
     # relative path: slicing is relpath without its cost per item
     prefix = base.rstrip(os.sep) + os.sep
     posix = os.sep == "/"
+    if defer_fingerprint and stat and not known and not any(extras) and posix:
+        # a first run over directories: nothing is read per item here, and the items
+        # are built by one comprehension (100,000 of them: 0.50 -> 0.27 s, listing
+        # included)
+        cut, basename = len(prefix), os.path.basename
+        return InputSet(Path(base), [
+            {"item_id": item_id, "path": path,
+             "rel": path[cut:] if path.startswith(prefix) else basename(path),
+             "size": -1, "mtime_ns": -1, "key": None}
+            for item_id, path in enumerate(dict.fromkeys(absolute))],
+            ", ".join(map(os.fspath, specs)))
+    items = []
+    seen: set[str] = set()
     for path, extra in zip(absolute, extras, strict=True):
         if path in seen:
             continue

@@ -285,6 +285,27 @@ def test_a_deferred_fingerprint_is_the_one_the_client_would_read(tmp_path):
     assert timed_out["key"] == item_key(timed_out["path"], -1, -1)
 
 
+def test_directories_resolved_without_fingerprints_give_the_usual_items(tmp_path):
+    """Directories only (the items built in one pass): a directory given twice, or inside
+    another given, lists its files once; outputs inside are left out; the relative paths,
+    ids and, once filled in, fingerprints are those of the usual resolve."""
+    from dagflow.inputs import fill_fingerprint, resolve_inputs
+
+    data = tmp_path / "in"
+    for name in ["x/a.jpg", "x/sub/b.png", "y/c.tif", "y/out/old.jpg"]:
+        (data / name).parent.mkdir(parents=True, exist_ok=True)
+        (data / name).write_bytes(name.encode())
+    specs = [data / "x", data / "y", data / "x" / "sub", data / "y"]
+    deferred = resolve_inputs(specs, defer_fingerprint=True, exclude=data / "y" / "out")
+    usual = resolve_inputs(specs, exclude=data / "y" / "out")
+    assert [i["rel"] for i in deferred.items] == ["x/a.jpg", "x/sub/b.png", "y/c.tif"]
+    assert deferred.root == usual.root == data
+    assert all(i["key"] is None for i in deferred.items)
+    for item in deferred.items:
+        fill_fingerprint(item)
+    assert deferred.items == usual.items
+
+
 def test_a_first_run_leaves_fingerprints_to_its_tasks_and_the_next_run_matches_them(
         photos, tmp_path, client):
     """A first run reads no fingerprint before it starts; its records carry the ones its
