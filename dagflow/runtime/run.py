@@ -570,7 +570,8 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                 for summary in batch.settle_oversize(ctx, c, runner):
                     runner._absorb(summary)
                 result.tiled = len(batch.tiled)
-                runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
+                if any(t.kind == "aggregate" for t in tasks.values()):
+                    runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
                 result.duration_s = time.perf_counter() - start
                 hooks.run_finished(c, ctx, result)
                 result.estimate = compare(result, batch.plan, run_dir)
