@@ -298,13 +298,12 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
         value = outcome.value
     else:
         cpu = time.thread_time() - cpu0
+        attempts, duration = 1, time.perf_counter() - wall0
     device, degraded = (used.get("device", "cpu"), used.get("degraded", False)) if used \
         else ("cpu", False)
-    if outcome is None:
-        attempts, duration = 1, time.perf_counter() - wall0
-    elif outcome.error is not None:
-        return _failed_step(task, ctx, item, worker, outcome, started, device, degraded)
-    else:
+    if outcome is not None:
+        if outcome.error is not None:
+            return _failed_step(task, ctx, item, worker, outcome, started, device, degraded)
         attempts, duration, cpu = outcome.attempts, outcome.duration_s, outcome.cpu_s
     if kind == "sink":
         source = inputs[0]
