@@ -89,6 +89,9 @@ def test_plan_after_a_run_uses_the_history_and_skips_what_is_done(setup, client)
     again = plan(setup / "wf.yaml", setup / "in", setup / "out", client=client)
     assert (again.to_run, again.already_done) == (0, 5)
     assert again.nodes["blur"].skip_done == 5
+    # given a directory around the output, the outputs are not inputs (as for a run)
+    around = plan(setup / "wf.yaml", setup, setup / "out", client=client)
+    assert (around.items, around.already_done) == (5, 5)
 
     # the same batch into a new output: everything to run, durations from the history
     fresh = plan(setup / "wf.yaml", setup / "in", setup / "out2", client=client,

@@ -754,12 +754,15 @@ def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
     from dagflow.inputs import InputSet, resolve_inputs
     from dagflow.recovery.checkpoint import Checkpoint, load_done
     from dagflow.runtime.capacity import cluster_capacity, local_capacity
-    from dagflow.runtime.run import load_workflow, select_items
+    from dagflow.runtime.run import fingerprints_needed, load_workflow, select_items
 
     wf = load_workflow(workflow)
-    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(inputs)
-    tasks = node_tasks(wf)
     output = Path(output)
+    # as run() resolves them: no fingerprint read where no record is there to compare
+    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(
+        inputs, exclude=output,
+        defer_fingerprint=not fingerprints_needed(wf, output, resume or retry_failed))
+    tasks = node_tasks(wf)
     state_dir = output / config.get("state-dir")
     previous = load_done(state_dir) if (resume or retry_failed) and state_dir.exists() \
         else Checkpoint()
