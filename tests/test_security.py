@@ -3,6 +3,7 @@ cluster listens on loopback only."""
 
 from __future__ import annotations
 
+import gc
 import glob
 import ipaddress
 import os
@@ -32,6 +33,11 @@ def workflow_file(tmp_path) -> Path:
 def assert_refused(address: str, **client_kwargs) -> None:
     with pytest.raises((OSError, TypeError)), Client(address, timeout=5, **client_kwargs):
         pass
+    # the refused client is cyclic garbage (its traceback holds it): finalise it here.
+    # Collected later, in whichever thread happened to allocate, its __del__ could run in
+    # the next client's event-loop thread as it starts, stop that loop, and that client
+    # then fails to start (distributed's LoopRunner asserts its loop ran within 10 s)
+    gc.collect()
 
 
 def assert_strangers_refused(address: str) -> None:
