@@ -751,17 +751,13 @@ def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
         oversize), chunk size, peak memory per task and per worker, estimated seconds.
     """
     from dagflow.compile import node_tasks
-    from dagflow.inputs import InputSet, resolve_inputs
     from dagflow.recovery.checkpoint import Checkpoint, load_done
     from dagflow.runtime.capacity import cluster_capacity, local_capacity
-    from dagflow.runtime.run import fingerprints_needed, load_workflow, select_items
+    from dagflow.runtime.run import load_workflow, run_inputs, select_items
 
     wf = load_workflow(workflow)
     output = Path(output)
-    # as run() resolves them: no fingerprint read where no record is there to compare
-    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(
-        inputs, exclude=output,
-        defer_fingerprint=not fingerprints_needed(wf, output, resume or retry_failed))
+    input_set = run_inputs(wf, inputs, output, resume or retry_failed)  # as run() does
     tasks = node_tasks(wf)
     state_dir = output / config.get("state-dir")
     previous = load_done(state_dir) if (resume or retry_failed) and state_dir.exists() \

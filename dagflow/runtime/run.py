@@ -483,9 +483,7 @@ def run(
         Before anything runs.
     """
     wf = load_workflow(workflow)
-    input_set = inputs if isinstance(inputs, InputSet) else resolve_inputs(
-        inputs, exclude=output,
-        defer_fingerprint=not fingerprints_needed(wf, Path(output), resume or retry_failed))
+    input_set = run_inputs(wf, inputs, Path(output), resume or retry_failed)
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)
@@ -493,6 +491,16 @@ def run(
         return RunHandle(lambda handle: _run(wf, input_set, Path(output), progress=False,
                                              handle=handle, **options))
     return _run(wf, input_set, Path(output), progress=progress, **options)
+
+
+def run_inputs(workflow: Workflow, inputs: Any, output: Path, resume: bool) -> InputSet:
+    """``inputs`` resolved for a run of ``workflow`` into ``output`` (``run`` and ``plan``
+    alike): the output directory left out, fingerprints read only where
+    :func:`fingerprints_needed` says so; an :class:`InputSet` is taken as it is."""
+    if isinstance(inputs, InputSet):
+        return inputs
+    return resolve_inputs(inputs, exclude=output,
+                          defer_fingerprint=not fingerprints_needed(workflow, output, resume))
 
 
 def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
