@@ -13,7 +13,7 @@ worker's peak against its limit, the whole-image estimate against the budget, wh
 worker was restarted by its nanny, and throughput; the baseline is a plain tifffile
 copy of the same file (read every tile, write every tile, no filter) in this process.
 
-``python -m benchmarks large-image`` (``--quick`` uses 6000 x 6000), or
+``python -m benchmarks large-image`` (``--quick`` uses 10000 x 10000), or
 ``python benchmarks/large_image.py --size 30000 --memory-limit 1.8GiB``.
 """
 
@@ -168,7 +168,7 @@ def run(images: int | None = None, repeat: int | None = None, quick: bool = Fals
     """The benchmark (``python -m benchmarks large-image``)."""
     from benchmarks.common import DATA, print_table, save_results
 
-    size = size or (6000 if quick else 30000)
+    size = size or (10000 if quick else 30000)
     source = DATA / f"large-{size}.tif"
     if not source.exists():
         print(f"generating {source} ({size}x{size} RGB)...", flush=True)

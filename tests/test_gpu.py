@@ -245,7 +245,7 @@ def test_gpu_nodes_run_on_gpu_workers_only(tmp_path):
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 2)],
-             worker_kwargs={"resources": {"GPU": 1, "MEMORY": 64e6, "dagflow-save": 2}})
+             worker_kwargs={"resources": {"GPU": 1, "MEMORY": 35e6, "dagflow-save": 2}})
 async def test_gpu_memory_concurrency_and_retries_reach_the_scheduler(c, s, a):
     wf = Workflow("a", [Node("load", "load"),
                         Node("blur", "gaussian", {"sigma": 1.0}, after="load", device="gpu"),
@@ -262,7 +262,7 @@ async def test_gpu_memory_concurrency_and_retries_reach_the_scheduler(c, s, a):
     tmp = tempfile.mkdtemp()
     ctx = RunContext("r", tmp + "/run", tmp, tmp + "/_dagflow", "a", checkpoint=False)
     chunks = batch.make_chunks(batch.items, 8)
-    assert len(chunks) == 8  # one ~50 MB item per chunk: 2 at once would not fit
+    assert len(chunks) == 8  # one ~22 MB item per chunk: 2 at once would not fit
     compiled = compile_chunks(batch.tasks, ctx, chunks, token="ab12",
                               annotations=batch.annotations({n: {"retries": 3}
                                                              for n in batch.tasks}),

@@ -33,6 +33,23 @@ def test_gaussian_matches_float64_reference(dtype, sigma):
         assert (diff == 0).mean() > 0.99
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gaussian_stays_in_range_at_the_ends_of_the_dtype(dtype):
+    """Rounding alone keeps 8- and 16-bit outputs in range: a flat image at the dtype's
+    top stays at its top (not wrapped to 0), one at 0 stays 0, and hard edges between the
+    two match the float64 reference."""
+    top = np.iinfo(dtype).max
+    for flat in (0, top):
+        arr = np.full((37, 41, 3), flat, dtype)
+        np.testing.assert_array_equal(gaussian_array(arr, 1.5), arr)
+    checker = (np.indices((37, 41)).sum(axis=0) % 2 * top).astype(dtype)[:, :, None]
+    checker[:, :20] = top
+    out = gaussian_array(checker, 1.5)[:, :, 0].astype(np.int64)
+    ref = reference_gaussian(checker[:, :, 0], 1.5, 4.0, top)
+    assert np.abs(out - ref).max() <= 1
+    assert out.max() == top and out.min() >= 0
+
+
 def test_gaussian_matches_explicit_sampled_kernel():
     arr = RNG.integers(0, 256, (30, 30, 1), dtype=np.uint8)
     sigma, truncate = 1.2, 3.0

@@ -189,7 +189,7 @@ def test_memory_annotations_only_when_memory_can_bind():
                           chunk_size=8, probe=False)
     assert not roomy.annotate_memory and roomy.chunk_annotations(
         roomy.tasks["blur"], roomy.make_chunks(roomy.items, 8)[0]) == {}
-    tight = prepare_batch(BLUR, tasks, items_of(16), capacity(600 * MiB, 1200 * MiB),
+    tight = prepare_batch(BLUR, tasks, items_of(16, 6000, 4500), capacity(600 * MiB, 1200 * MiB),
                           chunk_size=8, probe=False)
     assert tight.annotate_memory and tight.task_limit == 300 * MiB
     chunks = tight.make_chunks(tight.items, 8)
@@ -200,7 +200,7 @@ def test_memory_annotations_only_when_memory_can_bind():
             assert need <= 1200 * MiB  # never more than the largest worker advertises
             assert need == min(tight.model.chunk_peaks(c.items)[nid], 1200 * MiB)
     # the run reuses the plan's cut; tapered (renumbered) chunks get their own peaks
-    mixed = [*items_of(8), *items_of(8, 400, 300)]
+    mixed = [*items_of(8, 6000, 4500), *items_of(8, 400, 300)]
     for k, item in enumerate(mixed):
         item["item_id"] = k
     tight = prepare_batch(BLUR, tasks, mixed, capacity(600 * MiB, 1200 * MiB),
@@ -264,7 +264,7 @@ def _write_pngs(directory: Path, n: int, size: tuple[int, int]) -> None:
 def test_run_annotates_memory_and_workers_advertise_it(tmp_path):
     from distributed import Client, LocalCluster
 
-    _write_pngs(tmp_path / "in", 8, (600, 400))
+    _write_pngs(tmp_path / "in", 8, (900, 600))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
                       dashboard_address=None, resources={"MEMORY": 12 * MiB}) as cluster, \
             Client(cluster) as c:
@@ -312,7 +312,7 @@ def test_memory_limit_holds_under_load_measured_by_sampled_rss(tmp_path):
     import psutil
     from distributed import Client, LocalCluster
 
-    _write_pngs(tmp_path / "in", 10, (2400, 1800))  # 13 MB decoded, ~72 MB to blur
+    _write_pngs(tmp_path / "in", 10, (3200, 2400))  # 23 MB decoded, ~140 MB to blur
     limit = 600 * MiB
     wf = Workflow("m", [Node("load", "load"),
                         Node("blur", "gaussian", {"sigma": 3.0}, after="load"),

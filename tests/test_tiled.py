@@ -296,13 +296,13 @@ def test_chain_problem_names_what_blocks_tiling():
 def test_oversize_items_run_tiled_or_are_refused_in_a_run(tmp_path, client):
     from distributed import Client, LocalCluster
 
-    big = photo_like(1000, 1400, channels=3, seed=9)  # 4.2 MB decoded, ~60 MB to blur
+    big = photo_like(1000, 1400, channels=3, seed=9)  # 4.2 MB decoded, ~25 MB to blur
     (tmp_path / "in").mkdir()
     write(tmp_path / "in" / "big.tif", big, tile=(128, 128), photometric="rgb")
     PILImage.fromarray(big).save(tmp_path / "in" / "wide.png", compress_level=1)
     PILImage.fromarray(big[:100, :100]).save(tmp_path / "in" / "small.png")
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None, resources={"MEMORY": 30e6}) as cluster, \
+                      dashboard_address=None, resources={"MEMORY": 15e6}) as cluster, \
             Client(cluster) as c, \
             dask.config.set({"dagflow.resources.tile-chunk": 256}):
         result = dagflow.run(TILED_WF, tmp_path / "in", tmp_path / "out", client=c,
@@ -320,7 +320,7 @@ def test_oversize_items_run_tiled_or_are_refused_in_a_run(tmp_path, client):
     assert (refused["status"], refused["error_class"], refused["reason"]) == (
         "failed", "bad_input", "oversize")
     assert "estimated peak memory" in refused["error_message"]
-    assert "exceeds the largest worker budget 28.6 MiB" in refused["error_message"]
+    assert "exceeds the largest worker budget 14.3 MiB" in refused["error_message"]
     assert by[("wide.png", "blur")]["status"] == "upstream_failed"
     # a re-run does nothing: the tiled item is done, the refused one quarantined
     again = dagflow.run(TILED_WF, tmp_path / "in", tmp_path / "out", client=client,
@@ -351,11 +351,11 @@ def _benchmark(monkeypatch):
 
 @pytest.mark.slow
 def test_large_tiff_on_workers_below_its_size(tmp_path, monkeypatch):
-    """The benchmark's code path at 3000 x 3000 (27 MB decoded) on workers limited to
-    well below what decoding it whole would need with the blur: it runs tiled, the
-    output equals the whole-image blur, and no worker exceeds its limit."""
+    """The benchmark's code path at 5000 x 5000 (75 MB decoded, ~430 MiB to blur whole)
+    on workers limited to well below what decoding it whole would need with the blur: it
+    runs tiled, the output equals the whole-image blur, and no worker exceeds its limit."""
     bench = _benchmark(monkeypatch)
-    path = bench.make_tiff(tmp_path / "in" / "big.tif", 3000, 3000, tile=256)
+    path = bench.make_tiff(tmp_path / "in" / "big.tif", 5000, 5000, tile=256)
     report = bench.measure(path, tmp_path / "out", workers=2, threads=2,
                            memory_limit="500MiB", sigma=2.0, chunk=512)
     assert report["succeeded"] == 1 and report["tiled"] == 1
