@@ -79,6 +79,8 @@ class ChunkSummary:
     duration_s: float
     #: Per node, the seconds its op ran over the chunk's items.
     seconds: dict[str, float] = field(default_factory=dict)
+    #: CPU seconds the chunk's commit spent on ``checkpoint`` and ``monitoring``.
+    own_cpu_s: dict[str, float] = field(default_factory=dict)
 
 
 def _worker_name() -> str:
@@ -428,27 +430,38 @@ def _select(partial: Any, wanted: list[bool]) -> Any:
 
 
 def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],
-                sizes: Mapping[int, int] | None = None) -> str | None:
+                sizes: Mapping[int, int] | None = None,
+                own_cpu_s: dict[str, float] | None = None) -> str | None:
     """Write a chunk's records once and tell monitoring; returns the records part.
 
     One Parquet part per chunk holds its records (``columns``, from
     :func:`~dagflow.recovery.checkpoint.record_columns`: the checkpoint) and, with
     monitoring on, the metrics' columns beside them; without checkpoints, monitoring
     writes that part in the metrics directory instead. ``sizes`` are the input files'
-    sizes by item.
+    sizes by item. The CPU seconds each feature took are added to ``own_cpu_s``.
     """
     from dagflow.recovery.checkpoint import write_part
 
     if not columns["item_id"] or not (ctx.checkpoint or hooks.enabled()):
         return None
+    cpu = time.thread_time
+    t0 = cpu()
     columns = hooks.with_metrics(ctx, columns, sizes)
+    t1 = cpu()
     part = None
     if ctx.checkpoint:
         from dagflow.monitor.store import PART_SCHEMA
 
         part = os.fspath(Path(ctx.run_dir, "records", f"part-{index:07d}.parquet"))
         write_part(part, columns, PART_SCHEMA)
+    t2 = cpu()
     hooks.chunk_done(ctx, columns, sizes, chunk=index, written=part is not None)
+    if own_cpu_s is not None:
+        if part is not None:
+            own_cpu_s["checkpoint"] = own_cpu_s.get("checkpoint", 0.0) + (t2 - t1)
+        if hooks.enabled():
+            own_cpu_s["monitoring"] = own_cpu_s.get("monitoring", 0.0) + (t1 - t0) \
+                + (cpu() - t2)
     return part
 
 
@@ -456,14 +469,15 @@ def item_summary(ctx: RunContext, index: int, item: Mapping[str, Any],
                  rows: list[dict[str, Any]], status: str) -> ChunkSummary:
     """Write and summarise the records of one item made on the client (refused, tiled,
     or whose task failed as a whole), as a chunk of its own numbered ``index``."""
-    part = write_chunk(ctx, index, record_columns(rows))
+    own: dict[str, float] = {}
+    part = write_chunk(ctx, index, record_columns(rows), own_cpu_s=own)
     counts = collections.Counter((r["node_id"], r["status"]) for r in rows)
     seconds: dict[str, float] = {}
     for r in rows:
         seconds[r["node_id"]] = seconds.get(r["node_id"], 0.0) + float(r["duration_s"] or 0.0)
     failures = [r for r in rows if r["status"] == "failed"]
     unsucceeded = {} if status == "succeeded" else {item["item_id"]: status}
-    return ChunkSummary(index, 1, dict(counts), unsucceeded, failures, part, 0.0, seconds)
+    return ChunkSummary(index, 1, dict(counts), unsucceeded, failures, part, 0.0, seconds, own)
 
 
 def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) -> ChunkSummary:
@@ -476,8 +490,9 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) 
         records.update(s.records)
     rows = [r for node_records in records.values() for r in node_records]
     columns = record_columns(rows)  # the part's, and the summary's below
+    own: dict[str, float] = {}
     part = write_chunk(ctx, chunk.index, columns,
-                       {i["item_id"]: i.get("size") for i in chunk.items})
+                       {i["item_id"]: i.get("size") for i in chunk.items}, own)
     nodes, statuses = columns["node_id"], columns["status"]
     counts = dict(collections.Counter(zip(nodes, statuses, strict=True)))
     failures = [as_dict(r) for r in rows if r[_STATUS] == "failed"][:MAX_FAILURES_RETURNED]
@@ -486,7 +501,7 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) 
         seconds[node] = math.fsum(r[_DURATION] for r in node_records)
     return ChunkSummary(chunk.index, len(chunk), counts,
                         _unsucceeded(columns["item_id"], nodes, statuses, leaves),
-                        failures, part, time.perf_counter() - t0, seconds)
+                        failures, part, time.perf_counter() - t0, seconds, own)
 
 
 def _unsucceeded(ids: list[int], nodes: list[str], statuses: list[str],

@@ -227,7 +227,14 @@ async def test_sampling_and_end_run(c, s, a):
     assert snap["workers"][0]["nthreads"] == 1
     assert snap["queue"]["time"]
     plugin.breakers["blur"] = "open"
+    # the plugin counts its own CPU (sampling, payloads, transitions) for the run
+    before = plugin.cpu_s
+    plugin.log_event(P.METRICS_TOPIC, hooks.chunk_payload(
+        ctx(Path(tempfile.mkdtemp()), "r"),
+        hooks.metric_rows(ctx(Path(tempfile.mkdtemp()), "r"), chunk_rows("r", 0, 4)), "w"))
+    assert plugin.cpu_s > before > 0
     data = plugin.end_run("r")
+    assert 0 < data["cpu_s"] <= plugin.cpu_s
     assert data["run"]["finished"] is not None
     assert data["workers"]["worker"] == [a.address] * len(data["workers"]["time"])
     assert data["breakers"] == {"blur": "open"}

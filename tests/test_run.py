@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
+import dask
 import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
@@ -53,6 +55,25 @@ def test_thumbnails_end_to_end_in_process(photos_with_bad, tmp_path, client):
     quarantine = pq.read_table(result.run_dir / "quarantine.parquet").to_pylist()
     assert {os.path.basename(q["input_path"]) for q in quarantine} == {"broken.jpg", "empty.png"}
     assert all(q["reason"] for q in quarantine)
+
+
+def test_a_run_counts_the_cpu_of_its_checkpoints_and_monitoring(photos, tmp_path, client):
+    """``own_cpu_s``: each feature's CPU where it ran (workers, scheduler, client), in the
+    result and its summary.json; a feature switched off costs nothing."""
+    both = run(THUMBS, photos, tmp_path / "both", client)
+    assert both.own_cpu_s["checkpoint"] > 0 and both.own_cpu_s["monitoring"] > 0
+    summary = json.loads((both.run_dir / "summary.json").read_text())
+    assert summary["own_cpu_s"] == pytest.approx(both.own_cpu_s)
+    assert "safety features' own CPU: checkpoint" in str(both)
+    monitoring = run(THUMBS, photos, tmp_path / "monitoring", client, checkpoint=False,
+                     resume=False)
+    assert monitoring.own_cpu_s["checkpoint"] == 0 < monitoring.own_cpu_s["monitoring"]
+    with dask.config.set({"dagflow.monitor.enabled": False}):
+        checkpoints = run(THUMBS, photos, tmp_path / "checkpoints", client)
+    assert checkpoints.own_cpu_s["monitoring"] == 0 < checkpoints.own_cpu_s["checkpoint"]
+    # resuming reads the checkpoint: that is its cost too
+    again = run(THUMBS, photos, tmp_path / "both", client, resume=True)
+    assert again.executed == 0 and again.own_cpu_s["checkpoint"] > 0
 
 
 def test_rerun_executes_nothing_and_changes_rerun_only_what_they_affect(photos_with_bad,

@@ -99,10 +99,15 @@ def breaker_changed(client: Any, ctx: Any, node: str, state: str, why: str | Non
         return None
 
 
-def run_finished(client: Any, ctx: Any, result: Any) -> None:
-    """Every chunk and aggregate is done; the summary is about to be written."""
+def run_finished(client: Any, ctx: Any, result: Any) -> float:
+    """Every chunk and aggregate is done; the summary is about to be written.
+
+    Returns the CPU seconds the scheduler plugin spent while the run ran (0 when it is
+    not there).
+    """
     if not enabled():
-        return
+        return 0.0
+    data = None
     if client is not None:
         try:
             from dagflow.monitor.store import metrics_dir, read_json
@@ -114,7 +119,6 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
             data = client.run_on_scheduler(_scheduler_end_run, ctx.run_id, wait)
         except Exception as exc:
             logger.warning("could not fetch the scheduler's measurements: %s", exc)
-            data = None
         if data:
             try:
                 _write_scheduler_data(ctx.run_dir, data)
@@ -133,7 +137,7 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
                            live=live if _covers(live, getattr(result, "nodes", None)) else None)
     except Exception as exc:
         logger.warning("could not analyse this run: %s: %s", type(exc).__name__, exc)
-        return
+        return plugin_cpu_s(data)
     if report:
         try:
             from dagflow.monitor.report import write_report
@@ -141,6 +145,15 @@ def run_finished(client: Any, ctx: Any, result: Any) -> None:
             write_report(ctx.run_dir, analysis=analysis)
         except Exception as exc:
             logger.warning("could not write the run report: %s: %s", type(exc).__name__, exc)
+    return plugin_cpu_s(data)
+
+
+def plugin_cpu_s(data: Mapping[str, Any] | None) -> float:
+    """The scheduler plugin's CPU seconds in what it returned at a run's end."""
+    try:
+        return max(0.0, float((data or {}).get("cpu_s") or 0.0))
+    except (TypeError, ValueError):
+        return 0.0
 
 
 def _covers(live: Mapping[str, Mapping[str, Any]] | None,

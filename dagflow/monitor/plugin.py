@@ -206,6 +206,7 @@ class RunState:
         self.items_failed = 0
         self.chunks_done = 0
         self.fine_start: dict[tuple[str, str], float] = {}
+        self.cpu_start = 0.0
 
     def node(self, name: str, op: str | None = None) -> NodeStats | None:
         stats = self.stats.get(name)
@@ -268,6 +269,8 @@ class DagflowMonitor(SchedulerPlugin):
         self.task_retries = 0
         self.events_seen = 0
         self._layers: dict[str, str | None] = {}
+        #: CPU seconds the plugin has spent in the scheduler's thread (its own cost).
+        self.cpu_s = 0.0
 
     def _bind(self, scheduler: Any) -> None:
         self.scheduler = scheduler
@@ -314,6 +317,7 @@ class DagflowMonitor(SchedulerPlugin):
         self.current = run_id
         self._layers.clear()
         state.fine_start = self._fine_metrics(state.nodes)
+        state.cpu_start = self.cpu_s
 
     def end_run(self, run_id: str) -> dict[str, Any]:
         """A run ends: mark it and return what only the scheduler knows, as columns."""
@@ -349,6 +353,8 @@ class DagflowMonitor(SchedulerPlugin):
                                           "gpu_utilization", "gpu_memory", "nthreads",
                                           "executing")),
             "fine_metrics": fine,
+            # the plugin's CPU while the run ran (other runs' share included, if any)
+            "cpu_s": self.cpu_s - state.cpu_start,
         }
 
     def _fine_metrics(self, nodes: Mapping[str, Any]) -> dict[tuple[str, str], float]:
@@ -369,6 +375,13 @@ class DagflowMonitor(SchedulerPlugin):
     # --- collection -----------------------------------------------------------------
 
     def log_event(self, topic: str, msg: Any) -> None:
+        t0 = time.thread_time()
+        try:
+            self._log_event(topic, msg)
+        finally:
+            self.cpu_s += time.thread_time() - t0
+
+    def _log_event(self, topic: str, msg: Any) -> None:
         if topic == METRICS_TOPIC:
             try:
                 self.ingest(msg)
@@ -443,6 +456,14 @@ class DagflowMonitor(SchedulerPlugin):
                    stimulus_id: str | None = None, **kwargs: Any) -> None:
         if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)):
             return
+        t0 = time.thread_time()
+        try:
+            self._transition(key, start, finish, stimulus_id)
+        finally:
+            self.cpu_s += time.thread_time() - t0
+
+    def _transition(self, key: tuple[str, Any], start: str, finish: str,
+                    stimulus_id: str | None) -> None:
         layer = key[0]
         node = self._node_of(layer)
         if node is None:
@@ -496,6 +517,13 @@ class DagflowMonitor(SchedulerPlugin):
         scheduler = self.scheduler
         if scheduler is None:
             return
+        t0 = time.thread_time()
+        try:
+            self._sample(scheduler)
+        finally:
+            self.cpu_s += time.thread_time() - t0
+
+    def _sample(self, scheduler: Any) -> None:
         now = time.time()
         try:
             for address, ws in list(scheduler.workers.items()):

@@ -62,6 +62,12 @@ class RunResult:
     estimate
         The plan's estimate (``duration_s``, ``compute_s``, ``peak_task``,
         ``peak_worker``, per node ``nodes`` seconds) with what happened under ``actual``.
+    own_cpu_s
+        CPU seconds dagflow spent on its safety features, by feature: ``checkpoint``
+        (the records parts; reading them to resume) and ``monitoring`` (the metrics, the
+        scheduler plugin, the report and history), each measured in the thread that did
+        the work, on the workers, the scheduler and the client. A feature that is off
+        costs 0.
     """
 
     run_id: str
@@ -88,6 +94,8 @@ class RunResult:
     chunks: int = 0
     tiled: int = 0
     estimate: dict[str, Any] | None = None
+    own_cpu_s: dict[str, float] = field(
+        default_factory=lambda: {"checkpoint": 0.0, "monitoring": 0.0})
 
     @property
     def exit_code(self) -> int:
@@ -170,6 +178,9 @@ class RunResult:
         if self.tiled:
             lines.append(f"  {self.tiled} items larger than any worker's memory ran tiled")
         lines.extend(_estimate_lines(self.estimate))
+        if any(self.own_cpu_s.values()):
+            lines.append("  safety features' own CPU: " + ", ".join(
+                f"{name} {seconds:.2f} s" for name, seconds in self.own_cpu_s.items()))
         if self.stopped:
             lines.append(f"  STOPPED: {self.stopped}")
         lines.append(f"  run directory: {self.run_dir}")

@@ -209,6 +209,8 @@ class _Runner:
             r.nodes[node][status] = r.nodes[node].get(status, 0) + n
         for node, seconds in summary.seconds.items():
             r.node_seconds[node] = r.node_seconds.get(node, 0.0) + seconds
+        for feature, seconds in summary.own_cpu_s.items():
+            r.own_cpu_s[feature] = r.own_cpu_s.get(feature, 0.0) + seconds
         r.failures.extend(summary.failures[: max(0, 1000 - len(r.failures))])
         self._feed_breakers(summary)
         self.events.emit("chunk_finished", chunk=summary.index, items=summary.items,
@@ -530,12 +532,15 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
         leftover.unlink(missing_ok=True)
     ctx = RunContext(run_id=run_id, run_dir=os.fspath(run_dir), output_dir=os.fspath(output),
                      state_dir=os.fspath(state_dir), workflow=wf.name, checkpoint=checkpoint)
+    resume_cpu = time.thread_time()
     previous = load_done(state_dir) if (resume or retry_failed) else Checkpoint()
+    resume_cpu = time.thread_time() - resume_cpu if (resume or retry_failed) else 0.0
     to_run, already_done = select_items(input_set.items, tasks, previous,
                                         retry_failed=retry_failed)
     result = RunResult(run_id=run_id, run_dir=run_dir, output_dir=output, workflow=wf.name,
                        items=len(input_set.items), executed=len(to_run),
                        already_done=already_done)
+    result.own_cpu_s["checkpoint"] += resume_cpu
     show = sys.stderr.isatty() if progress is None else progress
     if show is None or config.get("runtime.progress") is False:
         show = False
@@ -572,7 +577,10 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                 batch.attach(runner)
                 if config.resolve(chunk_size, "chunk-size") == "auto":
                     runner.taper_threads = n_threads
+                monitor_cpu = time.thread_time()
                 hooks.run_started(c, ctx, tasks, items=len(to_run))
+                if hooks.enabled():
+                    result.own_cpu_s["monitoring"] += time.thread_time() - monitor_cpu
                 if to_run:
                     runner.run(to_run, result.chunk_size)
                 for summary in batch.settle_oversize(ctx, c, runner):
@@ -581,7 +589,11 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                 if any(t.kind == "aggregate" for t in tasks.values()):
                     runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
                 result.duration_s = time.perf_counter() - start
-                hooks.run_finished(c, ctx, result)
+                monitor_cpu = time.thread_time()
+                plugin_cpu = hooks.run_finished(c, ctx, result)
+                if hooks.enabled():
+                    result.own_cpu_s["monitoring"] += plugin_cpu + time.thread_time() \
+                        - monitor_cpu
                 result.estimate = compare(result, batch.plan, run_dir)
         except BaseException as exc:
             events.emit("run_interrupted", error=repr(exc))
