@@ -53,7 +53,9 @@ def run(images: int = 400, memory_limit: str = "1GiB", **_: Any) -> dict[str, An
                 result = dagflow.run(workflow, paths, os.fspath(out), client=client,
                                      progress=False)
             assert result.succeeded == images, result
-            info = client.scheduler_info()["workers"]  # MEMORY is advertised by the run
+            # MEMORY is advertised by the run; asked of the scheduler itself (scheduler_info()
+            # may return the client's periodic refresh, without workers, when they race)
+            info = client.sync(client.scheduler.identity, n_workers=-1)["workers"]
             for address, pid in sorted(pids.items()):
                 limit_bytes = info[address].get("memory_limit") or 0
                 budget = (info[address].get("resources") or {}).get("MEMORY")

@@ -227,8 +227,10 @@ def test_gpu_nodes_run_on_gpu_workers_only(tmp_path):
                         Node("save", "save", {"format": "png"}, after="sharp")])
     with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
             "dashboard_address": None}}) as cluster, Client(cluster) as c:
-        gpu_worker = next(a for a, w in c.scheduler_info()["workers"].items()
-                          if w["resources"].get("GPU"))
+        # the scheduler's own answer: scheduler_info() may return the client's periodic
+        # refresh, which lists no workers, when the two race
+        workers = c.sync(c.scheduler.identity, n_workers=-1)["workers"]
+        gpu_worker = next(a for a, w in workers.items() if w["resources"].get("GPU"))
         with dask.config.set({"dagflow.monitor.report": True}):
             result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c,
                                  progress=False, chunk_size=1)

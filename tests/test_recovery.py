@@ -267,7 +267,7 @@ def test_worker_killed_mid_batch_every_image_processed_once(tmp_path, make_photo
                              chunk_size=3)
         while handle.done_items < 6:
             time.sleep(0.05)
-        victim = sorted(c.scheduler_info()["workers"])[0]
+        victim = sorted(c.nthreads())[0]
         with pytest.raises(OSError):  # the worker dies before it can answer
             c.run(os._exit, 1, workers=[victim])
         result = handle.result(timeout=120)

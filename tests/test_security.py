@@ -57,7 +57,7 @@ def test_workflow_on_a_tls_cluster_and_strangers_are_refused(tmp_path, workflow_
         assert (result.succeeded, result.failed) == (12, 0)
         with Client(cluster.scheduler_address, security=security, timeout=10) as client:
             assert all(a.startswith("tls://127.0.0.1:")
-                       for a in client.scheduler_info()["workers"])
+                       for a in client.nthreads())
         assert_strangers_refused(cluster.scheduler_address)
 
 
