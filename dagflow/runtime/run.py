@@ -532,15 +532,18 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
         leftover.unlink(missing_ok=True)
     ctx = RunContext(run_id=run_id, run_dir=os.fspath(run_dir), output_dir=os.fspath(output),
                      state_dir=os.fspath(state_dir), workflow=wf.name, checkpoint=checkpoint)
-    resume_cpu = time.thread_time()
-    previous = load_done(state_dir) if (resume or retry_failed) else Checkpoint()
-    resume_cpu = time.thread_time() - resume_cpu if (resume or retry_failed) else 0.0
+    read_cpu = time.thread_time()
+    if resume or retry_failed:
+        previous = load_done(state_dir)
+        read_cpu = time.thread_time() - read_cpu  # the checkpoint's cost to a resume
+    else:
+        previous, read_cpu = Checkpoint(), 0.0
     to_run, already_done = select_items(input_set.items, tasks, previous,
                                         retry_failed=retry_failed)
     result = RunResult(run_id=run_id, run_dir=run_dir, output_dir=output, workflow=wf.name,
                        items=len(input_set.items), executed=len(to_run),
                        already_done=already_done)
-    result.own_cpu_s["checkpoint"] += resume_cpu
+    result.own_cpu_s["checkpoint"] += read_cpu
     show = sys.stderr.isatty() if progress is None else progress
     if show is None or config.get("runtime.progress") is False:
         show = False
