@@ -127,7 +127,7 @@ def metric_parts(run_dir: str | os.PathLike[str]) -> list[Path]:
 def read_parts(paths: Sequence[Path], schema: pa.Schema) -> pa.Table | None:
     """Parquet parts read in parallel as one table; ``None`` if any part is unreadable."""
     if not paths:
-        return schema.empty_table()
+        return pa.Table.from_batches([], schema=schema)  # empty_table() imports pandas
     import pyarrow.dataset as ds
 
     try:
@@ -153,7 +153,7 @@ def read_metrics(run_dir: str | os.PathLike[str],
         else:
             tables.append(one)
     if not tables:
-        return schema.empty_table()
+        return pa.Table.from_batches([], schema=schema)
     return pa.concat_tables(tables)
 
 

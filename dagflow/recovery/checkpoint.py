@@ -130,7 +130,9 @@ def read_records(paths: Iterable[str | os.PathLike[str]],
     schema = RECORD_SCHEMA if columns is None else pa.schema(
         [RECORD_SCHEMA.field(c) for c in columns])
     if not tables:
-        return schema.empty_table(), bad
+        # not schema.empty_table(): that imports pandas (0.6 s), at the start of every
+        # first run, which has nothing to read
+        return pa.Table.from_batches([], schema=schema), bad
     return pa.concat_tables(tables, promote_options="default"), bad
 
 
