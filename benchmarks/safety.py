@@ -55,7 +55,7 @@ def run(images: int = 400, items: int = 20_000, repeat: int = 3,
     from dagflow.runtime.cluster import start_local_cluster
 
     payload: dict[str, Any] = {"repeat": repeat, "workloads": {}}
-    own: dict[str, list[dict[str, float]]] = {}
+    own: dict[tuple[str, bool, bool], list[dict[str, float]]] = {}
     with start_local_cluster() as cluster, Client(cluster) as client:
         for workload in workloads:
             if workload == "thumbnails":
@@ -95,7 +95,7 @@ def run(images: int = 400, items: int = 20_000, repeat: int = 3,
                         client.run(_set_monitor, True)
                     assert result.succeeded == n, result
                     shutil.rmtree(out, ignore_errors=True)
-                    own.setdefault(f"{workload}/{checkpoint}/{monitor}", []).append(
+                    own.setdefault((workload, checkpoint, monitor), []).append(
                         dict(result.own_cpu_s))
                     return {"seconds": seconds}
                 return call
@@ -115,7 +115,7 @@ def run(images: int = 400, items: int = 20_000, repeat: int = 3,
                         ["setting", "seconds", "items/s", "throughput vs neither",
                          "cost vs neither (wall)", "CPU s", "cost vs neither (CPU)",
                          "spread"], rows)
-            shares = {name: _own_shares(own[f"{workload}/{flags[0]}/{flags[1]}"],
+            shares = {name: _own_shares(own[(workload, *flags)],
                                         measured[name].extra["cpu_s"])
                       for name, flags in SETTINGS.items()}
             print_table(f"Safety features' own CPU, {workload}: share of the run's CPU "

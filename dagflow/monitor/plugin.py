@@ -74,6 +74,18 @@ TASK_STATES = (*QUEUED_STATES, "processing", "memory", "erred")
 STATUSES = ("ok", "failed", "skipped", "upstream_failed")
 
 
+def _counted(method: Any) -> Any:
+    """Add the CPU a plugin method takes (the scheduler thread's clock) to its ``cpu_s``."""
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any) -> Any:
+        t0 = time.thread_time()
+        try:
+            return method(self, *args)
+        finally:
+            self.cpu_s += time.thread_time() - t0
+    return wrapper
+
+
 def _quantile(sorted_values: list[float], q: float) -> float | None:
     """Linear-interpolated quantile of sorted values (numpy's default method)."""
     n = len(sorted_values)
@@ -374,14 +386,8 @@ class DagflowMonitor(SchedulerPlugin):
 
     # --- collection -----------------------------------------------------------------
 
+    @_counted
     def log_event(self, topic: str, msg: Any) -> None:
-        t0 = time.thread_time()
-        try:
-            self._log_event(topic, msg)
-        finally:
-            self.cpu_s += time.thread_time() - t0
-
-    def _log_event(self, topic: str, msg: Any) -> None:
         if topic == METRICS_TOPIC:
             try:
                 self.ingest(msg)
@@ -455,13 +461,10 @@ class DagflowMonitor(SchedulerPlugin):
     def transition(self, key: Any, start: str, finish: str, *args: Any,
                    stimulus_id: str | None = None, **kwargs: Any) -> None:
         if not (isinstance(key, tuple) and len(key) == 2 and isinstance(key[0], str)):
-            return
-        t0 = time.thread_time()
-        try:
-            self._transition(key, start, finish, stimulus_id)
-        finally:
-            self.cpu_s += time.thread_time() - t0
+            return  # not a dagflow task: the cheap test, outside the count
+        self._transition(key, start, finish, stimulus_id)
 
+    @_counted
     def _transition(self, key: tuple[str, Any], start: str, finish: str,
                     stimulus_id: str | None) -> None:
         layer = key[0]
@@ -517,12 +520,9 @@ class DagflowMonitor(SchedulerPlugin):
         scheduler = self.scheduler
         if scheduler is None:
             return
-        t0 = time.thread_time()
-        try:
-            self._sample(scheduler)
-        finally:
-            self.cpu_s += time.thread_time() - t0
+        self._sample(scheduler)
 
+    @_counted
     def _sample(self, scheduler: Any) -> None:
         now = time.time()
         try:

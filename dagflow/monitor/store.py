@@ -31,7 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dagflow.recovery.checkpoint import RECORD_SCHEMA, write_part
+from dagflow.recovery.checkpoint import RECORD_SCHEMA, empty_table, write_part
 
 __all__ = [
     "METRICS_DIR",
@@ -127,7 +127,7 @@ def metric_parts(run_dir: str | os.PathLike[str]) -> list[Path]:
 def read_parts(paths: Sequence[Path], schema: pa.Schema) -> pa.Table | None:
     """Parquet parts read in parallel as one table; ``None`` if any part is unreadable."""
     if not paths:
-        return pa.Table.from_batches([], schema=schema)  # empty_table() imports pandas
+        return empty_table(schema)
     import pyarrow.dataset as ds
 
     try:
@@ -153,7 +153,7 @@ def read_metrics(run_dir: str | os.PathLike[str],
         else:
             tables.append(one)
     if not tables:
-        return pa.Table.from_batches([], schema=schema)
+        return empty_table(schema)
     return pa.concat_tables(tables)
 
 

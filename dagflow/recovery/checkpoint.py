@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["RECORD_SCHEMA", "Checkpoint", "load_done", "read_records", "record_columns",
-           "write_part", "write_records"]
+__all__ = ["RECORD_SCHEMA", "Checkpoint", "empty_table", "load_done", "read_records",
+           "record_columns", "write_part", "write_records"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +94,15 @@ def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]
     return path
 
 
+def empty_table(schema: pa.Schema) -> pa.Table:
+    """A table of ``schema`` with no rows.
+
+    Not ``schema.empty_table()``: that imports pandas (0.6 s), and a first run, which has
+    no records to read, would pay it before anything runs.
+    """
+    return pa.Table.from_batches([], schema=schema)
+
+
 def _column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
     """``values`` as an Arrow array; one repeated value without converting each copy.
 
@@ -130,9 +139,7 @@ def read_records(paths: Iterable[str | os.PathLike[str]],
     schema = RECORD_SCHEMA if columns is None else pa.schema(
         [RECORD_SCHEMA.field(c) for c in columns])
     if not tables:
-        # not schema.empty_table(): that imports pandas (0.6 s), at the start of every
-        # first run, which has nothing to read
-        return pa.Table.from_batches([], schema=schema), bad
+        return empty_table(schema), bad
     return pa.concat_tables(tables, promote_options="default"), bad
 
 
