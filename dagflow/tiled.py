@@ -565,19 +565,66 @@ def write_tiff(image: Any, path: str | os.PathLike[str], *, tile: Sequence[int] 
 
 
 def write_zarr(image: Any, path: str | os.PathLike[str], *, client: Any = None) -> str:
-    """Write a lazy image as a zarr array (needs the ``zarr`` package), block by block."""
+    """Write a lazy image as a zarr array, block by block, atomically.
+
+    Each Dask block becomes one zarr chunk, written by the worker that computed it. The
+    store is filled beside ``path`` and renamed into place when complete
+    (:func:`dagflow.io.atomic.atomic_directory`): an existing store at ``path`` is
+    replaced only by a finished one, and a failed write leaves it as it was.
+
+    Parameters
+    ----------
+    image
+        An :class:`xarray.DataArray` from :func:`dagflow.open_image` or :func:`apply_op`,
+        or a dask array ``(y, x[, c])``.
+    path
+        The store, a directory (conventionally ``*.zarr``).
+    client
+        Compute on this :class:`distributed.Client`; by default on the local scheduler.
+        The workers must see ``path`` (a shared filesystem).
+
+    Returns
+    -------
+    str
+        ``path``. The array's attributes hold ``dims`` and the image's JSON-safe
+        metadata (``space``, ``format``, ``source_orientation``, ...).
+
+    Raises
+    ------
+    ModuleNotFoundError
+        zarr is not installed (``pip install 'dagflow[zarr]'``).
+    """
     try:
-        import zarr  # noqa: F401
+        import zarr
     except ImportError as exc:
-        raise ModuleNotFoundError("writing zarr needs the 'zarr' package "
-                                  "(pip install zarr)") from exc
+        raise ModuleNotFoundError("writing zarr needs the 'zarr' package: "
+                                  "pip install 'dagflow[zarr]'") from exc
     import dask.array as da
 
+    from dagflow.io.atomic import atomic_directory
+
     array = getattr(image, "data", image)
-    target = os.fspath(path)
-    stored = da.to_zarr(array, target, overwrite=True, compute=False)
-    _executor(client)(stored).result()
-    return target
+    if any(len(set(c[:-1])) > 1 or (len(c) > 1 and c[-1] > c[0]) for c in array.chunks):
+        # zarr chunks are regular: equal blocks but for a smaller last one
+        array = array.rechunk(tuple(max(c) for c in array.chunks))
+    dims = getattr(image, "dims", ("y", "x", "c")[:array.ndim])
+    attrs = {"dims": list(dims), **_json_safe(getattr(image, "attrs", {}) or {})}
+    with atomic_directory(path) as tmp:
+        stored = da.to_zarr(array, os.fspath(tmp), compute=False)
+        _executor(client)(stored).result()
+        zarr.open_array(os.fspath(tmp), mode="r+").attrs.update(attrs)
+    return os.fspath(path)
+
+
+def _json_safe(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``meta`` that JSON can hold as they are (tuples as lists)."""
+    def ok(value: Any) -> bool:
+        if isinstance(value, list | tuple):
+            return all(ok(v) for v in value)
+        return value is None or isinstance(value, str | int | float | bool)
+
+    return {str(k): list(v) if isinstance(v, tuple) else v
+            for k, v in meta.items() if ok(v)}
 
 
 # --------------------------------------------------------------------------- the runtime

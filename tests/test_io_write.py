@@ -25,7 +25,7 @@ from dagflow.io import (
     safe_join,
     write_image,
 )
-from dagflow.io.atomic import shorten_component
+from dagflow.io.atomic import atomic_directory, shorten_component
 from dagflow.io.write import to_uint8, to_uint16
 from dagflow.testing import photo_like
 
@@ -227,6 +227,33 @@ def test_atomic_path(tmp_path):
     with pytest.raises(FileNotFoundError), atomic_path(tmp_path / "never.txt"):
         pass
     assert not (tmp_path / "never.txt").exists()
+
+
+def test_atomic_directory_replaces_a_store_only_when_complete(tmp_path):
+    target = tmp_path / "sub" / "a.zarr"
+    with atomic_directory(target) as tmp:
+        assert tmp.parent == target.parent and TEMP_PATTERN.match(tmp.name)
+        (tmp / "c").mkdir(parents=True)
+        (tmp / "c" / "0").write_text("first")
+        assert not target.exists()
+    assert (target / "c" / "0").read_text() == "first"
+    with pytest.raises(ValueError), atomic_directory(target) as tmp:
+        tmp.mkdir()
+        (tmp / "partial").write_text("x")
+        raise ValueError("boom")
+    assert sorted(p.name for p in target.iterdir()) == ["c"]  # the old store, untouched
+    with atomic_directory(target) as tmp:  # replacing: nothing of the old store remains
+        tmp.mkdir()
+        (tmp / "new").write_text("second")
+    assert sorted(p.name for p in target.iterdir()) == ["new"]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["a.zarr"]
+    with pytest.raises(FileNotFoundError), atomic_directory(tmp_path / "never"):
+        pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError), atomic_directory(tmp_path / "file"):
+        pass
+    assert (tmp_path / "file").read_text() == "x"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "sub"]
 
 
 def test_find_temporaries(tmp_path):

@@ -3,7 +3,7 @@ tiled (Big/OME-)TIFF writing, and oversize items routed through the tiled path i
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import os
 import pickle
 from pathlib import Path
@@ -263,14 +263,53 @@ def test_write_tiff_gray_16_bit_uncompressed(tmp_path):
     np.testing.assert_array_equal(read_image(out).data, data)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("zarr") is None, reason="zarr is not installed")
-def test_write_zarr(tmp_path, lazy, rgb):  # pragma: no cover - zarr is optional
+def test_write_zarr_keeps_pixels_dims_and_metadata(tmp_path, lazy, rgb):
     import zarr
 
     from dagflow.tiled import write_zarr
 
-    write_zarr(lazy, tmp_path / "o.zarr")
-    np.testing.assert_array_equal(zarr.open(str(tmp_path / "o.zarr"))[:], rgb)
+    out = write_zarr(lazy, tmp_path / "o.zarr")
+    stored = zarr.open_array(out, mode="r")
+    np.testing.assert_array_equal(stored[:], rgb)
+    assert stored.chunks == (64, 64, 3)  # one zarr chunk per dask block
+    assert stored.attrs["dims"] == ["y", "x", "c"]
+    assert stored.attrs["space"] == "rgb" and stored.attrs["format"] == "tiff"
+
+
+def test_write_zarr_on_a_cluster_replaces_a_store_only_when_complete(tmp_path, lazy, rgb,
+                                                                     client):
+    import dask.array as da
+    import zarr
+
+    from dagflow.tiled import write_zarr
+
+    target = tmp_path / "o.zarr"
+    write_zarr(da.zeros((10, 10), chunks=5, dtype=np.uint8), target, client=client)
+    blurred = apply_op(lazy, "gaussian", {"sigma": 2.0})
+    write_zarr(blurred, target, client=client)
+    expected = get_op("gaussian").func(Image(rgb), sigma=2.0).data
+    np.testing.assert_array_equal(zarr.open_array(target, mode="r")[:], expected)
+
+    def fail(block: np.ndarray) -> np.ndarray:
+        raise OSError("disk full")
+
+    broken = lazy.data.map_blocks(fail, dtype=np.uint8)
+    with pytest.raises(OSError, match="disk full"):
+        write_zarr(broken, target, client=client)
+    np.testing.assert_array_equal(zarr.open_array(target, mode="r")[:], expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["o.zarr"]  # no partial store
+
+
+def test_write_zarr_rechunks_irregular_blocks(tmp_path, rgb):
+    import dask.array as da
+    import zarr
+
+    from dagflow.tiled import write_zarr
+
+    irregular = da.from_array(rgb, chunks=((100, 50, 150), (200, 210), (3,)))
+    stored = zarr.open_array(write_zarr(irregular, tmp_path / "o.zarr"), mode="r")
+    np.testing.assert_array_equal(stored[:], rgb)
+    assert stored.attrs["dims"] == ["y", "x", "c"]
 
 
 # --------------------------------------------------------------------------- in a run

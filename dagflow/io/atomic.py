@@ -5,9 +5,11 @@ at all: it is written to a temporary file in the *same* directory
 (``.{name}.{token}.tmp``), flushed and fsynced, moved over the final name with
 ``os.replace`` and the directory is fsynced. A crash leaves at worst a temporary file,
 which :func:`find_temporaries` lists so that resume can clean it up. The final name is
-never opened for writing. Inside :func:`deferred_sync`, the fsyncs of a block's writes
-are replaced by one flush of their filesystem at its end (a sink task's outputs are made
-durable together, before the chunk's records claim them).
+never opened for writing. A directory store (zarr) is filled under such a temporary name
+and renamed into place the same way (:func:`atomic_directory`). Inside
+:func:`deferred_sync`, the fsyncs of a block's writes are replaced by one flush of their
+filesystem at its end (a sink task's outputs are made durable together, before the
+chunk's records claim them).
 
 Output paths built from user data (input names, node names) go through
 :func:`safe_join`, which keeps them under the output root: no ``..``, no absolute
@@ -28,6 +30,7 @@ import logging
 import os
 import re
 import secrets
+import shutil
 import stat
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -40,6 +43,7 @@ from dagflow.exceptions import BadInputError
 __all__ = [
     "MAX_COMPONENT_BYTES",
     "TEMP_PATTERN",
+    "atomic_directory",
     "atomic_path",
     "atomic_write",
     "deferred_sync",
@@ -423,6 +427,74 @@ def atomic_path(path: PathArg, *, root: PathArg | None = None,
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: PathArg, *, root: PathArg | None = None) -> Iterator[Path]:
+    """A temporary directory to fill; on success it takes the place of ``path``.
+
+    For stores that are directories (zarr). Readers see the old directory or the complete
+    new one, never a partial one: the new one is filled beside the final name, its
+    filesystem flushed, then renamed into place. An existing ``path`` is moved aside
+    first and deleted after (a crash between the two renames leaves it under a
+    temporary name beside ``path``). On an error the temporary directory is deleted and
+    ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path
+        The final directory. Missing parent directories are created.
+    root
+        As in :func:`atomic_write`.
+
+    Yields
+    ------
+    pathlib.Path
+        Where to write (``.{name}.{token}.tmp`` beside ``path``; not yet created).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the block created no directory at the temporary path.
+    NotADirectoryError
+        When ``path`` exists and is not a directory (it is never replaced by one).
+
+    Examples
+    --------
+    >>> import tempfile, os
+    >>> target = os.path.join(tempfile.mkdtemp(), "store")
+    >>> with atomic_directory(target) as tmp:
+    ...     tmp.mkdir()
+    ...     _ = (tmp / "a").write_text("done")
+    >>> os.listdir(target)
+    ['a']
+    """
+    final = _prepare(path, root)
+    if final.exists() and not final.is_dir():
+        raise NotADirectoryError(f"{final} exists and is not a directory")
+    tmp = _temporary(final)
+    try:
+        yield tmp
+        if not tmp.is_dir() or tmp.is_symlink():
+            raise FileNotFoundError(f"nothing was written to the temporary directory {tmp}")
+        syncfs = _syncfs()
+        if syncfs is not None:
+            fd = os.open(tmp, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            try:
+                syncfs(fd)
+            finally:
+                os.close(fd)
+        _check_final(final, root)
+        old = _temporary(final) if final.exists() else None
+        if old is not None:
+            os.replace(final, old)
+        os.replace(tmp, final)
+        _fsync_directory(final.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
