@@ -3,6 +3,7 @@ scripts, Kubernetes manifests, and the `dask dagflow` entry point."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -218,6 +219,18 @@ def test_missing_cluster_package_names_the_extra():
                 profile.create()
         else:  # pragma: no cover - the package is installed here
             pass
+
+
+def test_an_rmm_pool_without_rmm_is_refused_before_any_cluster_starts():
+    from dagflow.runtime.cluster import start_cuda_cluster
+
+    if importlib.util.find_spec("rmm") is not None:  # pragma: no cover - a GPU machine
+        pytest.skip("rmm is installed here")
+    with pytest.raises(ConfigError, match=r"rmm-pool-size is '1GB' but rmm is not installed"):
+        start_cuda_cluster(rmm_pool_size="1GB")
+    with dask.config.set({"dagflow.cluster.cuda.rmm-pool-size": 0.9}), \
+            pytest.raises(ConfigError, match=r"rmm-pool-size is 0.9 .*pip install rmm-cu12"):
+        start_cuda_cluster()
 
 
 def test_adapt_needs_a_class_that_supports_it(tmp_path, monkeypatch):

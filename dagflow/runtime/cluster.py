@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator, Mapping
@@ -155,8 +156,14 @@ def start_cuda_cluster(
     Raises
     ------
     ConfigError
-        When dask-cuda (or CUDA) is missing, naming what to install.
+        When dask-cuda (or CUDA) is missing, or an RMM pool is asked for without
+        ``rmm``, naming what to install.
     """
+    rmm_pool_size = config.resolve(rmm_pool_size, "cluster.cuda.rmm-pool-size")
+    if rmm_pool_size is not None and importlib.util.find_spec("rmm") is None:
+        raise ConfigError(f"rmm-pool-size is {rmm_pool_size!r} but rmm is not installed: "
+                          "install the RMM build for your CUDA (e.g. pip install "
+                          "rmm-cu12) or set dagflow.cluster.cuda.rmm-pool-size to null")
     try:
         from dask_cuda import LocalCUDACluster
     except Exception as exc:  # dask_cuda raises more than ImportError without CUDA
@@ -172,7 +179,7 @@ def start_cuda_cluster(
         "memory_limit": memory_limit,
         "device_memory_limit": config.resolve(device_memory_limit,
                                               "cluster.cuda.device-memory-limit"),
-        "rmm_pool_size": config.resolve(rmm_pool_size, "cluster.cuda.rmm-pool-size"),
+        "rmm_pool_size": rmm_pool_size,
     }
     if options["rmm_pool_size"] is not None:
         options["rmm_allocator_external_lib_list"] = ["cupy"]
