@@ -113,6 +113,38 @@ def test_python_batch_script_uses_dask_scheduler_address(dask_cluster, workflow_
     assert refused.returncode == 2 and "DASK_SCHEDULER_ADDRESS" in refused.stderr
 
 
+SCRIPT_RUN = """
+import sys
+import dagflow
+
+result = dagflow.run(sys.argv[1], sys.argv[2], sys.argv[3], progress=False)
+print(f"succeeded {result.succeeded}")
+"""
+
+
+@pytest.mark.slow
+def test_a_script_without_a_main_guard_fails_fast_saying_why(workflow_file, photos, tmp_path):
+    """Worker processes import the script again: unguarded, each would start a cluster of
+    its own while the first waits for them. They refuse, naming the fix, and the script
+    ends instead of hanging; guarded, the same script runs."""
+    args = [str(workflow_file), str(photos), str(tmp_path / "out")]
+    unguarded = tmp_path / "unguarded.py"
+    unguarded.write_text(SCRIPT_RUN)
+    done = subprocess.run([sys.executable, str(unguarded), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode != 0
+    assert "ConfigError: dagflow starts worker processes" in done.stderr
+    assert 'under `if __name__ == "__main__":`' in done.stderr
+    guarded = tmp_path / "guarded.py"
+    body = SCRIPT_RUN.split("import dagflow\n", 1)[1]
+    guarded.write_text("import sys\nimport dagflow\n\nif __name__ == '__main__':\n"
+                       + "".join(f"    {line}\n" for line in body.strip().splitlines()))
+    done = subprocess.run([sys.executable, str(guarded), *args], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "succeeded 12" in done.stdout
+
+
 @pytest.mark.slow
 def test_client_configuration_reaches_remote_workers(dask_cluster, workflow_file, photos,
                                                      tmp_path):

@@ -14,6 +14,7 @@ import contextlib
 import copy
 import importlib.util
 import logging
+import multiprocessing
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -24,8 +25,8 @@ from distributed import Client, LocalCluster
 from dagflow import config
 from dagflow.exceptions import ConfigError
 
-__all__ = ["cluster_dask_config", "connect", "dashboard_link", "start_cuda_cluster",
-           "start_local_cluster"]
+__all__ = ["cluster_dask_config", "connect", "dashboard_link", "refuse_while_bootstrapping",
+           "start_cuda_cluster", "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,27 @@ def cluster_dask_config() -> dict[str, Any]:
     return dict(flat("", config.get("cluster.dask-config") or {}))
 
 
+def refuse_while_bootstrapping() -> None:
+    """Refuse to start worker processes from a process that is itself still starting.
+
+    Dask starts worker processes with ``spawn``: each imports the main script again. A
+    script that calls :func:`dagflow.run` at its top level, not under
+    ``if __name__ == "__main__":``, would then start a cluster inside every worker while
+    the first one waits for its workers: a hang. This is the check multiprocessing
+    makes itself, raised with what to change.
+
+    Raises
+    ------
+    ConfigError
+        When called while this process imports its parent's main module.
+    """
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        raise ConfigError(
+            "dagflow starts worker processes, and each imports your script again: put the "
+            "code that runs dagflow under `if __name__ == \"__main__\":` (or pass "
+            "client= / --cluster an existing cluster)")
+
+
 def start_local_cluster(
     *,
     n_workers: int | None = None,
@@ -75,6 +97,8 @@ def start_local_cluster(
     **kwargs
         Passed to :class:`distributed.LocalCluster`.
     """
+    if processes:
+        refuse_while_bootstrapping()
     host = config.get("cluster.host")
     options: dict[str, Any] = {
         "host": host,
@@ -159,6 +183,7 @@ def start_cuda_cluster(
         When dask-cuda (or CUDA) is missing, or an RMM pool is asked for without
         ``rmm``, naming what to install.
     """
+    refuse_while_bootstrapping()
     rmm_pool_size = config.resolve(rmm_pool_size, "cluster.cuda.rmm-pool-size")
     if rmm_pool_size is not None and importlib.util.find_spec("rmm") is None:
         raise ConfigError(f"rmm-pool-size is {rmm_pool_size!r} but rmm is not installed: "
