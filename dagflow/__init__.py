@@ -21,6 +21,7 @@ from dagflow import config as config
 from dagflow.exceptions import (
     BadInputError,
     CircuitOpenError,
+    ClusterUnreachableError,
     ConfigError,
     DagflowError,
     InputError,
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BadInputError",
     "CircuitOpenError",
+    "ClusterUnreachableError",
     "Condition",
     "ConfigError",
     "DagflowError",

@@ -5,6 +5,7 @@
     DagflowError
     ├── WorkflowValidationError (ValueError)     invalid workflow: lists every problem
     ├── ConfigError (ValueError)                 invalid configuration or cluster profile
+    ├── ClusterUnreachableError (ConnectionError)  no Dask scheduler answers at the address
     ├── InputError (ValueError)                  inputs that name no images, bad manifest
     ├── UnknownOpError (KeyError)                an op name that is not registered
     ├── ItemError                                one item failed in one node (recorded, not raised)
@@ -27,6 +28,7 @@ from collections.abc import Sequence
 __all__ = [
     "BadInputError",
     "CircuitOpenError",
+    "ClusterUnreachableError",
     "ConfigError",
     "DagflowError",
     "InputError",
@@ -70,6 +72,13 @@ class WorkflowValidationError(DagflowError, ValueError):
 
 class ConfigError(DagflowError, ValueError):
     """Invalid dagflow configuration or cluster profile."""
+
+
+class ClusterUnreachableError(DagflowError, ConnectionError):
+    """No Dask scheduler answered at the address, scheduler file or profile given.
+
+    Raised before anything runs; the message names the address and what was tried.
+    """
 
 
 class InputError(DagflowError, ValueError):

@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -64,6 +65,39 @@ def check_run(summary: dict, photos: Path, workers: list[str] | None = None) -> 
     assert sorted(r["node_id"] for r in table) == ["load"] * 12 + ["save"] * 12 + ["small"] * 12
     if workers is not None:
         assert {r["worker"] for r in table} <= set(workers)
+
+
+def _dead_address() -> str:
+    """A loopback TCP address nothing listens on (a port just freed)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+def test_an_unreachable_scheduler_is_named_before_anything_runs(workflow_file, photos,
+                                                                tmp_path):
+    dead = _dead_address()
+    with dask.config.set({"distributed.comm.timeouts.connect": "1s"}):
+        with pytest.raises(dagflow.ClusterUnreachableError,
+                           match=rf"no Dask scheduler answered at {dead} within 1s"):
+            dagflow.run(workflow_file, photos, tmp_path / "out", cluster=dead,
+                        progress=False)
+        scheduler_file = tmp_path / "scheduler.json"
+        scheduler_file.write_text(json.dumps({"type": "Scheduler", "address": dead}))
+        with pytest.raises(ConnectionError, match="the scheduler file"):
+            dagflow.run(workflow_file, photos, tmp_path / "out",
+                        scheduler_file=scheduler_file, progress=False)
+        with dask.config.set({"scheduler-address": dead}), \
+                pytest.raises(dagflow.ClusterUnreachableError, match="DASK_SCHEDULER_ADDRESS"):
+            dagflow.run(workflow_file, photos, tmp_path / "out", progress=False)
+        result = CliRunner().invoke(main, [
+            "run", str(workflow_file), "-i", str(photos), "-o", str(tmp_path / "out"),
+            "--cluster", dead])
+    assert result.exit_code == 2 and result.exception.code == 2
+    assert f"error: no Dask scheduler answered at {dead}" in result.output
+    assert "Traceback" not in result.output
+    assert not list(tmp_path.glob("out/**/*.png"))  # nothing ran
 
 
 # -- real scheduler and workers ------------------------------------------------------------

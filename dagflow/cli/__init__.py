@@ -1,7 +1,8 @@
 """The ``dagflow`` command line (also ``dask dagflow ...`` through the ``dask_cli`` group).
 
 Exit codes: 0 every item succeeded; 1 the run finished but some items failed; 2 invalid
-workflow, configuration or usage (nothing ran); 3 a circuit breaker stopped the run.
+workflow, configuration or usage, or no scheduler at the address given (nothing ran); 3 a
+circuit breaker stopped the run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,12 @@ from typing import Any
 
 import click
 
-from dagflow.exceptions import ConfigError, InputError, WorkflowValidationError
+from dagflow.exceptions import (
+    ClusterUnreachableError,
+    ConfigError,
+    InputError,
+    WorkflowValidationError,
+)
 from dagflow.runtime.result import EXIT_INVALID
 
 __all__ = ["main"]
@@ -25,12 +31,14 @@ def _fail_invalid(exc: Exception) -> None:
 
 
 class _Group(click.Group):
-    """Turns dagflow's validation errors into exit code 2 with a clean message."""
+    """Turns dagflow's validation errors (and an unreachable scheduler) into exit code 2
+    with a clean message."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (WorkflowValidationError, ConfigError, InputError) as exc:
+        except (WorkflowValidationError, ConfigError, InputError,
+                ClusterUnreachableError) as exc:
             _fail_invalid(exc)
 
 

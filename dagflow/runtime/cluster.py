@@ -23,7 +23,7 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from dagflow import config
-from dagflow.exceptions import ConfigError
+from dagflow.exceptions import ClusterUnreachableError, ConfigError
 
 __all__ = ["cluster_dask_config", "connect", "dashboard_link", "refuse_while_bootstrapping",
            "start_cuda_cluster", "start_local_cluster"]
@@ -226,6 +226,18 @@ def dashboard_link(client: Client) -> str | None:
         return None
 
 
+def _client(*args: Any, where: str, **kwargs: Any) -> Client:
+    """``Client(*args, **kwargs)``, a scheduler that does not answer named as such."""
+    try:
+        return Client(*args, **kwargs)
+    except OSError as exc:
+        timeout = dask.config.get("distributed.comm.timeouts.connect")
+        raise ClusterUnreachableError(
+            f"no Dask scheduler answered at {where} within {timeout} "
+            f"({type(exc).__name__}: {exc}); is it running, and reachable from here "
+            "(address, port, firewall, TLS)?") from exc
+
+
 @contextlib.contextmanager
 def connect(
     client: Client | None = None,
@@ -260,19 +272,22 @@ def connect(
             raise ConfigError(f"cannot connect to {cluster!r}: it has no scheduler_address")
     if address is not None:
         # A cluster object (not its address), so that the client takes its security.
-        with Client(address if isinstance(cluster, str) else cluster) as c:
+        with _client(address if isinstance(cluster, str) else cluster, where=address) as c:
             yield c
         return
     if scheduler_file is not None:
         if not os.path.exists(scheduler_file):
             raise ConfigError(f"scheduler file {os.fspath(scheduler_file)!r} does not exist")
-        with Client(scheduler_file=os.fspath(scheduler_file)) as c:
+        with _client(scheduler_file=os.fspath(scheduler_file),
+                     where=f"the scheduler file {os.fspath(scheduler_file)!r}") as c:
             yield c
         return
     if cluster in (None, "local"):
         env_address = dask.config.get("scheduler-address", None)
         if env_address and cluster is None:
-            with Client(env_address) as c:
+            with _client(env_address,
+                         where=f"{env_address} (DASK_SCHEDULER_ADDRESS / scheduler-address)"
+                         ) as c:
                 yield c
             return
         with start_local_cluster(**dict(local_options or {})) as lc, Client(lc) as c:
