@@ -88,6 +88,28 @@ def test_usage_errors_exit_2(workflow_file):
     assert result.exit_code == 2
 
 
+@pytest.mark.parametrize("command", ["run", "plan"])
+@pytest.mark.parametrize("option,value,message", [
+    ("--n-workers", "0", "n-workers must be a whole number >= 1, got 0"),
+    ("--threads-per-worker", "-1", "threads-per-worker must be a whole number >= 1, got -1"),
+    ("--memory-limit", "banana", "memory-limit 'banana' is not a size"),
+])
+def test_bad_cluster_sizes_exit_2_before_anything_starts(workflow_file, photos, tmp_path,
+                                                        command, option, value, message):
+    result = CliRunner().invoke(main, [command, str(workflow_file), "-i", str(photos),
+                                       "-o", str(tmp_path / "out"), option, value])
+    assert result.exit_code == 2 and f"error: {message}" in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_cluster_sizes_dask_accepts_pass():
+    from dagflow.runtime.cluster import check_local_sizes
+
+    for limit in ("4GiB", 0.5, "0.5", "auto", 0, 2**30, None):
+        assert check_local_sizes(n_workers=2, threads_per_worker=1,
+                                 memory_limit=limit)["memory_limit"] == limit
+
+
 def test_ops_lists_every_op_with_parameters():
     result = CliRunner().invoke(main, ["ops", "--json"])
     listing = {op["name"]: op for op in json.loads(result.output)}

@@ -243,10 +243,16 @@ def local_capacity(local_options: Mapping[str, Any] | None = None) -> ClusterCap
     from distributed.deploy.utils import nprocesses_nthreads
     from distributed.worker_memory import parse_memory_limit
 
+    from dagflow.runtime.cluster import check_local_sizes
+
     options = dict(local_options or {})
-    n_workers = config.resolve(options.get("n_workers"), "cluster.n-workers")
-    threads = config.resolve(options.get("threads_per_worker"), "cluster.threads-per-worker")
-    limit = config.resolve(options.get("memory_limit"), "cluster.memory-limit")
+    sizes = check_local_sizes(
+        n_workers=config.resolve(options.get("n_workers"), "cluster.n-workers"),
+        threads_per_worker=config.resolve(options.get("threads_per_worker"),
+                                          "cluster.threads-per-worker"),
+        memory_limit=config.resolve(options.get("memory_limit"), "cluster.memory-limit"))
+    n_workers, threads, limit = (sizes["n_workers"], sizes["threads_per_worker"],
+                                 sizes["memory_limit"])
     if n_workers is None and threads is None:
         n_workers, threads = nprocesses_nthreads()
     elif n_workers is None:

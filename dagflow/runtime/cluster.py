@@ -25,8 +25,8 @@ from distributed import Client, LocalCluster
 from dagflow import config
 from dagflow.exceptions import ClusterUnreachableError, ConfigError
 
-__all__ = ["cluster_dask_config", "connect", "dashboard_link", "refuse_while_bootstrapping",
-           "start_cuda_cluster", "start_local_cluster"]
+__all__ = ["check_local_sizes", "cluster_dask_config", "connect", "dashboard_link",
+           "refuse_while_bootstrapping", "start_cuda_cluster", "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,45 @@ def refuse_while_bootstrapping() -> None:
             "client= / --cluster an existing cluster)")
 
 
+def check_local_sizes(*, n_workers: Any = None, threads_per_worker: Any = None,
+                      memory_limit: Any = None) -> dict[str, Any]:
+    """Check the embedded cluster's sizes before anything starts (``None``: Dask's choice).
+
+    Parameters
+    ----------
+    n_workers, threads_per_worker
+        Whole numbers >= 1.
+    memory_limit
+        Per worker: bytes, a string such as ``"4GiB"``, a fraction of the machine (a
+        number up to 1), ``"auto"``, or 0 for none.
+
+    Returns
+    -------
+    dict
+        The three, by :class:`distributed.LocalCluster`'s names.
+
+    Raises
+    ------
+    ConfigError
+        Naming the value and what it should be.
+    """
+    from distributed.worker_memory import parse_memory_limit
+
+    for name, value in (("n-workers", n_workers), ("threads-per-worker", threads_per_worker)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or value < 1):
+            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+    if memory_limit is not None:
+        try:
+            parse_memory_limit(memory_limit, 1, logger=logger)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(
+                f"memory-limit {memory_limit!r} is not a size: give bytes, a string such as "
+                "'4GiB', a fraction of the machine such as 0.5, or 'auto'") from exc
+    return {"n_workers": n_workers, "threads_per_worker": threads_per_worker,
+            "memory_limit": memory_limit}
+
+
 def start_local_cluster(
     *,
     n_workers: int | None = None,
@@ -99,13 +138,15 @@ def start_local_cluster(
     """
     if processes:
         refuse_while_bootstrapping()
+    sizes = check_local_sizes(
+        n_workers=config.resolve(n_workers, "cluster.n-workers"),
+        threads_per_worker=config.resolve(threads_per_worker, "cluster.threads-per-worker"),
+        memory_limit=config.resolve(memory_limit, "cluster.memory-limit"))
     host = config.get("cluster.host")
     options: dict[str, Any] = {
         "host": host,
         "dashboard_address": config.get("cluster.dashboard-address"),
-        "n_workers": config.resolve(n_workers, "cluster.n-workers"),
-        "threads_per_worker": config.resolve(threads_per_worker, "cluster.threads-per-worker"),
-        "memory_limit": config.resolve(memory_limit, "cluster.memory-limit"),
+        **sizes,
         "processes": processes,
         "silence_logs": logging.WARNING,
     }

@@ -50,7 +50,7 @@ from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker, counts_aga
 from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
 from dagflow.recovery.events import EventLog
 from dagflow.runtime.capacity import prepare_cluster
-from dagflow.runtime.cluster import connect, dashboard_link
+from dagflow.runtime.cluster import check_local_sizes, connect, dashboard_link
 from dagflow.runtime.plan import compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.workflow import Workflow
@@ -485,6 +485,12 @@ def run(
         Before anything runs.
     """
     wf = load_workflow(workflow)
+    if client is None and cluster in (None, "local") and scheduler_file is None:
+        check_local_sizes(**{  # the embedded cluster's, before a run directory is made
+            name: config.resolve((local_options or {}).get(name), f"cluster.{key}")
+            for name, key in (("n_workers", "n-workers"),
+                              ("threads_per_worker", "threads-per-worker"),
+                              ("memory_limit", "memory-limit"))})
     input_set = run_inputs(wf, inputs, Path(output), resume or retry_failed)
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
