@@ -10,6 +10,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dask.config
@@ -177,6 +178,29 @@ def test_a_script_without_a_main_guard_fails_fast_saying_why(workflow_file, phot
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "succeeded 12" in done.stdout
+
+
+@pytest.mark.slow
+def test_a_scheduler_without_workers_is_said_and_waited_for(tmp_path, workflow_file, photos,
+                                                           caplog):
+    """Workers may join late (queued batch jobs): the run says it is waiting, then runs."""
+    with DaskProcesses(tmp_path / "dask") as procs:
+        address = procs.start_scheduler()
+        with caplog.at_level("WARNING", logger="dagflow.runtime.run"):
+            handle = dagflow.run(workflow_file, photos, tmp_path / "out", cluster=address,
+                                 wait=False)
+            deadline = time.monotonic() + 30
+            while "waits for workers" not in caplog.text and time.monotonic() < deadline:
+                time.sleep(0.1)
+        assert f"no worker is connected to the scheduler at {address} yet" in caplog.text
+        assert not handle.done()
+        procs.start_worker("late")
+        result = handle.result(timeout=120)
+    assert result.succeeded == 12 and result.failed == 0
+    events = [json.loads(line) for line in (result.run_dir / "events.jsonl").read_text()
+              .splitlines()]
+    assert {"event": "waiting_for_workers", "scheduler": address}.items() <= \
+        next(e for e in events if e["event"] == "waiting_for_workers").items()
 
 
 @pytest.mark.slow

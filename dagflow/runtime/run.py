@@ -567,7 +567,13 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                 result.dashboard = dashboard_link(c)
                 if handle is not None:
                     handle.dashboard = result.dashboard
-                n_threads = sum(c.nthreads().values()) or 1
+                nthreads = c.nthreads()
+                n_threads = sum(nthreads.values()) or 1
+                if not nthreads:  # not an error: queued batch jobs, an adaptive cluster
+                    address = c.scheduler.address
+                    logger.warning("no worker is connected to the scheduler at %s yet: the "
+                                   "run waits for workers to join", address)
+                    events.emit("waiting_for_workers", scheduler=address)
                 # workers advertise MEMORY; items are estimated from their headers, the
                 # oversize ones tiled or refused, chunks cut to fit (dagflow.runtime.plan)
                 batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
