@@ -166,6 +166,9 @@ def test_invalid_inputs_fail_before_anything_runs(tmp_path, client):
     bad = Workflow("w", [Node("load", "load"), Node("x", "resize", after="load")])
     with pytest.raises(dagflow.WorkflowValidationError):
         run(bad, tmp_path, tmp_path / "out", client)
+    for size in ("banana", -5, 2.5, True):
+        with pytest.raises(dagflow.ConfigError, match="chunk size must be 'auto' or a whole"):
+            run(THUMBS, tmp_path, tmp_path / "out", client, chunk_size=size)
     assert not (tmp_path / "out").exists()
 
 

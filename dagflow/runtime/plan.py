@@ -50,6 +50,7 @@ from typing import Any
 
 from dagflow import config
 from dagflow.compile import Chunk, NodeTask, choose_chunk_size
+from dagflow.exceptions import ConfigError
 from dagflow.execute import ChunkSummary
 from dagflow.inputs import fill_fingerprint
 from dagflow.ops.dispatch import resolve_device
@@ -64,7 +65,8 @@ from dagflow.resources import (
 )
 from dagflow.runtime.capacity import ClusterCapacity
 
-__all__ = ["Batch", "BatchPlan", "NodePlan", "compare", "plan", "prepare_batch"]
+__all__ = ["Batch", "BatchPlan", "NodePlan", "check_chunk_size", "compare", "plan",
+           "prepare_batch"]
 
 logger = logging.getLogger(__name__)
 
@@ -733,6 +735,22 @@ def compare(result: Any, batch_plan: BatchPlan, run_dir: str | os.PathLike[str])
     return out
 
 
+def check_chunk_size(chunk_size: Any) -> None:
+    """Refuse a ``chunk_size`` argument that is not ``None``, ``"auto"`` or an int >= 1
+    (the configuration file's ``chunk-size`` is checked by its schema).
+
+    Raises
+    ------
+    ConfigError
+        Naming the value.
+    """
+    if chunk_size is None or chunk_size == "auto":
+        return
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ConfigError(f"chunk size must be 'auto' or a whole number >= 1, "
+                          f"got {chunk_size!r}")
+
+
 def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
          client: Any = None, cluster: Any = None, scheduler_file: Any = None,
          local_options: Mapping[str, Any] | None = None, chunk_size: int | None = None,
@@ -756,6 +774,7 @@ def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
     from dagflow.runtime.run import load_workflow, run_inputs, select_items
 
     wf = load_workflow(workflow)
+    check_chunk_size(chunk_size)
     output = Path(output)
     input_set = run_inputs(wf, inputs, output, resume or retry_failed)  # as run() does
     tasks = node_tasks(wf)

@@ -51,7 +51,7 @@ from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
 from dagflow.recovery.events import EventLog
 from dagflow.runtime.capacity import prepare_cluster
 from dagflow.runtime.cluster import check_local_sizes, connect, dashboard_link
-from dagflow.runtime.plan import compare, prepare_batch
+from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.workflow import Workflow
 
@@ -485,6 +485,7 @@ def run(
         Before anything runs.
     """
     wf = load_workflow(workflow)
+    check_chunk_size(chunk_size)
     if client is None and cluster in (None, "local") and scheduler_file is None:
         check_local_sizes(**{  # the embedded cluster's, before a run directory is made
             name: config.resolve((local_options or {}).get(name), f"cluster.{key}")
