@@ -76,16 +76,19 @@ def refuse_while_bootstrapping() -> None:
 
 
 def check_local_sizes(*, n_workers: Any = None, threads_per_worker: Any = None,
-                      memory_limit: Any = None) -> dict[str, Any]:
+                      memory_limit: Any = None, adaptive: bool = False) -> dict[str, Any]:
     """Check the embedded cluster's sizes before anything starts (``None``: Dask's choice).
 
     Parameters
     ----------
     n_workers, threads_per_worker
-        Whole numbers >= 1.
+        Whole numbers >= 1 (``n_workers`` may be 0 for a cluster that adapts).
     memory_limit
         Per worker: bytes, a string such as ``"4GiB"``, a fraction of the machine (a
         number up to 1), ``"auto"``, or 0 for none.
+    adaptive
+        Whether the cluster may start with no worker (a cluster profile's ``adapt``
+        starts them); an embedded cluster without workers would wait for ever.
 
     Returns
     -------
@@ -99,10 +102,11 @@ def check_local_sizes(*, n_workers: Any = None, threads_per_worker: Any = None,
     """
     from distributed.worker_memory import parse_memory_limit
 
-    for name, value in (("n-workers", n_workers), ("threads-per-worker", threads_per_worker)):
+    for name, value, least in (("n-workers", n_workers, 0 if adaptive else 1),
+                               ("threads-per-worker", threads_per_worker, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or value < 1):
-            raise ConfigError(f"{name} must be a whole number >= 1, got {value!r}")
+                                  or value < least):
+            raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}")
     if memory_limit is not None:
         try:
             parse_memory_limit(memory_limit, 1, logger=logger)
@@ -128,7 +132,9 @@ def start_local_cluster(
     Parameters
     ----------
     n_workers, threads_per_worker, memory_limit
-        Default to ``dagflow.cluster.*`` in the configuration, then to Dask's choice.
+        Default to ``dagflow.cluster.*`` in the configuration, then to Dask's choice
+        (checked by :func:`check_local_sizes`; ``n_workers=0`` only for a cluster that
+        is then told to adapt).
     processes
         Worker processes (the default) or threads in this process.
     resources
@@ -141,7 +147,7 @@ def start_local_cluster(
     sizes = check_local_sizes(
         n_workers=config.resolve(n_workers, "cluster.n-workers"),
         threads_per_worker=config.resolve(threads_per_worker, "cluster.threads-per-worker"),
-        memory_limit=config.resolve(memory_limit, "cluster.memory-limit"))
+        memory_limit=config.resolve(memory_limit, "cluster.memory-limit"), adaptive=True)
     host = config.get("cluster.host")
     options: dict[str, Any] = {
         "host": host,
