@@ -338,6 +338,42 @@ def test_driver_killed_at_random_moments_resumes_to_the_same_result(tmp_path, ma
     assert third["executed"] == 0 and third["already_done"] == 36
 
 
+@pytest.mark.slow
+def test_ctrl_c_stops_the_run_with_130_quietly_and_the_same_command_resumes(tmp_path,
+                                                                          make_photos):
+    """Ctrl-C signals the terminal's whole process group, the embedded cluster's worker
+    processes too: the driver stops the run and says how to go on, the workers stay
+    quiet, and what finished is kept."""
+    import json
+
+    make_photos(tmp_path / "in", 24, size=(320, 240))
+    wf_path = tmp_path / "wf.yaml"
+    wf_path.write_text(DRIVER_WORKFLOW)
+    out = tmp_path / "out"
+    args = [str(Path(sys.executable).parent / "dagflow"), "run", str(wf_path), "-i",
+            str(tmp_path / "in"), "-o", str(out), "--json", "--chunk-size", "1"]
+    env = {**os.environ, "DASK_DAGFLOW__CLUSTER__N_WORKERS": "2",
+           "DASK_DAGFLOW__CLUSTER__THREADS_PER_WORKER": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    deadline = time.monotonic() + 120
+    events = out / "_dagflow" / "runs"
+    while time.monotonic() < deadline and not any(
+            "chunk_finished" in p.read_text() for p in events.glob("*/events.jsonl")):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: what finished is recorded; the same command resumes" in stderr
+    assert "KeyboardInterrupt" not in stderr and "Traceback" not in stderr
+    log = next(events.glob("*/events.jsonl")).read_text()
+    assert '"event": "run_interrupted", "error": "KeyboardInterrupt()"' in log
+    again = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0, again.stderr
+    summary = json.loads(again.stdout)
+    assert summary["already_done"] >= 1 and summary["executed"] + summary["already_done"] == 24
+
+
 WRITER = """
 import sys, itertools
 from dagflow.recovery.checkpoint import write_records

@@ -2,7 +2,7 @@
 
 Exit codes: 0 every item succeeded; 1 the run finished but some items failed; 2 invalid
 workflow, configuration or usage, or no scheduler at the address given (nothing ran); 3 a
-circuit breaker stopped the run.
+circuit breaker stopped the run; 130 interrupted (Ctrl-C): the same command resumes.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dagflow.exceptions import (
     InputError,
     WorkflowValidationError,
 )
-from dagflow.runtime.result import EXIT_INVALID
+from dagflow.runtime.result import EXIT_INTERRUPTED, EXIT_INVALID
 
 __all__ = ["main"]
 
@@ -32,7 +32,7 @@ def _fail_invalid(exc: Exception) -> None:
 
 class _Group(click.Group):
     """Turns dagflow's validation errors (and an unreachable scheduler) into exit code 2
-    with a clean message."""
+    with a clean message, and an interrupt into 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -40,6 +40,10 @@ class _Group(click.Group):
         except (WorkflowValidationError, ConfigError, InputError,
                 ClusterUnreachableError) as exc:
             _fail_invalid(exc)
+        except KeyboardInterrupt:  # not click's "Aborted!" and 1, which reads as failed items
+            click.echo("interrupted: what finished is recorded; the same command resumes "
+                       "the rest", err=True)
+            sys.exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=_Group, name="dagflow", context_settings={"help_option_names": ["-h", "--help"]})

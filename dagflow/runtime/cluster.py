@@ -174,9 +174,13 @@ def start_local_cluster(
                  **worker_env}
     saved = {k: os.environ.get(k) for k in worker_env}
     os.environ.update(worker_env)
+    preloads = list(dask.config.get("distributed.worker.preload", None) or [])
+    if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.worker_signals)
+        preloads.append("dagflow.runtime.worker_signals")
     try:
         with dask.config.set({**cluster_dask_config(),
-                              "distributed.nanny.pre-spawn-environ": spawn_env}):
+                              "distributed.nanny.pre-spawn-environ": spawn_env,
+                              "distributed.worker.preload": preloads}):
             if processes and "config" not in options:
                 # a nanny keeps references into the global configuration, and would
                 # restart its worker with whatever it says then: it gets a copy

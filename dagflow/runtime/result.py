@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["EXIT_BREAKER", "EXIT_FAILED_ITEMS", "EXIT_INVALID", "EXIT_OK", "RunResult"]
+__all__ = ["EXIT_BREAKER", "EXIT_FAILED_ITEMS", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK",
+           "RunResult"]
 
 #: Every item succeeded (or was skipped by a condition or already done).
 EXIT_OK = 0
@@ -22,6 +23,8 @@ EXIT_FAILED_ITEMS = 1
 EXIT_INVALID = 2
 #: A circuit breaker opened and the run stopped early; re-run to finish the rest.
 EXIT_BREAKER = 3
+#: Interrupted (Ctrl-C, SIGINT): what finished is recorded; re-run to finish the rest.
+EXIT_INTERRUPTED = 130
 
 
 @dataclass
