@@ -2,13 +2,16 @@
 
 Exit codes: 0 every item succeeded; 1 the run finished but some items failed; 2 invalid
 workflow, configuration or usage, or no scheduler at the address given (nothing ran); 3 a
-circuit breaker stopped the run; 130 interrupted (Ctrl-C): the same command resumes.
+circuit breaker stopped the run; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what
+finished is recorded and the same command resumes the rest.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,7 @@ from dagflow.exceptions import (
     InputError,
     WorkflowValidationError,
 )
-from dagflow.runtime.result import EXIT_INTERRUPTED, EXIT_INVALID
+from dagflow.runtime.result import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_TERMINATED
 
 __all__ = ["main"]
 
@@ -30,20 +33,37 @@ def _fail_invalid(exc: Exception) -> None:
     sys.exit(EXIT_INVALID)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, as a batch system ends a job: stops a command as Ctrl-C does."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated("SIGTERM")
+
+
 class _Group(click.Group):
     """Turns dagflow's validation errors (and an unreachable scheduler) into exit code 2
-    with a clean message, and an interrupt into 130."""
+    with a clean message, an interrupt into 130 and SIGTERM into 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # the run's cleanup (its interrupted event, closing the cluster) then runs on
+            # SIGTERM too; a batch system's SIGKILL that may follow finds it done
+            previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return super().invoke(ctx)
         except (WorkflowValidationError, ConfigError, InputError,
                 ClusterUnreachableError) as exc:
             _fail_invalid(exc)
-        except KeyboardInterrupt:  # not click's "Aborted!" and 1, which reads as failed items
-            click.echo("interrupted: what finished is recorded; the same command resumes "
-                       "the rest", err=True)
-            sys.exit(EXIT_INTERRUPTED)
+        except KeyboardInterrupt as exc:  # not click's "Aborted!" and 1 (failed items)
+            what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"{what}: what finished is recorded; the same command resumes the "
+                       "rest", err=True)
+            sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
+        finally:
+            if previous is not None:  # as it was (the command may run inside a program)
+                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Group, name="dagflow", context_settings={"help_option_names": ["-h", "--help"]})

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["EXIT_BREAKER", "EXIT_FAILED_ITEMS", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK",
-           "RunResult"]
+           "EXIT_TERMINATED", "RunResult"]
 
 #: Every item succeeded (or was skipped by a condition or already done).
 EXIT_OK = 0
@@ -25,6 +25,8 @@ EXIT_INVALID = 2
 EXIT_BREAKER = 3
 #: Interrupted (Ctrl-C, SIGINT): what finished is recorded; re-run to finish the rest.
 EXIT_INTERRUPTED = 130
+#: Terminated (SIGTERM, as batch systems end a job): the same, by the shell's convention.
+EXIT_TERMINATED = 143
 
 
 @dataclass
