@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -108,6 +109,26 @@ def test_submit_returns_before_the_run_ends_and_status_follows_it(tmp_path, work
         for src in photos.rglob("img*"):
             assert (tmp_path / "out" / src.relative_to(photos).with_suffix(".png")).is_file()
         assert "succeeded 12" in (run_dir / "driver.log").read_text()
+
+
+def test_a_driver_ended_by_sigterm_records_it(tmp_path, workflow_file, photos):
+    """Batch systems end a job with SIGTERM: the driver records the interruption (its
+    run's status and its own exit) instead of vanishing."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    with DaskProcesses(tmp_path / "dask") as procs:
+        address = procs.start_scheduler()  # no workers: the run waits for them
+        done = subprocess.run(
+            [str(BIN / "dagflow"), "submit", str(workflow_file), "--input", str(photos),
+             "--output", str(tmp_path / "out"), "--cluster", address, "--json"],
+            capture_output=True, text=True, timeout=60, env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        info = json.loads(done.stdout)
+        run_dir = Path(info["run_dir"])
+        os.kill(info["pid"], signal.SIGTERM)
+        wait_for_exit(info["pid"])
+    driver = driver_info(run_dir)
+    assert driver["exit_code"] == 4 and driver["error"]["type"] == "Terminated"
+    assert run_status(run_dir).state == "interrupted"
 
 
 def test_submit_follow_exits_with_the_runs_code(dask_cluster, workflow_file, photos,

@@ -9,9 +9,7 @@ finished is recorded and the same command resumes the rest.
 from __future__ import annotations
 
 import json
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from dagflow.exceptions import (
     WorkflowValidationError,
 )
 from dagflow.runtime.result import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_TERMINATED
+from dagflow.runtime.signals import Terminated, sigterm_as_interrupt
 
 __all__ = ["main"]
 
@@ -33,26 +32,14 @@ def _fail_invalid(exc: Exception) -> None:
     sys.exit(EXIT_INVALID)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, as a batch system ends a job: stops a command as Ctrl-C does."""
-
-
-def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated("SIGTERM")
-
-
 class _Group(click.Group):
     """Turns dagflow's validation errors (and an unreachable scheduler) into exit code 2
     with a clean message, an interrupt into 130 and SIGTERM into 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        previous = None
-        if threading.current_thread() is threading.main_thread():
-            # the run's cleanup (its interrupted event, closing the cluster) then runs on
-            # SIGTERM too; a batch system's SIGKILL that may follow finds it done
-            previous = signal.signal(signal.SIGTERM, _terminate)
         try:
-            return super().invoke(ctx)
+            with sigterm_as_interrupt():  # the run's cleanup then runs on SIGTERM too
+                return super().invoke(ctx)
         except (WorkflowValidationError, ConfigError, InputError,
                 ClusterUnreachableError) as exc:
             _fail_invalid(exc)
@@ -61,9 +48,6 @@ class _Group(click.Group):
             click.echo(f"{what}: what finished is recorded; the same command resumes the "
                        "rest", err=True)
             sys.exit(EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED)
-        finally:
-            if previous is not None:  # as it was (the command may run inside a program)
-                signal.signal(signal.SIGTERM, previous)
 
 
 @click.group(cls=_Group, name="dagflow", context_settings={"help_option_names": ["-h", "--help"]})

@@ -175,8 +175,8 @@ def start_local_cluster(
     saved = {k: os.environ.get(k) for k in worker_env}
     os.environ.update(worker_env)
     preloads = list(dask.config.get("distributed.worker.preload", None) or [])
-    if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.worker_signals)
-        preloads.append("dagflow.runtime.worker_signals")
+    if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.signals)
+        preloads.append("dagflow.runtime.signals")
     try:
         with dask.config.set({**cluster_dask_config(),
                               "distributed.nanny.pre-spawn-environ": spawn_env,

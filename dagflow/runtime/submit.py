@@ -45,6 +45,7 @@ from dagflow import config
 from dagflow.exceptions import ConfigError, DagflowError, InputError
 from dagflow.io.atomic import atomic_write
 from dagflow.recovery.events import EventLog, read_events
+from dagflow.runtime.signals import sigterm_as_interrupt
 
 __all__ = ["Submission", "driver_info", "follow", "main", "submit"]
 
@@ -352,7 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     code = 4
     error: dict[str, str] | None = None
     try:
-        with dask.config.set(spec["config"]):
+        with dask.config.set(spec["config"]), sigterm_as_interrupt():
             from dagflow.runtime.run import run
 
             result = run(spec["workflow"], spec["inputs"], spec["output"],
