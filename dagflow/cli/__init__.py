@@ -38,7 +38,7 @@ class _Group(click.Group):
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
-            with sigterm_as_interrupt():  # the run's cleanup then runs on SIGTERM too
+            with sigterm_as_interrupt(quiet=True):  # the run's cleanup runs on SIGTERM too
                 return super().invoke(ctx)
         except (WorkflowValidationError, ConfigError, InputError,
                 ClusterUnreachableError) as exc:

@@ -174,7 +174,8 @@ def start_local_cluster(
                  **worker_env}
     saved = {k: os.environ.get(k) for k in worker_env}
     os.environ.update(worker_env)
-    preloads = list(dask.config.get("distributed.worker.preload", None) or [])
+    preloads = dask.config.get("distributed.worker.preload", None) or []
+    preloads = [preloads] if isinstance(preloads, str) else list(preloads)
     if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.signals)
         preloads.append("dagflow.runtime.signals")
     try:

@@ -49,6 +49,7 @@ from dagflow.ops.registry import get_op
 from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker, counts_against_breaker
 from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
 from dagflow.recovery.events import EventLog
+from dagflow.runtime import signals
 from dagflow.runtime.capacity import prepare_cluster
 from dagflow.runtime.cluster import check_local_sizes, connect, dashboard_link
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
@@ -612,6 +613,8 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
                         - monitor_cpu
                 result.estimate = compare(result, batch.plan, run_dir)
         except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt):
+                signals.stopping()  # arrived: the cleanup that follows is not to be cut
             events.emit("run_interrupted", error=repr(exc))
             raise
         finally:
