@@ -53,7 +53,10 @@ def _again_unless_acknowledged(signum: int) -> None:
     # Python drops an exception raised in a garbage-collection callback or a __del__
     # method ("Exception ignored in ..."): a signal that lands there would be lost
     if not _acknowledged.wait(AGAIN_AFTER_S):
-        _thread.interrupt_main(signum)
+        if hasattr(signal, "pthread_kill"):  # a real signal also ends a blocking wait
+            signal.pthread_kill(threading.main_thread().ident, signum)
+        else:
+            _thread.interrupt_main(signum)
 
 
 def _stop(error: type[KeyboardInterrupt], quiet: bool) -> Any:
