@@ -64,19 +64,24 @@ def wait_for_exit(pid: int, timeout: float = 20) -> None:
     raise TimeoutError(f"driver {pid} still running")
 
 
+def submit_detached(workflow_file: Path, photos: Path, out: Path, address: str) -> dict:
+    """`dagflow submit --json` to ``address`` in a clean environment; its JSON answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+    done = subprocess.run(
+        [str(BIN / "dagflow"), "submit", str(workflow_file), "--input", str(photos),
+         "--output", str(out), "--cluster", address, "--json"],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return json.loads(done.stdout)
+
+
 def test_submit_returns_before_the_run_ends_and_status_follows_it(tmp_path, workflow_file,
                                                                    photos):
     """The scheduler has no workers when the run is submitted, so the run cannot end
     before `dagflow submit` returns; the workers join afterwards and the run finishes."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
     with DaskProcesses(tmp_path / "dask") as procs:
-        address = procs.start_scheduler()
-        done = subprocess.run(
-            [str(BIN / "dagflow"), "submit", str(workflow_file), "--input", str(photos),
-             "--output", str(tmp_path / "out"), "--cluster", address, "--json"],
-            capture_output=True, text=True, timeout=60, env=env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        info = json.loads(done.stdout)
+        info = submit_detached(workflow_file, photos, tmp_path / "out",
+                               procs.start_scheduler())
         run_dir = Path(info["run_dir"])
         assert run_dir == tmp_path / "out" / "_dagflow" / "runs" / info["run_id"]
         assert info["started"] and info["dashboard"].startswith("http://127.0.0.1:")
@@ -114,15 +119,10 @@ def test_submit_returns_before_the_run_ends_and_status_follows_it(tmp_path, work
 def test_a_driver_ended_by_sigterm_records_it(tmp_path, workflow_file, photos):
     """Batch systems end a job with SIGTERM: the driver records the interruption (its
     run's status and its own exit) instead of vanishing."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
     with DaskProcesses(tmp_path / "dask") as procs:
-        address = procs.start_scheduler()  # no workers: the run waits for them
-        done = subprocess.run(
-            [str(BIN / "dagflow"), "submit", str(workflow_file), "--input", str(photos),
-             "--output", str(tmp_path / "out"), "--cluster", address, "--json"],
-            capture_output=True, text=True, timeout=60, env=env)
-        assert done.returncode == 0, done.stdout + done.stderr
-        info = json.loads(done.stdout)
+        # no workers: the run waits for them
+        info = submit_detached(workflow_file, photos, tmp_path / "out",
+                               procs.start_scheduler())
         run_dir = Path(info["run_dir"])
         os.kill(info["pid"], signal.SIGTERM)
         wait_for_exit(info["pid"])

@@ -243,14 +243,9 @@ def local_capacity(local_options: Mapping[str, Any] | None = None) -> ClusterCap
     from distributed.deploy.utils import nprocesses_nthreads
     from distributed.worker_memory import parse_memory_limit
 
-    from dagflow.runtime.cluster import check_local_sizes
+    from dagflow.runtime.cluster import resolve_local_sizes
 
-    options = dict(local_options or {})
-    sizes = check_local_sizes(
-        n_workers=config.resolve(options.get("n_workers"), "cluster.n-workers"),
-        threads_per_worker=config.resolve(options.get("threads_per_worker"),
-                                          "cluster.threads-per-worker"),
-        memory_limit=config.resolve(options.get("memory_limit"), "cluster.memory-limit"))
+    sizes = resolve_local_sizes(local_options)
     n_workers, threads, limit = (sizes["n_workers"], sizes["threads_per_worker"],
                                  sizes["memory_limit"])
     if n_workers is None and threads is None:

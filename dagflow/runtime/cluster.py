@@ -26,7 +26,8 @@ from dagflow import config
 from dagflow.exceptions import ClusterUnreachableError, ConfigError
 
 __all__ = ["check_local_sizes", "cluster_dask_config", "connect", "dashboard_link",
-           "refuse_while_bootstrapping", "start_cuda_cluster", "start_local_cluster"]
+           "refuse_while_bootstrapping", "resolve_local_sizes", "start_cuda_cluster",
+           "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +119,18 @@ def check_local_sizes(*, n_workers: Any = None, threads_per_worker: Any = None,
             "memory_limit": memory_limit}
 
 
+def resolve_local_sizes(options: Mapping[str, Any] | None = None, *,
+                        adaptive: bool = False) -> dict[str, Any]:
+    """The embedded cluster's sizes: ``options`` over ``dagflow.cluster.*``, checked by
+    :func:`check_local_sizes` (``None``: Dask's choice)."""
+    options = options or {}
+    return check_local_sizes(adaptive=adaptive, **{
+        name: config.resolve(options.get(name), f"cluster.{key}")
+        for name, key in (("n_workers", "n-workers"),
+                          ("threads_per_worker", "threads-per-worker"),
+                          ("memory_limit", "memory-limit"))})
+
+
 def start_local_cluster(
     *,
     n_workers: int | None = None,
@@ -144,10 +157,9 @@ def start_local_cluster(
     """
     if processes:
         refuse_while_bootstrapping()
-    sizes = check_local_sizes(
-        n_workers=config.resolve(n_workers, "cluster.n-workers"),
-        threads_per_worker=config.resolve(threads_per_worker, "cluster.threads-per-worker"),
-        memory_limit=config.resolve(memory_limit, "cluster.memory-limit"), adaptive=True)
+    sizes = resolve_local_sizes({"n_workers": n_workers, "threads_per_worker":
+                                 threads_per_worker, "memory_limit": memory_limit},
+                                adaptive=True)
     host = config.get("cluster.host")
     options: dict[str, Any] = {
         "host": host,

@@ -51,7 +51,7 @@ from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
 from dagflow.recovery.events import EventLog
 from dagflow.runtime import signals
 from dagflow.runtime.capacity import prepare_cluster
-from dagflow.runtime.cluster import check_local_sizes, connect, dashboard_link
+from dagflow.runtime.cluster import connect, dashboard_link, resolve_local_sizes
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.workflow import Workflow
@@ -488,11 +488,7 @@ def run(
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
     if client is None and cluster in (None, "local") and scheduler_file is None:
-        check_local_sizes(**{  # the embedded cluster's, before a run directory is made
-            name: config.resolve((local_options or {}).get(name), f"cluster.{key}")
-            for name, key in (("n_workers", "n-workers"),
-                              ("threads_per_worker", "threads-per-worker"),
-                              ("memory_limit", "memory-limit"))})
+        resolve_local_sizes(local_options)  # the embedded cluster's, before anything
     input_set = run_inputs(wf, inputs, Path(output), resume or retry_failed)
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
