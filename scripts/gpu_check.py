@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,9 +93,14 @@ def _wheel_name(path: Path) -> str:
     return canonical(path.name.split("-")[0])
 
 
-def download(pins: list[str], dest: Path) -> None:
+def download(pins: list[str], dest: Path, *, deps: bool = False) -> None:
+    """Download ``pins`` (with their dependencies if ``deps``) into ``dest``, and remove
+    the other wheels there."""
     dest.mkdir(parents=True, exist_ok=True)
-    _pip("download", "--quiet", "--no-deps", *TARGET, "-d", os.fspath(dest), *pins)
+    _pip("download", "--quiet", *([] if deps else ["--no-deps"]), *TARGET, "-d",
+         os.fspath(dest), *pins)
+    if deps:
+        return
     wanted = {canonical(re.split(r"[=<>!~ ]", p, maxsplit=1)[0]) for p in pins}
     versions = {canonical(re.split(r"[=<>!~ ]", p, maxsplit=1)[0]): p for p in pins}
     for wheel in dest.glob("*.whl"):  # one version each: two stop an offline install
@@ -122,7 +128,8 @@ def wheels(dest: Path, image: Path, decoders: bool) -> int:
                if canonical(name) not in have]
     pins = missing + (DECODERS if decoders else [])
     download(pins, dest)
-    download(BUILD, dest / "build")
+    shutil.rmtree(dest / "build", ignore_errors=True)  # an isolated build env: with deps
+    download(BUILD, dest / "build", deps=True)
     files = sorted(dest.glob("*.whl")) + sorted((dest / "build").glob("*.whl"))
     total = sum(f.stat().st_size for f in files)
     for f in files:
