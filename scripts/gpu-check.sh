@@ -75,7 +75,7 @@ extra)
     ;;
 
 *)
-    sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//' >&2
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2
     exit 2
     ;;
 esac
