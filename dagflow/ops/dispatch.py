@@ -372,7 +372,8 @@ def call(spec: OpSpec, device: str, args: tuple[Any, ...], params: dict[str, Any
     if gpu_func is None:
         return on_cpu("no GPU implementation")
     if not gpu_available():
-        return on_cpu(f"no usable GPU in this worker ({_gpu_lost or gpu_problem()})")
+        problem = _gpu_lost or gpu_problem()
+        return on_cpu("no usable GPU in this worker" + (f" ({problem})" if problem else ""))
     need = _device_need(spec, args, params)
     if need and _device_budget() and need > _device_budget():
         from dagflow.resources import format_bytes
