@@ -61,6 +61,7 @@ __all__ = [
     "NodeEstimate",
     "Resources",
     "concurrency_resource",
+    "device_bytes",
     "format_bytes",
     "has_size",
     "header_fields",
@@ -314,6 +315,28 @@ def decoded_bytes(header: Mapping[str, Any]) -> int:
     """Bytes of the decoded image ``header`` describes."""
     return int(header.get("width", 0) * header.get("height", 0) * header.get("channels", 3)
                * header.get("itemsize", 1))
+
+
+def device_bytes(header: Mapping[str, Any], output: Mapping[str, Any]) -> int:
+    """GPU memory a GPU implementation needs for one image with ``header`` that it turns
+    into ``output`` (:func:`output_header`).
+
+    The image and its result on the device, two float32 copies of the larger one's
+    channels (a float copy and a sort's or an expression's temporary) and four float32
+    planes of working space: the most :mod:`dagflow.ops.gpu` holds at once (the GPU
+    tests check it per op against cupy's memory pool). A chunk's GPU task needs its
+    largest item's figure, not their sum: items pass through the device one at a time.
+
+    Examples
+    --------
+    >>> h = {"width": 1000, "height": 1000, "channels": 3, "itemsize": 1}
+    >>> device_bytes(h, dict(h, width=500, height=500))
+    43750000
+    """
+    pixels = max(int(header.get("width", 0)) * int(header.get("height", 0)),
+                 int(output.get("width", 0)) * int(output.get("height", 0)))
+    channels = max(int(header.get("channels", 3)), int(output.get("channels", 3)))
+    return decoded_bytes(header) + decoded_bytes(output) + 4 * pixels * (2 * channels + 4)
 
 
 #: Files probed first, in the calling thread, to tell I/O-bound probing from CPU-bound.

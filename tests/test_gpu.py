@@ -1,40 +1,51 @@
 """GPU support: the dispatch layer, the fall back to the CPU, routing to GPU workers,
-annotations at the scheduler, and (on a machine with a GPU) numpy against cupy.
+annotations at the scheduler, and (on a machine with a GPU) cupy against numpy.
 
-Without a GPU, the cupy implementations are still exercised: ``numpy_as_cupy`` stands a
-numpy-backed ``cupy``/``cupyx`` in for the real modules, so the code of
-:mod:`dagflow.ops.gpu` runs and is compared with the CPU ops. The real comparison runs
-under the ``gpu`` marker (``scripts/gpu-check.sh``).
+Without a GPU, the cupy implementations are still exercised: :mod:`tests._numpy_cupy`
+stands a numpy-backed ``cupy``/``cupyx`` in for the real modules, as strict as cupy
+about moving data between host and device, so the code of :mod:`dagflow.ops.gpu` runs
+and is compared with the CPU ops. The real comparison runs under the ``gpu`` marker
+(``scripts/gpu-check.sh run``); the tests that bind dagflow's calls against the real
+cupy and dask-cuda signatures run wherever those import, a GPU or not
+(``scripts/gpu-check.sh extra``).
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import dataclasses
 import importlib
 import importlib.machinery
+import importlib.util
+import inspect
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import types
+from pathlib import Path
 
 import dask
 import numpy as np
 import pyarrow.dataset as ds
 import pytest
 import scipy.ndimage
-import scipy.sparse
+from _numpy_cupy import DeviceArray, numpy_as_cupy
 from distributed.utils_test import gen_cluster
 from PIL import Image as PILImage
 
 import dagflow
+import dagflow.ops
 from dagflow import Node, Workflow
 from dagflow.compile import RunContext, compile_chunks, node_tasks
 from dagflow.image import Image
 from dagflow.ops import dispatch, get_op
-from dagflow.ops.dispatch import GPU_OPS, LazyGpuFunc, call, is_cuda_oom
-from dagflow.resources import MEMORY
-from dagflow.runtime.capacity import ClusterCapacity, WorkerCapacity
+from dagflow.ops.dispatch import GPU_OPS, LazyGpuFunc, call, is_cuda_oom, is_gpu_unusable
+from dagflow.resources import MEMORY, device_bytes, output_header
+from dagflow.runtime.capacity import ClusterCapacity, WorkerCapacity, local_capacity
 from dagflow.runtime.plan import prepare_batch
 from dagflow.testing import photo_like
 
@@ -48,6 +59,7 @@ CASES = [
     ("resize", {"size": [300, 200], "allow_upscale": True}), ("resize", {"long_side": 20}),
 ]
 IDS = [f"{op}-{i}" for i, (op, _) in enumerate(CASES)]
+GPU_MODULE = Path(dagflow.ops.__file__).parent / "gpu.py"
 
 
 def tolerance(op: str, dtype, channels: int) -> float:
@@ -79,6 +91,14 @@ def compare(op, params, dtype, channels, gpu_impl):
         assert diff.mean() <= (1.0 if channels == 4 else 0.3), (op, params, diff.mean())
 
 
+@pytest.fixture
+def lost_gpu_restored():
+    """Put back the dispatch layer's "this process lost its GPU" after the test."""
+    saved = dispatch._gpu_lost
+    yield
+    dispatch._gpu_lost = saved
+
+
 # --------------------------------------------------------------------------- dispatch
 
 
@@ -108,7 +128,8 @@ def test_device_choice_and_fall_back_without_a_gpu(monkeypatch):
     image = Image(photo_like(20, 30, seed=1))
     expected = spec.func(image, sigma=1.0)
     for device, recorded in [("cpu", ("cpu", False)), ("auto", ("cpu", False)),
-                             ("gpu", ("cpu-fallback", True))]:
+                             ("gpu", ("cpu-fallback", True)),
+                             ("cpu-fallback", ("cpu-fallback", True))]:
         used: dict = {}
         out = call(spec, device, (image,), {"sigma": 1.0}, used)
         np.testing.assert_array_equal(out.data, expected.data)
@@ -126,7 +147,15 @@ class OutOfMemoryError(Exception):
 OutOfMemoryError.__module__ = "cupy.cuda.memory"
 
 
-def test_cuda_out_of_memory_falls_back_to_the_cpu_other_errors_do_not(monkeypatch):
+class CUSPARSEError(RuntimeError):
+    """Stands in for cupy_backends.cuda.libs.cusparse.CUSPARSEError."""
+
+
+CUSPARSEError.__module__ = "cupy_backends.cuda.libs.cusparse"
+
+
+def test_cuda_out_of_memory_falls_back_to_the_cpu_other_errors_do_not(monkeypatch,
+                                                                       lost_gpu_restored):
     monkeypatch.setattr(dispatch, "gpu_available", lambda: True)
     spec = get_op("gaussian")
     image = Image(photo_like(20, 30, seed=1))
@@ -139,6 +168,7 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_other_errors_do_not(monkeypatc
     np.testing.assert_array_equal(out.data, spec.func(image, sigma=1.0).data)
     assert used["device"] == "cpu-fallback" and used["degraded"]
     assert "out of memory" in used["fallback"]
+    assert dispatch._gpu_lost is None  # one item too large: the GPU stays in use
 
     def broken(*args, **kwargs):
         raise ValueError("a bug in a GPU kernel")
@@ -149,49 +179,161 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_other_errors_do_not(monkeypatc
     assert not is_cuda_oom(MemoryError("host memory"))
 
 
+@pytest.mark.parametrize("error", [
+    OSError("libnvrtc.so.12: cannot open shared object file: No such file or directory"),
+    RuntimeError("CuPy failed to load libcusparse.so.12: OSError: libcusparse.so.12: "
+                 "cannot open shared object file: No such file or directory"),
+    ModuleNotFoundError("No module named 'cuda.bindings'"),
+    CUSPARSEError("CUSPARSE_STATUS_NOT_INITIALIZED"),
+], ids=["nvrtc", "cusparse-load", "import", "cusparse-status"])
+def test_a_gpu_stack_that_cannot_run_falls_back_and_is_not_tried_again(monkeypatch, error,
+                                                                        lost_gpu_restored):
+    """An import or CUDA library error is the worker's, not the item's: the item runs on
+    the CPU, recorded degraded with the reason, and so do the next ones without trying."""
+    monkeypatch.setattr(dispatch, "gpu_problem", lambda: None)
+    dispatch._gpu_lost = None
+    spec = get_op("gaussian")
+    image = Image(photo_like(20, 30, seed=1))
+    tries = []
+
+    def failing(*args, **kwargs):
+        tries.append(1)
+        raise error
+
+    broken = dataclasses.replace(spec, gpu_func=failing)
+    for _ in range(2):
+        used: dict = {}
+        out = call(broken, "gpu", (image,), {"sigma": 1.0}, used)
+        np.testing.assert_array_equal(out.data, spec.func(image, sigma=1.0).data)
+        assert used["device"] == "cpu-fallback" and used["degraded"]
+        assert str(error).split(":")[0] in used["fallback"]
+    assert len(tries) == 1  # the second item did not try the GPU
+    assert is_gpu_unusable(error)
+    assert not is_gpu_unusable(ValueError("sigma must be positive"))
+    assert not is_gpu_unusable(OSError("No such file or directory: 'a.png'"))
+
+
+# --------------------------------------------------------------------------- the lazy loader
+
+
+def test_concurrent_first_lookups_wait_for_the_lazy_loader():
+    """Four threads ask at once for an implementation whose module loads slowly: every
+    one gets it (none gets None while the loader runs), and the loader runs once."""
+    registry = dispatch.Dispatcher("demo")
+    runs = []
+    started = threading.Event()
+
+    @registry.register_lazy("json")
+    def _load():
+        runs.append(1)
+        started.set()
+        time.sleep(0.2)
+        registry.register("dumps", len)
+
+    barrier = threading.Barrier(4)
+    found = []
+
+    def lookup():
+        barrier.wait()
+        found.append(registry("dumps"))
+
+    threads = [threading.Thread(target=lookup) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert started.is_set()
+    assert found == [len] * 4
+    assert runs == [1]
+
+
+def test_a_failing_loader_raises_its_own_error_and_is_tried_again(monkeypatch,
+                                                                  lost_gpu_restored):
+    registry = dispatch.Dispatcher("gpu")
+    attempts = []
+
+    @registry.register_lazy("json")
+    def _load():
+        attempts.append(1)
+        raise OSError("libcusparse.so.12: cannot open shared object file")
+
+    for _ in range(2):
+        with pytest.raises(OSError, match="libcusparse"):
+            registry("gaussian")
+    assert len(attempts) == 2
+    # through the op: the loader's reason is recorded, not a misleading "needs cupy"
+    monkeypatch.setattr(dispatch, "gpu_dispatch", registry)
+    monkeypatch.setattr(dispatch, "gpu_problem", lambda: None)
+    dispatch._gpu_lost = None
+    used: dict = {}
+    call(get_op("gaussian"), "gpu", (Image(photo_like(20, 30, seed=1)),), {"sigma": 1.0},
+         used)
+    assert used["device"] == "cpu-fallback" and "libcusparse.so.12" in used["fallback"]
+
+
 # --------------------------------------------------------------------------- stand-in
 
 
 @pytest.fixture
-def numpy_as_cupy(monkeypatch):
-    """A numpy-backed stand-in for cupy and cupyx, and a fresh dagflow.ops.gpu on it."""
-    cp = types.ModuleType("cupy")
-    cp.__spec__ = importlib.machinery.ModuleSpec("cupy", None)
-    for name in dir(np):
-        if not name.startswith("__"):
-            setattr(cp, name, getattr(np, name))
-    cp.asnumpy = np.asarray
-    cuda = types.ModuleType("cupy.cuda")
-    cuda.runtime = types.SimpleNamespace(getDeviceCount=lambda: 1)
-    cp.cuda = cuda
-    cp.get_default_memory_pool = lambda: types.SimpleNamespace(free_all_blocks=lambda: None)
-    cupyx = types.ModuleType("cupyx")
-    cupyx_scipy = types.ModuleType("cupyx.scipy")
-    sparse = types.ModuleType("cupyx.scipy.sparse")
-    sparse.csr_matrix = scipy.sparse.csr_matrix
-    cupyx.scipy, cupyx_scipy.ndimage, cupyx_scipy.sparse = cupyx_scipy, scipy.ndimage, sparse
-    for name, module in {"cupy": cp, "cupy.cuda": cuda, "cupyx": cupyx,
-                         "cupyx.scipy": cupyx_scipy, "cupyx.scipy.ndimage": scipy.ndimage,
-                         "cupyx.scipy.sparse": sparse}.items():
-        monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.delitem(sys.modules, "dagflow.ops.gpu", raising=False)
-    gpu = importlib.import_module("dagflow.ops.gpu")
-    yield gpu
-    sys.modules.pop("dagflow.ops.gpu", None)
+def stand_in():
+    """A fresh dagflow.ops.gpu on the numpy-backed cupy (see tests/_numpy_cupy.py)."""
+    with numpy_as_cupy() as gpu:
+        yield gpu
+
+
+def test_the_stand_in_refuses_silent_transfers_as_cupy_does(stand_in):
+    cp = stand_in.cp
+    dev = cp.asarray(np.arange(12, dtype=np.float32).reshape(3, 4))
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array"):
+        np.asarray(dev)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        scipy.ndimage.gaussian_filter(dev, 1.0)  # scipy is not cupy-aware
+    with pytest.raises(TypeError, match="Unsupported type"):
+        dev + np.ones((3, 4), np.float32)  # a host array in a device ufunc
+    with pytest.raises(TypeError, match="Unsupported type"):
+        stand_in.cndi.gaussian_filter(np.ones((3, 4), np.float32), 1.0)
+    with pytest.raises(TypeError, match="Unsupported type"):
+        dev[0] = np.zeros(4, np.float32)
+    # what cupy allows: numpy functions it overrides, scalars, explicit copies
+    assert isinstance(np.clip(dev, 1, 5), DeviceArray)
+    assert isinstance(dev * np.float32(2) + 1, DeviceArray)
+    np.testing.assert_array_equal(cp.asnumpy(dev.T), np.arange(12).reshape(3, 4).T)
+    assert float(dev.max()) == 11.0
+
+
+def test_the_stand_in_leaves_nothing_behind():
+    """After the stand-in, ``dagflow.ops.gpu`` is what it was: on a machine with cupy,
+    a later import gets the real module, not the one built on numpy."""
+    before = (sys.modules.get("dagflow.ops.gpu"), getattr(dagflow.ops, "gpu", None),
+              sys.modules.get("cupy"), dict(dispatch.gpu_dispatch._impls),
+              dict(dispatch.gpu_dispatch._lazy))
+    with numpy_as_cupy() as gpu:
+        assert dagflow.ops.gpu is gpu and isinstance(gpu.cp.ndarray, type)
+        assert gpu.cp.ndarray is DeviceArray
+        dispatch.gpu_dispatch("median")  # registers the stand-in's implementations
+    after = (sys.modules.get("dagflow.ops.gpu"), getattr(dagflow.ops, "gpu", None),
+             sys.modules.get("cupy"), dict(dispatch.gpu_dispatch._impls),
+             dict(dispatch.gpu_dispatch._lazy))
+    assert after == before
+    if importlib.util.find_spec("cupy") is None:
+        with pytest.raises(ModuleNotFoundError):
+            from dagflow.ops import gpu as again
+    else:  # pragma: no cover - a machine with cupy
+        from dagflow.ops import gpu as again
+
+        assert again.cp.ndarray is not DeviceArray
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
 @pytest.mark.parametrize("channels", [1, 3, 4])
-def test_gpu_code_on_a_numpy_stand_in_matches_the_cpu(numpy_as_cupy, dtype, channels):
+def test_gpu_code_on_a_numpy_stand_in_matches_the_cpu(stand_in, dtype, channels):
     for op, params in CASES:
         if op == "convert" and params.get("space") == "gray" and channels == 1:
             continue
-        compare(op, params, dtype, channels, numpy_as_cupy.IMPLEMENTATIONS[op])
+        compare(op, params, dtype, channels, stand_in.IMPLEMENTATIONS[op])
 
 
-def test_lazy_registration_imports_the_gpu_module_on_first_call(numpy_as_cupy,
-                                                                 monkeypatch):
-    monkeypatch.setattr(dispatch, "gpu_available", lambda: True)
+def test_lazy_registration_imports_the_gpu_module_on_first_call(stand_in, monkeypatch):
     fresh = dispatch.Dispatcher("gpu")
     fresh.register_lazy("cupy")(dispatch._register_cupy)
     monkeypatch.setattr(dispatch, "gpu_dispatch", fresh)
@@ -200,8 +342,94 @@ def test_lazy_registration_imports_the_gpu_module_on_first_call(numpy_as_cupy,
     image = Image(photo_like(40, 50, seed=2))
     out = call(get_op("median"), "gpu", (image,), {"size": 3}, used)
     assert used == {"device": "gpu", "degraded": False}
-    assert fresh("median") is numpy_as_cupy.median
+    assert fresh("median") is stand_in.median
     np.testing.assert_array_equal(out.data, get_op("median").func(image, size=3).data)
+
+
+def test_a_gpu_is_usable_only_once_its_kernels_and_sparse_products_run():
+    """cupy that imports and sees a device, but whose sparse products fail (cuSPARSE
+    missing): not usable; its GPU nodes fall back, recorded with the reason."""
+    with numpy_as_cupy():
+        assert dispatch.gpu_problem() is None and dispatch.gpu_available()
+    missing = OSError("libcusparse.so.12: cannot open shared object file")
+    with numpy_as_cupy(sparse_error=missing):
+        problem = dispatch.gpu_problem()
+        assert problem is not None and "libcusparse.so.12" in problem
+        assert not dispatch.gpu_available()
+        used: dict = {}
+        call(get_op("gaussian"), "gpu", (Image(photo_like(20, 30, seed=1)),),
+             {"sigma": 1.0}, used)
+        assert used["device"] == "cpu-fallback" and "libcusparse.so.12" in used["fallback"]
+        used = {}
+        call(get_op("gaussian"), "auto", (Image(photo_like(20, 30, seed=1)),),
+             {"sigma": 1.0}, used)
+        assert used == {"device": "cpu", "degraded": False}
+
+
+def test_the_gpu_check_compares_with_the_cpu(monkeypatch):
+    with numpy_as_cupy() as gpu:
+        monkeypatch.setattr(gpu, "resize_array", lambda arr, w, h, **kw: arr[:h, :w] // 2)
+        with pytest.raises(RuntimeError, match="resize differs from the CPU's"):
+            gpu.check_device()
+
+
+def test_an_item_too_large_for_the_device_runs_on_the_cpu():
+    """The device memory model: an item whose GPU working set exceeds the device's
+    memory (less the margin) goes to the CPU at once, recorded with both figures."""
+    small, large = Image(photo_like(40, 50, seed=2)), Image(photo_like(400, 500, seed=2))
+    header = {"width": 500, "height": 400, "channels": 3, "itemsize": 1}
+    need = device_bytes(header, output_header("gaussian", header, {"sigma": 1.0}))
+    with numpy_as_cupy(total_memory=need):  # less the 20% margin: too small for it
+        used: dict = {}
+        call(get_op("gaussian"), "gpu", (small,), {"sigma": 1.0}, used)
+        assert used == {"device": "gpu", "degraded": False}
+        out = call(get_op("gaussian"), "gpu", (large,), {"sigma": 1.0}, used)
+        assert used["device"] == "cpu-fallback" and "of GPU memory" in used["fallback"]
+        np.testing.assert_array_equal(out.data, get_op("gaussian").func(large, sigma=1.0).data)
+
+
+def test_device_memory_is_estimated_from_the_header():
+    h = {"width": 4000, "height": 3000, "channels": 3, "itemsize": 1}
+    out = output_header("resize", h, {"long_side": 1000})
+    need = device_bytes(h, out)
+    # the image and its result, and float32 working planes of the larger
+    assert need == 36_000_000 + 2_250_000 + 4 * 12_000_000 * (2 * 3 + 4)
+    assert device_bytes(dict(h, itemsize=2), out) > need  # 16-bit input holds more
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def test_plan_says_where_gpu_nodes_will_really_run(monkeypatch):
+    """``dagflow plan`` shows the device the run will record: ``cpu-fallback`` for a
+    ``gpu`` node on a cluster without GPUs or an op without a GPU implementation."""
+    wf = Workflow("g", [Node("load", "load"),
+                        Node("blur", "gaussian", {"sigma": 1.0}, after="load", device="gpu"),
+                        Node("flip", "flip", after="blur", device="gpu"),
+                        Node("sharp", "unsharp", {"sigma": 1.0}, after="flip", device="auto"),
+                        Node("save", "save", after="sharp")])
+    items = [{"item_id": i, "path": f"/in/{i}.png", "width": 64, "height": 48,
+              "channels": 3, "dtype": "uint8", "format": "png"} for i in range(4)]
+
+    def devices(resources):
+        cap = ClusterCapacity((WorkerCapacity("w", 2, 2**30, resources),))
+        batch = prepare_batch(wf, node_tasks(wf), items, cap, probe=False)
+        assert {n: t.device for n, t in batch.tasks.items()} == {
+            n: p.device for n, p in batch.plan.nodes.items()}
+        return {n: p.device for n, p in batch.plan.nodes.items()}, str(batch.plan)
+
+    plain, text = devices({MEMORY: 2**29})
+    assert plain == {"load": "cpu", "blur": "cpu-fallback", "flip": "cpu-fallback",
+                     "sharp": "cpu", "save": "cpu"}
+    assert "cpu-fallback" in text
+    with_gpu, _ = devices({MEMORY: 2**29, "GPU": 1})
+    assert with_gpu == {"load": "cpu", "blur": "gpu", "flip": "cpu-fallback",
+                        "sharp": "gpu", "save": "cpu"}
+    # the embedded cluster's workers advertise a GPU where this machine has a usable one
+    monkeypatch.setattr(dispatch, "gpu_available", lambda: True)
+    assert local_capacity({"n_workers": 1, "threads_per_worker": 1}).has_gpu
+    monkeypatch.setattr(dispatch, "gpu_available", lambda: False)
+    assert not local_capacity({"n_workers": 1, "threads_per_worker": 1}).has_gpu
 
 
 # --------------------------------------------------------------------------- routing
@@ -214,36 +442,43 @@ def _write_pngs(directory, n):
 
 
 def test_gpu_nodes_run_on_gpu_workers_only(tmp_path):
-    """An in-process cluster with one worker faking ``GPU: 1``: GPU nodes go there (and,
-    without cupy, fall back to its CPU, degraded); the others may run anywhere."""
+    """An in-process cluster with one worker declaring ``GPU: 1``, in a process whose
+    cupy (the stand-in) is usable: GPU nodes run there, on the "GPU"; the "cpu" worker
+    is told not to look for a GPU, so it advertises none (in one process, both workers
+    see the same device)."""
     from distributed import Client, Scheduler, SpecCluster, Worker
 
     _write_pngs(tmp_path / "in", 8)
-    spec = {"cpu": {"cls": Worker, "options": {"nthreads": 1}},
-            "gpu": {"cls": Worker, "options": {"nthreads": 1, "resources": {"GPU": 1}}}}
+    spec = {"cpu": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1"}},
+            "gpu": {"cls": Worker, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                               "resources": {"GPU": 1}}}}
     wf = Workflow("g", [Node("load", "load"),
                         Node("blur", "gaussian", {"sigma": 1.0}, after="load"),
                         Node("sharp", "unsharp", {"sigma": 1.0}, after="blur", device="cpu"),
                         Node("save", "save", {"format": "png"}, after="sharp")])
-    with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
-            "dashboard_address": None}}) as cluster, Client(cluster) as c:
+    with numpy_as_cupy(), SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
+            "host": "127.0.0.1", "dashboard": False, "dashboard_address": "127.0.0.1:0"}}
+            ) as cluster, Client(cluster) as c:
         # the scheduler's own answer: scheduler_info() may return the client's periodic
         # refresh, which lists no workers, when the two race
         workers = c.sync(c.scheduler.identity, n_workers=-1)["workers"]
         gpu_worker = next(a for a, w in workers.items() if w["resources"].get("GPU"))
-        with dask.config.set({"dagflow.monitor.report": True}):
+        with dask.config.set({"dagflow.monitor.report": True,
+                              "dagflow.resources.detect-gpu": False}):
             result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c,
                                  progress=False, chunk_size=1)
+        after = c.sync(c.scheduler.identity, n_workers=-1)["workers"]
     assert result.succeeded == 8
+    assert [a for a, w in after.items() if w["resources"].get("GPU")] == [gpu_worker]
     rows = ds.dataset(result.run_dir / "records").to_table().to_pylist()
     blur = [r for r in rows if r["node_id"] == "blur"]
     assert {r["worker"] for r in blur} == {gpu_worker}  # auto + GPU cluster = GPU node
-    assert {(r["device"], r["degraded"]) for r in blur} == {("cpu-fallback", True)}
+    assert {(r["device"], r["degraded"]) for r in blur} == {("gpu", False)}
     sharp = [r for r in rows if r["node_id"] == "sharp"]
     assert {(r["device"], r["degraded"]) for r in sharp} == {("cpu", False)}
     assert result.nodes["blur"] == {"ok": 8}
     report = result.report().read_text()
-    assert "Devices: where each item ran" in report and "cpu-fallback" in report
+    assert "Devices: where each item ran" in report
 
 
 @gen_cluster(client=True, nthreads=[("127.0.0.1", 2)],
@@ -284,10 +519,154 @@ async def test_gpu_memory_concurrency_and_retries_reach_the_scheduler(c, s, a):
     del futures
 
 
+# --------------------------------------------------------------------------- local-cuda
+
+
+class _Recorder:
+    """Stands in for ``dask_cuda.LocalCUDACluster``: records its options, starts nothing."""
+
+    options: dict = {}
+
+    def __init__(self, **options):
+        type(self).options = options
+        raise _Recorded
+
+
+class _Recorded(Exception):
+    pass
+
+
+def _cuda_options(monkeypatch, module, **kwargs) -> dict:
+    from dagflow.runtime.cluster import start_cuda_cluster
+
+    monkeypatch.setattr(module, "LocalCUDACluster", _Recorder, raising=False)
+    with pytest.raises(_Recorded):
+        start_cuda_cluster(**kwargs)
+    return _Recorder.options
+
+
+def test_cuda_workers_ignore_sigint_and_keep_the_configured_preloads(monkeypatch):
+    """The local-cuda workers get the preload that makes the embedded cluster's workers
+    leave Ctrl-C to the driver, as an option (dask-cuda's own preload option would hide
+    the configured ones), after the configured preloads."""
+    fake = types.ModuleType("dask_cuda")
+    monkeypatch.setitem(sys.modules, "dask_cuda", fake)
+    with dask.config.set({"distributed.worker.preload": ["my.preload"]}):
+        options = _cuda_options(monkeypatch, fake, n_workers=1)
+    assert options["preload"] == ["my.preload", "dagflow.runtime.signals"]
+    assert options["resources"] == {"GPU": 1}
+    options = _cuda_options(monkeypatch, fake, preload="mine")
+    assert options["preload"] == ["mine", "dagflow.runtime.signals"]
+
+
+def test_cuda_cluster_options_are_bound_against_local_cuda_cluster(monkeypatch):
+    """Every option dagflow gives ``LocalCUDACluster`` (the local-cuda profile's, an RMM
+    pool's) is one of its parameters, or of ``LocalCluster``'s or its workers' (where its
+    ``**kwargs`` go): the real signatures, where dask-cuda imports."""
+    dask_cuda = _real_dask_cuda()
+    from distributed import LocalCluster, Nanny, Worker
+
+    from dagflow.runtime.profiles import load_profile
+
+    real = dask_cuda.LocalCUDACluster
+    accepted = set()
+    for cls in (real, LocalCluster, Nanny, Worker):
+        accepted |= {name for name, p in inspect.signature(cls).parameters.items()
+                     if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    profile = load_profile("local-cuda").resolved_options()
+    rmm = types.ModuleType("rmm")  # an RMM pool is refused without rmm installed
+    rmm.__spec__ = importlib.machinery.ModuleSpec("rmm", None)
+    monkeypatch.setitem(sys.modules, "rmm", rmm)
+    for kwargs in (profile, {"rmm_pool_size": "1GiB", "device_memory_limit": 0.8}):
+        options = _cuda_options(monkeypatch, dask_cuda, **kwargs)
+        assert set(options) <= accepted, set(options) - accepted
+        inspect.signature(real).bind(**options)
+        assert "dagflow.runtime.signals" in options["preload"]
+
+
+# --------------------------------------------------------------------------- signatures
+
+
+def _real_cupy_modules():
+    try:
+        cupy = importlib.import_module("cupy")
+        ndimage = importlib.import_module("cupyx.scipy.ndimage")
+        sparse = importlib.import_module("cupyx.scipy.sparse")
+    except Exception as exc:  # not installed, or its CUDA libraries missing
+        pytest.skip(f"cupy does not import here ({type(exc).__name__}: {exc}); "
+                    "scripts/gpu-check.sh extra runs this")
+    if isinstance(getattr(cupy, "ndarray", None), type) and cupy.ndarray is DeviceArray:
+        pytest.fail("the numpy stand-in is still installed as cupy")
+    return {"cp": cupy, "cndi": ndimage, "csparse": sparse}
+
+
+def _real_dask_cuda():
+    try:
+        return importlib.import_module("dask_cuda")
+    except Exception as exc:
+        pytest.skip(f"dask_cuda does not import here ({type(exc).__name__}: {exc}); "
+                    "scripts/gpu-check.sh extra runs this")
+
+
+def _calls_on(tree: ast.AST, roots: set[str]):
+    """Every call in ``tree`` of an attribute of one of ``roots`` (``cp.clip(...)``,
+    ``cp.cuda.runtime.memGetInfo()``): the dotted path and the call."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            parts, func = [], node.func
+            while isinstance(func, ast.Attribute):
+                parts.append(func.attr)
+                func = func.value
+            if isinstance(func, ast.Name) and func.id in roots and parts:
+                yield func.id, list(reversed(parts)), node
+
+
+def test_every_cupy_call_is_bound_against_the_real_signature():
+    """Each ``cp.*``, ``cndi.*`` and ``csparse.*`` call in dagflow/ops/gpu.py names a
+    function the installed cupy has, with arguments its signature accepts (ufuncs: as
+    many inputs as they take, and keywords ufuncs take)."""
+    modules = _real_cupy_modules()
+    tree = ast.parse(GPU_MODULE.read_text(encoding="utf-8"))
+    checked = []
+    for root, path, node in _calls_on(tree, set(modules)):
+        target = modules[root]
+        for part in path:
+            target = getattr(target, part, None)
+            assert target is not None, f"{root}.{'.'.join(path)} does not exist in cupy"
+        if any(isinstance(a, ast.Starred) for a in node.args) or any(
+                k.arg is None for k in node.keywords):
+            continue
+        args = [object()] * len(node.args)
+        kwargs = {k.arg: object() for k in node.keywords}
+        name = f"{root}.{'.'.join(path)}"
+        if isinstance(target, type):  # a dtype (cp.float32(...)) or a class
+            if issubclass(target, np.generic):
+                assert len(args) <= 1 and not kwargs, name
+                continue
+            target = target.__init__
+            args = [object(), *args]
+        if hasattr(target, "nin") and hasattr(target, "nout"):  # a cupy ufunc
+            assert target.nin <= len(args) <= target.nin + target.nout, name
+            assert set(kwargs) <= {"out", "dtype", "casting", "where"}, name
+        else:
+            try:
+                signature = inspect.signature(target)
+            except (TypeError, ValueError):  # a compiled function without one
+                checked.append(name + " (exists; no signature to bind)")
+                continue
+            signature.bind(*args, **kwargs)
+        checked.append(name)
+    assert any(n.startswith("cndi.gaussian_filter") for n in checked)
+    assert any(n.startswith("csparse.csr_matrix") for n in checked)
+    assert len(checked) >= 20, checked
+
+
 # --------------------------------------------------------------------------- a real GPU
 
 
 def _real_cupy():
+    """cupy and a device, or a skip: a device whose stack is broken is a failure (see
+    test_the_gpu_is_usable), not a skip."""
     cupy = pytest.importorskip("cupy", reason="cupy is not installed (pip install "
                                               "'dagflow[gpu]')")
     try:
@@ -297,7 +676,15 @@ def _real_cupy():
         pytest.skip(f"no usable CUDA device: {exc}")
     from dagflow.ops import gpu
 
+    assert gpu.cp is cupy and gpu.cp.ndarray is not DeviceArray  # not the stand-in
     return gpu
+
+
+@pytest.mark.gpu
+def test_the_gpu_is_usable():
+    _real_cupy()
+    dispatch.gpu_problem.cache_clear()
+    assert dispatch.gpu_problem() is None
 
 
 @pytest.mark.gpu
@@ -314,10 +701,55 @@ def test_cupy_matches_numpy(op, params, dtype, channels):
 @pytest.mark.gpu
 def test_dispatch_uses_the_gpu_when_there_is_one():
     _real_cupy()
-    dispatch.gpu_available.cache_clear()
+    dispatch.gpu_problem.cache_clear()
     used: dict = {}
     image = Image(photo_like(256, 256, seed=1))
     out = call(get_op("gaussian"), "auto", (image,), {"sigma": 2.0}, used)
     assert used == {"device": "gpu", "degraded": False}
     assert np.abs(out.data.astype(int) - get_op("gaussian").func(image, sigma=2.0)
                   .data.astype(int)).max() <= 1
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+@pytest.mark.parametrize("op,params", [c for c in CASES if c[0] != "resize"]
+                         + [("resize", {"long_side": 300}), ("resize", {"scale": 0.5})])
+def test_the_device_memory_model_bounds_what_the_gpu_ops_hold(op, params, dtype):
+    """What cupy's memory pool lent an op at its peak, on a 600x800 image, is within the
+    estimate planning and dispatch use (:func:`dagflow.resources.device_bytes`)."""
+    gpu = _real_cupy()
+    image = Image(photo_like(600, 800, dtype=dtype, seed=3))
+    spec = get_op(op)
+    full, _ = spec.resolve_params(params)
+    header = {"width": 800, "height": 600, "channels": image.channels,
+              "itemsize": image.data.dtype.itemsize, "dtype": str(image.data.dtype)}
+    estimate = device_bytes(header, output_header(op, header, full))
+    gpu.cp.get_default_memory_pool().free_all_blocks()
+    _, peak = gpu.device_peak(gpu.IMPLEMENTATIONS[op], image, **full)
+    assert 0 < peak <= estimate, (op, params, peak, estimate)
+
+
+@pytest.mark.gpu
+def test_a_run_on_local_cuda_uses_the_gpu_and_its_workers_ignore_sigint(tmp_path):
+    """The real thing: dask-cuda's cluster as dagflow starts it, a run whose GPU node
+    runs on the device (recorded ``gpu``), workers that leave Ctrl-C to the driver."""
+    _real_cupy()
+    _real_dask_cuda()
+    from distributed import Client
+
+    from dagflow.runtime.cluster import start_cuda_cluster
+
+    _write_pngs(tmp_path / "in", 6)
+    wf = Workflow("g", [Node("load", "load"),
+                        Node("blur", "gaussian", {"sigma": 2.0}, after="load", device="gpu"),
+                        Node("small", "resize", {"long_side": 32}, after="blur"),
+                        Node("save", "save", {"format": "png"}, after="small")])
+    with start_cuda_cluster(n_workers=1, threads_per_worker=2, dashboard_address=None,
+                            memory_limit="4GiB") as cluster, Client(cluster) as c:
+        handlers = c.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+        assert list(handlers.values()) == [True]
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
+    assert result.succeeded == 6 and result.failed == 0
+    rows = ds.dataset(result.run_dir / "records").to_table().to_pylist()
+    assert {(r["device"], r["degraded"]) for r in rows
+            if r["node_id"] in ("blur", "small")} == {("gpu", False)}

@@ -34,9 +34,12 @@ from dagflow.ops.intensity import _hist_bins, _percentiles_from_counts, _space_o
 
 __all__ = [
     "IMPLEMENTATIONS",
+    "check_device",
     "convert",
     "convert_dtype_array",
     "convert_space_array",
+    "device_memory",
+    "device_peak",
     "gaussian",
     "gaussian_array",
     "median",
@@ -385,6 +388,75 @@ def convert(image: Image, *, dtype: str | None = None, space: str | None = None,
         return arr
 
     return _on_device(image, work, **meta)
+
+
+# --------------------------------------------------------------------------- the device
+
+
+def device_memory() -> int:
+    """Bytes of memory of this process's current CUDA device."""
+    return int(cp.cuda.runtime.memGetInfo()[1])
+
+
+def device_peak(func: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+    """``func(*args, **kwargs)``, and the most device memory it held at once: the bytes
+    allocated from cupy's memory pool and not yet returned, at their peak (what
+    :func:`dagflow.resources.device_bytes` estimates)."""
+    from cupy.cuda import memory_hook
+
+    class Peak(memory_hook.MemoryHook):
+        name = "dagflow-device-peak"
+
+        def __init__(self) -> None:
+            self.live = self.peak = 0
+
+        def malloc_postprocess(self, **kw: Any) -> None:
+            self.live += kw["mem_size"]
+            self.peak = max(self.peak, self.live)
+
+        def free_postprocess(self, **kw: Any) -> None:
+            self.live -= kw["mem_size"]
+
+    hook = Peak()
+    with hook:
+        result = func(*args, **kwargs)
+    return result, hook.peak
+
+
+def check_device() -> None:
+    """Run what the implementations rely on, on a tiny image, before they are trusted.
+
+    An installed cupy that sees a device can still lack the CUDA libraries its kernels
+    load: without a toolkit (``cupy-cuda12x`` without its ``ctk`` extra), kernels fail
+    to compile (NVRTC) and ``resize`` fails at its sparse products (cuSPARSE). Here a
+    ``gaussian`` (compiled element-wise and ndimage kernels) and a ``resize`` (sparse
+    products, rounding) of a 24x32 RGB image are compared with the CPU's, with a
+    level more slack than the tests allow: this looks for a broken stack, not rounding.
+
+    Raises
+    ------
+    Exception
+        What failed: cupy's own error for a missing library or device, or a
+        ``RuntimeError`` when a result is not the CPU's within its rounding.
+    """
+    from dagflow.ops.filters import gaussian_array as cpu_gaussian
+    from dagflow.ops.geometry import resize_array as cpu_resize
+
+    if cp.cuda.runtime.getDeviceCount() < 1:
+        raise RuntimeError("cupy sees no CUDA device")
+    yy, xx = np.mgrid[0:24, 0:32]
+    tiny = np.stack([xx * 8, yy * 10, (xx * yy) % 256], axis=-1).astype(np.uint8)
+    checks = [("gaussian", cpu_gaussian(tiny, 1.5), gaussian_array(cp.asarray(tiny), 1.5), 2),
+              ("resize", cpu_resize(tiny, 12, 9), resize_array(cp.asarray(tiny), 12, 9), 3)]
+    for name, expected, got, levels in checks:
+        got = cp.asnumpy(got)
+        if got.shape != expected.shape:
+            raise RuntimeError(f"the GPU's {name} gave shape {got.shape}, the CPU's "
+                               f"{expected.shape}")
+        diff = int(np.abs(got.astype(np.int16) - expected.astype(np.int16)).max())
+        if diff > levels:
+            raise RuntimeError(f"the GPU's {name} differs from the CPU's by {diff} levels "
+                               f"(at most {levels} expected)")
 
 
 #: Op name -> GPU implementation, registered by :mod:`dagflow.ops.dispatch`.

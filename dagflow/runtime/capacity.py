@@ -259,7 +259,12 @@ def local_capacity(local_options: Mapping[str, Any] | None = None) -> ClusterCap
     else:  # what each Worker makes of the limit it is given
         memory = parse_memory_limit(limit, int(threads), logger=logger)
     memory = int(memory or 0)
-    budget = worker_budget(memory, total_memory=_total_memory())
-    workers = tuple(WorkerCapacity(f"local-{i}", int(threads), memory, {MEMORY: budget})
+    resources: dict[str, float] = {MEMORY: worker_budget(memory, total_memory=_total_memory())}
+    if config.get("resources.detect-gpu"):  # as AdvertiseResources will find it
+        from dagflow.ops.dispatch import gpu_available
+
+        if gpu_available():
+            resources[GPU] = 1
+    workers = tuple(WorkerCapacity(f"local-{i}", int(threads), memory, dict(resources))
                     for i in range(int(n_workers)))
     return ClusterCapacity(workers)

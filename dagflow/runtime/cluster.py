@@ -274,6 +274,13 @@ def start_cuda_cluster(
         options["rmm_allocator_external_lib_list"] = ["cupy"]
     options = {k: v for k, v in options.items() if v is not None}
     options["resources"] = {"GPU": 1, **dict(resources or {})}
+    # Ctrl-C is the driver's to handle (dagflow.runtime.signals), as on the embedded
+    # cluster; an option, not the configuration: dask-cuda gives its workers a preload
+    # option of its own, which hides the configured ones
+    preloads = kwargs.pop("preload", None) or dask.config.get("distributed.worker.preload",
+                                                              None) or []
+    preloads = [preloads] if isinstance(preloads, str) else list(preloads)
+    options["preload"] = [*preloads, "dagflow.runtime.signals"]
     options.update(kwargs)
     with dask.config.set(cluster_dask_config()):
         cluster = LocalCUDACluster(**options)

@@ -152,12 +152,13 @@ class BatchPlan:
             f"{format_bytes(self.task_limit)}",
         ]
         width = max([len(n) for n in self.nodes] + [4])
-        lines.append(f"  {'node':<{width}}  {'op':<10} {'device':<6} {'run':>7} {'done':>7} "
+        dev = max([len(p.device) for p in self.nodes.values()] + [6])
+        lines.append(f"  {'node':<{width}}  {'op':<10} {'device':<{dev}} {'run':>7} {'done':>7} "
                      f"{'cond':>6} {'over':>5}  {'peak/task':>10} {'peak/worker':>11} "
                      f"{'est. s':>8}")
         for n, p in self.nodes.items():
             secs = "-" if p.seconds is None else f"{p.seconds:.1f}"
-            lines.append(f"  {n:<{width}}  {p.op:<10} {p.device:<6} {p.run:>7} "
+            lines.append(f"  {n:<{width}}  {p.op:<10} {p.device:<{dev}} {p.run:>7} "
                          f"{p.skip_done:>7} {p.skip_condition:>6} {p.oversize:>5}  "
                          f"{format_bytes(p.peak_task):>10} {format_bytes(p.peak_worker):>11} "
                          f"{secs:>8}")
@@ -274,7 +275,9 @@ def _history_dir(output: Path, history_dir: str | os.PathLike[str] | None) -> Pa
 
 def resolve_devices(tasks: Mapping[str, NodeTask], capacity: ClusterCapacity
                     ) -> dict[str, NodeTask]:
-    """The nodes with ``device`` decided for this cluster (``cpu`` or ``gpu``)."""
+    """The nodes with ``device`` decided for this cluster: ``cpu``, ``gpu``, or
+    ``cpu-fallback`` where a ``gpu`` node's items will run on the CPU (no GPU worker,
+    or no GPU implementation), as the run then records them."""
     return {nid: dataclasses.replace(t, device=resolve_device(
         t.device, t.op_spec, cluster_has_gpu=capacity.has_gpu)) for nid, t in tasks.items()}
 
