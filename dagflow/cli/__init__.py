@@ -139,8 +139,10 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
 @click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
 def validate(workflow: str) -> None:
     """Check WORKFLOW without running it; exit 2 with every problem if it is invalid."""
+    from dagflow.config import validate_config
     from dagflow.workflow import Workflow
 
+    validate_config()  # the configuration a run would use, environment included
     wf = Workflow.from_yaml(Path(workflow)).validate()
     click.echo(f"ok: {wf}")
 

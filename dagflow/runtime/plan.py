@@ -773,6 +773,7 @@ def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
     from dagflow.runtime.capacity import cluster_capacity, local_capacity
     from dagflow.runtime.run import load_workflow, run_inputs, select_items
 
+    config.validate_config()  # the configuration in force, environment variables included
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
     output = Path(output)

@@ -51,7 +51,12 @@ from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
 from dagflow.recovery.events import EventLog
 from dagflow.runtime import signals
 from dagflow.runtime.capacity import prepare_cluster
-from dagflow.runtime.cluster import connect, dashboard_link, resolve_local_sizes
+from dagflow.runtime.cluster import (
+    connect,
+    dashboard_link,
+    refuse_while_bootstrapping,
+    resolve_local_sizes,
+)
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.workflow import Workflow
@@ -485,6 +490,8 @@ def run(
     WorkflowValidationError, InputError, ConfigError
         Before anything runs.
     """
+    refuse_while_bootstrapping()  # a worker process importing an unguarded script
+    config.validate_config()  # the configuration in force, environment variables included
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
     if client is None and cluster in (None, "local") and scheduler_file is None:
