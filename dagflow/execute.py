@@ -126,13 +126,9 @@ def _condition_fields(image: Image, item: Mapping[str, Any]) -> dict[str, Any]:
 
 def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
     from dagflow.io import safe_join
+    from dagflow.ops.naming import relative_output
 
-    rel = os.path.splitext(item["rel"])[0]
-    root = Path(ctx.output_dir)
-    subdir = task.params.get("subdir")
-    if subdir:
-        root = safe_join(root, subdir)
-    return os.fspath(safe_join(root, rel))
+    return os.fspath(safe_join(ctx.output_dir, relative_output(task.params, item, task.id)))
 
 
 def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any],

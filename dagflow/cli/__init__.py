@@ -1,7 +1,8 @@
 """The ``dagflow`` command line (also ``dask dagflow ...`` through the ``dask_cli`` group).
 
 Exit codes: 0 every item succeeded; 1 the run finished but some items failed; 2 invalid
-workflow, configuration or usage, or no scheduler at the address given (nothing ran); 3 a
+workflow, configuration or usage, outputs that would collide, an output directory another
+run holds, or no scheduler at the address given (nothing ran); 3 a
 circuit breaker stopped the run; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what
 finished is recorded and the same command resumes the rest.
 """
@@ -19,6 +20,8 @@ from dagflow.exceptions import (
     ClusterUnreachableError,
     ConfigError,
     InputError,
+    OutputError,
+    OutputLockedError,
     WorkflowValidationError,
 )
 from dagflow.runtime.result import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_TERMINATED
@@ -40,8 +43,8 @@ class _Group(click.Group):
         try:
             with sigterm_as_interrupt(quiet=True):  # the run's cleanup runs on SIGTERM too
                 return super().invoke(ctx)
-        except (WorkflowValidationError, ConfigError, InputError,
-                ClusterUnreachableError) as exc:
+        except (WorkflowValidationError, ConfigError, InputError, OutputError,
+                OutputLockedError, ClusterUnreachableError) as exc:
             _fail_invalid(exc)
         except KeyboardInterrupt as exc:  # not click's "Aborted!" and 1 (failed items)
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

@@ -57,6 +57,7 @@ from dagflow.runtime.cluster import (
     refuse_while_bootstrapping,
     resolve_local_sizes,
 )
+from dagflow.runtime.collisions import check_outputs
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.workflow import Workflow
@@ -497,6 +498,7 @@ def run(
     if client is None and cluster in (None, "local") and scheduler_file is None:
         resolve_local_sizes(local_options)  # the embedded cluster's, before anything
     input_set = run_inputs(wf, inputs, Path(output), resume or retry_failed)
+    check_outputs(wf, input_set.items, output)  # no two writers of one output file
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)

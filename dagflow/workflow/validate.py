@@ -139,7 +139,7 @@ def find_problems(workflow: Workflow, *, unbuilt: Collection[str] = ()) -> list[
         problems.extend(e.problems)
 
     children = workflow.children()
-    outputs: dict[tuple[str, str], str] = {}
+    outputs: dict[tuple[str, ...], str] = {}
     has_source = False
     for node in workflow.nodes:
         where = f"node {node.id!r}"
@@ -162,13 +162,19 @@ def find_problems(workflow: Workflow, *, unbuilt: Collection[str] = ()) -> list[
             problems.append(f"{where}: op {node.op!r} produces files, not images; nodes "
                             f"{children[node.id]} cannot run after it")
         if spec.kind == "sink" and not param_problems:
-            subdir = str(node.params.get("subdir") or "")
-            suffix = spec.suffix(spec.resolve_params(node.params)[0]) if spec.suffix else ""
-            other = outputs.get((subdir, suffix))
+            resolved = spec.resolve_params(node.params)[0]
+            subdir = str(resolved.get("subdir") or "")
+            name = str(resolved.get("name") or "{rel}")
+            suffix = spec.suffix(resolved) if spec.suffix else ""
+            # the same directory, name and suffix for every item: the same files (what
+            # else collides, item by item, is found when the run is planned)
+            where_to = (subdir, name, suffix) if "{node}" not in name else (node.id,)
+            other = outputs.get(where_to)
             if other is not None:
                 problems.append(f"nodes {other!r} and {node.id!r} would write the same output "
-                                f"files; give one of them a different 'subdir' parameter")
-            outputs[(subdir, suffix)] = node.id
+                                f"files; give one of them a different 'subdir' or 'name' "
+                                "parameter")
+            outputs[where_to] = node.id
     if workflow.nodes and not has_source and not unbuilt:
         problems.append("the workflow has no source node: add a node with op 'load'")
     return problems
