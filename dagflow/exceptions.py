@@ -17,7 +17,8 @@
     │   │   └── OversizeError                    larger than the pixel or memory limit
     │   ├── TransientError (OSError)             worth retrying: I/O hiccup, storage timeout
     │   ├── ItemTimeoutError (TimeoutError)      the per-item timeout ran out
-    │   └── ResourceError (MemoryError)          out of memory for this item
+    │   ├── ResourceError (MemoryError)          out of memory for this item
+    │   └── PartialDataError (TypeError)         an aggregate op's partial that is not data
     └── CircuitOpenError                         a node's breaker is open; the run stopped early
 
 Item errors carry an ``error_class`` (``bad_input``, ``transient``, ``timeout``,
@@ -42,6 +43,7 @@ __all__ = [
     "OutputError",
     "OutputLockedError",
     "OversizeError",
+    "PartialDataError",
     "ResourceError",
     "TransientError",
     "UnknownOpError",
@@ -224,6 +226,11 @@ class ResourceError(ItemError, MemoryError):
     """The item needs more memory than is available."""
 
     error_class = "resource"
+
+
+class PartialDataError(ItemError, TypeError):
+    """An aggregate op returned a partial that is not plain data (see
+    :mod:`dagflow.ops.partials`); recorded as a ``bug`` for the chunk's items."""
 
 
 class CircuitOpenError(DagflowError):
