@@ -60,6 +60,7 @@ from dagflow.runtime.cluster import (
 from dagflow.runtime.collisions import check_outputs
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
+from dagflow.runtime.statedir import check_state_dir
 from dagflow.workflow import Workflow
 
 __all__ = ["RunHandle", "new_run_id", "run", "select_items"]
@@ -537,6 +538,7 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
          handle: RunHandle | None = None, run_id: str | None = None) -> RunResult:
     start = time.perf_counter()
     output.mkdir(parents=True, exist_ok=True)
+    check_state_dir(output, config.get("state-dir"))  # never state through a symlink
     run_id = run_id or new_run_id()
     state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
     tasks = node_tasks(wf)
