@@ -78,6 +78,19 @@ def cluster_options(func: Any) -> Any:
     return func
 
 
+def wait_for_lock_option(func: Any) -> Any:
+    """``--wait-for-lock``, shared by ``run`` and ``submit``."""
+    return click.option(
+        "--wait-for-lock", is_flag=True,
+        help="When another run holds the output directory, wait for it to finish instead "
+             "of exiting 2 (dagflow.lock.wait).")(func)
+
+
+def lock_settings(wait_for_lock: bool) -> dict[str, Any]:
+    """The configuration ``--wait-for-lock`` sets (nothing without it)."""
+    return {"dagflow.lock.wait": True} if wait_for_lock else {}
+
+
 def _local_options(n_workers: int | None, threads_per_worker: int | None,
                    memory_limit: str | None) -> dict[str, Any]:
     return {k: v for k, v in {"n_workers": n_workers, "threads_per_worker": threads_per_worker,
@@ -100,10 +113,11 @@ def _local_options(n_workers: int | None, threads_per_worker: int | None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (as 'dagflow plan') and run nothing.")
+@wait_for_lock_option
 @cluster_options
 def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | None,
         resume: bool, retry_failed: bool, as_json: bool, progress: bool | None,
-        dry_run: bool, cluster: str | None, scheduler_file: str | None,
+        dry_run: bool, wait_for_lock: bool, cluster: str | None, scheduler_file: str | None,
         n_workers: int | None, threads_per_worker: int | None,
         memory_limit: str | None) -> None:
     """Run WORKFLOW (a YAML file) over the inputs."""
@@ -124,7 +138,7 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
 
     # the command writes the run's report at its end unless configured not to
     report = config.get("monitor.report") in (True, "cli")
-    with dask.config.set({"dagflow.monitor.report": report}):
+    with dask.config.set({"dagflow.monitor.report": report, **lock_settings(wait_for_lock)}):
         result = run_workflow(
             workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
             chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
@@ -192,9 +206,16 @@ def status(run_dir: str, as_json: bool) -> None:
     (its latest run).
     """
     from dagflow.recovery.status import run_status
+    from dagflow.runtime.lock import lock_status
 
     state = run_status(run_dir)
-    click.echo(json.dumps(state.to_dict(), indent=2, default=str) if as_json else str(state))
+    lock = lock_status(run_dir)  # which run holds the output directory, if any
+    if as_json:
+        click.echo(json.dumps({**state.to_dict(), "lock": lock}, indent=2, default=str))
+        return
+    click.echo(str(state))
+    if lock is not None:
+        click.echo(f"  output directory held by {lock['description']}")
 
 
 from dagflow.cli import clusters as _clusters  # noqa: E402, F401  (submit, config...)

@@ -58,6 +58,7 @@ from dagflow.runtime.cluster import (
     resolve_local_sizes,
 )
 from dagflow.runtime.collisions import check_outputs
+from dagflow.runtime.lock import OutputLock
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.runtime.statedir import check_state_dir
@@ -533,13 +534,21 @@ def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
     return resume and bool(record_parts(output / config.get("state-dir")))
 
 
-def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, scheduler_file,
-         chunk_size, resume, retry_failed, checkpoint, progress, local_options,
-         handle: RunHandle | None = None, run_id: str | None = None) -> RunResult:
-    start = time.perf_counter()
+def _run(wf: Workflow, input_set: InputSet, output: Path, *, run_id: str | None = None,
+         **options: Any) -> RunResult:
+    """The run, holding its output directory's lock (one run per output directory),
+    in a state directory that is not a symlink."""
     output.mkdir(parents=True, exist_ok=True)
     check_state_dir(output, config.get("state-dir"))  # never state through a symlink
     run_id = run_id or new_run_id()
+    with OutputLock(output, run_id):
+        return _run_locked(wf, input_set, output, run_id=run_id, **options)
+
+
+def _run_locked(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster,
+                scheduler_file, chunk_size, resume, retry_failed, checkpoint, progress,
+                local_options, handle: RunHandle | None = None, run_id: str) -> RunResult:
+    start = time.perf_counter()
     state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
     tasks = node_tasks(wf)
     for leftover in find_temporaries(output):
