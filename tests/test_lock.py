@@ -53,10 +53,14 @@ def this_machine() -> dict:
     return {k: record[k] for k in ("host", "boot_id", "pid_namespace")}
 
 
-def dead_pid() -> int:
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
+def dead_process() -> dict:
+    """The pid and start time of a process that has ended (a reused pid would have
+    another start time, so the test does not depend on the pid staying free)."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                            stdin=subprocess.PIPE)
+    started = psutil.Process(proc.pid).create_time()
+    proc.communicate(b"")
+    return {"pid": proc.pid, "process_started": started}
 
 
 # -- in one process ---------------------------------------------------------------------
@@ -102,7 +106,7 @@ def test_only_one_of_many_takes_it_at_once(tmp_path):
 @pytest.mark.parametrize("why", ["gone", "reused", "rebooted"])
 def test_a_holder_on_this_machine_that_is_gone_is_broken(tmp_path, caplog, why):
     here = this_machine()
-    fields = {"gone": {**here, "pid": dead_pid()},
+    fields = {"gone": {**here, **dead_process()},
               "reused": {**here, "process_started": time.time() - 10**6},  # our own pid
               "rebooted": {**here, "boot_id": "another-boot"}}[why]
     plant(tmp_path, **fields)
