@@ -9,15 +9,17 @@ to the user's home directory.
 
 ``dagflow-schema.yaml`` describes every key (type, range, meaning);
 :func:`validate_config` checks a configuration against it and names the bad key, e.g.
-``dagflow.retry.attemps``. ``dagflow config validate`` runs it on the configuration in
-force (defaults, Dask config files, environment) or on a YAML file.
+``dagflow.retry.attemps``, and the environment variable that set it, if one did.
+``dagflow config validate`` runs it on the configuration in force (defaults, Dask config
+files, environment) or on a YAML file; ``dagflow.run``, ``plan``, ``submit`` and
+``dagflow validate`` run it first, before anything is made.
 """
 
 from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask.config
@@ -72,9 +74,29 @@ def _canonical(config: Any, schema: Mapping[str, Any]) -> Any:
     return out
 
 
-def _describe(error: Any, schema: Mapping[str, Any]) -> str:
-    """One readable line for a jsonschema error, naming the dotted key."""
-    path = ".".join(str(p) for p in error.absolute_path)
+def _environment_variable(path: Sequence[Any]) -> str | None:
+    """The ``DASK_...`` environment variable that sets the dotted key ``path``, if one does.
+
+    Dask reads ``DASK_A__B_C=value`` as ``a.b-c`` (lower case; ``_`` and ``-`` alike).
+    """
+    wanted = [str(p).lower().replace("_", "-") for p in path]
+    for name in os.environ:
+        if name.startswith("DASK_") and wanted and \
+                name[5:].lower().replace("_", "-").split("--") == wanted:
+            return name
+    return None
+
+
+def _describe(error: Any, *, environment: bool = False) -> list[str]:
+    """Readable lines for a jsonschema error, each naming its dotted key (and, with
+    ``environment``, the environment variable that set it, if one did)."""
+    keys = list(error.absolute_path)
+    path = ".".join(str(p) for p in keys)
+
+    def source(key_path: list[Any]) -> str:
+        variable = _environment_variable(key_path) if environment else None
+        return f" (set by the environment variable {variable})" if variable else ""
+
     if error.validator == "additionalProperties":
         known = sorted(error.schema.get("properties", {}))
         unexpected = sorted(set(error.instance) - set(known))
@@ -83,12 +105,13 @@ def _describe(error: Any, schema: Mapping[str, Any]) -> str:
             dotted = f"{path}.{key}" if path else key
             close = difflib.get_close_matches(key, known, n=1)
             hint = f"; did you mean {path + '.' + close[0]!r}?" if close else ""
-            lines.append(f"unknown key {dotted!r}{hint} (known: {', '.join(known)})")
-        return "\n".join(lines)
+            lines.append(f"unknown key {dotted!r}{hint} (known: {', '.join(known)})"
+                         + source([*keys, key]))
+        return lines
     if error.validator in ("oneOf", "anyOf"):
         expected = " or ".join(_expected(s) for s in error.validator_value)
-        return f"{path}: {error.instance!r} is not valid, expected {expected}"
-    return f"{path or '<root>'}: {error.message}"
+        return [f"{path}: {error.instance!r} is not valid, expected {expected}" + source(keys)]
+    return [f"{path or '<root>'}: {error.message}" + source(keys)]
 
 
 def _expected(schema: Mapping[str, Any]) -> str:
@@ -143,7 +166,8 @@ def validate_config(config: Mapping[str, Any] | str | os.PathLike[str] | None = 
     errors = sorted(validator.iter_errors(section), key=lambda e: list(e.absolute_path))
     if not errors:
         return
-    problems = [line for e in errors for line in _describe(e, SCHEMA).splitlines()]
+    in_force = not source and config is dask.config.config
+    problems = [line for e in errors for line in _describe(e, environment=in_force)]
     if len(problems) == 1:
         raise ConfigError(f"invalid dagflow configuration{source}: {problems[0]}")
     listing = "\n".join(f"  - {p}" for p in problems)

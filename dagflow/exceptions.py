@@ -7,13 +7,18 @@
     ├── ConfigError (ValueError)                 invalid configuration or cluster profile
     ├── ClusterUnreachableError (ConnectionError)  no Dask scheduler answers at the address
     ├── InputError (ValueError)                  inputs that name no images, bad manifest
+    ├── OutputError (ValueError)                 the output directory cannot take this run
+    │   ├── OutputCollisionError                 items or nodes that would write one file
+    │   └── UnsafeStateError                     dagflow's state directory is a symlink
+    ├── OutputLockedError (RuntimeError)         another run holds the output directory
     ├── UnknownOpError (KeyError)                an op name that is not registered
     ├── ItemError                                one item failed in one node (recorded, not raised)
     │   ├── BadInputError (ValueError)           corrupt, truncated, oversize, unsafe path
     │   │   └── OversizeError                    larger than the pixel or memory limit
     │   ├── TransientError (OSError)             worth retrying: I/O hiccup, storage timeout
     │   ├── ItemTimeoutError (TimeoutError)      the per-item timeout ran out
-    │   └── ResourceError (MemoryError)          out of memory for this item
+    │   ├── ResourceError (MemoryError)          out of memory for this item
+    │   └── PartialDataError (TypeError)         an aggregate op's partial that is not data
     └── CircuitOpenError                         a node's breaker is open; the run stopped early
 
 Item errors carry an ``error_class`` (``bad_input``, ``transient``, ``timeout``,
@@ -34,10 +39,15 @@ __all__ = [
     "InputError",
     "ItemError",
     "ItemTimeoutError",
+    "OutputCollisionError",
+    "OutputError",
+    "OutputLockedError",
     "OversizeError",
+    "PartialDataError",
     "ResourceError",
     "TransientError",
     "UnknownOpError",
+    "UnsafeStateError",
     "WorkflowValidationError",
 ]
 
@@ -83,6 +93,68 @@ class ClusterUnreachableError(DagflowError, ConnectionError):
 
 class InputError(DagflowError, ValueError):
     """Inputs that cannot be resolved to images (no match, unreadable manifest...)."""
+
+
+class OutputError(DagflowError, ValueError):
+    """The output directory cannot take this run as asked; nothing ran."""
+
+
+class OutputCollisionError(OutputError):
+    """Items (or nodes) that would write the same output file, found before anything runs.
+
+    Parameters
+    ----------
+    collisions
+        Per output path (relative to the output directory), what would write it: one
+        line each, e.g. ``"photos/x.jpg (node 'save')"``.
+    output
+        The output directory.
+    """
+
+    def __init__(self, collisions: dict[str, list[str]], output: str = "") -> None:
+        self.collisions = dict(collisions)
+        self.output = output
+        super().__init__(self.collisions)
+
+    def __str__(self) -> str:
+        import os
+
+        count = len(self.collisions)
+        lines = [f"outputs would overwrite each other (nothing ran): {count} "
+                 f"{'path has' if count == 1 else 'paths have'} more than one writer"]
+        for path, writers in list(self.collisions.items())[:10]:
+            more = f", and {len(writers) - 5} more" if len(writers) > 5 else ""
+            shown = os.path.join(self.output, path) if self.output else path
+            lines.append(f"  {shown}  <-  {', '.join(writers[:5])}{more}")
+        if count > 10:
+            lines.append(f"  ... and {count - 10} more paths")
+        lines.append("give each output its own name with the save node's 'name' parameter: "
+                     "name: \"{rel}_{ext}\" for inputs that differ by their extension (x.jpg "
+                     "-> x_jpg.png, x.png -> x_png.png), \"{parent}/{rel}\" or "
+                     "\"{rel}_{hash}\" for inputs of one name in different directories; or "
+                     "give the nodes different 'subdir's")
+        return "\n".join(lines)
+
+
+class UnsafeStateError(OutputError):
+    """dagflow's state directory (or a directory in it) is a symlink or not a directory:
+    its state would be written, and read, somewhere else."""
+
+
+class OutputLockedError(DagflowError, RuntimeError):
+    """Another run holds the output directory (one run per output directory).
+
+    Parameters
+    ----------
+    message
+        What holds it (run id, process, host, since when) and what to do.
+    holder
+        The lock's record, as read: ``run_id``, ``pid``, ``host``, ``since``...
+    """
+
+    def __init__(self, message: str, holder: dict | None = None) -> None:
+        self.holder = dict(holder or {})
+        super().__init__(message)
 
 
 class UnknownOpError(DagflowError, KeyError):
@@ -154,6 +226,11 @@ class ResourceError(ItemError, MemoryError):
     """The item needs more memory than is available."""
 
     error_class = "resource"
+
+
+class PartialDataError(ItemError, TypeError):
+    """An aggregate op returned a partial that is not plain data (see
+    :mod:`dagflow.ops.partials`); recorded as a ``bug`` for the chunk's items."""
 
 
 class CircuitOpenError(DagflowError):

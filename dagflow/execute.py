@@ -21,7 +21,6 @@ import collections
 import functools
 import math
 import os
-import pickle
 import socket
 import time
 import traceback
@@ -126,13 +125,9 @@ def _condition_fields(image: Image, item: Mapping[str, Any]) -> dict[str, Any]:
 
 def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
     from dagflow.io import safe_join
+    from dagflow.ops.naming import relative_output
 
-    rel = os.path.splitext(item["rel"])[0]
-    root = Path(ctx.output_dir)
-    subdir = task.params.get("subdir")
-    if subdir:
-        root = safe_join(root, subdir)
-    return os.fspath(safe_join(root, rel))
+    return os.fspath(safe_join(ctx.output_dir, relative_output(task.params, item, task.id)))
 
 
 def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any],
@@ -370,8 +365,9 @@ def _aggregate_dir(ctx: RunContext, task: NodeTask) -> Path:
 def _run_aggregate_map(task: NodeTask, ctx: RunContext, chunk: Chunk,
                        inputs: list[tuple[Mapping[str, Any], Image]], worker: str
                        ) -> list[Record]:
-    """Compute this chunk's partial for an aggregate node and store it for the reduce."""
-    from dagflow.io.atomic import atomic_write
+    """Compute this chunk's partial for an aggregate node and store it, as data, for the
+    reduce (:mod:`dagflow.ops.partials`)."""
+    from dagflow.ops.partials import write_partial
 
     spec = task.op_spec
     started = time.time()
@@ -379,10 +375,9 @@ def _run_aggregate_map(task: NodeTask, ctx: RunContext, chunk: Chunk,
     items = [dict(item) for item, _ in inputs]
     try:
         partial = spec.func([img for _, img in inputs], items, **task.params)
-        payload = {"node_key": task.key, "keys": [i["key"] for i in items], "partial": partial}
-        part = _aggregate_dir(ctx, task) / f"{ctx.run_id}-{chunk.index:06d}.pkl"
-        part.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(part, pickle.dumps(payload, protocol=5))
+        part = _aggregate_dir(ctx, task) / f"{ctx.run_id}-{chunk.index:06d}.parquet"
+        write_partial(part, partial, [i["key"] for i in items], node_key=task.key, op=task.op,
+                      root=ctx.state_dir)
         status, extra = "ok", {"output_path": str(part)}
     except Exception as exc:
         status = "failed"
@@ -398,35 +393,18 @@ def reduce_aggregate(task: NodeTask, ctx: RunContext, item_keys: frozenset[str])
 
     Partials come from this run and from earlier runs into the same output directory
     (items already done are not re-run, but still belong in the statistics); a partial
-    computed with other parameters (another node key) is ignored.
+    computed with other parameters (another node key) is ignored. Partials are read as
+    data only (:func:`dagflow.ops.partials.read_partial`): a file that is not one, or a
+    pickle left by an earlier version, is never loaded.
     """
+    from dagflow.ops.partials import collect_partials
+
     spec = task.op_spec
-    partials = []
-    seen: set[str] = set()
-    directory = _aggregate_dir(ctx, task)
-    for path in sorted(directory.glob("*.pkl"), key=lambda p: p.stat().st_mtime_ns, reverse=True):
-        try:
-            payload = pickle.loads(path.read_bytes())
-        except Exception:
-            continue  # a torn partial from a killed run: its items were re-run
-        if payload.get("node_key") != task.key:
-            continue
-        keys = payload["keys"]
-        wanted = [k in item_keys and k not in seen for k in keys]
-        if not any(wanted):
-            continue
-        seen.update(k for k, w in zip(keys, wanted, strict=True) if w)
-        partials.append(_select(payload["partial"], wanted))
+    partials = collect_partials(_aggregate_dir(ctx, task), task.key, item_keys, node=task.id)
     dest = os.fspath(Path(ctx.output_dir) / task.id)
     if not partials:
         raise BadInputError("no_items", f"aggregate {task.id!r} has no successful items to combine")
     return spec.reduce(partials, dest, **task.params)
-
-
-def _select(partial: Any, wanted: list[bool]) -> Any:
-    if isinstance(partial, list) and len(partial) == len(wanted):
-        return [p for p, w in zip(partial, wanted, strict=True) if w]
-    return partial
 
 
 def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],

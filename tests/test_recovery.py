@@ -455,9 +455,11 @@ def test_the_whole_bad_input_corpus_through_a_run(tmp_path, client):
     from dagflow.testing import make_bad_corpus
 
     corpus = make_bad_corpus(tmp_path / "bad")
+    # one name in several formats (truncated.gif, truncated.tif): one PNG each
     wf = Workflow("bad", [Node("load", "load"),
                           Node("small", "resize", {"long_side": 64}, after="load"),
-                          Node("save", "save", {"format": "png"}, after="small")])
+                          Node("save", "save", {"format": "png", "name": "{rel}_{ext}"},
+                               after="small")])
     start = time.monotonic()
     result = dagflow.run(wf, tmp_path / "bad", tmp_path / "out", client=client, progress=False)
     assert time.monotonic() - start < 120

@@ -1,7 +1,8 @@
 """The ``dagflow`` command line (also ``dask dagflow ...`` through the ``dask_cli`` group).
 
 Exit codes: 0 every item succeeded; 1 the run finished but some items failed; 2 invalid
-workflow, configuration or usage, or no scheduler at the address given (nothing ran); 3 a
+workflow, configuration or usage, outputs that would collide, an output directory another
+run holds, or no scheduler at the address given (nothing ran); 3 a
 circuit breaker stopped the run; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what
 finished is recorded and the same command resumes the rest.
 """
@@ -19,6 +20,8 @@ from dagflow.exceptions import (
     ClusterUnreachableError,
     ConfigError,
     InputError,
+    OutputError,
+    OutputLockedError,
     WorkflowValidationError,
 )
 from dagflow.runtime.result import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_TERMINATED
@@ -40,8 +43,8 @@ class _Group(click.Group):
         try:
             with sigterm_as_interrupt(quiet=True):  # the run's cleanup runs on SIGTERM too
                 return super().invoke(ctx)
-        except (WorkflowValidationError, ConfigError, InputError,
-                ClusterUnreachableError) as exc:
+        except (WorkflowValidationError, ConfigError, InputError, OutputError,
+                OutputLockedError, ClusterUnreachableError) as exc:
             _fail_invalid(exc)
         except KeyboardInterrupt as exc:  # not click's "Aborted!" and 1 (failed items)
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -75,6 +78,19 @@ def cluster_options(func: Any) -> Any:
     return func
 
 
+def wait_for_lock_option(func: Any) -> Any:
+    """``--wait-for-lock``, shared by ``run`` and ``submit``."""
+    return click.option(
+        "--wait-for-lock", is_flag=True,
+        help="When another run holds the output directory, wait for it to finish instead "
+             "of exiting 2 (dagflow.lock.wait).")(func)
+
+
+def lock_settings(wait_for_lock: bool) -> dict[str, Any]:
+    """The configuration ``--wait-for-lock`` sets (nothing without it)."""
+    return {"dagflow.lock.wait": True} if wait_for_lock else {}
+
+
 def _local_options(n_workers: int | None, threads_per_worker: int | None,
                    memory_limit: str | None) -> dict[str, Any]:
     return {k: v for k, v in {"n_workers": n_workers, "threads_per_worker": threads_per_worker,
@@ -97,10 +113,11 @@ def _local_options(n_workers: int | None, threads_per_worker: int | None,
               help="Progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan (as 'dagflow plan') and run nothing.")
+@wait_for_lock_option
 @cluster_options
 def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | None,
         resume: bool, retry_failed: bool, as_json: bool, progress: bool | None,
-        dry_run: bool, cluster: str | None, scheduler_file: str | None,
+        dry_run: bool, wait_for_lock: bool, cluster: str | None, scheduler_file: str | None,
         n_workers: int | None, threads_per_worker: int | None,
         memory_limit: str | None) -> None:
     """Run WORKFLOW (a YAML file) over the inputs."""
@@ -121,7 +138,7 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
 
     # the command writes the run's report at its end unless configured not to
     report = config.get("monitor.report") in (True, "cli")
-    with dask.config.set({"dagflow.monitor.report": report}):
+    with dask.config.set({"dagflow.monitor.report": report, **lock_settings(wait_for_lock)}):
         result = run_workflow(
             workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
             chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
@@ -139,8 +156,10 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
 @click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
 def validate(workflow: str) -> None:
     """Check WORKFLOW without running it; exit 2 with every problem if it is invalid."""
+    from dagflow.config import validate_config
     from dagflow.workflow import Workflow
 
+    validate_config()  # the configuration a run would use, environment included
     wf = Workflow.from_yaml(Path(workflow)).validate()
     click.echo(f"ok: {wf}")
 
@@ -187,9 +206,16 @@ def status(run_dir: str, as_json: bool) -> None:
     (its latest run).
     """
     from dagflow.recovery.status import run_status
+    from dagflow.runtime.lock import lock_status
 
     state = run_status(run_dir)
-    click.echo(json.dumps(state.to_dict(), indent=2, default=str) if as_json else str(state))
+    lock = lock_status(run_dir)  # which run holds the output directory, if any
+    if as_json:
+        click.echo(json.dumps({**state.to_dict(), "lock": lock}, indent=2, default=str))
+        return
+    click.echo(str(state))
+    if lock is not None:
+        click.echo(f"  output directory held by {lock['description']}")
 
 
 from dagflow.cli import clusters as _clusters  # noqa: E402, F401  (submit, config...)

@@ -14,9 +14,16 @@ import sys
 from typing import Any
 
 import click
+import dask.config
 import yaml
 
-from dagflow.cli import _local_options, cluster_options, main
+from dagflow.cli import (
+    _local_options,
+    cluster_options,
+    lock_settings,
+    main,
+    wait_for_lock_option,
+)
 
 __all__ = ["cluster_profiles", "config_group", "submit"]
 
@@ -37,11 +44,13 @@ __all__ = ["cluster_profiles", "config_group", "submit"]
                    "following, not the run).")
 @click.option("--json", "as_json", is_flag=True,
               help="Print run_id, run_dir, pid and log as JSON on stdout.")
+@wait_for_lock_option
 @cluster_options
 def submit(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | None,
            resume: bool, retry_failed: bool, run_id: str | None, follow: bool, as_json: bool,
-           cluster: str | None, scheduler_file: str | None, n_workers: int | None,
-           threads_per_worker: int | None, memory_limit: str | None) -> None:
+           wait_for_lock: bool, cluster: str | None, scheduler_file: str | None,
+           n_workers: int | None, threads_per_worker: int | None,
+           memory_limit: str | None) -> None:
     """Start WORKFLOW over the inputs in the background and return with its run id.
 
     The run is driven by a detached process that lives as long as the run (its output
@@ -54,12 +63,13 @@ def submit(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int 
     from dagflow.runtime.submit import follow as follow_run
     from dagflow.runtime.submit import submit as submit_run
 
-    submission = submit_run(
-        workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
-        chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
-        local_options=_local_options(n_workers, threads_per_worker, memory_limit),
-        run_id=run_id,
-    )
+    with dask.config.set(lock_settings(wait_for_lock)):  # the driver gets it too
+        submission = submit_run(
+            workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
+            chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
+            local_options=_local_options(n_workers, threads_per_worker, memory_limit),
+            run_id=run_id,
+        )
     if as_json:
         click.echo(json.dumps(submission.to_dict()))
     else:

@@ -1,10 +1,12 @@
 """Aggregate ops, which reduce over all items: ``stats`` and ``contact_sheet``.
 
 An aggregate runs in two steps (see :mod:`dagflow.ops.registry`): ``func(images, items,
-**params)`` over one chunk returns a small partial, and ``reduce(partials, dest,
-**params)`` combines every chunk's partial into one output written atomically at
-``dest`` plus the op's suffix. Items are dicts with at least ``item_id`` (int), ``path``
-and ``rel`` (str). An item whose image is ``None`` (it failed upstream) is skipped.
+**params)`` over one chunk returns a small partial, one row of plain data per image
+(stored as Parquet between the two steps, see :mod:`dagflow.ops.partials`), and
+``reduce(partials, dest, **params)`` combines every chunk's rows into one output
+written atomically at ``dest`` plus the op's suffix. Items are dicts with at least
+``item_id`` (int), ``path`` and ``rel`` (str). An item whose image is ``None`` (it failed
+upstream) is skipped.
 
 The pure parts are :func:`image_stats`, :func:`stats_table`, :func:`thumbnail`,
 :func:`sheet_layout` and :func:`render_contact_sheet`.
@@ -178,7 +180,7 @@ def _stats_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float
 
 
 @register_op("stats", kind="aggregate", memory=_stats_memory, reduce=stats_reduce,
-             suffix=_parquet_suffix)
+             suffix=_parquet_suffix, partial="rows")
 def stats(images: Sequence[Image | None], items: Sequence[Mapping[str, Any]]
           ) -> list[dict[str, Any]]:
     """Per-image statistics (size, dtype, min/max/mean/std per channel) into one Parquet table.
@@ -365,6 +367,7 @@ def _sheet_suffix(params: Mapping[str, Any]) -> str:
     check=_sheet_check,
     reduce=contact_sheet_reduce,
     suffix=_sheet_suffix,
+    partial="rows",
 )
 def contact_sheet(
     images: Sequence[Image | None],

@@ -13,7 +13,9 @@ The calling convention by kind:
 ``sink``       ``func(image, dest, **params) -> str``: writes ``dest`` + its suffix
                atomically, returns the path written (``save``)
 ``aggregate``  ``func(images, items, **params) -> partial`` over one chunk, and
-               ``reduce(partials, dest, **params) -> str`` over all chunks
+               ``reduce(partials, dest, **params) -> str`` over all chunks; the
+               partial is one row of plain data per image (``partial="rows"``: stored
+               as Parquet, never pickled, see :mod:`dagflow.ops.partials`)
 
 This module imports neither the workflow layer nor Dask.
 """
@@ -161,6 +163,10 @@ class OpSpec:
         For sinks and aggregates: ``suffix(params) -> ".jpg"``, the output extension.
     version
         Bump when the op's output changes, so checkpoints re-run what it affects.
+    partial
+        For aggregates: how the map's partial is stored between the map and the reduce.
+        ``"rows"`` (the only storage): one mapping of plain data per image, kept as
+        Parquet (:mod:`dagflow.ops.partials`).
     """
 
     name: str
@@ -174,6 +180,7 @@ class OpSpec:
     reduce: Callable[..., Any] | None = None
     suffix: Callable[[Mapping[str, Any]], str] | None = None
     version: str = "1"
+    partial: str | None = None
     gpu_func: Callable[..., Any] | None = field(default=None, compare=False)
 
     @property
@@ -241,6 +248,7 @@ def register_op(
     reduce: Callable[..., Any] | None = None,
     suffix: Callable[[Mapping[str, Any]], str] | None = None,
     version: str = "1",
+    partial: str | None = None,
     replace: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func`` as the op ``name``; use as a decorator.
@@ -249,8 +257,9 @@ def register_op(
     ----------
     name
         The op's name in workflows.
-    kind, params, inputs, memory_factor, memory, check, reduce, suffix, version
-        See :class:`OpSpec`. ``inputs`` defaults to 0 for sources and 1 otherwise.
+    kind, params, inputs, memory_factor, memory, check, reduce, suffix, version, partial
+        See :class:`OpSpec`. ``inputs`` defaults to 0 for sources and 1 otherwise;
+        ``partial`` to ``"rows"`` for aggregates, which must also give ``reduce``.
     replace
         Allow replacing an op registered under the same name.
 
@@ -269,10 +278,21 @@ def register_op(
         if name in _REGISTRY and not replace and _REGISTRY[name].func is not func:
             raise ValueError(f"an op named {name!r} is already registered; pass replace=True")
         n_inputs = inputs if inputs is not None else (0 if kind == "source" else 1)
+        storage = partial
+        if kind == "aggregate":
+            from dagflow.ops.partials import FORMATS
+
+            storage = partial or "rows"
+            if storage not in FORMATS or reduce is None:
+                raise ValueError(
+                    f"aggregate op {name!r} needs reduce= and partial= one of "
+                    f"{', '.join(map(repr, FORMATS))} (its partial is stored as data)")
+        elif partial is not None:
+            raise ValueError(f"op {name!r}: partial= applies to aggregate ops only")
         _REGISTRY[name] = OpSpec(
             name=name, func=func, kind=kind, params=tuple(params), inputs=n_inputs,
             memory_factor=memory_factor, memory=memory, check=check, reduce=reduce,
-            suffix=suffix, version=version,
+            suffix=suffix, version=version, partial=storage,
         )
         return func
 

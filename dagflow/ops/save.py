@@ -8,12 +8,12 @@ is written.
 from __future__ import annotations
 
 import os
-import posixpath
 from collections.abc import Mapping
 from typing import Any
 
 from dagflow.image import Image
 from dagflow.ops._common import decoded_bytes, plane_pixels
+from dagflow.ops.naming import DEFAULT_NAME, FIELDS, check_name, check_subdir
 from dagflow.ops.registry import Param, register_op
 
 __all__ = ["FORMATS", "SUFFIXES", "save", "suffix"]
@@ -59,13 +59,8 @@ def _check(params: Mapping[str, Any]) -> list[str]:
                                         and v > 0 and v % 16 == 0 for v in tile)):
             problems.append(f"parameter 'tile': expected [width, height], positive "
                             f"multiples of 16, got {tile!r}")
-    subdir = params.get("subdir")
-    if subdir is not None:
-        parts = subdir.replace("\\", "/").split("/")
-        if not subdir or posixpath.isabs(subdir.replace("\\", "/")) or ".." in parts \
-                or os.path.isabs(subdir) or ":" in subdir:
-            problems.append(f"parameter 'subdir': expected a relative directory inside the "
-                            f"output directory (no '..', not absolute), got {subdir!r}")
+    problems.extend(check_subdir(params.get("subdir")))
+    problems.extend(check_name(params.get("name")))
     return problems
 
 
@@ -89,6 +84,9 @@ def _memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
         Param("lossless", bool, False, "lossless WebP"),
         Param("subdir", str, None, "relative sub-directory of the output directory for "
               "this node's files", nullable=True),
+        Param("name", str, DEFAULT_NAME, "each output's name without its suffix, a "
+              "template over the input's path: " + ", ".join(f"{{{f}}}" for f in FIELDS)
+              + " (e.g. '{rel}_{ext}' keeps x.jpg and x.png apart)"),
         Param("tile", (list, tuple), None, "TIFF tile size [width, height], multiples of 16",
               minimum=16, nullable=True),
     ],
@@ -105,6 +103,7 @@ def save(
     compression: str | int | None = None,
     lossless: bool = False,
     subdir: str | None = None,
+    name: str = DEFAULT_NAME,
     tile: list[int] | None = None,
 ) -> str:
     """Write the image as JPEG, PNG, WebP or TIFF, atomically.
@@ -115,11 +114,14 @@ def save(
         The image to write. 16-bit images are scaled to 8-bit for JPEG and WebP.
     dest
         The output path without suffix, already made safe by the runtime; the runtime
-        has also applied ``subdir`` to it, so this function only validates ``subdir``.
+        has also applied ``subdir`` and ``name`` to it (see :mod:`dagflow.ops.naming`), so
+        this function only validates them.
     format, quality, compression, lossless, tile
         Encoder settings, passed to :func:`dagflow.io.write_image`.
     subdir
         The sub-directory of the output directory for this node's files.
+    name
+        The template of each output's name (:data:`dagflow.ops.naming.FIELDS`).
 
     Returns
     -------

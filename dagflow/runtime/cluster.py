@@ -64,16 +64,21 @@ def refuse_while_bootstrapping() -> None:
     the first one waits for its workers: a hang. This is the check multiprocessing
     makes itself, raised with what to change.
 
+    The worker process ends with the reason as its one line of output, and no
+    traceback (it has no caller to handle an exception, and its traceback would bury the
+    reason): the reason is the first thing the script's user sees.
+
     Raises
     ------
-    ConfigError
-        When called while this process imports its parent's main module.
+    SystemExit
+        When called while this process imports its parent's main module; its message
+        is the reason and the fix.
     """
     if getattr(multiprocessing.current_process(), "_inheriting", False):
-        raise ConfigError(
-            "dagflow starts worker processes, and each imports your script again: put the "
-            "code that runs dagflow under `if __name__ == \"__main__\":` (or pass "
-            "client= / --cluster an existing cluster)")
+        raise SystemExit(
+            "ConfigError: dagflow starts worker processes, and each imports your script "
+            "again: put the code that runs dagflow under `if __name__ == \"__main__\":` (or "
+            "pass client= / --cluster an existing cluster)")
 
 
 def check_local_sizes(*, n_workers: Any = None, threads_per_worker: Any = None,

@@ -774,12 +774,15 @@ def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
     from dagflow.compile import node_tasks
     from dagflow.recovery.checkpoint import Checkpoint, load_done
     from dagflow.runtime.capacity import cluster_capacity, local_capacity
+    from dagflow.runtime.collisions import check_outputs
     from dagflow.runtime.run import load_workflow, run_inputs, select_items
 
+    config.validate_config()  # the configuration in force, environment variables included
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
     output = Path(output)
     input_set = run_inputs(wf, inputs, output, resume or retry_failed)  # as run() does
+    check_outputs(wf, input_set.items, output)  # no two writers of one output file
     tasks = node_tasks(wf)
     state_dir = output / config.get("state-dir")
     previous = load_done(state_dir) if (resume or retry_failed) and state_dir.exists() \

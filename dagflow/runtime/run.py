@@ -51,9 +51,17 @@ from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
 from dagflow.recovery.events import EventLog
 from dagflow.runtime import signals
 from dagflow.runtime.capacity import prepare_cluster
-from dagflow.runtime.cluster import connect, dashboard_link, resolve_local_sizes
+from dagflow.runtime.cluster import (
+    connect,
+    dashboard_link,
+    refuse_while_bootstrapping,
+    resolve_local_sizes,
+)
+from dagflow.runtime.collisions import check_outputs
+from dagflow.runtime.lock import OutputLock
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
+from dagflow.runtime.statedir import check_state_dir
 from dagflow.workflow import Workflow
 
 __all__ = ["RunHandle", "new_run_id", "run", "select_items"]
@@ -485,11 +493,14 @@ def run(
     WorkflowValidationError, InputError, ConfigError
         Before anything runs.
     """
+    refuse_while_bootstrapping()  # a worker process importing an unguarded script
+    config.validate_config()  # the configuration in force, environment variables included
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
     if client is None and cluster in (None, "local") and scheduler_file is None:
         resolve_local_sizes(local_options)  # the embedded cluster's, before anything
     input_set = run_inputs(wf, inputs, Path(output), resume or retry_failed)
+    check_outputs(wf, input_set.items, output)  # no two writers of one output file
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)
@@ -523,12 +534,21 @@ def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
     return resume and bool(record_parts(output / config.get("state-dir")))
 
 
-def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, scheduler_file,
-         chunk_size, resume, retry_failed, checkpoint, progress, local_options,
-         handle: RunHandle | None = None, run_id: str | None = None) -> RunResult:
-    start = time.perf_counter()
+def _run(wf: Workflow, input_set: InputSet, output: Path, *, run_id: str | None = None,
+         **options: Any) -> RunResult:
+    """The run, holding its output directory's lock (one run per output directory),
+    in a state directory that is not a symlink."""
     output.mkdir(parents=True, exist_ok=True)
+    check_state_dir(output, config.get("state-dir"))  # never state through a symlink
     run_id = run_id or new_run_id()
+    with OutputLock(output, run_id):
+        return _run_locked(wf, input_set, output, run_id=run_id, **options)
+
+
+def _run_locked(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster,
+                scheduler_file, chunk_size, resume, retry_failed, checkpoint, progress,
+                local_options, handle: RunHandle | None = None, run_id: str) -> RunResult:
+    start = time.perf_counter()
     state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
     tasks = node_tasks(wf)
     for leftover in find_temporaries(output):

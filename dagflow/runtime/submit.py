@@ -45,7 +45,9 @@ from dagflow import config
 from dagflow.exceptions import ConfigError, DagflowError, InputError
 from dagflow.io.atomic import atomic_write
 from dagflow.recovery.events import EventLog, read_events
+from dagflow.runtime.lock import check_unlocked
 from dagflow.runtime.signals import sigterm_as_interrupt
+from dagflow.runtime.statedir import check_state_dir
 
 __all__ = ["Submission", "driver_info", "follow", "main", "submit"]
 
@@ -196,6 +198,8 @@ def submit(
                                  float(config.get("submit.connect-timeout")))
 
     output = Path(os.path.abspath(os.fspath(output)))
+    check_state_dir(output, config.get("state-dir"))
+    check_unlocked(output)  # another run holds it: say so now, not from the driver
     run_dir = output / config.get("state-dir") / "runs" / run_id
     if run_dir.exists():
         raise ConfigError(f"run directory {run_dir} already exists: choose another run id")

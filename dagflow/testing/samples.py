@@ -78,7 +78,9 @@ def make_sample_corpus(
     Returns
     -------
     list of pathlib.Path
-        Every file written, sorted (including the deliberately corrupt ones).
+        Every file written, sorted (including the deliberately corrupt ones). No two
+        share a name without extension: a workflow saving them all in one format keeps
+        every one (a folder that does needs save's ``name`` template).
     """
     root = Path(directory)
     files: dict[str, bytes] = {}
@@ -118,7 +120,7 @@ def _format_samples(seed: int) -> dict[str, bytes]:
         "formats/alpha.png": pillow_bytes(PILImage.fromarray(rgba), "PNG"),
         "formats/palette.png": pillow_bytes(palette, "PNG"),
         "formats/palette_transparent.png": pillow_bytes(palette, "PNG", transparency=alpha_table),
-        "formats/gray.png": pillow_bytes(PILImage.fromarray(gray), "PNG"),
+        "formats/gray8.png": pillow_bytes(PILImage.fromarray(gray), "PNG"),
         "formats/gray.jpg": pillow_bytes(PILImage.fromarray(gray), "JPEG", quality=90),
         "formats/photo.webp": pillow_bytes(PILImage.fromarray(rgb), "WEBP", quality=85),
         "formats/cmyk.jpg": pillow_bytes(PILImage.fromarray(rgb).convert("CMYK"), "JPEG"),
@@ -133,7 +135,7 @@ def _tiff_samples(root: Path, seed: int) -> list[Path]:
     rgb16 = photo_like(256, 320, seed=seed + 11, dtype=np.uint16)
     gray16 = photo_like(256, 320, seed=seed + 12, channels=1, dtype=np.uint16)
     return [
-        Path(write_image(Image(rgb16), root / "formats/rgb16.tif", compression="zlib")),
+        Path(write_image(Image(rgb16), root / "formats/rgb16_zlib.tif", compression="zlib")),
         Path(write_image(Image(rgb16), root / "formats/rgb16.png")),
         Path(write_image(Image(gray16), root / "formats/gray16.png")),
     ]

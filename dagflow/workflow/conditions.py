@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["FIELDS", "Condition", "ConditionError", "parse_condition"]
+__all__ = ["FIELDS", "MAX_DEPTH", "Condition", "ConditionError", "parse_condition"]
 
 #: The fields a condition can test, with what they mean.
 FIELDS: dict[str, str] = {
@@ -45,36 +45,62 @@ class ConditionError(ValueError):
     """A condition expression that is not valid; the message says what to fix."""
 
 
-def _check(node: ast.AST, source: str) -> None:
+#: Deepest nesting a condition may have (operators inside operators): far beyond any
+#: condition a person writes, and far below what would exhaust the interpreter's stack
+#: when the condition is checked or evaluated.
+MAX_DEPTH = 64
+
+
+def _check(tree: ast.AST, source: str) -> None:
+    """Refuse anything but the safe subset, and nesting deeper than :data:`MAX_DEPTH`.
+
+    Walks the tree with its own stack (not by recursion), so that a hostile expression
+    (thousands of nested ``not``) gets a :class:`ConditionError`, not a RecursionError.
+    """
+    stack: list[tuple[ast.AST, int]] = [(tree, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ConditionError(
+                f"condition {_shorten(source)!r} is nested more than {MAX_DEPTH} levels deep: "
+                "write it flatter (e.g. 'not' once, 'and'/'or' over several comparisons)")
+        stack.extend((child, depth + 1) for child in _children(node, source))
+
+
+def _children(node: ast.AST, source: str) -> list[ast.AST]:
+    """The sub-expressions of an accepted ``node``; raise on anything not accepted."""
     if isinstance(node, ast.Expression):
-        _check(node.body, source)
-    elif isinstance(node, ast.BoolOp):
-        for value in node.values:
-            _check(value, source)
-    elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
-        _check(node.operand, source)
-    elif isinstance(node, ast.Compare):
+        return [node.body]
+    if isinstance(node, ast.BoolOp):
+        return list(node.values)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not | ast.USub):
+        return [node.operand]
+    if isinstance(node, ast.Compare):
         if not all(type(op) in _COMPARE for op in node.ops):
-            raise ConditionError(f"unsupported comparison in {source!r}")
-        for value in (node.left, *node.comparators):
-            _check(value, source)
-    elif isinstance(node, ast.List | ast.Tuple | ast.Set):
-        for value in node.elts:
-            _check(value, source)
-    elif isinstance(node, ast.Name):
+            raise ConditionError(f"unsupported comparison in {_shorten(source)!r}")
+        return [node.left, *node.comparators]
+    if isinstance(node, ast.List | ast.Tuple | ast.Set):
+        return list(node.elts)
+    if isinstance(node, ast.Name):
         if node.id not in FIELDS and node.id not in ("true", "false"):
             raise ConditionError(
-                f"unknown field {node.id!r} in condition {source!r}; "
+                f"unknown field {node.id!r} in condition {_shorten(source)!r}; "
                 f"known fields: {', '.join(FIELDS)}"
             )
-    elif isinstance(node, ast.Constant):
+        return []
+    if isinstance(node, ast.Constant):
         if not isinstance(node.value, int | float | str | bool) and node.value is not None:
-            raise ConditionError(f"unsupported literal {node.value!r} in {source!r}")
-    else:
-        raise ConditionError(
-            f"unsupported syntax {type(node).__name__} in condition {source!r}: use comparisons "
-            "of fields with literals, 'and', 'or', 'not', 'in'"
-        )
+            raise ConditionError(f"unsupported literal {node.value!r} in {_shorten(source)!r}")
+        return []
+    raise ConditionError(
+        f"unsupported syntax {type(node).__name__} in condition {_shorten(source)!r}: use "
+        "comparisons of fields with literals, 'and', 'or', 'not', 'in'"
+    )
+
+
+def _shorten(source: str, limit: int = 200) -> str:
+    """``source`` for a message: a hostile one can be megabytes long."""
+    return source if len(source) <= limit else f"{source[:limit - 20]}...{source[-16:]}"
 
 
 def _evaluate(node: ast.AST, fields: Mapping[str, Any]) -> Any:
@@ -144,7 +170,12 @@ def _parse(source: str) -> ast.Expression:
     try:
         tree = ast.parse(source, mode="eval")
     except SyntaxError as e:
-        raise ConditionError(f"condition {source!r} is not a valid expression: {e.msg}") from None
+        raise ConditionError(f"condition {_shorten(source)!r} is not a valid expression: "
+                             f"{e.msg}") from None
+    except (RecursionError, MemoryError):  # Python's own parser gives up on deep nesting
+        raise ConditionError(
+            f"condition {_shorten(source)!r} is nested too deeply to parse (at most "
+            f"{MAX_DEPTH} levels)") from None
     _check(tree, source)
     return tree
 

@@ -13,6 +13,7 @@ It imports the op registry but not Dask: the rule for ids mirrors ``dask.utils.k
 from __future__ import annotations
 
 import re
+from collections.abc import Collection
 from graphlib import CycleError, TopologicalSorter
 from typing import TYPE_CHECKING
 
@@ -23,7 +24,7 @@ from dagflow.workflow.node import DEVICES
 if TYPE_CHECKING:
     from dagflow.workflow.workflow import Workflow
 
-__all__ = ["RETRY_KEYS", "survives_key_split", "topological_ids", "validate"]
+__all__ = ["RETRY_KEYS", "find_problems", "survives_key_split", "topological_ids", "validate"]
 
 _ID_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(-[A-Za-z]+)*$")
 _HEX8_RE = re.compile(r"^[a-f0-9]{8}$")
@@ -99,6 +100,21 @@ def _check_run_options(node, problems: list[str]) -> None:
 
 def validate(workflow: Workflow) -> None:
     """Check ``workflow``; raise :class:`WorkflowValidationError` listing every problem."""
+    problems = find_problems(workflow)
+    if problems:
+        raise WorkflowValidationError(problems, workflow.name)
+
+
+def find_problems(workflow: Workflow, *, unbuilt: Collection[str] = ()) -> list[str]:
+    """Every problem of ``workflow``, one line each (empty when it is valid).
+
+    Parameters
+    ----------
+    unbuilt
+        Ids of nodes the workflow's file declares but that could not be built (their own
+        problems are reported by the loader): 'after' may name them, and the workflow
+        may lack its source because of them, without a problem reported here.
+    """
     problems: list[str] = []
     ids = [n.id for n in workflow.nodes]
     seen: set[str] = set()
@@ -114,7 +130,7 @@ def validate(workflow: Workflow) -> None:
                 f"e.g. {re.sub(r'[^A-Za-z0-9_]', '_', node.id).lstrip('_0123456789') or 'node'!r}"
             )
         for parent in node.after:
-            if parent not in seen:
+            if parent not in seen and parent not in unbuilt:
                 problems.append(f"node {node.id!r}: 'after' names {parent!r}, which is not a node "
                                 f"of this workflow (nodes: {', '.join(ids)})")
     try:
@@ -123,7 +139,7 @@ def validate(workflow: Workflow) -> None:
         problems.extend(e.problems)
 
     children = workflow.children()
-    outputs: dict[tuple[str, str], str] = {}
+    outputs: dict[tuple[str, ...], str] = {}
     has_source = False
     for node in workflow.nodes:
         where = f"node {node.id!r}"
@@ -146,14 +162,19 @@ def validate(workflow: Workflow) -> None:
             problems.append(f"{where}: op {node.op!r} produces files, not images; nodes "
                             f"{children[node.id]} cannot run after it")
         if spec.kind == "sink" and not param_problems:
-            subdir = str(node.params.get("subdir") or "")
-            suffix = spec.suffix(spec.resolve_params(node.params)[0]) if spec.suffix else ""
-            other = outputs.get((subdir, suffix))
+            resolved = spec.resolve_params(node.params)[0]
+            subdir = str(resolved.get("subdir") or "")
+            name = str(resolved.get("name") or "{rel}")
+            suffix = spec.suffix(resolved) if spec.suffix else ""
+            # the same directory, name and suffix for every item: the same files (what
+            # else collides, item by item, is found when the run is planned)
+            where_to = (subdir, name, suffix) if "{node}" not in name else (node.id,)
+            other = outputs.get(where_to)
             if other is not None:
                 problems.append(f"nodes {other!r} and {node.id!r} would write the same output "
-                                f"files; give one of them a different 'subdir' parameter")
-            outputs[(subdir, suffix)] = node.id
-    if workflow.nodes and not has_source:
+                                f"files; give one of them a different 'subdir' or 'name' "
+                                "parameter")
+            outputs[where_to] = node.id
+    if workflow.nodes and not has_source and not unbuilt:
         problems.append("the workflow has no source node: add a node with op 'load'")
-    if problems:
-        raise WorkflowValidationError(problems, workflow.name)
+    return problems

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from dagflow.exceptions import WorkflowValidationError
-from dagflow.workflow.conditions import ConditionError
+from dagflow.workflow.conditions import ConditionError, parse_condition
 from dagflow.workflow.node import Node
 
 __all__ = ["Workflow"]
@@ -139,12 +139,15 @@ class Workflow:
             problems.append(f"{source}: 'nodes' must be a non-empty list")
             raise WorkflowValidationError(problems, name)
         nodes = []
+        unbuilt: set[str] = set()  # declared, but not buildable: reported above
         for i, raw in enumerate(raw_nodes):
             where = f"node #{i + 1}"
             if not isinstance(raw, Mapping):
                 problems.append(f"{where}: expected a mapping with 'id' and 'op', got {raw!r}")
                 continue
             where = f"node {raw.get('id', '#' + str(i + 1))!r}"
+            if isinstance(raw.get("id"), str):
+                unbuilt.add(raw["id"])
             extra = set(raw) - _NODE_KEYS
             if extra:
                 problems.append(f"{where}: unknown keys {sorted(extra)}; "
@@ -162,15 +165,24 @@ class Workflow:
             if not isinstance(after, Sequence) or not all(isinstance(a, str) for a in after):
                 problems.append(f"{where}: 'after' must be a list of node ids, got {after!r}")
                 continue
+            when = raw.get("when")
             try:
-                nodes.append(Node(
-                    raw["id"], raw["op"], params, after=after, when=raw.get("when"),
-                    device=raw.get("device", "auto"), retry=raw.get("retry"),
-                    timeout=raw.get("timeout"), concurrency=raw.get("concurrency"),
-                ))
+                parse_condition(when)
             except ConditionError as e:
+                # the node is still checked (without its condition) with all the others
                 problems.append(f"{where}: 'when': {e}")
+                when = None
+            nodes.append(Node(
+                raw["id"], raw["op"], params, after=after, when=when,
+                device=raw.get("device", "auto"), retry=raw.get("retry"),
+                timeout=raw.get("timeout"), concurrency=raw.get("concurrency"),
+            ))
+            unbuilt.discard(raw["id"])
         if problems:
+            # one report of everything: what the nodes that could be built would give
+            from dagflow.workflow.validate import find_problems
+
+            problems.extend(find_problems(cls(name, nodes), unbuilt=unbuilt))
             raise WorkflowValidationError(problems, name)
         return cls(name, nodes)
 
@@ -194,6 +206,9 @@ class Workflow:
             data = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise WorkflowValidationError([f"{where}: not valid YAML: {e}"]) from None
+        except RecursionError:  # the YAML parser recurses once per level of nesting
+            raise WorkflowValidationError(
+                [f"{where}: nested too deeply to be a workflow"]) from None
         return cls.from_dict(data, source=where)
 
     def to_dict(self) -> dict[str, Any]:
