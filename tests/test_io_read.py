@@ -16,8 +16,8 @@ from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps
 
 from dagflow.exceptions import BadInputError, OversizeError, TransientError
+from dagflow.io import open_image, probe_header, read_image, write_image
 from dagflow.io import probe as probe_module
-from dagflow.io import probe_header, read_image, write_image
 from dagflow.io.orient import apply_orientation, exif_orientation
 from dagflow.testing import (
     exif_block,
@@ -29,6 +29,7 @@ from dagflow.testing import (
 from dagflow.testing.badcorpus import bad_corpus_files
 from dagflow.testing.exif import encode_jpeg, stored_for_orientation
 from dagflow.testing.synthetic import asymmetric_pattern
+from dagflow.testing.tiffs import tiff_corpus_files
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -214,6 +215,42 @@ def test_tiff_bilevel_miniswhite_palette(tmp_path):
     assert img.data.shape == (8, 8, 3) and img.data.dtype == np.uint8
     np.testing.assert_array_equal(img.data[..., 0], gray)
     np.testing.assert_array_equal(img.data[..., 2], 255 - gray)
+
+
+TIFFS = tiff_corpus_files()
+
+
+@pytest.mark.parametrize("name", sorted(TIFFS))
+def test_tiff_corpus_reads_every_codec_and_layout(tmp_path, name):
+    """LZW, CCITT, JPEG, ZSTD..., 2-, 4- and 12-bit, palettes, signed, float, L*a*b*:
+    each read as the pixels it holds, its header probed alike, lazily too where it can."""
+    case = TIFFS[name]
+    path = _save(tmp_path / name, case.data)
+    img = read_image(path)
+    assert (img.data.shape, img.data.dtype) == (case.expected.shape, case.expected.dtype)
+    np.testing.assert_allclose(img.data, case.expected, rtol=0, atol=case.tolerance)
+    header = probe_header(path)
+    assert (header["height"], header["width"], header["channels"], header["dtype"]) == (
+        *case.expected.shape, case.expected.dtype.name)
+    if case.lazy:
+        np.testing.assert_array_equal(open_image(path, chunks=32).values, img.data)
+    else:
+        with pytest.raises(BadInputError, match="unsupported_mode"):
+            open_image(path)
+
+
+@pytest.mark.parametrize("codec", ["lzw", "jpeg", "zstd"])
+def test_compressed_tiled_tiff_reads_lazily_block_by_block(tmp_path, codec):
+    data = photo_like(300, 410, seed=4)
+    path = tmp_path / f"{codec}.tif"
+    tifffile.imwrite(path, data, photometric="rgb", compression=codec, tile=(64, 64),
+                     metadata=None)
+    whole = read_image(path).data
+    if codec != "jpeg":
+        np.testing.assert_array_equal(whole, data)
+    lazy = open_image(path, chunks=128)
+    assert lazy.attrs["compression"] == codec and lazy.data.numblocks[:2] == (3, 4)
+    np.testing.assert_array_equal(lazy.values, whole)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
@@ -613,7 +650,12 @@ def test_missing_directory_fifo(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "1", "I;16"])
-def test_tiff_codec_without_imagecodecs_falls_back_to_pillow(tmp_path, mode):
+def test_tiff_codec_tifffile_lacks_falls_back_to_pillow(tmp_path, monkeypatch, mode):
+    """Pillow (libtiff) stays the general fallback for a codec tifffile cannot decode."""
+    def lacking(*args, **kwargs):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lacking)
     rgb = photo_like(24, 32, seed=3)
     image = PILImage.fromarray(rgb)
     if mode == "I;16":

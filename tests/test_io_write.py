@@ -28,7 +28,7 @@ from dagflow.io import (
 )
 from dagflow.io.atomic import atomic_directory, shorten_component
 from dagflow.io.write import to_uint8, to_uint16
-from dagflow.testing import photo_like
+from dagflow.testing import photo_like, tiff_corpus_files
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -163,8 +163,15 @@ def test_scaling_helpers():
                                   np.arange(256) * 257)
     np.testing.assert_array_equal(to_uint8(np.array([-1.0, np.nan, 0.5, 2.0])), [0, 0, 128, 255])
     np.testing.assert_array_equal(to_uint16(np.array([0.0, 0.5, 1.0])), [0, 32768, 65535])
+    # other integers (TIFFs hold signed and 32-bit samples): the dtype's whole range
+    np.testing.assert_array_equal(to_uint8(np.array([-128, -1, 0, 127], np.int8)),
+                                  [0, 127, 128, 255])
+    np.testing.assert_array_equal(to_uint16(np.array([-32768, 0, 32767], np.int16)),
+                                  [0, 32768, 65535])
+    np.testing.assert_array_equal(to_uint8(np.array([0, 2**31, 2**32 - 1], np.uint32)),
+                                  [0, 128, 255])
     with pytest.raises(BadInputError, match="unsupported_mode"):
-        to_uint8(np.zeros(3, np.int32))
+        to_uint8(np.zeros(3, np.complex64))
 
 
 def test_uint16_to_jpeg_is_scaled(tmp_path):
@@ -196,9 +203,18 @@ def test_alpha_dropped_for_jpeg(tmp_path):
     np.testing.assert_array_equal(gray_webp, np.repeat(graya[..., :1], 3, axis=2))
 
 
+def test_signed_tiff_to_jpeg_and_png(tmp_path):
+    """A signed TIFF (the corpus's) goes through to 8-bit outputs, its range mapped."""
+    signed = tiff_corpus_files()["signed_int16.tif"].expected
+    for name in ("a.jpg", "a.png"):
+        back = read_image(write_image(signed, tmp_path / name, quality=100)).data
+        np.testing.assert_allclose(back, to_uint8(signed), rtol=0, atol=1 if "jpg" in name
+                                   else 0)
+
+
 def test_unsupported_pixels(tmp_path):
     with pytest.raises(BadInputError) as info:
-        write_image(np.zeros((4, 4, 3), np.int32), tmp_path / "a.png")
+        write_image(np.zeros((4, 4, 3), np.complex64), tmp_path / "a.png")
     assert info.value.reason == "unsupported_mode"
     with pytest.raises(BadInputError):
         write_image(np.zeros((4, 4, 5), np.uint8), tmp_path / "a.jpg")

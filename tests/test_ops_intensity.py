@@ -73,6 +73,19 @@ def test_convert_8_to_16_and_back():
     np.testing.assert_array_equal(convert_dtype_array(wide, "uint8"), values)
 
 
+def test_convert_signed_and_wide_integers_map_their_whole_range():
+    from dagflow.io.write import to_uint8, to_uint16
+
+    signed = np.array([[[-32768], [-1], [0], [32767]]], np.int16)
+    np.testing.assert_array_equal(convert_dtype_array(signed, "uint8")[0, :, 0],
+                                  [0, 127, 128, 255])
+    np.testing.assert_array_equal(convert_dtype_array(signed, "uint8"), to_uint8(signed))
+    np.testing.assert_array_equal(convert_dtype_array(signed, "uint16"), to_uint16(signed))
+    wide = np.array([[[0], [2**31], [2**32 - 1]]], np.uint32)
+    np.testing.assert_array_equal(convert_dtype_array(wide, "uint16")[0, :, 0],
+                                  [0, 32768, 65535])
+
+
 def test_convert_float():
     values = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
     f = convert_dtype_array(values, "float32")

@@ -39,6 +39,7 @@ from dagflow.image import SPACES_BY_CHANNELS, Image
 from dagflow.io.errors import decoder_errors
 from dagflow.io.formats import format_from_suffix
 from dagflow.io.jpeg_header import jpeg_header
+from dagflow.io.lab import CIELAB, ICCLAB, lab_to_rgb
 from dagflow.io.orient import apply_orientation, exif_orientation
 from dagflow.io.probe import (
     PNG16_RAWMODES,
@@ -66,7 +67,8 @@ _DRAFT_SCALES = (8, 4, 2, 1)
 #: colour space asked of it; CMYK and YCCK JPEGs go through Pillow.
 _FAST_JPEG_SPACES = {"Gray": "GRAY", "YCbCr": "RGB", "RGB": "RGB"}
 
-_PALETTE, _MINISWHITE, _SEPARATED = 3, 0, 5
+_PALETTE, _MINISWHITE, _MINISBLACK, _RGB, _SEPARATED = 3, 0, 1, 2, 5
+_WHITEPOINT_TAG = 318
 
 
 def read_image(
@@ -354,10 +356,10 @@ def _read_tiff(
 
 
 def _tiff_via_pillow(fp: IO[bytes], path: Any, header: dict[str, Any], reason: str) -> np.ndarray:
-    """Decode a TIFF whose codec tifffile lacks (LZW, JPEG without imagecodecs) with Pillow.
+    """Decode a TIFF whose codec tifffile and imagecodecs lack with Pillow (libtiff).
 
-    Pillow decodes those codecs for 8-bit layouts and 16-bit grey; anything else stays
-    ``unsupported_codec``, with the hint to install ``imagecodecs``.
+    The general fallback: Pillow decodes libtiff's codecs for 8-bit layouts and 16-bit
+    grey; anything else stays ``unsupported_codec``.
     """
     from PIL import TiffImagePlugin
 
@@ -371,13 +373,13 @@ def _tiff_via_pillow(fp: IO[bytes], path: Any, header: dict[str, Any], reason: s
     except Exception as exc:
         logger.debug("Pillow fallback failed for %s", path, exc_info=True)
         raise BadInputError(
-            "unsupported_codec", f"{path}: {reason} (install imagecodecs to read it)"
+            "unsupported_codec", f"{path}: {reason}; Pillow cannot decode it either"
         ) from exc
     if data.shape[2] != header["channels"] or data.dtype.name != header["dtype"]:
         raise BadInputError(
             "unsupported_codec",
             f"{path}: {reason}; Pillow decodes it as {data.shape[2]} x {data.dtype} instead of "
-            f"{header['channels']} x {header['dtype']} (install imagecodecs to read it)",
+            f"{header['channels']} x {header['dtype']}",
         )
     logger.debug("%s decoded by Pillow: %s", path, reason)
     return data
@@ -433,7 +435,22 @@ def _tiff_to_yxc(raw: np.ndarray, header: dict[str, Any], page: Any) -> np.ndarr
         data = rgb.astype(header["dtype"])
     elif photometric == _SEPARATED:
         data = _cmyk_to_rgb(data)
+    elif photometric in (CIELAB, ICCLAB):
+        tag = page.tags.get(_WHITEPOINT_TAG)
+        data = lab_to_rgb(data, photometric, tag.value if tag is not None else None)
+    if photometric in (_MINISWHITE, _MINISBLACK, _RGB) and data.dtype == np.uint8:
+        data = _scale_to_eight_bits(data, int(page.bitspersample))
     return np.ascontiguousarray(data)
+
+
+def _scale_to_eight_bits(data: np.ndarray, bits: int) -> np.ndarray:
+    """2- to 7-bit samples scaled to 0..255 (x85 for 2 bits, x17 for 4), as Pillow reads
+    them; 9- to 15-bit samples stay as stored in 16 bits, as Pillow and a 16-bit container
+    keep them."""
+    if not 1 < bits < 8:
+        return data
+    top = (1 << bits) - 1
+    return ((data.astype(np.uint16) * 255 + top // 2) // top).astype(np.uint8)
 
 
 def _cmyk_to_rgb(data: np.ndarray) -> np.ndarray:

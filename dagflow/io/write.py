@@ -155,22 +155,34 @@ def _to_numpy(data: Any) -> np.ndarray:
     return np.asarray(data)
 
 
+def _full_range(data: np.ndarray, top: int, dtype: type) -> np.ndarray:
+    """Integers of any other type: the dtype's whole range, ``min..max``, onto ``0..top``."""
+    info = np.iinfo(data.dtype)
+    span = float(info.max) - float(info.min)
+    scaled = (data.astype(np.float64) - float(info.min)) * (top / span)
+    return np.rint(scaled).astype(dtype)
+
+
 def to_uint8(data: np.ndarray) -> np.ndarray:
     """Pixels as ``uint8``, scaled explicitly.
 
     ``uint16`` -> ``round(v * 255 / 65535)``; floats are taken as [0, 1] (clipped,
-    NaN -> 0) and multiplied by 255 with rounding; ``bool`` -> 0/255.
+    NaN -> 0) and multiplied by 255 with rounding; ``bool`` -> 0/255; other integers
+    (signed, 32-bit: TIFFs hold them) have their dtype's whole range mapped onto 0..255
+    (``int16``: -32768 -> 0, 32767 -> 255).
 
     Raises
     ------
     BadInputError
-        ``unsupported_mode`` for other integer types (scale them first).
+        ``unsupported_mode`` for pixels that are not numbers (complex, objects).
 
     Examples
     --------
     >>> to_uint8(np.array([0, 128, 32768, 65535], np.uint16)).tolist()
     [0, 0, 128, 255]
     >>> to_uint8(np.array([0.0, 0.5, 1.2])).tolist()
+    [0, 128, 255]
+    >>> to_uint8(np.array([-32768, 0, 32767], np.int16)).tolist()
     [0, 128, 255]
     """
     if data.dtype == np.uint8:
@@ -181,13 +193,14 @@ def to_uint8(data: np.ndarray) -> np.ndarray:
         return ((data.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
     if np.issubdtype(data.dtype, np.floating):
         return np.rint(np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0) * 255).astype(np.uint8)
-    raise BadInputError(
-        "unsupported_mode", f"cannot write {data.dtype} pixels as 8-bit; scale them first"
-    )
+    if np.issubdtype(data.dtype, np.integer):
+        return _full_range(data, 255, np.uint8)
+    raise BadInputError("unsupported_mode", f"cannot write {data.dtype} pixels as 8-bit")
 
 
 def to_uint16(data: np.ndarray) -> np.ndarray:
-    """Pixels as ``uint16``: ``uint8`` x 257 (exact), floats in [0, 1] x 65535, bool 0/65535.
+    """Pixels as ``uint16``: ``uint8`` x 257 (exact), floats in [0, 1] x 65535, bool 0/65535,
+    other integers their dtype's whole range onto 0..65535.
 
     Examples
     --------
@@ -202,9 +215,9 @@ def to_uint16(data: np.ndarray) -> np.ndarray:
         return data.astype(np.uint16) * np.uint16(65535)
     if np.issubdtype(data.dtype, np.floating):
         return np.rint(np.clip(np.nan_to_num(data, nan=0.0), 0.0, 1.0) * 65535).astype(np.uint16)
-    raise BadInputError(
-        "unsupported_mode", f"cannot write {data.dtype} pixels as 16-bit; scale them first"
-    )
+    if np.issubdtype(data.dtype, np.integer):
+        return _full_range(data, 65535, np.uint16)
+    raise BadInputError("unsupported_mode", f"cannot write {data.dtype} pixels as 16-bit")
 
 
 def _planar(data: np.ndarray) -> np.ndarray:

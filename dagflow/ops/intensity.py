@@ -243,7 +243,8 @@ def convert_dtype_array(arr: np.ndarray, dtype: Any) -> np.ndarray:
 
     ``uint16 -> uint8`` is ``round(x / 257)``; ``uint8 -> uint16`` is ``x * 257``;
     floats are 0-1: ``float -> int`` is ``round(clip(x, 0, 1) * max)`` and
-    ``int -> float`` is ``x / max``.
+    ``int -> float`` is ``x / max``; other integers (signed, 32-bit) have their dtype's
+    whole range mapped onto the target's (``int16`` -32768..32767 -> 0..255).
     """
     src, dst = np.dtype(arr.dtype), np.dtype(dtype)
     if src == dst:
@@ -259,8 +260,11 @@ def convert_dtype_array(arr: np.ndarray, dtype: Any) -> np.ndarray:
         return from_float(np.clip(arr.astype(np.float32), 0, 1) * np.float32(top), dst)
     if dst.kind == "f":
         return (arr.astype(dst) / dst.type(dtype_max(src))).astype(dst)
-    # other integer pairs: scale through the full ranges
-    scaled = arr.astype(np.float64) * (dtype_max(dst) / dtype_max(src))
+    # other integer pairs (signed and 32-bit TIFF samples): the source dtype's whole range,
+    # min..max, onto the target's, as the writers convert them
+    low, high = float(np.iinfo(src).min), float(np.iinfo(src).max)
+    lo_dst, hi_dst = float(np.iinfo(dst).min), float(np.iinfo(dst).max)
+    scaled = (arr.astype(np.float64) - low) * ((hi_dst - lo_dst) / (high - low)) + lo_dst
     return from_float(scaled, dst)
 
 
