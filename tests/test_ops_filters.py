@@ -169,22 +169,21 @@ def test_median_removes_salt_and_keeps_alpha():
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_unsharp_formula(dtype):
-    """``img + amount * (img - blur)`` where the detail exceeds the threshold. The blur
-    is kept to 1/256 of a level (8-bit) or a level (16-bit), so the result is within the
-    final rounding plus ``amount`` times the blur's own bound of the float64 formula."""
+    """``img + amount * (img - blur)`` where the detail exceeds the threshold, computed in
+    float32: within the final rounding plus float32's relative error (a few ulps of the
+    largest value) of the float64 formula, away from the threshold's edge."""
     top = np.iinfo(dtype).max
     arr = RNG.integers(0, top + 1, (25, 25, 1), dtype=dtype)
     sigma, amount, thr = 1.5, 0.7, 4.0 * top / 255
     img = arr[:, :, 0].astype(np.float64)
     detail = img - ndimage.gaussian_filter(img, sigma, mode="reflect")
-    unit = 256 if dtype == np.uint8 else 1
-    blur_bound = 0.5 / unit + fixed_point_error(sigma) * top
-    keep = np.abs(np.abs(detail) - thr) > blur_bound  # away from the threshold's edge
+    float32_error = 8 * np.finfo(np.float32).eps * top
+    keep = np.abs(np.abs(detail) - thr) > float32_error  # the mask cannot flip there
     ref = np.clip(np.where(np.abs(detail) > thr, img + amount * detail, img), 0, top)
     out = unsharp_array(arr, sigma, amount, thr)[:, :, 0]
     np.testing.assert_allclose(out[keep], ref[keep], rtol=0,
-                               atol=0.5 + amount * blur_bound + 1e-9)
-    assert keep.mean() > 0.9
+                               atol=0.5 + (1 + 2 * amount) * float32_error)
+    assert keep.mean() > 0.99
 
 
 def test_unsharp_threshold_in_levels_scales_for_16bit():
