@@ -3,12 +3,15 @@
 Run ``python -m benchmarks --help`` (or ``make bench``). Every benchmark measures
 dagflow and its baselines in the same process run, repeats each measurement and reports
 medians and ratios, because a shared machine is noisy. Data is generated
-deterministically into ``benchmarks/.data/`` and reused; results are printed as a table
-and written to ``benchmarks/results/<benchmark>-<time>.json``.
+deterministically into ``benchmarks/.data/`` and reused; results are printed as tables
+and written to ``benchmarks/results/<benchmark>-<time>.json`` (kept: the history), from
+which ``python -m benchmarks.readme`` writes ``benchmarks/README.md``.
 
 =================  =====================================================================
-``thumbnails``     the thumbnail workload: dagflow vs a loop, ProcessPoolExecutor,
-                   naive Pillow, ``client.map`` and pyvips
+``thumbnails``     the thumbnail workload: dagflow vs OpenCV, Pillow, simplejpeg and
+                   pyvips pools, and the per-core decode limit
+``microscopy``     16-bit TIFF -> normalize -> Gaussian -> 8-bit PNG: dagflow vs a
+                   tifffile + OpenCV/scipy pool
 ``overhead``       a no-op workflow over many items: dagflow's cost per item
 ``planning``       planning and compiling a million-item manifest: time, client memory
 ``safety``         throughput with checkpoints and monitoring on and off

@@ -16,8 +16,8 @@ from typing import Any
 
 __all__ = ["main"]
 
-BENCHMARKS = ("thumbnails", "overhead", "planning", "safety", "memory", "large-image", "gpu",
-              "env")
+BENCHMARKS = ("thumbnails", "microscopy", "overhead", "planning", "safety", "memory",
+              "large-image", "gpu", "env")
 
 #: Benchmarks owned by other modules that may not exist yet: name -> (module, what it needs).
 OPTIONAL = {
@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
                         "'env', which is run on request)")
     p.add_argument("--quick", action="store_true",
                    help="small workloads (80 images, 10,000 items, 100,000 planned items)")
-    p.add_argument("--images", type=int, help="images for thumbnails, safety, memory "
-                   "(default 400)")
+    p.add_argument("--images", type=int, help="images for thumbnails (default 480), safety, "
+                   "memory (400), microscopy (64 scans)")
     p.add_argument("--items", type=int, help="items for the no-op workload (overhead: "
                    "100,000; safety: 20,000)")
     p.add_argument("--planning-items", type=int, default=None,
@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="processes for the baselines (default: the number of cores)")
     p.add_argument("--variants", default=None,
-                   help="thumbnails: comma-separated variants to run (default: all)")
+                   help="thumbnails, microscopy: comma-separated variants to run (default: "
+                        "all)")
     p.add_argument("--memory-limit", default="1GiB",
                    help="memory: the tight per-worker limit (default 1GiB)")
     p.add_argument("--wait-for-load", type=float, default=None, metavar="LOAD",
@@ -81,8 +82,14 @@ def _run_one(name: str, args: argparse.Namespace) -> Any:
         from benchmarks import thumbnails
 
         variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
-        return thumbnails.run(images=images, repeat=repeat, variants=variants,
-                              workers=args.workers)
+        return thumbnails.run(images=args.images or quick.get("images") or 480, repeat=repeat,
+                              variants=variants, workers=args.workers)
+    if name == "microscopy":
+        from benchmarks import microscopy
+
+        variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
+        return microscopy.run(images=args.images or (16 if args.quick else 64), repeat=repeat,
+                              variants=variants, workers=args.workers, quick=args.quick)
     if name == "overhead":
         from benchmarks import overhead
 
@@ -120,6 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
     args = _parser().parse_args(argv)
+    from benchmarks import common
+
+    given = sys.argv[1:] if argv is None else argv
+    common.COMMAND = " ".join(["python -m benchmarks", *given])
     names = args.benchmarks or ["all"]
     unknown = [n for n in names if n != "all" and n not in BENCHMARKS]
     if unknown:

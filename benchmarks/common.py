@@ -24,6 +24,12 @@ HERE = Path(__file__).resolve().parent
 DATA = HERE / ".data"
 RESULTS = HERE / "results"
 
+#: The command line that is running (set by :func:`benchmarks.cli.main`), saved with
+#: every results file so that the README can say what made each table.
+COMMAND = "python -m benchmarks"
+#: The tables printed since the last results file was saved: saved with the next one.
+_TABLES: list[dict[str, Any]] = []
+
 __all__ = [
     "DATA",
     "RESULTS",
@@ -82,7 +88,8 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_1min": round(load_average(), 2),
     }
-    for package in ("dask", "distributed", "numpy", "scipy", "pillow", "pyvips", "pyarrow"):
+    for package in ("dask", "distributed", "numpy", "scipy", "pillow", "opencv-python-headless",
+                    "simplejpeg", "imagecodecs", "tifffile", "pyvips", "pyarrow"):
         info[package] = _version(package)
     try:
         from PIL import features
@@ -190,15 +197,19 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
             lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     text = "\n".join(lines)
     print(text, file=file or sys.stdout, flush=True)
+    _TABLES.append({"title": title, "columns": [str(c) for c in columns],
+                    "rows": cells[1:]})
     return text
 
 
 def save_results(name: str, payload: Mapping[str, Any]) -> Path:
-    """Write ``payload`` with the machine's description to ``results/<name>-<time>.json``."""
+    """Write ``payload`` with the machine's description, the command line and the tables
+    printed since the last call to ``results/<name>-<time>.json``."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     body = {"benchmark": name, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "machine": machine(), **payload}
+            "command": COMMAND, "machine": machine(), "tables": list(_TABLES), **payload}
+    _TABLES.clear()
     path.write_text(json.dumps(body, indent=2, default=str), encoding="utf-8")
     return path
 

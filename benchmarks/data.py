@@ -4,6 +4,8 @@
   with its own content (:func:`dagflow.testing.photo_like` with a seed per file) and a
   camera-like mix of EXIF orientations (mostly 1, some 6, 8 and 3), so that the
   auto-orient step does real work on a quarter of them;
+* :func:`microscopy_corpus` -- 16-bit grey TIFFs (default 2048x2048) like a
+  microscope camera's: a 12-bit signal on a dark offset, with shot-like noise;
 * :func:`tiny_corpus` -- many tiny JPEGs for the no-op (framework overhead) workflow;
 * :func:`manifest` -- a Parquet manifest of a million items with their headers, for
   planning (the files need not exist).
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from benchmarks.common import DATA
 
-__all__ = ["ORIENTATIONS", "manifest", "photo_corpus", "tiny_corpus"]
+__all__ = ["ORIENTATIONS", "manifest", "microscopy_corpus", "photo_corpus", "tiny_corpus"]
 
 #: EXIF orientation of image ``i`` is ``ORIENTATIONS[i % 8]``: 5/8 upright, like a camera.
 ORIENTATIONS = (1, 1, 6, 1, 8, 1, 3, 1)
@@ -65,9 +67,49 @@ def photo_corpus(n: int, *, width: int = 2048, height: int = 1536, quality: int 
     return directory
 
 
-def corpus_files(directory: Path, n: int) -> list[Path]:
+def _scan(args: tuple[str, int, int, int]) -> str:
+    path, index, side, seed = args
+    import numpy as np
+    import tifffile
+
+    from dagflow.testing import photo_like
+
+    signal = photo_like(side, side, channels=1, dtype=np.float32, seed=seed * 1_000_003 + index)
+    rng = np.random.default_rng(seed * 7 + index)
+    counts = 100 + signal[:, :, 0] * 3800  # a dark offset and a 12-bit signal
+    counts += rng.normal(0.0, 1.0, counts.shape).astype(np.float32) * np.sqrt(counts)
+    pixels = np.clip(np.rint(counts), 0, 65535).astype(np.uint16)
+    tmp = Path(path).with_name(Path(path).name + ".tmp")
+    tifffile.imwrite(tmp, pixels, photometric="minisblack", metadata=None)
+    os.replace(tmp, path)
+    return path
+
+
+def microscopy_corpus(n: int, *, side: int = 2048, seed: int = 0,
+                      workers: int | None = None) -> Path:
+    """A directory holding (at least) ``n`` 16-bit grey TIFFs, ``side`` x ``side``.
+
+    Returns
+    -------
+    pathlib.Path
+        ``benchmarks/.data/scans-{side}-s{seed}/``; :func:`corpus_files` with
+        ``pattern="img_*.tif"`` lists them.
+    """
+    directory = DATA / f"scans-{side}-s{seed}"
+    directory.mkdir(parents=True, exist_ok=True)
+    todo = [(os.fspath(directory / f"img_{i:05d}.tif"), i, side, seed)
+            for i in range(n) if not (directory / f"img_{i:05d}.tif").exists()]
+    if todo:
+        print(f"generating {len(todo)} {side}x{side} 16-bit TIFFs in {directory} ...",
+              flush=True)
+        with ProcessPoolExecutor(workers or os.cpu_count() or 1) as pool:
+            list(pool.map(_scan, todo, chunksize=2))
+    return directory
+
+
+def corpus_files(directory: Path, n: int, pattern: str = "img_*.jpg") -> list[Path]:
     """The first ``n`` images of a corpus directory, in order."""
-    files = sorted(p for p in directory.glob("img_*.jpg"))[:n]
+    files = sorted(p for p in directory.glob(pattern))[:n]
     if len(files) < n:
         raise RuntimeError(f"{directory} holds {len(files)} images, {n} wanted")
     return files

@@ -82,7 +82,13 @@ def compare(op, params, dtype, channels, gpu_impl):
     assert got.data.shape == expected.data.shape and got.data.dtype == expected.data.dtype
     assert got.meta.get("space") == expected.meta.get("space")
     diff = np.abs(got.data.astype(np.float64) - expected.data.astype(np.float64))
-    assert diff.max() <= tolerance(op, dtype, channels), (op, params, diff.max())
+    limit = tolerance(op, dtype, channels)
+    if op == "unsharp" and params.get("threshold"):
+        # two blurs a float rounding apart put a pixel whose detail is the threshold on
+        # either side of it: that pixel differs by the sharpening, amount x threshold
+        top = np.iinfo(dtype).max if np.dtype(dtype).kind in "ui" else 1.0
+        limit += params["amount"] * params["threshold"] * top / 255
+    assert diff.max() <= limit, (op, params, diff.max())
     if np.dtype(dtype).kind == "f":
         assert diff.mean() <= 1e-5
     elif op != "resize":

@@ -6,7 +6,6 @@ import errno
 import io
 import os
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -17,8 +16,8 @@ from PIL import Image as PILImage
 from PIL import ImageFile, ImageOps
 
 from dagflow.exceptions import BadInputError, OversizeError, TransientError
+from dagflow.io import open_image, probe_header, read_image, write_image
 from dagflow.io import probe as probe_module
-from dagflow.io import probe_header, read_image, write_image
 from dagflow.io.orient import apply_orientation, exif_orientation
 from dagflow.testing import (
     exif_block,
@@ -30,6 +29,7 @@ from dagflow.testing import (
 from dagflow.testing.badcorpus import bad_corpus_files
 from dagflow.testing.exif import encode_jpeg, stored_for_orientation
 from dagflow.testing.synthetic import asymmetric_pattern
+from dagflow.testing.tiffs import tiff_corpus_files
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -217,6 +217,42 @@ def test_tiff_bilevel_miniswhite_palette(tmp_path):
     np.testing.assert_array_equal(img.data[..., 2], 255 - gray)
 
 
+TIFFS = tiff_corpus_files()
+
+
+@pytest.mark.parametrize("name", sorted(TIFFS))
+def test_tiff_corpus_reads_every_codec_and_layout(tmp_path, name):
+    """LZW, CCITT, JPEG, ZSTD..., 2-, 4- and 12-bit, palettes, signed, float, L*a*b*:
+    each read as the pixels it holds, its header probed alike, lazily too where it can."""
+    case = TIFFS[name]
+    path = _save(tmp_path / name, case.data)
+    img = read_image(path)
+    assert (img.data.shape, img.data.dtype) == (case.expected.shape, case.expected.dtype)
+    np.testing.assert_allclose(img.data, case.expected, rtol=0, atol=case.tolerance)
+    header = probe_header(path)
+    assert (header["height"], header["width"], header["channels"], header["dtype"]) == (
+        *case.expected.shape, case.expected.dtype.name)
+    if case.lazy:
+        np.testing.assert_array_equal(open_image(path, chunks=32).values, img.data)
+    else:
+        with pytest.raises(BadInputError, match="unsupported_mode"):
+            open_image(path)
+
+
+@pytest.mark.parametrize("codec", ["lzw", "jpeg", "zstd"])
+def test_compressed_tiled_tiff_reads_lazily_block_by_block(tmp_path, codec):
+    data = photo_like(300, 410, seed=4)
+    path = tmp_path / f"{codec}.tif"
+    tifffile.imwrite(path, data, photometric="rgb", compression=codec, tile=(64, 64),
+                     metadata=None)
+    whole = read_image(path).data
+    if codec != "jpeg":
+        np.testing.assert_array_equal(whole, data)
+    lazy = open_image(path, chunks=128)
+    assert lazy.attrs["compression"] == codec and lazy.data.numblocks[:2] == (3, 4)
+    np.testing.assert_array_equal(lazy.values, whole)
+
+
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -374,15 +410,78 @@ def test_probe_never_decodes(tmp_path, monkeypatch):
         assert header["width"] > 0 and header["height"] > 0, name
 
 
-def test_probe_bomb_instantly(tmp_path):
+class _CountingFile(io.FileIO):
+    """A file that adds the bytes read from it to ``counted``."""
+
+    counted: list[int]
+
+    def readinto(self, buffer):
+        n = super().readinto(buffer)
+        self.counted.append(n or 0)
+        return n
+
+    def readall(self):
+        data = super().readall()
+        self.counted.append(len(data))
+        return data
+
+
+def _count_reads(monkeypatch) -> list[int]:
+    """Every byte the readers read from a file, through the module that opens them."""
+    counted: list[int] = []
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        handle = _CountingFile(file, "r")
+        handle.counted = counted
+        return io.BufferedReader(handle)
+
+    monkeypatch.setattr(probe_module, "open", counting_open, raising=False)
+    return counted
+
+
+def _refuse_decoding(monkeypatch) -> None:
+    import imagecodecs
+    import simplejpeg
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pixels were decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", refuse)
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", refuse)
+    monkeypatch.setattr(simplejpeg, "decode_jpeg", refuse)
+    monkeypatch.setattr(imagecodecs, "png_decode", refuse)
+
+
+def _jpeg_bomb(width: int, height: int) -> bytes:
+    """A small valid JPEG whose frame header declares ``width`` x ``height``."""
+    data = bytearray(encode_jpeg(photo_like(16, 16, seed=1)))
+    sof = data.index(b"\xff\xc0")
+    data[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(data)
+
+
+BOMBS = {"bomb_20000.png": 20000, "bomb_60000.tif": 60000, "bomb_screen.gif": 65535,
+         "bomb_60000.jpg": 60000}
+
+
+def _bomb_files(tmp_path: Path) -> dict[str, Path]:
     files = bad_corpus_files(0)
-    for name, size in [("bomb_20000.png", 20000), ("bomb_60000.tif", 60000)]:
-        path = _save(tmp_path / name, files[name][0])
-        assert path.stat().st_size < 200_000
-        start = time.perf_counter()
-        header = probe_header(path)
-        assert time.perf_counter() - start < 0.5
+    out = {}
+    for name in BOMBS:
+        data = _jpeg_bomb(60000, 60000) if name.endswith(".jpg") else files[name][0]
+        out[name] = _save(tmp_path / name, data)
+        assert out[name].stat().st_size < 200_000
+    return out
+
+
+def test_probe_of_a_bomb_reads_its_header_only(tmp_path, monkeypatch):
+    paths = _bomb_files(tmp_path)
+    _refuse_decoding(monkeypatch)
+    for name, size in BOMBS.items():
+        counted = _count_reads(monkeypatch)
+        header = probe_header(paths[name])
         assert (header["width"], header["height"]) == (size, size)
+        assert sum(counted) <= 64 * 1024, name  # the header, never the image data
 
 
 def test_probe_after_header_truncation(tmp_path):
@@ -436,6 +535,56 @@ def test_draft_with_rotation(tmp_path):
     assert max(img.data.shape[:2]) >= 200
 
 
+JPEG_LAYOUTS = {
+    "420": dict(subsampling=2), "422": dict(subsampling=1), "444": dict(subsampling=0),
+    "progressive": dict(progressive=True), "gray": dict(), "odd-size": dict(),
+}
+
+
+@pytest.mark.parametrize("layout", list(JPEG_LAYOUTS))
+@pytest.mark.parametrize("reduce_to", [None, 300, 150, 60])
+def test_jpeg_reads_as_pillow_with_its_draft_and_exif_transpose(tmp_path, layout, reduce_to):
+    """libjpeg-turbo through its fast path gives Pillow's pixels at Pillow's draft scale,
+    turned upright once, as Pillow's ``exif_transpose`` does it."""
+    shape = (301, 403) if layout == "odd-size" else (480, 640)
+    pixels = photo_like(*shape, seed=7)
+    image = PILImage.fromarray(pixels[:, :, 0] if layout == "gray" else pixels)
+    stored = _pil_bytes(image, "JPEG", quality=88, **JPEG_LAYOUTS[layout])
+    for orientation in (1, 6, 7):
+        path = _save(tmp_path / f"o{orientation}.jpg",
+                     insert_exif(stored, exif_block(orientation)))
+        img = read_image(path, reduce_to=reduce_to)
+        with PILImage.open(path) as pil:
+            if reduce_to is not None:
+                long_side = max(pil.size)
+                pil.draft(None, tuple(-(-side * reduce_to // long_side) for side in pil.size))
+            expected = np.asarray(ImageOps.exif_transpose(pil))
+        np.testing.assert_array_equal(img.data.reshape(expected.shape), expected)
+        assert max(expected.shape[:2]) == -(-max(shape) // img.meta["draft_scale"])
+        assert img.meta["orientation"] == 1 and img.meta["source_orientation"] == orientation
+
+
+def test_jpeg_decoder_by_layout(tmp_path, monkeypatch):
+    """Grey and colour JPEGs are decoded by libjpeg-turbo directly, once; CMYK goes to
+    Pillow; a truncated file is tried, refused and named by Pillow."""
+    import simplejpeg
+
+    calls = []
+    decode = simplejpeg.decode_jpeg
+    monkeypatch.setattr(simplejpeg, "decode_jpeg",
+                        lambda *a, **k: calls.append(1) or decode(*a, **k))
+    rgb = photo_like(48, 64, seed=2)
+    colour = _save(tmp_path / "c.jpg", encode_jpeg(rgb))
+    cmyk = _save(tmp_path / "k.jpg", _pil_bytes(PILImage.fromarray(rgb).convert("CMYK"), "JPEG"))
+    whole = encode_jpeg(rgb)
+    cut = _save(tmp_path / "t.jpg", whole[:len(whole) * 3 // 4])  # in the scan
+    assert read_image(colour).data.shape == (48, 64, 3) and len(calls) == 1
+    assert read_image(cmyk).data.shape == (48, 64, 3) and len(calls) == 1
+    with pytest.raises(BadInputError) as info:
+        read_image(cut)
+    assert info.value.reason == "truncated" and len(calls) == 2
+
+
 def test_draft_ignored_for_png(tmp_path):
     path = write_image(photo_like(100, 120, seed=2), tmp_path / "a.png")
     img = read_image(path, reduce_to=10)
@@ -446,15 +595,15 @@ def test_draft_ignored_for_png(tmp_path):
 
 
 def test_oversize_before_decoding(tmp_path, monkeypatch):
-    files = bad_corpus_files(0)
-    for name in ("bomb_20000.png", "bomb_60000.tif", "bomb_screen.gif"):
-        path = _save(tmp_path / name, files[name][0])
-        start = time.perf_counter()
+    paths = _bomb_files(tmp_path)
+    _refuse_decoding(monkeypatch)
+    for name, path in paths.items():
+        counted = _count_reads(monkeypatch)
         with pytest.raises(OversizeError) as info:
             read_image(path)
-        assert time.perf_counter() - start < 0.5
         assert info.value.reason == "oversize"
         assert "200,000,000" in str(info.value)
+        assert sum(counted) <= 64 * 1024, name  # the header, not the gigabytes it declares
 
 
 def test_max_pixels_limit_and_none(tmp_path):
@@ -501,7 +650,12 @@ def test_missing_directory_fifo(tmp_path):
 
 
 @pytest.mark.parametrize("mode", ["RGB", "L", "1", "I;16"])
-def test_tiff_codec_without_imagecodecs_falls_back_to_pillow(tmp_path, mode):
+def test_tiff_codec_tifffile_lacks_falls_back_to_pillow(tmp_path, monkeypatch, mode):
+    """Pillow (libtiff) stays the general fallback for a codec tifffile cannot decode."""
+    def lacking(*args, **kwargs):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+
+    monkeypatch.setattr(tifffile.TiffPage, "asarray", lacking)
     rgb = photo_like(24, 32, seed=3)
     image = PILImage.fromarray(rgb)
     if mode == "I;16":

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
+import errno
+import io
 import os
 import unicodedata
 from pathlib import Path
@@ -27,7 +28,7 @@ from dagflow.io import (
 )
 from dagflow.io.atomic import atomic_directory, shorten_component
 from dagflow.io.write import to_uint8, to_uint16
-from dagflow.testing import photo_like
+from dagflow.testing import photo_like, tiff_corpus_files
 
 pytestmark = pytest.mark.filterwarnings("error")
 
@@ -87,11 +88,13 @@ def test_tiff_options(tmp_path):
         assert not tif.is_bigtiff and tif.pages.first.compression == 1
 
 
-@pytest.mark.skipif(importlib.util.find_spec("imagecodecs") is not None,
-                    reason="imagecodecs installed")
-def test_tiff_codec_needing_imagecodecs(tmp_path):
-    with pytest.raises(ValueError, match="imagecodecs"):
-        write_image(photo_like(8, 8), tmp_path / "a.tif", compression="lzw")
+def test_tiff_codecs_and_an_unknown_one(tmp_path):
+    data = photo_like(40, 48, seed=6)
+    for codec in ("lzw", "zstd", "lzma", "zlib", "packbits"):
+        path = write_image(data, tmp_path / f"{codec}.tif", compression=codec)
+        np.testing.assert_array_equal(read_image(path).data, data)
+    with pytest.raises(ValueError, match="unknown TIFF compression 'zip'"):
+        write_image(data, tmp_path / "a.tif", compression="zip")
     assert not (tmp_path / "a.tif").exists()
 
 
@@ -103,6 +106,32 @@ def test_jpeg_and_webp_lossy(tmp_path):
         assert _psnr(back.data, data) > 30, name
     low = Path(write_image(data, tmp_path / "low.jpg", quality=20)).stat().st_size
     assert low < (tmp_path / "a.jpg").stat().st_size
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+@pytest.mark.parametrize("quality", [30, 85, 97])
+def test_jpeg_encodes_what_pillow_encodes(tmp_path, channels, quality):
+    """The same libjpeg-turbo settings as Pillow's ``save`` (4:2:0, accurate DCT): the
+    file decodes to Pillow's pixels exactly; alpha is dropped."""
+    data = photo_like(61, 83, seed=channels, channels=channels)
+    path = write_image(data, tmp_path / "a.jpg", quality=quality)
+    colour = data[:, :, : 3 if channels >= 3 else 1]
+    reference = io.BytesIO()
+    PILImage.fromarray(colour[:, :, 0] if colour.shape[2] == 1 else colour).save(
+        reference, format="JPEG", quality=quality)
+    with PILImage.open(path) as ours, PILImage.open(reference) as theirs:
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+        assert ours.mode == ("L" if channels <= 2 else "RGB")
+
+
+def test_png_compression_level(tmp_path):
+    data = photo_like(120, 160, seed=2, dtype=np.uint16)
+    sizes = [Path(write_image(data, tmp_path / f"{level}.png", compression=level)).stat().st_size
+             for level in (0, 9)]
+    assert sizes[1] < sizes[0] and sizes[0] > data.nbytes  # 0 is stored, 9 compresses
+    np.testing.assert_array_equal(read_image(tmp_path / "9.png").data, data)
+    with pytest.raises(ValueError, match="zlib level"):
+        write_image(data, tmp_path / "x.png", compression=10)
 
 
 @pytest.mark.parametrize("channels", [3, 4])
@@ -134,8 +163,15 @@ def test_scaling_helpers():
                                   np.arange(256) * 257)
     np.testing.assert_array_equal(to_uint8(np.array([-1.0, np.nan, 0.5, 2.0])), [0, 0, 128, 255])
     np.testing.assert_array_equal(to_uint16(np.array([0.0, 0.5, 1.0])), [0, 32768, 65535])
+    # other integers (TIFFs hold signed and 32-bit samples): the dtype's whole range
+    np.testing.assert_array_equal(to_uint8(np.array([-128, -1, 0, 127], np.int8)),
+                                  [0, 127, 128, 255])
+    np.testing.assert_array_equal(to_uint16(np.array([-32768, 0, 32767], np.int16)),
+                                  [0, 32768, 65535])
+    np.testing.assert_array_equal(to_uint8(np.array([0, 2**31, 2**32 - 1], np.uint32)),
+                                  [0, 128, 255])
     with pytest.raises(BadInputError, match="unsupported_mode"):
-        to_uint8(np.zeros(3, np.int32))
+        to_uint8(np.zeros(3, np.complex64))
 
 
 def test_uint16_to_jpeg_is_scaled(tmp_path):
@@ -167,9 +203,18 @@ def test_alpha_dropped_for_jpeg(tmp_path):
     np.testing.assert_array_equal(gray_webp, np.repeat(graya[..., :1], 3, axis=2))
 
 
+def test_signed_tiff_to_jpeg_and_png(tmp_path):
+    """A signed TIFF (the corpus's) goes through to 8-bit outputs, its range mapped."""
+    signed = tiff_corpus_files()["signed_int16.tif"].expected
+    for name in ("a.jpg", "a.png"):
+        back = read_image(write_image(signed, tmp_path / name, quality=100)).data
+        np.testing.assert_allclose(back, to_uint8(signed), rtol=0, atol=1 if "jpg" in name
+                                   else 0)
+
+
 def test_unsupported_pixels(tmp_path):
     with pytest.raises(BadInputError) as info:
-        write_image(np.zeros((4, 4, 3), np.int32), tmp_path / "a.png")
+        write_image(np.zeros((4, 4, 3), np.complex64), tmp_path / "a.png")
     assert info.value.reason == "unsupported_mode"
     with pytest.raises(BadInputError):
         write_image(np.zeros((4, 4, 5), np.uint8), tmp_path / "a.jpg")
@@ -342,16 +387,26 @@ def test_long_components_shortened_deterministically(tmp_path):
     assert safe_join(tmp_path, "short.jpg").name == "short.jpg"
 
 
-def test_transient_write_error(tmp_path, monkeypatch):
-    import errno
+class _FailingWrites(io.FileIO):
+    """A file whose writes fail with EIO once a few bytes are in (a storage hiccup)."""
 
-    def failing_save(self, fp, *args, **kwargs):
-        fp.write(b"partial")
-        raise OSError(errno.EIO, "Input/output error")
+    def write(self, data):
+        if self.tell() > 4:
+            raise OSError(errno.EIO, "Input/output error")
+        return super().write(bytes(data)[:8])
 
-    monkeypatch.setattr(PILImage.Image, "save", failing_save)
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
+def test_transient_write_error(tmp_path, monkeypatch, suffix):
+    from dagflow.io import atomic
+
+    def failing_open(file, mode="r", *args, opener=None, **kwargs):
+        return io.BufferedWriter(_FailingWrites(file, mode.replace("b", ""), opener=opener),
+                                 buffer_size=8)
+
+    monkeypatch.setattr(atomic, "open", failing_open, raising=False)
     with pytest.raises(TransientError) as info:
-        write_image(photo_like(8, 8), tmp_path / "a.jpg")
+        write_image(photo_like(64, 64), tmp_path / f"a{suffix}")
     assert info.value.errno == errno.EIO
     assert list(tmp_path.iterdir()) == []
 

@@ -1,6 +1,13 @@
-"""Neighbourhood filters against reference computations, and their overlap depth."""
+"""Neighbourhood filters: exact against the integer arithmetic they promise, within a
+tolerance derived from that arithmetic of the float64 filter, the same on every SIMD
+level, and equal per block and on the whole image."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -8,46 +15,110 @@ from scipy import ndimage
 
 from dagflow.image import Image
 from dagflow.ops import filter_depth, get_op
-from dagflow.ops.filters import gaussian_array, median_array, unsharp_array
+from dagflow.ops.filters import (
+    FIXED_POINT_BITS,
+    fixed_point_error,
+    fixed_point_kernel,
+    gaussian_array,
+    gaussian_weights,
+    kernel_radius,
+    median_array,
+    unsharp_array,
+)
 
 RNG = np.random.default_rng(1)
+SIGMAS = [(0.6, 4.0), (1.5, 4.0), (2.5, 3.0), (9.0, 3.0)]
 
 
-def reference_gaussian(plane, sigma, truncate, top):
-    ref = ndimage.gaussian_filter(plane.astype(np.float64), sigma, truncate=truncate,
-                                  mode="reflect")
-    return np.clip(np.rint(ref), 0, top)
+def integer_gaussian(arr: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """The fixed-point Gaussian written out: exact int64 sums over the reflected image
+    (numpy's ``symmetric`` padding), both passes, one rounding half up."""
+    k = fixed_point_kernel(sigma, truncate)
+    r = len(k) // 2
+    h, w = arr.shape[:2]
+    padded = np.pad(arr.astype(np.int64), ((r, r), (r, r), (0, 0)), mode="symmetric")
+    rows = sum(int(k[j]) * padded[:, j:j + w] for j in range(len(k)))
+    total = sum(int(k[i]) * rows[i:i + h] for i in range(len(k)))
+    half = 1 << (2 * FIXED_POINT_BITS - 1)
+    return ((total + half) >> (2 * FIXED_POINT_BITS)).astype(arr.dtype)
+
+
+def float_gaussian(arr: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """scipy's float64 Gaussian of every channel (the reference the bound is about)."""
+    return ndimage.gaussian_filter(arr.astype(np.float64), sigma, truncate=truncate,
+                                   mode="reflect", axes=(0, 1))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-@pytest.mark.parametrize("sigma", [0.8, 2.5])
-def test_gaussian_matches_float64_reference(dtype, sigma):
+@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS)
+def test_gaussian_is_exactly_its_integer_arithmetic(dtype, sigma, truncate):
     top = np.iinfo(dtype).max
-    arr = RNG.integers(0, top + 1, (40, 50, 3), dtype=dtype)
-    out = gaussian_array(arr, sigma, 3.0)
+    arr = RNG.integers(0, top + 1, (41, 53, 3), dtype=dtype)
+    out = gaussian_array(arr, sigma, truncate)
     assert out.dtype == dtype
-    for ch in range(3):
-        ref = reference_gaussian(arr[:, :, ch], sigma, 3.0, top)
-        diff = np.abs(out[:, :, ch].astype(np.int64) - ref)
-        assert diff.max() <= 1
-        assert (diff == 0).mean() > 0.99
+    np.testing.assert_array_equal(out, integer_gaussian(arr, sigma, truncate))
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (1, 9, 3), (7, 1, 1), (2, 3, 4), (5, 6, 5),
+                                   (40, 3, 2)])
+def test_gaussian_on_images_smaller_than_its_kernel(shape):
+    arr = RNG.integers(0, 256, shape, dtype=np.uint8)
+    out = gaussian_array(arr, 2.0)
+    assert out.shape == arr.shape
+    np.testing.assert_array_equal(out, integer_gaussian(arr, 2.0, 4.0))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS)
+def test_gaussian_is_within_the_derived_bound_of_float64(dtype, sigma, truncate):
+    """Rounding (half a level) plus the weights' rounding times the input's range."""
+    top = np.iinfo(dtype).max
+    arr = RNG.integers(0, top + 1, (41, 53, 3), dtype=dtype)
+    out = gaussian_array(arr, sigma, truncate)
+    bound = 0.5 + fixed_point_error(sigma, truncate) * top
+    np.testing.assert_allclose(out, float_gaussian(arr, sigma, truncate), rtol=0,
+                               atol=bound + 1e-9 * top)
+    assert fixed_point_error(sigma, truncate) < 5e-4  # the weights' rounding is tiny
+
+
+def test_fixed_point_weights_are_the_gaussians():
+    for sigma, truncate in SIGMAS:
+        k = fixed_point_kernel(sigma, truncate)
+        assert len(k) == 2 * kernel_radius(sigma, truncate) + 1
+        assert int(k.sum()) == 1 << FIXED_POINT_BITS and (k == k[::-1]).all()
+        x = np.arange(-(len(k) // 2), len(k) // 2 + 1)
+        exact = np.exp(-0.5 * (x / sigma) ** 2)
+        exact /= exact.sum()
+        np.testing.assert_allclose(gaussian_weights(sigma, truncate), exact, rtol=1e-12)
+        # error diffusion: each weight within one unit, the centre within a few
+        assert np.abs(k / 2.0 ** FIXED_POINT_BITS - exact).max() <= len(k) / 2.0 ** 16
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.int32])
+def test_gaussian_other_dtypes_in_float64(dtype):
+    arr = (RNG.random((30, 37, 3)) * 2000 - 1000).astype(dtype)
+    out = gaussian_array(arr, 1.5)
+    assert out.dtype == dtype
+    ref = float_gaussian(arr, 1.5, 4.0)
+    if np.dtype(dtype).kind == "f":  # float64 sums, rounded once to the dtype
+        np.testing.assert_allclose(out, ref, rtol=2 * np.finfo(dtype).eps, atol=1e-9)
+    else:
+        np.testing.assert_allclose(out, ref, rtol=0, atol=0.5 + 1e-9)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_gaussian_stays_in_range_at_the_ends_of_the_dtype(dtype):
-    """Rounding alone keeps 8- and 16-bit outputs in range: a flat image at the dtype's
-    top stays at its top (not wrapped to 0), one at 0 stays 0, and hard edges between the
-    two match the float64 reference."""
+    """The weights sum to exactly 1: a flat image at the dtype's top stays at its top,
+    one at 0 stays 0, and hard edges between the two stay within the range."""
     top = np.iinfo(dtype).max
     for flat in (0, top):
         arr = np.full((37, 41, 3), flat, dtype)
         np.testing.assert_array_equal(gaussian_array(arr, 1.5), arr)
     checker = (np.indices((37, 41)).sum(axis=0) % 2 * top).astype(dtype)[:, :, None]
     checker[:, :20] = top
-    out = gaussian_array(checker, 1.5)[:, :, 0].astype(np.int64)
-    ref = reference_gaussian(checker[:, :, 0], 1.5, 4.0, top)
-    assert np.abs(out - ref).max() <= 1
-    assert out.max() == top and out.min() >= 0
+    out = gaussian_array(checker, 1.5)
+    np.testing.assert_array_equal(out, integer_gaussian(checker, 1.5, 4.0))
+    assert out.max() == top
 
 
 def test_gaussian_matches_explicit_sampled_kernel():
@@ -62,8 +133,9 @@ def test_gaussian_matches_explicit_sampled_kernel():
     for dy in range(2 * radius + 1):
         for dx in range(2 * radius + 1):
             ref += k1[dy] * k1[dx] * padded[dy:dy + 30, dx:dx + 30]
-    out = gaussian_array(arr, sigma, truncate)[:, :, 0].astype(int)
-    assert np.abs(out - np.rint(ref)).max() <= 1
+    out = gaussian_array(arr, sigma, truncate)[:, :, 0]
+    np.testing.assert_allclose(out, ref, rtol=0,
+                               atol=0.5 + fixed_point_error(sigma, truncate) * 255 + 1e-9)
 
 
 def test_gaussian_alpha_untouched():
@@ -71,7 +143,7 @@ def test_gaussian_alpha_untouched():
     img = Image(arr, {"space": "rgba"})
     out = get_op("gaussian").func(img, sigma=2.0).data
     np.testing.assert_array_equal(out[:, :, 3], arr[:, :, 3])
-    assert not np.array_equal(out[:, :, 0], arr[:, :, 0])
+    np.testing.assert_array_equal(out[:, :, :3], integer_gaussian(arr[:, :, :3], 2.0, 4.0))
 
 
 def test_median_matches_explicit_windows():
@@ -87,22 +159,31 @@ def test_median_matches_explicit_windows():
                 assert out[y, x, ch] == np.median(window)
 
 
-def test_median_removes_salt():
-    arr = np.full((15, 15, 3), 100, np.uint8)
+def test_median_removes_salt_and_keeps_alpha():
+    arr = np.full((15, 15, 4), 100, np.uint8)
     arr[7, 7] = 255
-    assert (median_array(arr, 3) == 100).all()
+    out = median_array(arr, 3, alpha=True)
+    assert (out[:, :, :3] == 100).all()
+    np.testing.assert_array_equal(out[:, :, 3], arr[:, :, 3])
 
 
-def test_unsharp_formula():
-    arr = RNG.integers(0, 256, (25, 25, 1), dtype=np.uint8)
-    sigma, amount, thr = 1.5, 0.7, 4.0
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_unsharp_formula(dtype):
+    """``img + amount * (img - blur)`` where the detail exceeds the threshold, computed in
+    float32: within the final rounding plus float32's relative error (a few ulps of the
+    largest value) of the float64 formula, away from the threshold's edge."""
+    top = np.iinfo(dtype).max
+    arr = RNG.integers(0, top + 1, (25, 25, 1), dtype=dtype)
+    sigma, amount, thr = 1.5, 0.7, 4.0 * top / 255
     img = arr[:, :, 0].astype(np.float64)
-    blur = ndimage.gaussian_filter(img, sigma, mode="reflect")
-    detail = img - blur
-    ref = np.where(np.abs(detail) > thr, img + amount * detail, img)
-    ref = np.clip(np.rint(ref), 0, 255)
+    detail = img - ndimage.gaussian_filter(img, sigma, mode="reflect")
+    float32_error = 8 * np.finfo(np.float32).eps * top
+    keep = np.abs(np.abs(detail) - thr) > float32_error  # the mask cannot flip there
+    ref = np.clip(np.where(np.abs(detail) > thr, img + amount * detail, img), 0, top)
     out = unsharp_array(arr, sigma, amount, thr)[:, :, 0]
-    assert np.abs(out.astype(int) - ref).max() <= 1
+    np.testing.assert_allclose(out[keep], ref[keep], rtol=0,
+                               atol=0.5 + (1 + 2 * amount) * float32_error)
+    assert keep.mean() > 0.99
 
 
 def test_unsharp_threshold_in_levels_scales_for_16bit():
@@ -123,15 +204,20 @@ def test_filter_depth():
     assert filter_depth("median", {}) == 1
     with pytest.raises(ValueError, match="not a neighbourhood filter"):
         filter_depth("resize", {})
+    for sigma, truncate in SIGMAS:  # the overlap covers the kernel
+        assert filter_depth("gaussian", {"sigma": sigma, "truncate": truncate}) >= \
+            kernel_radius(sigma, truncate)
 
 
 @pytest.mark.parametrize(("name", "params"),
                          [("gaussian", {"sigma": 1.3, "truncate": 3.0}),
                           ("median", {"size": 5}),
                           ("unsharp", {"sigma": 1.0, "amount": 2.0})])
-def test_tiled_with_filter_depth_equals_whole(name, params):
-    """Blocks padded by filter_depth (reflect at the edges) give the whole-image result."""
-    arr = RNG.integers(0, 256, (48, 40, 3), dtype=np.uint8)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_tiled_with_filter_depth_equals_whole(name, params, dtype):
+    """Blocks padded by filter_depth (reflect at the edges) give the whole-image result,
+    exactly: each output pixel is computed from the same inputs in the same way."""
+    arr = (RNG.random((48, 40, 3)) * 255).astype(dtype)
     spec = get_op(name)
     resolved = spec.resolve_params(params)[0]
     whole = spec.func(Image(arr), **resolved).data
@@ -145,3 +231,50 @@ def test_tiled_with_filter_depth_equals_whole(name, params):
             out = spec.func(Image(block), **resolved).data
             tiled[y0:y0 + 16, x0:x0 + 20] = out[depth:depth + 16, depth:depth + 20]
     np.testing.assert_array_equal(tiled, whole)
+
+
+_PIXELS_SCRIPT = """
+import hashlib, json, sys
+import numpy as np
+from dagflow.image import Image
+from dagflow.ops import get_op
+from dagflow.testing import photo_like
+out = {}
+for dtype in (np.uint8, np.uint16, np.float32):
+    data = photo_like(97, 131, channels=4, dtype=dtype, seed=3)
+    for name, params in (("gaussian", {"sigma": 1.5}), ("gaussian", {"sigma": 7.0}),
+                         ("unsharp", {"sigma": 2.0, "amount": 1.5, "threshold": 2.0}),
+                         ("resize", {"long_side": 50}), ("normalize", {})):
+        spec = get_op(name)
+        full = spec.resolve_params(params)[0]
+        result = spec.func(Image(data, {"space": "rgba"}), **full).data
+        out[f"{name}-{params}-{np.dtype(dtype).name}"] = hashlib.sha256(
+            np.ascontiguousarray(result).tobytes()).hexdigest()
+json.dump(out, sys.stdout)
+"""
+
+#: SIMD levels to run the kernels at, as OpenCV names its dispatched features, and the
+#: OpenBLAS kernels to force; the first entry is this machine's own.
+SIMD_LEVELS = [
+    {},
+    {"OPENCV_CPU_DISABLE": "AVX512-SKX,AVX512-CLX,AVX_VNNI",
+     "OPENBLAS_CORETYPE": "Haswell"},
+    {"OPENCV_CPU_DISABLE": "AVX512-SKX,AVX512-CLX,AVX_VNNI,AVX2,FP16,AVX,SSE4.2,SSE4.1",
+     "OPENBLAS_CORETYPE": "Prescott"},
+]
+
+
+def test_filters_give_the_same_pixels_at_every_simd_level():
+    """The same ops in fresh processes with OpenCV's dispatch limited to AVX2, then to
+    SSE3 (its baseline), and OpenBLAS forced to other kernels: the same bytes."""
+    digests = []
+    for extra in SIMD_LEVELS:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OPENCV_CPU_DISABLE", "OPENBLAS_CORETYPE")}
+        env.update(extra)
+        done = subprocess.run([sys.executable, "-c", _PIXELS_SCRIPT], capture_output=True,
+                              text=True, env=env, timeout=120, check=True)
+        digests.append(json.loads(done.stdout))
+    assert digests[0] and all(d == digests[0] for d in digests[1:])
+    assert len(set(digests[0].values())) == len(digests[0])  # every case its own result
+

@@ -73,6 +73,47 @@ def test_convert_8_to_16_and_back():
     np.testing.assert_array_equal(convert_dtype_array(wide, "uint8"), values)
 
 
+def test_convert_signed_and_wide_integers_map_their_whole_range():
+    from dagflow.io.write import to_uint8, to_uint16
+
+    signed = np.array([[[-32768], [-1], [0], [32767]]], np.int16)
+    np.testing.assert_array_equal(convert_dtype_array(signed, "uint8")[0, :, 0],
+                                  [0, 127, 128, 255])
+    np.testing.assert_array_equal(convert_dtype_array(signed, "uint8"), to_uint8(signed))
+    np.testing.assert_array_equal(convert_dtype_array(signed, "uint16"), to_uint16(signed))
+    wide = np.array([[[0], [2**31], [2**32 - 1]]], np.uint32)
+    np.testing.assert_array_equal(convert_dtype_array(wide, "uint16")[0, :, 0],
+                                  [0, 32768, 65535])
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_exact_histogram_counts_every_level(dtype, monkeypatch):
+    from dagflow.ops import intensity
+
+    values = np.random.default_rng(2).integers(0, np.iinfo(dtype).max + 1, (301, 257, 3),
+                                               dtype=dtype)
+    expected = np.bincount(values.ravel(), minlength=np.iinfo(dtype).max + 1)
+    np.testing.assert_array_equal(intensity.exact_histogram(values), expected)
+    monkeypatch.setattr(intensity, "_HIST_PART", 1000)  # counted in parts, summed
+    np.testing.assert_array_equal(intensity.exact_histogram(values[:, :, 1]),
+                                  np.bincount(values[:, :, 1].ravel(),
+                                              minlength=len(expected)))
+
+
+def test_exact_histogram_beyond_float32_counts():
+    """OpenCV counts in float32, exact only to 2**24: more samples in a bin stay exact."""
+    from dagflow.ops.intensity import exact_histogram
+
+    values = np.zeros(2**24 + 3, np.uint8)
+    assert exact_histogram(values)[0] == 2**24 + 3
+
+
+def test_convert_16_to_8_is_rounded_for_every_level():
+    levels = np.arange(65536, dtype=np.uint16)[None, :, None]
+    np.testing.assert_array_equal(convert_dtype_array(levels, "uint8")[0, :, 0],
+                                  np.floor(np.arange(65536) / 257 + 0.5).astype(np.uint8))
+
+
 def test_convert_float():
     values = np.arange(256, dtype=np.uint8).reshape(16, 16, 1)
     f = convert_dtype_array(values, "float32")

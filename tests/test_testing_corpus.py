@@ -154,3 +154,17 @@ def test_bad_corpus_file(bad_dir, name):
         assert header["width"] > 0 and header["height"] > 0
     if outcome == OK and expectation.shape is not None:
         assert read_image(bad_dir / name).data.shape == expectation.shape
+
+
+# --- TIFF corpus ------------------------------------------------------------------------------
+
+
+def test_tiff_corpus_is_deterministic_and_written(tmp_path):
+    from dagflow.testing import tiff_corpus_files, write_tiff_corpus
+
+    first, again = tiff_corpus_files(seed=3), tiff_corpus_files(seed=3)
+    assert {n: c.data for n, c in first.items()} == {n: c.data for n, c in again.items()}
+    assert tiff_corpus_files(seed=4)["lzw_rgb.tif"].data != first["lzw_rgb.tif"].data
+    paths = write_tiff_corpus(tmp_path, seed=3)
+    assert sorted(paths) == sorted(first)
+    assert all(paths[n].read_bytes() == first[n].data for n in first)

@@ -144,23 +144,13 @@ EXACT = [
 ]
 
 
-def assert_filter_equal(actual: np.ndarray, expected: np.ndarray) -> None:
-    """Equal, but for float32 rounding: a filter computed per block sums in another order
-    than on the whole image, which may move a value across a rounding boundary."""
-    diff = np.abs(actual.astype(np.int64) - expected.astype(np.int64))
-    assert diff.max() <= 1 and np.mean(diff > 0) < 1e-3
-
-
 @pytest.mark.parametrize("op,params", EXACT, ids=[f"{o}-{i}" for i, (o, _) in enumerate(EXACT)])
 def test_tiled_ops_equal_the_whole_image_result(lazy, rgb, op, params):
     spec = get_op(op)
     full, _ = spec.resolve_params(params)
     expected = spec.func(Image(rgb.copy(), {"space": "rgb"}), **full)
     out = apply_op(lazy, op, params)
-    if op in ("gaussian", "unsharp"):
-        assert_filter_equal(out.values, expected.data)
-    else:
-        np.testing.assert_array_equal(out.values, expected.data)
+    np.testing.assert_array_equal(out.values, expected.data)  # filters too: exact kernels
     assert out.attrs["space"] == expected.meta["space"]
     assert (out.attrs["width"], out.attrs["height"]) == (expected.width, expected.height)
 
@@ -172,8 +162,11 @@ def test_tiled_resize_by_any_factor_matches_pure_lanczos(lazy, rgb, params):
     out = apply_op(lazy, "resize", params).values
     h, w = out.shape[:2]
     expected = resize_array(rgb, w, h, reducing_gap=None)
-    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 2
-    assert np.mean(out != expected) < 0.01
+    # Pillow's 8-bit resample rounds to 8 bits between its two passes; a block's weights
+    # come from box offsets that differ from the whole image's in the last float bits,
+    # which can move either rounding by one level: one level after the first pass,
+    # amplified by the sum of the Lanczos weights' magnitudes (< 1.3), plus one
+    np.testing.assert_allclose(out, expected, rtol=0, atol=2)
 
 
 def test_tiled_ops_keep_alpha_and_16_bit(tmp_path):
@@ -184,7 +177,7 @@ def test_tiled_ops_keep_alpha_and_16_bit(tmp_path):
     assert img.attrs["space"] == "rgba"
     expected = get_op("gaussian").func(Image(data, {"space": "rgba"}), sigma=3.0)
     blurred = apply_op(img, "gaussian", {"sigma": 3.0}).values
-    assert_filter_equal(blurred, expected.data)
+    np.testing.assert_array_equal(blurred, expected.data)
     np.testing.assert_array_equal(blurred[:, :, 3], data[:, :, 3])
     small = apply_op(img, "resize", {"scale": 0.5}).values
     ref = resize_array(data, 85, 75, alpha=True, reducing_gap=None)
@@ -203,7 +196,7 @@ def test_what_cannot_run_tiled_says_why(lazy):
 def test_tiled_ops_compute_on_a_cluster(lazy, rgb, client):
     out = apply_op(lazy, "gaussian", {"sigma": 2.0}).data
     result = client.compute(out).result()
-    assert_filter_equal(result, get_op("gaussian").func(Image(rgb), sigma=2.0).data)
+    np.testing.assert_array_equal(result, get_op("gaussian").func(Image(rgb), sigma=2.0).data)
 
 
 # --------------------------------------------------------------------------- writing
@@ -350,7 +343,7 @@ def test_oversize_items_run_tiled_or_are_refused_in_a_run(tmp_path, client):
     expected = get_op("gaussian").func(Image(big), sigma=2.0).data
     with tifffile.TiffFile(tmp_path / "out" / "big.tif") as tif:
         assert tif.pages.first.is_tiled and tif.is_bigtiff
-        assert_filter_equal(tif.asarray(), expected)
+        np.testing.assert_array_equal(tif.asarray(), expected)
     rows = ds.dataset(result.run_dir / "records").to_table().to_pylist()
     by = {(Path(r["input_path"]).name, r["node_id"]): r for r in rows}
     assert by[("big.tif", "save")]["status"] == "ok"
@@ -403,4 +396,4 @@ def test_large_tiff_on_workers_below_its_size(tmp_path, monkeypatch):
     big = read_image(path).data
     expected = get_op("gaussian").func(Image(big), sigma=2.0).data
     with tifffile.TiffFile(report["output"]) as tif:
-        assert_filter_equal(tif.asarray(), expected)
+        np.testing.assert_array_equal(tif.asarray(), expected)

@@ -122,7 +122,8 @@ def _decoder_failure(exc: BaseException, where: str) -> BadInputError:
     text = str(exc) or type(exc).__name__
     lowered = text.lower()
     if "imagecodecs" in lowered:
-        return BadInputError("unsupported_codec", f"{where}: {text} (install imagecodecs)")
+        return BadInputError("unsupported_codec", f"{where}: {text} (a codec missing from "
+                             "this installation's imagecodecs)")
     if isinstance(exc, EOFError | struct.error) or any(h in lowered for h in _TRUNCATION_HINTS):
         return BadInputError("truncated", f"{where}: {text}")
     return BadInputError("corrupt", f"{where}: {type(exc).__name__}: {text}")

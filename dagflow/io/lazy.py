@@ -18,8 +18,10 @@ for neighbouring blocks; the default block side is ``dagflow.resources.tile-chun
 pixels (a strip spans the width, so narrower blocks would decode it again each).
 
 Layouts :func:`open_image` reads: grey, grey + alpha, RGB, RGB + alpha and any number of
-extra samples (``minisblack``/``rgb`` photometric, 1-64 bit integers and floats). Palette,
-CMYK, YCbCr and min-is-white TIFFs, and multi-page volumes, raise
+extra samples (``minisblack``/``rgb`` photometric, and JPEG-compressed YCbCr as slide
+scanners write it; 8-64 bit integers and floats), with any codec of ``imagecodecs``
+(LZW, Deflate, ZSTD, JPEG...). Palette, CMYK, uncompressed YCbCr, L*a*b*, min-is-white and
+2- to 15-bit TIFFs, and multi-page volumes, raise
 :class:`~dagflow.exceptions.BadInputError` (``unsupported_mode``): read them whole with
 :func:`dagflow.io.read_image`. The EXIF/TIFF orientation is applied lazily (flips and
 transposes of the dask array), as :func:`~dagflow.io.read_image` applies it.
@@ -45,7 +47,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TiffBlockReader", "open_image", "open_tiff_array"]
 
-_MINISBLACK, _RGB = 1, 2
+_MINISBLACK, _RGB, _YCBCR = 1, 2, 6
+#: TIFF JPEG compressions: their YCbCr segments decode to RGB.
+_JPEG_COMPRESSIONS = frozenset({7, 33007, 34892})
 _SPACES = {1: "gray", 2: "graya", 3: "rgb", 4: "rgba"}
 
 
@@ -179,9 +183,14 @@ def _inspect(path: str) -> tuple[TiffBlockReader, dict[str, Any]]:
         layout = tiff_layout(tif)
         page = tif.pages.first
         photometric = int(page.photometric)
+        if photometric == _YCBCR and int(page.compression) in _JPEG_COMPRESSIONS:
+            photometric = _RGB  # the JPEG decoder converts each segment to RGB
         if photometric not in (_MINISBLACK, _RGB) or layout["source_dtype"] != layout["dtype"]:
             raise BadInputError("unsupported_mode", f"{path}: photometric {photometric} is "
                                 "not read lazily (read it whole with read_image)")
+        if int(page.bitspersample) != np.dtype(layout["dtype"]).itemsize * 8:
+            raise BadInputError("unsupported_mode", f"{path}: {page.bitspersample}-bit samples "
+                                "are not read lazily (read it whole with read_image)")
         separate = int(page.planarconfig) == 2 and layout["samples"] > 1
         shaped = page.shaped  # (separate samples, depth, length, width, contig samples)
         if shaped[1] != 1:

@@ -102,6 +102,7 @@ _JPEG_HEADER_BYTES = 64 * 1024
 
 # TIFF photometric interpretations.
 _MINISWHITE, _MINISBLACK, _RGB, _PALETTE, _SEPARATED, _YCBCR = 0, 1, 2, 3, 5, 6
+_CIELAB, _ICCLAB = 8, 9
 _TIFF_JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 
 
@@ -335,7 +336,11 @@ def tiff_layout(tif: Any) -> dict[str, Any]:
         channels = samples - 1  # CMYK -> RGB, extra samples kept
     elif photometric == _YCBCR and int(page.compression) not in _TIFF_JPEG_COMPRESSIONS:
         raise BadInputError("unsupported_mode", "YCbCr TIFF without JPEG compression")
-    elif photometric not in (_MINISWHITE, _MINISBLACK, _RGB, _YCBCR):
+    elif photometric in (_CIELAB, _ICCLAB) and (samples < 3 or dtype not in (np.uint8,
+                                                                             np.uint16)):
+        raise BadInputError("unsupported_mode", f"L*a*b* TIFF with {samples} samples of "
+                            f"{dtype}")
+    elif photometric not in (_MINISWHITE, _MINISBLACK, _RGB, _YCBCR, _CIELAB, _ICCLAB):
         raise BadInputError("unsupported_mode", f"TIFF photometric interpretation {photometric}")
     tag = page.tags.get(274)
     orientation = int(tag.value) if tag is not None and isinstance(tag.value, int) else 1

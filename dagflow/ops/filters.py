@@ -3,10 +3,24 @@
 The pixel work lives in pure functions on ``(y, x, c)`` arrays (:func:`gaussian_array`,
 :func:`median_array`, :func:`unsharp_array`) so that tiled processing can run them per
 block with :func:`dask.array.map_overlap`, using :func:`filter_depth` as the overlap and
-``boundary="reflect"`` (the filters' own edge mode, scipy's ``reflect``: ``d c b a | a b
-c d``). Filters work on the colour channels only: an alpha channel is passed through
-unchanged (pass ``alpha=True`` to the pure functions). Dtypes are kept: integer images
-are filtered in 32-bit float, then rounded and clipped.
+``boundary="reflect"`` (the filters' own edge mode, scipy's ``reflect``, OpenCV's
+``BORDER_REFLECT``: ``d c b a | a b c d``). Filters work on the colour channels only: an
+alpha channel is passed through unchanged (pass ``alpha=True`` to the pure functions).
+Dtypes are kept.
+
+Same pixels on every CPU. The Gaussian's kernel is the sampled Gaussian of radius
+``int(truncate * sigma + 0.5)`` (scipy's), its weights computed in software floating
+point (``cv2.getGaussianKernel``, identical on every machine). ``gaussian`` on 8- and
+16-bit images runs OpenCV's bit-exact fixed-point ``GaussianBlur`` at 16-bit precision:
+the weights rounded to multiples of 2**-16 (error diffused, summing to exactly 1), both
+passes summed exactly in integers, one rounding at the end (half up). Integer
+arithmetic has no order to depend on, so the result is the same whatever the SIMD width
+or thread count, and a block filtered with its overlap equals the same pixels of the
+whole image exactly. Its distance from the float64 Gaussian is bounded by the weights'
+rounding (:func:`fixed_point_error`), a few thousandths of a level for the usual sigmas.
+Other dtypes (float, signed and wide integers), and ``unsharp`` (whose threshold wants
+the blur before any rounding), are filtered by :func:`scipy.ndimage.correlate1d` with
+the same weights: a C loop summing in a fixed order, no BLAS, no dispatch by CPU.
 
 This module imports no Dask and no I/O.
 """
@@ -21,6 +35,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from dagflow._opencv import cv2
 from dagflow.image import Image
 from dagflow.ops._common import (
     apply_to_colour,
@@ -35,9 +50,14 @@ from dagflow.ops.registry import Param, register_op
 
 __all__ = [
     "FILTER_OPS",
+    "FIXED_POINT_BITS",
     "filter_depth",
+    "fixed_point_error",
+    "fixed_point_kernel",
     "gaussian",
     "gaussian_array",
+    "gaussian_weights",
+    "kernel_radius",
     "median",
     "median_array",
     "unsharp",
@@ -47,13 +67,129 @@ __all__ = [
 #: The ops :func:`filter_depth` knows: their output pixel depends on a neighbourhood.
 FILTER_OPS = frozenset({"gaussian", "median", "unsharp"})
 
+#: Fraction bits of the fixed-point weights of OpenCV's 16-bit ``GaussianBlur``.
+FIXED_POINT_BITS = 16
+
 _MODE = "reflect"
+
+
+def kernel_radius(sigma: float, truncate: float = 4.0) -> int:
+    """The Gaussian kernel's radius in pixels, ``int(truncate * sigma + 0.5)`` (scipy's).
+
+    Examples
+    --------
+    >>> kernel_radius(1.5), kernel_radius(2.0, 3.0), kernel_radius(0.1)
+    (6, 6, 0)
+    """
+    return int(float(truncate) * float(sigma) + 0.5)
+
+
+@lru_cache(maxsize=64)
+def gaussian_weights(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The normalised 1-D Gaussian of :func:`kernel_radius`, as float64.
+
+    ``exp(-x**2 / (2 sigma**2))`` for ``x`` in ``-r..r``, divided by its sum: scipy's
+    kernel, computed by OpenCV in software floating point (``cv2.getGaussianKernel``), so
+    that the weights do not depend on the CPU's ``exp``.
+    """
+    size = 2 * kernel_radius(sigma, truncate) + 1
+    weights = cv2().getGaussianKernel(size, float(sigma), ktype=cv2().CV_64F).ravel()
+    weights.setflags(write=False)
+    return weights
+
+
+@lru_cache(maxsize=64)
+def fixed_point_kernel(sigma: float, truncate: float = 4.0) -> np.ndarray:
+    """The integer weights OpenCV's 16-bit ``GaussianBlur`` applies, summing to 2**16.
+
+    :func:`gaussian_weights` scaled by ``2**FIXED_POINT_BITS`` and rounded from the
+    outside in, each rounding error carried to the next weight, the centre taking what
+    is left so that the sum is exact (``getGaussianKernelFixedPoint_ED`` in OpenCV's
+    ``smooth.dispatch.cpp``). A pixel of :func:`gaussian_array` on 8- or 16-bit data is
+    ``(sum_i sum_j k[i] k[j] x[y+i, x+j] + 2**31) >> 32`` over the reflected image.
+
+    Examples
+    --------
+    >>> k = fixed_point_kernel(1.0, 2.0)
+    >>> int(k.sum()) == 2 ** FIXED_POINT_BITS, bool((k == k[::-1]).all())
+    (True, True)
+    """
+    weights = gaussian_weights(sigma, truncate)
+    one = 1 << FIXED_POINT_BITS
+    size = len(weights)
+    half = size // 2
+    out = np.zeros(size, dtype=np.int64)
+    carried = 0.0
+    for i in range(half):
+        wanted = weights[i] * one + carried
+        value = round(wanted)  # half to even, as cvRound
+        carried = wanted - value
+        out[i] = out[size - 1 - i] = value
+    out[half] = one - 2 * int(out[:half].sum())
+    out.setflags(write=False)
+    return out
+
+
+def fixed_point_error(sigma: float, truncate: float = 4.0) -> float:
+    """How far the fixed-point Gaussian can be from the float64 one, before rounding.
+
+    As a fraction of the input's range: half the L1 distance between the 2-D kernels
+    (both sum to 1, so an input spanning ``[lo, hi]`` moves a pixel by at most this times
+    ``hi - lo``). The result of :func:`gaussian_array` on 8- or 16-bit data is within
+    ``0.5 + fixed_point_error(...) * (hi - lo)`` levels of the float64 filter.
+
+    Examples
+    --------
+    >>> fixed_point_error(1.5) < 1e-4
+    True
+    """
+    exact = gaussian_weights(sigma, truncate)
+    fixed = fixed_point_kernel(sigma, truncate) / float(1 << FIXED_POINT_BITS)
+    return float(0.5 * np.abs(np.outer(fixed, fixed) - np.outer(exact, exact)).sum())
+
+
+def _colour(arr: np.ndarray, alpha: bool) -> np.ndarray:
+    return arr[:, :, :-1] if alpha else arr
+
+
+def _with_alpha(arr: np.ndarray, colour: np.ndarray, alpha: bool) -> np.ndarray:
+    """``colour`` (y, x, c) with ``arr``'s alpha channel appended when it has one."""
+    if not alpha:
+        return colour
+    out = np.empty_like(arr)
+    out[:, :, :-1] = colour
+    out[:, :, -1] = arr[:, :, -1]
+    return out
+
+
+def _fixed_point_blur(values: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """OpenCV's bit-exact 16-bit Gaussian of ``uint16`` ``values`` (y, x, c)."""
+    cv = cv2()
+    size = 2 * kernel_radius(sigma, truncate) + 1
+    src = np.ascontiguousarray(values)
+    if src.shape[2] > 4:  # OpenCV's channel limit is higher; planes keep it simple
+        return np.stack([_fixed_point_blur(src[:, :, c:c + 1], sigma, truncate)[:, :, 0]
+                         for c in range(src.shape[2])], axis=2)
+    out = cv.GaussianBlur(src, (size, size), float(sigma), sigmaY=float(sigma),
+                          borderType=cv.BORDER_REFLECT | cv.BORDER_ISOLATED,
+                          hint=cv.ALGO_HINT_ACCURATE)
+    return out.reshape(src.shape)
+
+
+def _float_blur(plane: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+    """The separable Gaussian of one channel ``plane`` (y, x) in float64 (scipy's C loop)."""
+    weights = gaussian_weights(sigma, truncate)
+    out = ndimage.correlate1d(plane.astype(np.float64), weights, axis=0, mode=_MODE)
+    return ndimage.correlate1d(out, weights, axis=1, mode=_MODE, output=out)
 
 
 def gaussian_array(
     arr: np.ndarray, sigma: float, truncate: float = 4.0, *, alpha: bool = False
 ) -> np.ndarray:
     """Gaussian blur of each colour channel of ``arr`` (y, x, c).
+
+    8- and 16-bit images are filtered in exact fixed point (see the module's notes),
+    other dtypes in float64; integers are rounded to nearest and clipped.
 
     Parameters
     ----------
@@ -62,7 +198,7 @@ def gaussian_array(
     sigma
         Standard deviation in pixels, the same along y and x.
     truncate
-        The kernel reaches ``truncate * sigma`` pixels each side.
+        The kernel reaches ``int(truncate * sigma + 0.5)`` pixels each side.
     alpha
         Whether the last channel is alpha (copied unchanged).
 
@@ -72,109 +208,27 @@ def gaussian_array(
         The blurred pixels, in ``arr``'s dtype.
     """
     require_dtype(arr, "gaussian")
-    if int(truncate * float(sigma) + 0.5) <= _BANDED_MAX_RADIUS:
-        return _banded_gaussian(arr, float(sigma), float(truncate), alpha)
-
-    def blur(plane: np.ndarray) -> np.ndarray:
-        out = ndimage.gaussian_filter(plane, sigma, output=np.float32, mode=_MODE,
-                                      truncate=truncate)
-        return from_float(out, arr.dtype)
-
-    return apply_to_colour(arr, alpha, blur)
-
-
-#: Kernel radius up to which :func:`gaussian_array` filters with banded matrix products.
-_BANDED_MAX_RADIUS = 64
-#: Output rows (vertical pass) and columns (horizontal pass) per matrix product.
-_ROW_BLOCK, _COL_BLOCK = 16, 32
-#: Largest m*n*k of one product: OpenBLAS computes those in the calling thread, so the
-#: filter never starts BLAS threads that would fight a Dask worker's threads for the cores
-#: (wherever OPENBLAS_NUM_THREADS is not 1), at a cost of a few more, smaller products.
-_BLAS_SERIAL_MNK = 1 << 18
-
-
-def _span(m: int, k: int) -> int:
-    """Columns (or rows) per product of an ``m`` x ``k`` block kept under the threshold."""
-    return max(8, _BLAS_SERIAL_MNK // max(1, m * k))
-
-
-@lru_cache(maxsize=64)
-def _band_blocks(n: int, sigma: float, truncate: float, block: int, transposed: bool
-                 ) -> tuple[tuple[int, int, int, int, np.ndarray], ...]:
-    """The 1-D Gaussian over ``n`` samples as blocks of its (banded) matrix.
-
-    Each block is ``(start, stop, first, last, weights)``: output samples
-    ``start:stop`` are ``weights @ input[first:last]``. The sampled kernel and the
-    ``reflect`` edges are scipy's, folded into the weights.
-    """
-    radius = int(truncate * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=np.float64)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
-    period = 2 * n
-    blocks = []
-    for start in range(0, n, block):
-        stop = min(n, start + block)
-        rows = np.arange(start, stop)[:, None]
-        src = (rows + np.arange(-radius, radius + 1)[None, :]) % period
-        src = np.where(src >= n, period - 1 - src, src)  # d c b a | a b c d | d c b a
-        first, last = int(src.min()), int(src.max()) + 1
-        weights = np.zeros((stop - start, last - first))
-        np.add.at(weights, (np.broadcast_to(rows - start, src.shape), src - first),
-                  np.broadcast_to(kernel, src.shape))
-        weights = weights.astype(np.float32)
-        blocks.append((start, stop, first, last,
-                       np.ascontiguousarray(weights.T) if transposed else weights))
-    return tuple(blocks)
-
-
-def _banded_gaussian(arr: np.ndarray, sigma: float, truncate: float, alpha: bool
-                     ) -> np.ndarray:
-    """:func:`gaussian_array` as two passes of banded float32 matrix products (BLAS).
-
-    Channel by channel, as scipy's filter (the same kernel, edges and float32
-    intermediate, and the same working set: two float32 planes), about three times
-    faster than its line-by-line loop.
-    """
-    h, w, channels = arr.shape
-    out = np.empty_like(arr)
-    plane = np.empty((h, w), np.float32)
-    vertical = np.empty((h, w), np.float32)
-    rows = _band_blocks(h, sigma, truncate, _ROW_BLOCK, False)
-    columns = _band_blocks(w, sigma, truncate, _COL_BLOCK, True)
-    info = np.iinfo(arr.dtype) if arr.dtype.kind in "ui" else None
-    # The weights are non-negative and each output's sum to 1: an output lies between
-    # its inputs (within float32 rounding, far under 0.5 for 8- and 16-bit values), so
-    # rounding alone keeps it in range. Wider integers lose digits in float32: clipped.
-    exact_range = info is not None and info.bits <= 16
-    n_colour = channels - 1 if alpha else channels
-    for c in range(n_colour):
-        plane[...] = arr[:, :, c]
-        for start, stop, first, last, weights in rows:
-            span = _span(stop - start, last - first)
-            for col in range(0, w, span):
-                np.matmul(weights, plane[first:last, col:col + span],
-                          out=vertical[start:stop, col:col + span])
-        for start, stop, first, last, weights in columns:
-            span = _span(stop - start, last - first)
-            for row in range(0, h, span):
-                np.matmul(vertical[row:row + span, first:last], weights,
-                          out=plane[row:row + span, start:stop])
-        if info is not None:  # as from_float: round to nearest and clip, then cast
-            np.rint(plane, out=plane)
-            if not exact_range:
-                np.clip(plane, info.min, info.max, out=plane)
-        out[:, :, c] = plane
-    if alpha:
-        out[:, :, n_colour:] = arr[:, :, n_colour:]
-    return out
+    colour = _colour(arr, alpha)
+    if kernel_radius(sigma, truncate) == 0 or colour.shape[2] == 0:
+        return arr.copy()
+    if arr.dtype == np.uint8:
+        # 8-bit values are filtered as 16-bit ones (the 16-bit weights' precision); the
+        # weights sum to 1, so the result stays within 0..255
+        blurred = _fixed_point_blur(colour.astype(np.uint16), sigma, truncate)
+        blurred = blurred.astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        blurred = _fixed_point_blur(colour, sigma, truncate)
+    else:  # one channel at a time: the float64 planes are the working set
+        return apply_to_colour(arr, alpha, lambda plane: from_float(
+            _float_blur(plane, sigma, truncate), arr.dtype))
+    return _with_alpha(arr, blurred, alpha)
 
 
 def median_array(arr: np.ndarray, size: int, *, alpha: bool = False) -> np.ndarray:
     """Median of the ``size`` x ``size`` window around each pixel, per colour channel.
 
     Computed in the image's own dtype (exact: the median of an odd window is one of its
-    pixels).
+    pixels, so any CPU gives the same result).
 
     Parameters
     ----------
@@ -193,8 +247,9 @@ def median_array(arr: np.ndarray, size: int, *, alpha: bool = False) -> np.ndarr
     require_dtype(arr, "median")
     if size <= 1:
         return arr.copy()
-    return apply_to_colour(arr, alpha,
-                           lambda plane: ndimage.median_filter(plane, size=size, mode=_MODE))
+    colour = _colour(arr, alpha)
+    blurred = ndimage.median_filter(colour, size=(size, size, 1), mode=_MODE)
+    return _with_alpha(arr, blurred, alpha)
 
 
 def unsharp_array(
@@ -207,6 +262,13 @@ def unsharp_array(
     alpha: bool = False,
 ) -> np.ndarray:
     """Unsharp mask: ``img + amount * (img - blur)`` where ``|img - blur| > threshold``.
+
+    Each channel in float32 (float64 for 32- and 64-bit samples): the blur by scipy's
+    C loop with :func:`gaussian_weights`, row pass then column pass (scipy's
+    ``gaussian_filter``), then the detail, threshold and sum elementwise; no step
+    depends on the CPU. A float blur rather than :func:`gaussian_array`'s fixed point:
+    the threshold compares the detail with a level, and a blur rounded to levels would
+    move that decision for pixels whose detail is the threshold.
 
     Parameters
     ----------
@@ -230,16 +292,19 @@ def unsharp_array(
         The sharpened pixels in ``arr``'s dtype (integers clipped to their range).
     """
     require_dtype(arr, "unsharp")
-    top = dtype_max(arr.dtype) if arr.dtype.kind in "ui" else None
+    if kernel_radius(sigma, truncate) == 0:
+        return arr.copy()
+    weights = gaussian_weights(sigma, truncate)
+    work = np.float64 if arr.dtype.itemsize > 2 else np.float32
 
     def sharpen(plane: np.ndarray) -> np.ndarray:
-        img = plane.astype(np.float32)
-        detail = img - ndimage.gaussian_filter(img, sigma, mode=_MODE, truncate=truncate)
+        img = plane.astype(work)
+        blurred = ndimage.correlate1d(img, weights, axis=0, mode=_MODE)
+        ndimage.correlate1d(blurred, weights, axis=1, mode=_MODE, output=blurred)
+        detail = np.subtract(img, blurred, out=blurred)
         if threshold > 0:
             detail[np.abs(detail) <= threshold] = 0.0
-        img += np.float32(amount) * detail
-        if top is None:
-            return img.astype(arr.dtype)
+        img += work(amount) * detail
         return from_float(img, arr.dtype)
 
     return apply_to_colour(arr, alpha, sharpen)
@@ -281,18 +346,26 @@ def filter_depth(op_name: str, params: Mapping[str, Any]) -> int:
                      f"{', '.join(sorted(FILTER_OPS))}")
 
 
+def _fixed_point(header: Mapping[str, Any]) -> bool:
+    return str(header.get("dtype", "uint8")) in ("uint8", "uint16")
+
+
 def _gaussian_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
-    # input + output in the image's dtype, plus one channel at a time in float32: the
-    # banded path's plane and vertical pass (8 bytes a pixel measured), scipy's output
-    # and intermediate above its radius (8-10); declared 12: ~6x the decoded size for
-    # 8-bit RGB
-    return decoded_bytes(header) * 2 + plane_pixels(header) * 4 * 3
+    # input + output in the image's dtype, plus: 8/16-bit, the colour channels as 16-bit
+    # and OpenCV's 16-bit output (4 bytes a sample; its row buffers are a few rows);
+    # other dtypes, one channel at a time, float64 values, the filtered plane and its
+    # rounding (24 bytes a pixel)
+    if _fixed_point(header):
+        return decoded_bytes(header) * 2 + plane_pixels(header) * header.get("channels", 3) * 4
+    return decoded_bytes(header) * 2 + plane_pixels(header) * 24
 
 
 def _unsharp_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
-    # input + output, and per channel float32 planes: the channel, its blur (and scipy's
-    # intermediate), the detail and the rounding (measured 4.3 planes, declared 5)
-    return decoded_bytes(header) * 2 + plane_pixels(header) * 4 * 5
+    # input + output, and per channel float32 planes: the channel, its blur (then the
+    # detail), the rounding, the cast (measured 4.3 planes, declared 5); float64 for
+    # 32- and 64-bit samples
+    per_pixel = 4 * 5 if header.get("itemsize", 1) <= 2 else 8 * 5
+    return decoded_bytes(header) * 2 + plane_pixels(header) * per_pixel
 
 
 def _median_check(params: Mapping[str, Any]) -> list[str]:

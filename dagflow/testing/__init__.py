@@ -6,6 +6,7 @@ Everything here is generated, deterministic for a seed, and needs no network:
 * :func:`make_sample_corpus` -- JPEGs under every EXIF orientation, plain photos, PNG
   (alpha, palette, grey, 16-bit), TIFF 16-bit, WebP, GIF, CMYK, and a few corrupt files;
 * :func:`make_bad_corpus` -- hostile files, each with its :class:`Expectation`;
+* :func:`tiff_corpus_files` -- TIFF codecs and sample layouts, each with its pixels;
 * :func:`jpeg_with_orientation` and friends -- JPEGs with chosen EXIF blocks.
 
 Users test their own ops and workflows with these; dagflow's tests use them too.
@@ -31,10 +32,12 @@ from dagflow.testing.exif import (
 )
 from dagflow.testing.samples import make_sample_corpus
 from dagflow.testing.synthetic import asymmetric_pattern, photo_like
+from dagflow.testing.tiffs import TiffCase, tiff_corpus_files, write_tiff_corpus
 
 __all__ = [
     "OK",
     "Expectation",
+    "TiffCase",
     "asymmetric_pattern",
     "bad_corpus_files",
     "check_file",
@@ -46,6 +49,8 @@ __all__ = [
     "make_sample_corpus",
     "photo_like",
     "read_outcome",
+    "tiff_corpus_files",
     "truncated_exif_block",
     "write_jpeg_with_orientation",
+    "write_tiff_corpus",
 ]

@@ -32,7 +32,6 @@ from PIL import Image as PILImage
 from dagflow.exceptions import BadInputError
 from dagflow.image import Image
 from dagflow.io.atomic import atomic_write
-from dagflow.io.png16 import encode_png16
 from dagflow.io.read import read_image
 from dagflow.testing.exif import (
     encode_jpeg,
@@ -140,6 +139,13 @@ def check_file(path: str | PathLike[str], expectation: Expectation, **read_kwarg
     return outcome
 
 
+def _png16(pixels: np.ndarray) -> bytes:
+    """A 16-bit PNG by libpng (Pillow writes 16 bits for grey only)."""
+    import imagecodecs
+
+    return bytes(imagecodecs.png_encode(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels))
+
+
 def make_bad_corpus(
     directory: str | PathLike[str], seed: int = 0
 ) -> dict[str, Expectation]:
@@ -231,12 +237,15 @@ def bad_corpus_files(seed: int = 0) -> dict[str, tuple[bytes, Expectation]]:
                                      probe_ok=True))
     add("cmyk.jpg", pillow_bytes(PILImage.fromarray(rgb).convert("CMYK"), "JPEG"),
         _expect(OK, description="CMYK JPEG", shape=shape, dtype="uint8", probe_ok=True))
-    add("gray16.png", encode_png16(photo_like(40, 50, seed=seed + 2, channels=1, dtype=np.uint16)),
+    add("gray16.png", _png16(photo_like(40, 50, seed=seed + 2, channels=1, dtype=np.uint16)),
         _expect(OK, description="16-bit grey PNG", shape=(40, 50, 1), dtype="uint16",
                 probe_ok=True))
-    add("rgba16.png", encode_png16(photo_like(40, 50, seed=seed + 3, channels=4, dtype=np.uint16)),
+    rgba16 = _png16(photo_like(40, 50, seed=seed + 3, channels=4, dtype=np.uint16))
+    add("rgba16.png", rgba16,
         _expect(OK, description="16-bit RGBA PNG", shape=(40, 50, 4), dtype="uint16",
                 probe_ok=True))
+    add("truncated_half16.png", rgba16[: len(rgba16) // 2],
+        _expect(*_BROKEN, description="16-bit RGBA PNG cut in IDAT", probe_ok=True))
     palette = PILImage.fromarray(rgb).quantize(colors=16, method=PILImage.Quantize.MEDIANCUT)
     add("palette_transparent.png", pillow_bytes(palette, "PNG", transparency=0),
         _expect(OK, description="palette PNG, index 0 transparent", shape=(96, 128, 4),
