@@ -226,7 +226,7 @@ def test_gpu_nodes_run_on_gpu_workers_only(tmp_path):
                         Node("sharp", "unsharp", {"sigma": 1.0}, after="blur", device="cpu"),
                         Node("save", "save", {"format": "png"}, after="sharp")])
     with SpecCluster(workers=spec, scheduler={"cls": Scheduler, "options": {
-            "dashboard_address": None}}) as cluster, Client(cluster) as c:
+            "dashboard_address": "127.0.0.1:0"}}) as cluster, Client(cluster) as c:
         # the scheduler's own answer: scheduler_info() may return the client's periodic
         # refresh, which lists no workers, when the two race
         workers = c.sync(c.scheduler.identity, n_workers=-1)["workers"]

@@ -266,7 +266,7 @@ def test_run_annotates_memory_and_workers_advertise_it(tmp_path):
 
     _write_pngs(tmp_path / "in", 8, (900, 600))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None, resources={"MEMORY": 12 * MiB}) as cluster, \
+                      dashboard_address="127.0.0.1:0", resources={"MEMORY": 12 * MiB}) as cluster, \
             Client(cluster) as c:
         plugin = Restrictions(cluster.scheduler)
         cluster.scheduler.add_plugin(plugin)
@@ -319,7 +319,7 @@ def test_memory_limit_holds_under_load_measured_by_sampled_rss(tmp_path):
                         Node("save", "save", {"format": "png", "compression": 1},
                              after="blur")])
     with LocalCluster(n_workers=1, threads_per_worker=4, memory_limit=limit,
-                      dashboard_address=None, host="127.0.0.1") as cluster, \
+                      dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, \
             Client(cluster) as c:
         pids = c.run(os.getpid)
         procs = [psutil.Process(p) for p in pids.values()]
@@ -359,7 +359,7 @@ def test_tasks_waiting_for_memory_run_on_a_restarted_worker():
     from dagflow.runtime.capacity import advertise, cluster_capacity
 
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB",
-                      dashboard_address=None, host="127.0.0.1") as cluster, \
+                      dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, \
             Client(cluster) as c:
         advertise(c)
         assert cluster_capacity(c).has_memory
@@ -398,7 +398,7 @@ def test_large_batch_planned_from_a_sample_guards_the_unprobed_items(tmp_path):
     settings = {"dagflow.resources.probe-limit": 4, "dagflow.resources.probe-sample": 2}
     with dask.config.set(settings), \
             LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB",
-                         dashboard_address=None, host="127.0.0.1") as cluster, \
+                         dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, \
             Client(cluster) as c:
         pids = c.run(os.getpid)
         result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
