@@ -1,4 +1,10 @@
-"""Shared fixtures: small generated images and an in-process cluster."""
+"""Shared fixtures: small generated images and an in-process cluster.
+
+Test clusters listen on free ports only: ``dashboard_address="127.0.0.1:0"``. Not
+``dashboard_address=None``: a scheduler serves its HTTP routes without the dashboard, on
+port 8787 (of every interface, for an in-process cluster). A test whose clusters ask for
+port 8787 fails, on every machine, not only where something else holds the port.
+"""
 
 from __future__ import annotations
 
@@ -55,9 +61,52 @@ def client():
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster, \
+                      dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as c:
         yield c
+
+
+#: Dask's default dashboard port, which no test may ask for.
+DASHBOARD_PORT = 8787
+#: Every server of this process that asked for DASHBOARD_PORT since the last test ended.
+_FIXED_PORT_REQUESTS: list[str] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _watch_dashboard_ports():
+    """Note every Dask server of this process that asks for port 8787 for its HTTP routes.
+
+    The original ``start_http_server`` still runs: this only records the request. Dask
+    falls back to a random port when 8787 is taken, with a warning, so the mistake shows
+    only on machines where something else holds 8787: recording the request shows it
+    everywhere. (A warnings filter cannot: clusters start in their own event-loop threads,
+    whose ``catch_warnings`` blocks replace the filters pytest sets for a test.)
+    """
+    from distributed.node import ServerNode
+    from distributed.utils import clean_dashboard_address
+
+    start_http_server = ServerNode.start_http_server
+
+    def recording(self, routes, dashboard_address, default_port=0, **kwargs):
+        asked = clean_dashboard_address(dashboard_address or default_port)
+        if any(a["port"] == DASHBOARD_PORT for a in asked):
+            _FIXED_PORT_REQUESTS.append(
+                f"{type(self).__name__} with dashboard_address={dashboard_address!r}")
+        return start_http_server(self, routes, dashboard_address, default_port, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ServerNode, "start_http_server", recording)
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _no_fixed_dashboard_port():
+    """Fail a test whose clusters (or fixtures' clusters) asked for port 8787."""
+    yield
+    asked, _FIXED_PORT_REQUESTS[:] = list(_FIXED_PORT_REQUESTS), []
+    assert not asked, (
+        f"asked for the fixed port {DASHBOARD_PORT}: {asked}; start test clusters with "
+        "dashboard_address='127.0.0.1:0' (None still binds 8787 for the HTTP routes)")
 
 
 @pytest.fixture(autouse=True)

@@ -342,7 +342,7 @@ def test_adapt_needs_a_class_that_supports_it(tmp_path, monkeypatch):
         assert c.n == 3 and c.kw == {"x": os.environ["HOME"] + "/./a"}
     typo = write_profile(tmp_path / "t.yaml", **{"class": "distributed.LocalCluster",
                                                  "options": {"n_wrokers": 1, "processes": False,
-                                                             "dashboard_address": None}})
+                                                             "dashboard_address": "127.0.0.1:0"}})
     with pytest.raises(ConfigError, match=r"cluster profile 't'.*n_wrokers"):
         load_profile(typo).create()
 
@@ -354,7 +354,7 @@ def test_run_with_a_profile_file_and_name(tmp_path, workflow_file, photos):
     write_profile(profiles / "two.yaml", **{
         "description": "two thread workers", "class": "distributed.LocalCluster",
         "options": {"n_workers": 2, "threads_per_worker": 1, "processes": False,
-                    "dashboard_address": None}})
+                    "dashboard_address": "127.0.0.1:0"}})
     result = CliRunner().invoke(main, [
         "run", str(workflow_file), "-i", str(photos), "-o", str(tmp_path / "a"),
         "--cluster", str(profiles / "two.yaml"), "--json"])
@@ -372,7 +372,7 @@ def test_adaptive_profile_scales_up_from_zero(tmp_path, workflow_file, photos):
     profile = write_profile(tmp_path / "adaptive.yaml", **{
         "class": "distributed.LocalCluster",
         "options": {"n_workers": 0, "threads_per_worker": 1, "processes": False,
-                    "dashboard_address": None},
+                    "dashboard_address": "127.0.0.1:0"},
         "adapt": {"minimum": 0, "maximum": 2, "interval": "200ms"}})
     with cluster_from_profile(profile) as cluster:
         assert cluster._adaptive is not None

@@ -262,7 +262,7 @@ def test_worker_killed_mid_batch_every_image_processed_once(tmp_path, make_photo
     wf = Workflow("k", [Node("load", "load"), Node("m", "median", {"size": 5}, after="load"),
                         Node("save", "save", {"format": "png"}, after="m")])
     with LocalCluster(n_workers=2, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
         handle = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, wait=False,
                              chunk_size=3)
         while handle.done_items < 6:
@@ -488,7 +488,7 @@ def test_closing_the_client_mid_run_is_an_interruption_not_failures(tmp_path, ma
     wf = Workflow("c", [Node("load", "load"), Node("m", "median", {"size": 5}, after="load"),
                         Node("save", "save", {"format": "png"}, after="m")])
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster:
+                      dashboard_address="127.0.0.1:0") as cluster:
         c = Client(cluster)
         handle = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, wait=False,
                              chunk_size=2)
@@ -502,7 +502,7 @@ def test_closing_the_client_mid_run_is_an_interruption_not_failures(tmp_path, ma
     run_dir = sorted((tmp_path / "out" / "_dagflow" / "runs").iterdir())[-1]
     assert run_status(run_dir).state == "interrupted"
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
         resumed = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
     assert resumed.failed == 0 and resumed.already_done >= 4
     assert resumed.executed + resumed.already_done == 30

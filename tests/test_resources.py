@@ -264,9 +264,9 @@ def _write_pngs(directory: Path, n: int, size: tuple[int, int]) -> None:
 def test_run_annotates_memory_and_workers_advertise_it(tmp_path):
     from distributed import Client, LocalCluster
 
-    _write_pngs(tmp_path / "in", 8, (900, 600))
+    _write_pngs(tmp_path / "in", 8, (450, 300))
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None, resources={"MEMORY": 12 * MiB}) as cluster, \
+                      dashboard_address="127.0.0.1:0", resources={"MEMORY": 3 * MiB}) as cluster, \
             Client(cluster) as c:
         plugin = Restrictions(cluster.scheduler)
         cluster.scheduler.add_plugin(plugin)
@@ -278,14 +278,14 @@ def test_run_annotates_memory_and_workers_advertise_it(tmp_path):
             result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c,
                                  progress=False, chunk_size=4)
         worker = next(iter(cluster.scheduler.workers.values()))
-        assert worker.resources == {"MEMORY": 12 * MiB, "dagflow-save": 1}  # declared kept
+        assert worker.resources == {"MEMORY": 3 * MiB, "dagflow-save": 1}  # declared kept
     assert result.succeeded == 8 and result.failed == 0
     blur = {k: v for k, v in plugin.seen.items() if "blur" in k}
     saves = [v for k, v in plugin.seen.items() if "'save" in k]
-    assert blur and all(0 < v[MEMORY] <= 12 * MiB for v in blur.values())
+    assert blur and all(0 < v[MEMORY] <= 3 * MiB for v in blur.values())
     assert saves and all(v.get("dagflow-save") == 1 for v in saves)
     assert result.chunks > 3  # chunks cut below 4 items to fit half the budget
-    assert result.estimate["peak_task"] <= 12 * MiB
+    assert result.estimate["peak_task"] <= 3 * MiB
     assert "estimated peak" in str(result)
 
 
@@ -319,7 +319,7 @@ def test_memory_limit_holds_under_load_measured_by_sampled_rss(tmp_path):
                         Node("save", "save", {"format": "png", "compression": 1},
                              after="blur")])
     with LocalCluster(n_workers=1, threads_per_worker=4, memory_limit=limit,
-                      dashboard_address=None, host="127.0.0.1") as cluster, \
+                      dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, \
             Client(cluster) as c:
         pids = c.run(os.getpid)
         procs = [psutil.Process(p) for p in pids.values()]
@@ -351,6 +351,7 @@ def _plus_one(x: int) -> int:
     return x + 1
 
 
+@pytest.mark.slow
 def test_tasks_waiting_for_memory_run_on_a_restarted_worker():
     """A worker restarted by its nanny joins without MEMORY and gets it from the plugin a
     moment later: the scheduler is told, so tasks waiting for MEMORY do not wait forever."""
@@ -359,7 +360,7 @@ def test_tasks_waiting_for_memory_run_on_a_restarted_worker():
     from dagflow.runtime.capacity import advertise, cluster_capacity
 
     with LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB",
-                      dashboard_address=None, host="127.0.0.1") as cluster, \
+                      dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, \
             Client(cluster) as c:
         advertise(c)
         assert cluster_capacity(c).has_memory
@@ -384,6 +385,7 @@ def test_large_batches_are_probed_on_the_workers(tmp_path, make_photos, client):
     assert len(batch.items) == 6  # the unreadable one runs, and fails at load with why
 
 
+@pytest.mark.slow
 def test_large_batch_planned_from_a_sample_guards_the_unprobed_items(tmp_path):
     """Above probe-limit only a sample of headers is read before the run; an unsampled
     image too large for the workers is refused on the worker before it is decoded."""
@@ -398,7 +400,7 @@ def test_large_batch_planned_from_a_sample_guards_the_unprobed_items(tmp_path):
     settings = {"dagflow.resources.probe-limit": 4, "dagflow.resources.probe-sample": 2}
     with dask.config.set(settings), \
             LocalCluster(n_workers=1, threads_per_worker=1, memory_limit="1GiB",
-                         dashboard_address=None, host="127.0.0.1") as cluster, \
+                         dashboard_address="127.0.0.1:0", host="127.0.0.1") as cluster, \
             Client(cluster) as c:
         pids = c.run(os.getpid)
         result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)

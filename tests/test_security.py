@@ -70,9 +70,13 @@ def test_tls_profile(tmp_path, workflow_file, photos):
         with cluster_from_profile(profile, dashboard_address="127.0.0.1:0") as cluster:
             assert cluster.security.require_encryption
             assert_strangers_refused(cluster.scheduler_address)
-        # the same profile by file, through `dagflow.run(cluster=...)`
-        result = dagflow.run(workflow_file, photos, tmp_path / "out",
-                             cluster=str(CONFIGS / "local-tls.yaml"), progress=False)
+        # the same profile by file, through `dagflow.run(cluster=...)`, but with its
+        # dashboard on a free port
+        by_file = tmp_path / "local-tls.yaml"
+        by_file.write_text((CONFIGS / "local-tls.yaml").read_text()
+                           .replace("127.0.0.1:8787", "127.0.0.1:0"))
+        result = dagflow.run(workflow_file, photos, tmp_path / "out", cluster=str(by_file),
+                             progress=False)
     assert result.succeeded == 12
 
 

@@ -238,7 +238,7 @@ def test_bands_computed_on_a_cluster_keep_one_task_per_key(tmp_path):
     logger.addHandler(counter)
     try:
         with LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
-                          dashboard_address=None) as cluster, Client(cluster) as c:
+                          dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
             img = apply_op(open_image(path, chunks=128), "gaussian", {"sigma": 2.0})
             out = write_tiff(img, tmp_path / "o.tif", client=c, band_bytes=100_000)
             expected = img.values
@@ -334,7 +334,7 @@ def test_oversize_items_run_tiled_or_are_refused_in_a_run(tmp_path, client):
     PILImage.fromarray(big).save(tmp_path / "in" / "wide.png", compress_level=1)
     PILImage.fromarray(big[:100, :100]).save(tmp_path / "in" / "small.png")
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None, resources={"MEMORY": 15e6}) as cluster, \
+                      dashboard_address="127.0.0.1:0", resources={"MEMORY": 15e6}) as cluster, \
             Client(cluster) as c, \
             dask.config.set({"dagflow.resources.tile-chunk": 256}):
         result = dagflow.run(TILED_WF, tmp_path / "in", tmp_path / "out", client=c,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import dask
+import pytest
 from distributed import Client, LocalCluster
 
 import dagflow
@@ -25,9 +26,10 @@ def _oldest_generation() -> int:
 LOAD_SAVE = Workflow("t", [Node("load", "load"), Node("save", "save", after="load")])
 
 
+@pytest.mark.slow
 def test_worker_processes_freeze_once_and_only_when_configured(tmp_path, photos):
     wf = LOAD_SAVE
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0",
                       host="127.0.0.1") as cluster, Client(cluster) as c:
         before = next(iter(c.run(_oldest_generation).values()))
         with dask.config.set({"dagflow.runtime.worker-gc-freeze": False}):
