@@ -151,7 +151,7 @@ def test_a_two_item_run_is_too_small_to_judge(client, tmp_path):
 
 def test_chunking_advice_needs_its_evidence():
     """Larger chunks only where threads idled between short tasks; smaller only where
-    too few chunks left threads idle."""
+    too few chunks left threads idle while CPUs were free."""
     import pandas as pd
 
     from dagflow.monitor.advice import RunFacts
@@ -167,8 +167,14 @@ def test_chunking_advice_needs_its_evidence():
 
     assert kinds_of(facts()) == {"larger-chunks"}
     assert kinds_of(facts(idle_fraction=0.05)) == set()  # threads were busy: no overhead
-    assert kinds_of(facts(chunk_size=200, chunks=2, busy_s=4.0)) == {"smaller-chunks"}
-    assert kinds_of(facts(chunk_size=200, chunks=2, busy_s=0.5)) == set()  # too short
+    free = Machine(wait_per_cpu=0.05, psi_cpu=0.05, processes=1)
+    taken = Machine(wait_per_cpu=2.0, psi_cpu=0.9, processes=1)
+    few = {"chunk_size": 200, "chunks": 2, "busy_s": 4.0}
+    assert kinds_of(facts(**few, machine=free)) == {"smaller-chunks"}
+    # the CPUs taken by other work: idle threads had no CPU to run on (measured: slower)
+    assert kinds_of(facts(**few, machine=taken)) == set()
+    assert kinds_of(facts(**few)) == set()  # not measured: not judged
+    assert kinds_of(facts(**{**few, "busy_s": 0.5}, machine=free)) == set()  # too short
     assert kinds_of(facts(items=2, chunk_size=2, chunks=1)) == set()  # too few items
 
 

@@ -18,7 +18,8 @@ kind               fires when                                                  s
 =================  ==========================================================  ============
 ``larger-chunks``  threads idle while tasks are short against what a task      chunk size
                    costs to schedule, with enough chunks
-``smaller-chunks`` threads idle with fewer than two chunks per thread          chunk size
+``smaller-chunks`` threads idle with fewer than two chunks per thread, and     chunk size
+                   CPUs free for them (not taken by other work)
 ``more-threads``   a node blocked off the CPU by a wait the machine does not   threads per
                    see (not CPU contention, storage or the GIL)                worker
 ``gpu``            a CPU-bound node whose op has a GPU implementation          device: gpu
@@ -37,7 +38,7 @@ from typing import Any
 
 import pandas as pd
 
-from dagflow.monitor.evidence import Machine
+from dagflow.monitor.evidence import Machine, machine_busy
 
 __all__ = ["EFFECTS_PATH", "KINDS", "Finding", "Recommendation", "RunFacts", "advise",
            "measured_effects"]
@@ -199,16 +200,23 @@ def _chunking(f: RunFacts) -> list[Recommendation]:
                 kind="larger-chunks",
                 evidence={**evidence, "task_s": per_task, "scheduling_share": overhead,
                           "target": target}))
-    if chunks < 2 * threads and f.idle_fraction >= 0.3 and chunk > 1:
+    m = f.machine
+    # idle threads only help where a CPU is free for them: on a machine whose CPUs are
+    # taken (measured: threads wait for one), more chunks add their cost and no speed
+    free = m.wait_per_cpu is not None and not machine_busy(m)
+    if chunks < 2 * threads and f.idle_fraction >= 0.3 and chunk > 1 and free:
         target = max(1, f.items // (4 * threads))
         if target < chunk:
             out.append(Recommendation(
                 "Use smaller chunks",
                 f"threads were idle {_pct(f.idle_fraction)} of the run with {chunks} chunks "
-                f"for {threads} threads: some threads had nothing to do while the last "
-                "chunks ran",
+                f"for {threads} threads, while the CPUs had room for them (threads waited "
+                f"{m.wait_per_cpu:.2f} s for a CPU per CPU second, CPU pressure "
+                f"{_pct(m.psi_cpu)}): some threads had nothing to do while the last chunks "
+                "ran",
                 "", setting=f"--chunk-size {target} (dagflow.chunk-size)",
-                kind="smaller-chunks", evidence={**evidence, "target": target}))
+                kind="smaller-chunks", evidence={**evidence, "target": target,
+                                                 "machine": m.to_dict()}))
     return out
 
 
