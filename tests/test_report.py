@@ -19,7 +19,7 @@ from click.testing import CliRunner
 import dagflow
 from dagflow.cli import main
 from dagflow.monitor.analysis import RunAnalysis, analyze
-from dagflow.monitor.report import write_report
+from dagflow.monitor.report import FIGURES, SECTIONS, structure, write_report
 from dagflow.monitor.store import write_json, write_metrics
 from dagflow.recovery.checkpoint import write_records
 
@@ -33,8 +33,6 @@ nodes:
   - {id: stats, op: stats, after: [load]}
 """
 MONITOR_ON = {"dagflow.monitor.enabled": True, "dagflow.monitor.report": True}
-SECTIONS = ("summary", "recommendations", "nodes", "throughput", "critical-path",
-            "anomalies", "trend", "resources", "waiting", "errors", "prediction")
 
 
 def assert_self_contained(text: str) -> None:
@@ -186,6 +184,18 @@ def test_thousand_items_report_in_seconds(tmp_path):
     html = path.read_text()
     assert "img100.jpg" in html and "img500.jpg" in html
     assert_self_contained(html)
+
+
+def test_what_a_report_renders_does_not_grow_with_the_items(tmp_path):
+    """The report runs at the end of every CLI run: its Bokeh part is a few figures, one
+    line per node or worker, whatever the number of items; the rest is HTML."""
+    big = analyze(synthetic_run(tmp_path / "big", 1000))
+    small = analyze(synthetic_run(tmp_path / "small", 100, seed=1))
+    shown = structure(big)
+    assert shown["sections"] == list(SECTIONS)
+    assert set(shown["figures"]) <= set(FIGURES) and len(shown["figures"]) <= 5
+    assert shown["models"] == structure(small)["models"]
+    assert shown["models"] <= 260
 
 
 def test_report_from_records_only(tmp_path):

@@ -50,8 +50,8 @@ KINDS = ("larger-chunks", "smaller-chunks", "more-threads", "gpu")
 TASK_OVERHEAD_S = 0.0015
 #: A measured change must shorten runs by at least this much for its kind to fire.
 MIN_MEASURED_GAIN = 0.05
-#: Op seconds below which a run is too small to judge chunking or threads.
-MIN_BUSY_S = 2.0
+#: Processing seconds below which a run is too short to judge chunking or threads.
+MIN_RUN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,10 @@ def advise(f: RunFacts, *, effects: Mapping[str, Mapping[str, Any]] | None = Non
 
 
 def _large_enough(f: RunFacts) -> bool:
-    return bool(f.threads) and f.items >= 4 * (f.threads or 1) and f.busy_s >= MIN_BUSY_S
+    """Enough items for every thread to take a few, and a run long enough that what a
+    setting changes is not lost in starting and finishing it."""
+    return bool(f.threads) and f.items >= 4 * (f.threads or 1) \
+        and f.processing_s >= MIN_RUN_S
 
 
 def _chunking(f: RunFacts) -> list[Recommendation]:
@@ -319,8 +322,9 @@ def _findings(f: RunFacts) -> list[Finding]:
             lo, hi = info["ci"]
             out.append(Finding(
                 f"{node!r}: {info['kind']} during the run",
-                f"its items' time per unit of work changed {info['change']:+.0%} from the "
-                f"first chunk to the last (95% interval {lo:+.0%} to {hi:+.0%}; "
+                f"its items' {'CPU ' if info.get('basis') == 'cpu' else ''}time per unit "
+                f"of work changed {info['change']:+.0%} from the first chunk to the last "
+                f"(95% interval {lo:+.0%} to {hi:+.0%}; "
                 f"p = {info['p_value']:.2g}, {info['chunks']} chunks, {info['items']} items; "
                 f"{info['test']})", info["kind"], node))
     for node, seconds in f.warmup.items():

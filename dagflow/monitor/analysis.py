@@ -440,7 +440,13 @@ def analyze(run_dir: str | os.PathLike[str], *, duration_s: float | None = None,
     for col in ("unit", "fixed_s", "per_unit_s"):
         stats[col] = [getattr(fits[n], col) if n in fits else None for n in stats.index]
 
-    trend_df, findings = significance.trend(units, t0=started)
+    # on a contended machine a trend in wall time may be other work coming and going:
+    # judge the items' CPU time then, as for anomalies
+    by_cpu = contended and "cpu_norm" in units
+    trend_df, findings = significance.trend(
+        units.assign(norm=units["cpu_norm"]) if by_cpu else units, t0=started)
+    for info in findings.values():
+        info["basis"] = "cpu" if by_cpu else "wall"
     try:
         comparison = _comparison(units, hist, nodes_plan)
     except Exception as exc:

@@ -211,7 +211,7 @@ def classify(ran: pd.DataFrame, machine: Machine, *, threads_per_worker: float |
     for node, sub in measured.groupby("node_id", sort=False):
         busy = float(sub["duration_s"].sum())
         cpu = min(busy, float(sub["cpu_s"].clip(lower=0).sum()))
-        if busy <= 0:
+        if busy <= 0 or cpu == 0:  # no CPU at all: not measured (an aggregate's map step)
             continue
         off = busy - cpu
         wait = None if machine.wait_per_cpu is None else min(off, cpu * machine.wait_per_cpu)
