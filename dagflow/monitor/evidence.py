@@ -1,9 +1,9 @@
 """Where a run's time went off the CPU, from what its workers measured.
 
 Each chunk's records carry the committing process's counters
-(:func:`dagflow.monitor.sampling.host_counters`): its CPU seconds, the seconds its
-threads waited in the run queue, its storage bytes, and the machine's CPU states,
-runnable threads and pressure stall times. :func:`intervals` turns consecutive readings
+(:func:`dagflow.monitor.sampling.host_counters`, in their ``counters`` column): its CPU
+seconds, the seconds its threads waited in the run queue, its storage bytes, and the
+machine's CPU states, runnable threads and pressure stall times. :func:`intervals` turns consecutive readings
 of one process into what happened in between; :func:`summarize` sums them over the run
 (:class:`Machine`), and :func:`classify` splits each node's time:
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Machine", "classify", "intervals", "machine_busy", "summarize"]
+__all__ = ["Machine", "classify", "intervals", "machine_busy", "readings", "summarize"]
 
 #: Share of a node's time on the CPU above which it is CPU-bound.
 ON_CPU = 0.6
@@ -42,42 +42,51 @@ IO_WAIT = 0.1
 #: threads in ops, that point at the GIL: one at a time.
 LOCK_DEMAND = (0.75, 1.3)
 
-_COUNTER_COLUMNS = ("counters_time", "counters_pid", "proc_cpu_s", "proc_wait_s",
-                    "busy_cpu_s", "busy_wait_s",
-                    "proc_read_bytes", "proc_write_bytes", "host_cpus", "host_busy_s",
-                    "host_iowait_s", "host_steal_s", "host_total_s", "host_running",
-                    "host_psi_cpu_s", "host_psi_io_s")
+def readings(rows: pd.DataFrame) -> pd.DataFrame:
+    """The counters the chunks' records carry (their ``counters`` column: one reading
+    per chunk, on its first row), one column per name of
+    :data:`~dagflow.monitor.sampling.COUNTERS`, with the ``worker`` that read them."""
+    from dagflow.monitor.sampling import COUNTERS
+
+    if "counters" not in rows or not rows["counters"].notna().any():
+        return pd.DataFrame(columns=["worker", *COUNTERS])
+    read = rows[rows["counters"].notna()]
+    values = [list(v) + [None] * (len(COUNTERS) - len(v)) for v in read["counters"]]
+    out = pd.DataFrame([v[:len(COUNTERS)] for v in values], columns=list(COUNTERS),
+                       dtype=float)
+    out.insert(0, "worker", read["worker"].astype(str).to_numpy() if "worker" in read
+               else "")
+    return out
 
 
 def intervals(rows: pd.DataFrame) -> pd.DataFrame:
     """Differences between consecutive readings of each process's counters.
 
-    ``rows`` are records with the counter columns (one reading per chunk, repeated on
-    its rows). Returns one row per interval: ``process`` (worker and pid), ``t`` (its
-    end), ``dt`` and the difference of every cumulative counter (``d_<name>``), plus
-    ``host_running`` and ``host_cpus`` as read at its end. Empty without counters.
+    ``rows`` are records with the ``counters`` column. Returns one row per interval:
+    ``process`` (worker and pid), ``t`` (its end), ``dt`` and the difference of every
+    cumulative counter (``d_<name>``), plus ``host_running`` and ``host_cpus`` as read
+    at its end. Empty without counters.
     """
-    cols = [c for c in _COUNTER_COLUMNS if c in rows]
-    if "counters_time" not in cols or not rows["counters_time"].notna().any():
+    r = readings(rows)
+    if r.empty or not r["counters_time"].notna().any():
         return pd.DataFrame(columns=["process", "t", "dt"])
-    who = rows["worker"].astype(str) if "worker" in rows else pd.Series("", index=rows.index)
-    readings = rows[cols].assign(process=who + "/" + rows["counters_pid"].astype(str))
-    readings = readings.dropna(subset=["counters_time"]).drop_duplicates(
-        ["process", "counters_time"]).sort_values(["process", "counters_time"])
+    r = r.assign(process=r["worker"] + "/" + r["counters_pid"].astype("Int64").astype(str))
+    r = r.dropna(subset=["counters_time"]).drop_duplicates(["process", "counters_time"]) \
+        .sort_values(["process", "counters_time"])
+    cumulative = [c for c in r.columns if c not in ("worker", "process", "counters_time",
+                                                     "counters_pid", "host_cpus",
+                                                     "host_running")]
     out = []
-    for process, sub in readings.groupby("process", sort=False):
+    for process, sub in r.groupby("process", sort=False):
         if len(sub) < 2:
             continue
-        d = sub.drop(columns=["process"]).astype(float).diff().iloc[1:]
+        d = sub[["counters_time", *cumulative]].diff().iloc[1:]
         frame = pd.DataFrame({"process": process, "t": sub["counters_time"].iloc[1:].to_numpy(),
                               "dt": d["counters_time"].to_numpy()})
-        for c in cols:
-            if c in ("counters_time", "counters_pid", "host_cpus", "host_running"):
-                continue
+        for c in cumulative:
             frame[f"d_{c}"] = d[c].to_numpy()
         for c in ("host_running", "host_cpus"):
-            if c in sub:
-                frame[c] = sub[c].iloc[1:].astype(float).to_numpy()
+            frame[c] = sub[c].iloc[1:].to_numpy()
         out.append(frame[frame["dt"] > 0])
     if not out:
         return pd.DataFrame(columns=["process", "t", "dt"])

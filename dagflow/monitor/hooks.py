@@ -319,8 +319,10 @@ def metric_columns(ctx: Any,
             if out_path and not (state_dir and os.fspath(out_path).startswith(state_dir)):
                 bytes_out[i] = _size(out_path)
     cols["bytes_in"], cols["bytes_out"] = bytes_in, bytes_out
-    for name, value in host_counters().items():
-        cols[name] = [value] * n
+    if n:  # once per chunk, on its first row (nulls cost next to nothing in Parquet)
+        reading = host_counters()
+        cols["counters"] = [[None if v is None else float(v) for v in reading.values()],
+                            *([None] * (n - 1))]
     if sample is not None:
         for name, key in (("sample_worker", "worker"), ("sample_time", "time"),
                           ("worker_cpu", "cpu"), ("worker_memory", "memory"),
