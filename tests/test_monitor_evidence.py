@@ -87,8 +87,12 @@ def test_counters_are_read_and_written_with_each_chunk(client, tmp_path):
         assert c["proc_wait_s"] is not None and c["host_total_s"] > 0
     a = run_op(client, tmp_path, "ev_nap", n=12, chunk_size=3)
     iv = intervals(a.rows)
-    assert len(iv) >= 3  # four chunks: three intervals between their readings
+    # four chunks, four intervals: the first from the reading the run took as it started
+    assert len(iv) == 4
     assert (iv["dt"] > 0).all() and (iv["d_proc_cpu_s"] >= 0).all()
+    assert iv["dt"].sum() <= a.run["wall_s"] + 1.0
+    one = run_op(client, tmp_path, "ev_nap", n=6, chunk_size=6)  # a single chunk
+    assert len(intervals(one.rows)) == 1 and one.waiting["machine"]["processes"] == 1
 
 
 def test_a_sleep_bound_node_is_blocked_and_gets_more_threads(client, tmp_path):

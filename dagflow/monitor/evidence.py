@@ -3,9 +3,11 @@
 Each chunk's records carry the committing process's counters
 (:func:`dagflow.monitor.sampling.host_counters`, in their ``counters`` column): its CPU
 seconds, the seconds its threads waited in the run queue, its storage bytes, and the
-machine's CPU states, runnable threads and pressure stall times. :func:`intervals` turns consecutive readings
-of one process into what happened in between; :func:`summarize` sums them over the run
-(:class:`Machine`), and :func:`classify` splits each node's time:
+machine's CPU states, runnable threads and pressure stall times, read as the chunk was
+committed and at the process's previous reading (its previous chunk, or the run's
+start). :func:`intervals` turns those pairs into what happened in between;
+:func:`summarize` sums them over the run (:class:`Machine`), and :func:`classify` splits
+each node's time:
 
 * **on the CPU**: the op's thread CPU seconds (``cpu_s`` of its records);
 * **waiting for a CPU**: runnable but not running, because other threads (of this run or
@@ -31,7 +33,7 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["Machine", "classify", "intervals", "machine_busy", "readings", "summarize"]
+__all__ = ["Machine", "classify", "intervals", "machine_busy", "summarize"]
 
 #: Share of a node's time on the CPU above which it is CPU-bound.
 ON_CPU = 0.6
@@ -42,55 +44,41 @@ IO_WAIT = 0.1
 #: threads in ops, that point at the GIL: one at a time.
 LOCK_DEMAND = (0.75, 1.3)
 
-def readings(rows: pd.DataFrame) -> pd.DataFrame:
-    """The counters the chunks' records carry (their ``counters`` column: one reading
-    per chunk, on its first row), one column per name of
-    :data:`~dagflow.monitor.sampling.COUNTERS`, with the ``worker`` that read them."""
+def intervals(rows: pd.DataFrame) -> pd.DataFrame:
+    """What happened in each worker process between two readings of its counters.
+
+    ``rows`` are records with the ``counters`` column (on each chunk's first row: the
+    process's previous reading and its reading as the chunk was committed, each in the
+    order of :data:`~dagflow.monitor.sampling.COUNTERS`). Returns one row per interval:
+    ``process`` (worker and pid), ``t`` (its end), ``dt``, the difference of every
+    cumulative counter (``d_<name>``), and ``host_running`` and ``host_cpus`` as read at
+    its end. Empty without counters.
+    """
     from dagflow.monitor.sampling import COUNTERS
 
+    columns = ["process", "t", "dt"]
     if "counters" not in rows or not rows["counters"].notna().any():
-        return pd.DataFrame(columns=["worker", *COUNTERS])
+        return pd.DataFrame(columns=columns)
     read = rows[rows["counters"].notna()]
-    values = [list(v) + [None] * (len(COUNTERS) - len(v)) for v in read["counters"]]
-    out = pd.DataFrame([v[:len(COUNTERS)] for v in values], columns=list(COUNTERS),
-                       dtype=float)
-    out.insert(0, "worker", read["worker"].astype(str).to_numpy() if "worker" in read
-               else "")
-    return out
-
-
-def intervals(rows: pd.DataFrame) -> pd.DataFrame:
-    """Differences between consecutive readings of each process's counters.
-
-    ``rows`` are records with the ``counters`` column. Returns one row per interval:
-    ``process`` (worker and pid), ``t`` (its end), ``dt`` and the difference of every
-    cumulative counter (``d_<name>``), plus ``host_running`` and ``host_cpus`` as read
-    at its end. Empty without counters.
-    """
-    r = readings(rows)
-    if r.empty or not r["counters_time"].notna().any():
-        return pd.DataFrame(columns=["process", "t", "dt"])
-    r = r.assign(process=r["worker"] + "/" + r["counters_pid"].astype("Int64").astype(str))
-    r = r.dropna(subset=["counters_time"]).drop_duplicates(["process", "counters_time"]) \
-        .sort_values(["process", "counters_time"])
-    cumulative = [c for c in r.columns if c not in ("worker", "process", "counters_time",
-                                                     "counters_pid", "host_cpus",
-                                                     "host_running")]
-    out = []
-    for process, sub in r.groupby("process", sort=False):
-        if len(sub) < 2:
+    k = len(COUNTERS)
+    pairs = [list(v) for v in read["counters"] if len(v) == 2 * k]
+    if not pairs:
+        return pd.DataFrame(columns=columns)
+    before = pd.DataFrame([p[:k] for p in pairs], columns=list(COUNTERS), dtype=float)
+    after = pd.DataFrame([p[k:] for p in pairs], columns=list(COUNTERS), dtype=float)
+    who = read["worker"].astype(str).to_numpy()[:len(pairs)] if "worker" in read else ""
+    out = pd.DataFrame({"process": pd.Series(who, dtype=str) + "/"
+                        + after["counters_pid"].astype("Int64").astype(str),
+                        "t": after["counters_time"],
+                        "dt": after["counters_time"] - before["counters_time"]})
+    for c in COUNTERS:
+        if c in ("counters_time", "counters_pid", "host_cpus", "host_running"):
             continue
-        d = sub[["counters_time", *cumulative]].diff().iloc[1:]
-        frame = pd.DataFrame({"process": process, "t": sub["counters_time"].iloc[1:].to_numpy(),
-                              "dt": d["counters_time"].to_numpy()})
-        for c in cumulative:
-            frame[f"d_{c}"] = d[c].to_numpy()
-        for c in ("host_running", "host_cpus"):
-            frame[c] = sub[c].iloc[1:].to_numpy()
-        out.append(frame[frame["dt"] > 0])
-    if not out:
-        return pd.DataFrame(columns=["process", "t", "dt"])
-    return pd.concat(out, ignore_index=True)
+        out[f"d_{c}"] = after[c] - before[c]
+    out["host_running"] = after["host_running"]
+    out["host_cpus"] = after["host_cpus"]
+    out = out.drop_duplicates(["process", "t"])
+    return out[out["dt"] > 0].reset_index(drop=True)
 
 
 def _share(num: pd.Series | None, den: pd.Series) -> float | None:

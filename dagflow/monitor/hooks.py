@@ -34,7 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dagflow import config
-from dagflow.monitor.sampling import host_counters
+from dagflow.monitor.sampling import interval_counters
 
 __all__ = ["breaker_changed", "chunk_done", "chunk_payload", "chunk_sample", "enabled",
            "metric_columns", "metric_rows", "run_finished", "run_started", "with_metrics"]
@@ -84,6 +84,10 @@ def run_started(client: Any, ctx: Any, tasks: Mapping[str, Any], *,
         logger.warning("could not write the run's monitoring plan: %s", exc)
     if client is None:
         return
+    try:  # every worker process reads its counters now: its first chunk's interval
+        client.run(_worker_baseline)
+    except Exception as exc:
+        logger.debug("the workers could not read their counters: %s", exc)
     try:
         client.run_on_scheduler(_scheduler_begin_run, plan)
     except Exception as exc:
@@ -197,6 +201,12 @@ def _write_scheduler_data(run_dir: str, data: Mapping[str, Any]) -> None:
             write_table(directory / f"{name}.parquet", pa.table(columns))
     write_json(directory / "scheduler.json",
                {k: data.get(k) for k in ("run", "nodes", "tasks", "breakers", "fine_metrics")})
+
+
+def _worker_baseline() -> bool:
+    from dagflow.monitor.sampling import mark_baseline
+
+    return mark_baseline()
 
 
 # --- scheduler side (run through Client.run_on_scheduler) -----------------------------
@@ -320,9 +330,10 @@ def metric_columns(ctx: Any,
                 bytes_out[i] = _size(out_path)
     cols["bytes_in"], cols["bytes_out"] = bytes_in, bytes_out
     if n:  # once per chunk, on its first row (nulls cost next to nothing in Parquet)
-        reading = host_counters()
-        cols["counters"] = [[None if v is None else float(v) for v in reading.values()],
-                            *([None] * (n - 1))]
+        before, now = interval_counters()
+        values = [None] * len(now) if before is None else list(before.values())
+        cols["counters"] = [[None if v is None else float(v)
+                             for v in (*values, *now.values())], *([None] * (n - 1))]
     if sample is not None:
         for name, key in (("sample_worker", "worker"), ("sample_time", "time"),
                           ("worker_cpu", "cpu"), ("worker_memory", "memory"),

@@ -25,10 +25,12 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import threading
 import time
 from typing import Any
 
-__all__ = ["COUNTERS", "gpu_sample", "host_counters", "process_sample", "worker_sample"]
+__all__ = ["COUNTERS", "gpu_sample", "host_counters", "interval_counters", "mark_baseline",
+           "process_sample", "worker_sample"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,9 +227,8 @@ def _run_queue(now: float) -> tuple[float | None, float | None, float | None]:
 def host_counters() -> dict[str, float | int | None]:
     """This process's and this machine's counters now (see :data:`COUNTERS`).
 
-    About 0.1 ms (most of it the threads' schedstat); called once per chunk. Not
-    thread-safe across concurrent callers in one process only in that two readings at
-    the same moment may attribute an interval's busy threads to either.
+    About 0.1 ms (most of it the threads' schedstat); called once per chunk (by
+    :func:`interval_counters`).
     """
     out: dict[str, float | int | None] = dict.fromkeys(COUNTERS)
     out["counters_time"] = time.time()
@@ -262,3 +263,26 @@ def host_counters() -> dict[str, float | int | None]:
     out["host_psi_cpu_s"] = _psi_some("/proc/pressure/cpu")
     out["host_psi_io_s"] = _psi_some("/proc/pressure/io")
     return out
+
+
+#: This process's previous reading: where the next interval starts.
+_PREVIOUS: list[dict[str, float | int | None] | None] = [None]
+_READING = threading.Lock()
+
+
+def mark_baseline() -> bool:
+    """Take a reading that the next interval starts from (a run calls it on every worker
+    as it starts, so that a process's first chunk has an interval too)."""
+    with _READING:
+        _PREVIOUS[0] = host_counters()
+    return True
+
+
+def interval_counters() -> tuple[dict[str, float | int | None] | None,
+                                 dict[str, float | int | None]]:
+    """This process's previous reading (``None`` before any) and a reading now, which
+    becomes the previous one: what happened in between is theirs to tell."""
+    with _READING:
+        now = host_counters()
+        before, _PREVIOUS[0] = _PREVIOUS[0], now
+    return before, now
