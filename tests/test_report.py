@@ -108,7 +108,25 @@ def test_second_run_is_predicted_from_history(two_runs):
     assert isinstance(a, RunAnalysis)
     assert set(a.prediction["node_id"]) == {"load", "small", "soft", "save", "stats"}
     assert (a.prediction["predicted_s"] > 0).all()
+    # the numbers the run was planned with, as its summary keeps them
+    planned = dict(zip(a.prediction["node_id"], a.prediction["predicted_s"], strict=True))
+    assert planned == second.estimate["nodes"]
     assert first.analysis().prediction.empty  # nothing before the first run
+
+
+def test_without_the_plan_file_the_summary_gives_the_prediction(two_runs, tmp_path):
+    import shutil
+
+    _, second = two_runs
+    run_dir = Path(shutil.copytree(second.run_dir, tmp_path / "run"))
+    plan_file = run_dir / "metrics" / "run.json"
+    plan = json.loads(plan_file.read_text())
+    del plan["prediction"]
+    plan_file.write_text(json.dumps(plan))
+    a = analyze(run_dir, history_dir=tmp_path / "none")
+    assert dict(zip(a.prediction["node_id"], a.prediction["predicted_s"], strict=True)) == \
+        second.estimate["nodes"]
+    assert a.prediction_total["compute_s"] == second.estimate["compute_s"]
 
 
 def test_run_result_report_and_cli_output(two_runs, tmp_path):

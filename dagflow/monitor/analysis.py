@@ -259,10 +259,16 @@ def _prediction(plan: dict[str, Any], summary: dict[str, Any], stats: pd.DataFra
     """The plan's prediction beside what happened: per node and in total.
 
     The prediction is the one the run was planned with (``metrics/run.json``, else the
-    summary's estimate), never made again here: the report shows the numbers ``dagflow
-    plan`` printed and the summary keeps.
+    per-node seconds of the summary's estimate), never made again here: the report shows
+    the numbers ``dagflow plan`` printed and the summary keeps.
     """
-    pred = plan.get("prediction") or (summary.get("estimate") or {}).get("prediction") or {}
+    pred = plan.get("prediction") or {}
+    estimate = summary.get("estimate") or {}
+    if not pred and any(v is not None for v in (estimate.get("nodes") or {}).values()):
+        # a run without monitoring's plan file: its summary keeps the same numbers
+        pred = {"nodes": {n: {"seconds": v} for n, v in estimate["nodes"].items()
+                          if v is not None},
+                **{k: estimate.get(k) for k in ("compute_s", "duration_s", "history_runs")}}
     rows = []
     for node, e in (pred.get("nodes") or {}).items():
         actual = float(stats.loc[node, "total_s"]) if node in stats.index else 0.0
@@ -290,40 +296,17 @@ def _prediction(plan: dict[str, Any], summary: dict[str, Any], stats: pd.DataFra
     return table, total
 
 
-def _previous_samples(hist: pd.DataFrame, node: str, op: str | None
-                      ) -> tuple[pd.DataFrame, int]:
-    """The earlier runs' sampled items of a node, as units (the latest runs pooled)."""
-    from dagflow.monitor.prediction import POOLED_RUNS
-
-    rows = hist[(hist["node_id"] == node) & (hist["op"] == op)]
-    rows = rows[rows["run_id"].isin(list(dict.fromkeys(rows["run_id"]))[-POOLED_RUNS:])]
-    frames = []
-    for _, row in rows.iterrows():
-        s = row.get("sample_s")
-        if s is None or not len(s):
-            continue
-        n = len(s)
-        frame = {"duration_s": np.asarray(s, dtype=float)}
-        for unit in ("in_mp", "out_mp", "bytes_in"):
-            col = row.get(f"sample_{unit}")
-            frame[unit] = (np.asarray([np.nan if v is None else v for v in col], dtype=float)
-                           if col is not None and len(col) == n else np.full(n, np.nan))
-        first = row.get("sample_first")
-        frame["first"] = (np.asarray(first, dtype=bool) if first is not None
-                          and len(first) == n else np.zeros(n, dtype=bool))
-        frames.append(pd.DataFrame(frame))
-    if not frames:
-        return pd.DataFrame(), 0
-    out = pd.concat(frames, ignore_index=True)
-    return out.assign(node_id=node), int(rows["run_id"].nunique())
-
-
 def _comparison(units: pd.DataFrame, hist: pd.DataFrame | None,
                 nodes_plan: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """Per node, this run's items against the earlier runs' (the same cost model, fitted
     on the earlier runs, normalises both)."""
     from dagflow.monitor import significance
-    from dagflow.monitor.prediction import history_fits, normalised
+    from dagflow.monitor.prediction import (
+        history_fits,
+        history_samples,
+        latest_runs,
+        normalised,
+    )
 
     if hist is None or hist.empty or units.empty:
         return significance.compare({}, {})
@@ -332,10 +315,12 @@ def _comparison(units: pd.DataFrame, hist: pd.DataFrame | None,
     current, previous, runs, unit_of = {}, {}, {}, {}
     warm = units[~units["first"]]
     for node, model in fits.items():
-        prev, n_runs = _previous_samples(hist, node, spec[node][0])
+        rows = latest_runs(hist[(hist["node_id"] == node) & (hist["op"] == spec[node][0])])
+        prev = history_samples(rows)
         if prev.empty:
             continue
-        prev = prev[~prev["first"]]
+        prev = prev[~prev["first"].astype(bool)].assign(node_id=node)
+        n_runs = int(rows["run_id"].nunique())
         cur = warm[warm["node_id"] == node]
         current[node] = normalised(cur, {node: model}).to_numpy()
         previous[node] = normalised(prev, {node: model}).to_numpy()

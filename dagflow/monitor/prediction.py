@@ -26,8 +26,8 @@ import numpy as np
 
 from dagflow.monitor.costmodel import NodeFit, fit
 
-__all__ = ["NodeWork", "batch_work", "describe", "fits_from", "history_fits", "item_units",
-           "normalised", "own_fits", "predict", "predict_from", "units_of"]
+__all__ = ["NodeWork", "batch_work", "history_fits", "history_samples", "item_units",
+           "latest_runs", "normalised", "own_fits", "predict", "predict_from"]
 
 #: Earlier runs of a node pooled for its cost model (the latest ones).
 POOLED_RUNS = 5
@@ -235,29 +235,34 @@ def normalised(units: Any, fits: Mapping[str, NodeFit]) -> Any:
     return out
 
 
-def _samples(rows: Any) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray]:
-    """A history's item samples pooled: seconds, units, first-on-worker flags."""
-    seconds: list[np.ndarray] = []
-    units: dict[str, list[np.ndarray]] = {"in_mp": [], "out_mp": [], "bytes_in": []}
-    first: list[np.ndarray] = []
+def history_samples(rows: Any) -> Any:
+    """The item samples of history rows, pooled: ``duration_s``, ``in_mp``, ``out_mp``,
+    ``bytes_in`` and ``first`` (the first item on its worker process), one row per item."""
+    import pandas as pd
+
+    frames = []
     for _, row in rows.iterrows():
         s = row.get("sample_s")
         if s is None or not len(s):
             continue
         n = len(s)
-        seconds.append(np.asarray(s, dtype=float))
-        for unit in units:
+        frame: dict[str, Any] = {"duration_s": np.asarray(s, dtype=float)}
+        for unit in ("in_mp", "out_mp", "bytes_in"):
             col = row.get(f"sample_{unit}")
-            units[unit].append(np.asarray([np.nan if v is None else v for v in col],
-                                          dtype=float) if col is not None and len(col) == n
-                               else np.full(n, np.nan))
-        f = row.get("sample_first")
-        first.append(np.asarray(f, dtype=bool) if f is not None and len(f) == n
-                     else np.zeros(n, dtype=bool))
-    if not seconds:
-        return np.empty(0), {}, np.empty(0, dtype=bool)
-    return (np.concatenate(seconds), {u: np.concatenate(v) for u, v in units.items()},
-            np.concatenate(first))
+            frame[unit] = (np.asarray([np.nan if v is None else v for v in col], dtype=float)
+                           if col is not None and len(col) == n else np.full(n, np.nan))
+        first = row.get("sample_first")
+        frame["first"] = (np.asarray(first, dtype=bool) if first is not None
+                          and len(first) == n else np.zeros(n, dtype=bool))
+        frames.append(pd.DataFrame(frame))
+    if not frames:
+        return pd.DataFrame(columns=["duration_s", "in_mp", "out_mp", "bytes_in", "first"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def latest_runs(rows: Any, runs: int = POOLED_RUNS) -> Any:
+    """The history rows of the latest ``runs`` runs among ``rows`` (oldest first)."""
+    return rows[rows["run_id"].isin(list(dict.fromkeys(rows["run_id"]))[-runs:])]
 
 
 def history_fits(history: Any, nodes: Mapping[str, tuple[str, str | None]], *,
@@ -288,9 +293,13 @@ def history_fits(history: Any, nodes: Mapping[str, tuple[str, str | None]], *,
             rows, match = history[history["op"] == op], "op"
         if rows.empty:
             continue
-        rows = rows[rows["run_id"].isin(list(dict.fromkeys(rows["run_id"]))[-runs:])]
-        seconds, units, first = _samples(rows)
-        model = fit(seconds, units, kind=kind, first=first) if len(seconds) else None
+        rows = latest_runs(rows, runs)
+        items = history_samples(rows)
+        model = fit(items["duration_s"].to_numpy(dtype=float),
+                    {u: items[u].to_numpy(dtype=float) for u in ("in_mp", "out_mp",
+                                                                  "bytes_in")},
+                    kind=kind, first=items["first"].to_numpy(dtype=bool)) if len(items) \
+            else None
         if model is None:  # a history without samples: its seconds per item
             spi = rows["s_per_item"].dropna()
             if not len(spi):
@@ -398,20 +407,6 @@ def predict_from(history_dir: str | os.PathLike[str], workflow: str | None,
     return predict(h, nodes, work, threads=threads, workers=workers, chunks=chunks)
 
 
-def fits_from(prediction: Mapping[str, Any] | None) -> dict[str, NodeFit]:
-    """The cost models a prediction was made with, by node."""
-    out = {}
-    for node, e in ((prediction or {}).get("nodes") or {}).items():
-        try:
-            out[str(node)] = NodeFit(e["unit"], float(e["fixed_s"]), float(e["per_unit_s"]),
-                                     0, float(e.get("spread") or 0.0),
-                                     float(e.get("warmup_s") or 0.0),
-                                     e.get("chosen") or "evidence")
-        except (KeyError, TypeError, ValueError):
-            continue
-    return out
-
-
 def own_fits(units: Any, kinds: Mapping[str, str | None],
              prefer: Mapping[str, NodeFit] | None = None) -> dict[str, NodeFit]:
     """Each node's cost model fitted on a run's own items (:func:`item_units`); with
@@ -428,15 +423,3 @@ def own_fits(units: Any, kinds: Mapping[str, str | None],
         if model is not None:
             out[node] = model
     return out
-
-
-def units_of(unit: str) -> str:
-    """How a unit reads in a sentence."""
-    return {"item": "item", "in_mp": "input megapixel", "out_mp": "output megapixel",
-            "bytes_in": "byte read"}.get(unit, unit)
-
-
-def describe(prediction: Mapping[str, Any]) -> dict[str, Any]:
-    """The prediction without its per-node models (what a summary shows)."""
-    return {k: v for k, v in prediction.items() if k != "nodes"} | {
-        "nodes": {n: e.get("seconds") for n, e in (prediction.get("nodes") or {}).items()}}
