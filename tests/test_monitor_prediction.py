@@ -205,3 +205,22 @@ def test_batch_work_follows_headers_through_nodes_and_conditions():
     assert (work["big"].items, work["big"].skipped) == (2, 2)
     assert work["big"].in_mp == pytest.approx(mp[2] + mp[3])
     assert (work["save"].items, work["save"].skipped) == (2, 2)
+
+
+def test_a_model_of_cpu_seconds_from_the_same_samples():
+    """The items' CPU seconds (what the work costs, whatever else ran on the machine)
+    fit in the same way, for a check of the model that the machine's load does not
+    blur."""
+    in_mp, out_mp, _ = sizes(100)
+    row = history_rows("blur", "gaussian", "transform", 0.02 * in_mp * 3.0, in_mp, out_mp)
+    row["sample_cpu_s"] = list(map(float, 0.02 * in_mp))  # waited twice as long as it ran
+    hist = as_history([row])
+    wall = prediction.history_fits(hist, {"blur": ("gaussian", "transform")})["blur"]["fit"]
+    cpu = prediction.history_fits(hist, {"blur": ("gaussian", "transform")},
+                                  measure="cpu_s")["blur"]["fit"]
+    assert (wall.unit, cpu.unit) == ("in_mp", "in_mp")
+    assert cpu.per_unit_s == pytest.approx(0.02) and wall.per_unit_s == pytest.approx(0.06)
+    no_cpu = as_history([history_rows("blur", "gaussian", "transform", 0.02 * in_mp, in_mp,
+                                      out_mp)])
+    assert prediction.history_fits(no_cpu, {"blur": ("gaussian", "transform")},
+                                   measure="cpu_s") == {}

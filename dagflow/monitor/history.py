@@ -6,7 +6,7 @@ row per node: items (ran, failed, skipped by a condition), seconds and percentil
 megapixels in and out, bytes, the node's own cost model for that run
 (:mod:`dagflow.monitor.costmodel`), and a sample of its items (:data:`MAX_SAMPLES` at
 most: each item's seconds, input and output megapixels, input bytes, and whether it was
-the first on its worker process) from which later runs fit the cost model
+the first on its worker process; its CPU seconds) from which later runs fit the cost model
 (:mod:`dagflow.monitor.prediction`) and compare their own items. Columns ``run_*``
 repeat the run's wall time, processing time, compute seconds and threads on every row.
 Files are written atomically and never rewritten, so concurrent runs into the same output
@@ -69,6 +69,7 @@ HISTORY_SCHEMA = pa.schema([
     ("warmup_s", pa.float64()),
     ("workers", pa.int64()),
     ("sample_s", _SAMPLE),
+    ("sample_cpu_s", _SAMPLE),
     ("sample_in_mp", _SAMPLE),
     ("sample_out_mp", _SAMPLE),
     ("sample_bytes_in", _SAMPLE),
@@ -180,8 +181,8 @@ def append_run(run_dir: str | os.PathLike[str], *,
                 "megapixels", "s_per_mp", "s_per_item", "bytes_in", "bytes_out")},
             "in_mp": s.get("in_mp_total"),
             **{k: s.get(k) for k in ("unit", "fixed_s", "per_unit_s", "spread", "warmup_s",
-                                     "workers", "sample_s", "sample_in_mp", "sample_out_mp",
-                                     "sample_bytes_in", "sample_first")},
+                                     "workers", "sample_s", "sample_cpu_s", "sample_in_mp",
+                                     "sample_out_mp", "sample_bytes_in", "sample_first")},
             "run_duration_s": _number(duration_s), "run_processing_s": _number(processing),
             "run_busy_s": busy,
             "run_threads": plan.get("threads") or (plan.get("prediction") or {}).get("threads"),
@@ -286,6 +287,7 @@ def node_samples(rows: pd.DataFrame, plan: Mapping[str, Any]) -> dict[str, dict[
             if "worker" in units else None,
             "in_mp_total": float(units.loc[units["node_id"] == node, "in_mp"].sum()),
             "sample_s": sub["duration_s"].astype(float).tolist(),
+            "sample_cpu_s": _list(sub["cpu_s"]) if "cpu_s" in sub else None,
             "sample_in_mp": _list(sub["in_mp"]), "sample_out_mp": _list(sub["out_mp"]),
             "sample_bytes_in": _list(sub["bytes_in"]),
             "sample_first": sub["first"].astype(bool).tolist(),

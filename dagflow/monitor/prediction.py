@@ -236,8 +236,9 @@ def normalised(units: Any, fits: Mapping[str, NodeFit]) -> Any:
 
 
 def history_samples(rows: Any) -> Any:
-    """The item samples of history rows, pooled: ``duration_s``, ``in_mp``, ``out_mp``,
-    ``bytes_in`` and ``first`` (the first item on its worker process), one row per item."""
+    """The item samples of history rows, pooled: ``duration_s``, ``cpu_s``, ``in_mp``,
+    ``out_mp``, ``bytes_in`` and ``first`` (the first item on its worker process), one row
+    per item."""
     import pandas as pd
 
     frames = []
@@ -247,7 +248,7 @@ def history_samples(rows: Any) -> Any:
             continue
         n = len(s)
         frame: dict[str, Any] = {"duration_s": np.asarray(s, dtype=float)}
-        for unit in ("in_mp", "out_mp", "bytes_in"):
+        for unit in ("cpu_s", "in_mp", "out_mp", "bytes_in"):
             col = row.get(f"sample_{unit}")
             frame[unit] = (np.asarray([np.nan if v is None else v for v in col], dtype=float)
                            if col is not None and len(col) == n else np.full(n, np.nan))
@@ -256,7 +257,8 @@ def history_samples(rows: Any) -> Any:
                           and len(first) == n else np.zeros(n, dtype=bool))
         frames.append(pd.DataFrame(frame))
     if not frames:
-        return pd.DataFrame(columns=["duration_s", "in_mp", "out_mp", "bytes_in", "first"])
+        return pd.DataFrame(columns=["duration_s", "cpu_s", "in_mp", "out_mp", "bytes_in",
+                                     "first"])
     return pd.concat(frames, ignore_index=True)
 
 
@@ -266,7 +268,8 @@ def latest_runs(rows: Any, runs: int = POOLED_RUNS) -> Any:
 
 
 def history_fits(history: Any, nodes: Mapping[str, tuple[str, str | None]], *,
-                 runs: int = POOLED_RUNS) -> dict[str, dict[str, Any]]:
+                 runs: int = POOLED_RUNS, measure: str = "duration_s"
+                 ) -> dict[str, dict[str, Any]]:
     """Per node, its cost model from the items of its latest earlier runs.
 
     Parameters
@@ -275,6 +278,9 @@ def history_fits(history: Any, nodes: Mapping[str, tuple[str, str | None]], *,
         From :func:`dagflow.monitor.history.load` (oldest first).
     nodes
         Node id to ``(op, kind)``.
+    measure
+        What the model predicts: the items' seconds (``duration_s``) or their CPU
+        seconds (``cpu_s``: what the work costs whatever else ran on the machine).
 
     Returns
     -------
@@ -295,17 +301,21 @@ def history_fits(history: Any, nodes: Mapping[str, tuple[str, str | None]], *,
             continue
         rows = latest_runs(rows, runs)
         items = history_samples(rows)
-        model = fit(items["duration_s"].to_numpy(dtype=float),
+        if measure != "duration_s":
+            items = items[np.isfinite(items[measure].astype(float))]
+        model = fit(items[measure].to_numpy(dtype=float),
                     {u: items[u].to_numpy(dtype=float) for u in ("in_mp", "out_mp",
                                                                   "bytes_in")},
                     kind=kind, first=items["first"].to_numpy(dtype=bool)) if len(items) \
             else None
-        if model is None:  # a history without samples: its seconds per item
+        if model is None and measure == "duration_s":  # a history without samples
             spi = rows["s_per_item"].dropna()
             if not len(spi):
                 continue
             model = NodeFit("item", float(spi.median()), 0.0, int(rows["items"].sum()),
                             chosen="aggregate")
+        if model is None:
+            continue
         out[node] = {"fit": model, "runs": int(rows["run_id"].nunique()), "match": match}
     return out
 
@@ -352,9 +362,10 @@ def predict(history: Any, nodes: Mapping[str, tuple[str, str | None]],
         ``nodes``: per node with a history, ``seconds`` (``fixed_s x items + per_unit_s x
         units + warmup_s x`` the worker processes it will run on), ``unit``,
         ``fixed_s``, ``per_unit_s``, ``units`` (the unit summed over its items),
-        ``items``, ``skipped``, ``warmup_s``, ``spread``, ``runs``, ``match``,
-        ``chosen``; ``compute_s`` (their sum), ``processing_s`` (the compute spread over
-        the threads as efficiently as the latest earlier run managed), ``duration_s``
+        ``items``, ``skipped``, ``work`` (every unit summed), ``warmup_s``, ``spread``,
+        ``runs``, ``match``, ``chosen``; ``compute_s`` (their sum), ``processing_s``
+        (the compute spread over the threads as efficiently as the latest earlier run
+        managed), ``duration_s``
         (with that run's time outside processing: cluster start, planning, finishing),
         ``history_runs``, ``missing`` (nodes without a history), ``threads``,
         ``workers``.
@@ -372,6 +383,8 @@ def predict(history: Any, nodes: Mapping[str, tuple[str, str | None]],
             "seconds": round(seconds, 3), "unit": model.unit,
             "fixed_s": model.fixed_s, "per_unit_s": model.per_unit_s,
             "units": round(units, 6), "items": w.items, "skipped": w.skipped,
+            "work": {"in_mp": round(w.in_mp, 6), "out_mp": round(w.out_mp, 6),
+                     "bytes_in": round(w.bytes_in)},
             "warmup_s": round(model.warmup_s, 6), "spread": round(model.spread, 4),
             "runs": entry["runs"], "match": entry["match"], "chosen": model.chosen,
         }
