@@ -305,6 +305,13 @@ def test_history_from_the_plugin_equals_the_history_from_the_records(client, tmp
                    "s_per_item"):
         assert live[column].tolist() == pytest.approx(parts[column].tolist(), rel=1e-9), \
             column
+    # both keep a sample of every node's items: seconds, CPU seconds, units
+    for table in (live, parts):
+        for node in ("load", "small", "save"):
+            n = len(table.loc[node, "sample_s"])
+            assert n == 6 and len(table.loc[node, "sample_cpu_s"]) == n
+            assert all(c is not None and c >= 0 for c in table.loc[node, "sample_cpu_s"])
+        assert table.loc["small", "unit"] in ("item", "in_mp", "out_mp")
     # a count the plugin did not see sends the history back to the records
     assert not hooks._covers(scheduler["nodes"], {**result.nodes, "save": {"ok": 7}})
     assert not hooks._covers(None, result.nodes)

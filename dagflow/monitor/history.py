@@ -93,8 +93,9 @@ def _nan_to_none(x: Any) -> Any:
     return None if isinstance(x, float) and math.isnan(x) else x
 
 
-_ROW_COLUMNS = ("item_id", "node_id", "op", "status", "attempts", "duration_s", "started",
-                "worker", "width", "height", "megapixels", "bytes_in", "bytes_out")
+_ROW_COLUMNS = ("item_id", "node_id", "op", "status", "attempts", "duration_s", "cpu_s",
+                "started", "worker", "width", "height", "megapixels", "bytes_in", "bytes_out",
+                "chunk")
 
 
 def _metric_rows(run_dir: str | os.PathLike[str], *, limit: int | None = None) -> Any:
