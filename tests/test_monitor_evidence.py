@@ -183,6 +183,28 @@ def test_chunking_advice_needs_its_evidence():
     assert kinds_of(facts(items=2, chunk_size=2, chunks=1)) == set()  # too few items
 
 
+def test_more_threads_needs_a_node_blocked_well_beyond_its_cpu_wait():
+    import pandas as pd
+
+    from dagflow.monitor.advice import RunFacts
+
+    stats = pd.DataFrame({"count": [400.0], "share": [1.0], "total_s": [8.0]},
+                         index=pd.Index(["save"], name="node_id"))
+
+    def facts(on_cpu, waiting, blocked, cls="wait"):
+        c = {"on_cpu": on_cpu, "waiting_cpu": waiting, "blocked": blocked, "class": cls,
+             "why": "w"}
+        return RunFacts(stats=stats, nodes={"save": {"op": "save"}}, items=400,
+                        chunk_size=16, chunks=25, threads=2, workers=1, processing_s=8.0,
+                        busy_s=8.0, idle_fraction=0.0, machine=Machine(wait_per_cpu=0.1),
+                        classes={"save": c})
+
+    assert kinds_of(facts(0.05, 0.02, 0.93)) == {"more-threads"}
+    # the busy demo's PNG save: half blocked, a third waiting for a CPU
+    assert kinds_of(facts(0.18, 0.32, 0.50)) == set()
+    assert kinds_of(facts(0.05, 0.02, 0.93, cls="io")) == set()
+
+
 def kinds_of(facts) -> set[str]:
     return {r.kind for r in advise(facts, effects=GAINS)[0]}
 

@@ -235,7 +235,9 @@ def _threads(f: RunFacts) -> list[Recommendation]:
         if node not in f.stats.index or c.get("class") != "wait":
             continue
         share = float(f.stats.loc[node, "share"])
-        if c["blocked"] < 0.5 or share < 0.25:
+        # blocked most of its time, and clearly more than it waited for a CPU (under
+        # heavy contention part of a thread's run-queue wait can escape the estimate)
+        if c["blocked"] < 0.5 or c["blocked"] < 2 * c["waiting_cpu"] or share < 0.25:
             continue
         target = int(2 * per_worker)
         out.append(Recommendation(
