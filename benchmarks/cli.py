@@ -17,10 +17,12 @@ from typing import Any
 __all__ = ["main"]
 
 BENCHMARKS = ("thumbnails", "microscopy", "overhead", "planning", "safety", "memory",
-              "large-image", "gpu", "env")
+              "large-image", "gpu", "env", "prediction", "advice")
 
 #: Benchmarks owned by other modules that may not exist yet: name -> (module, what it needs).
 OPTIONAL = {
+    "prediction": ("benchmarks.prediction", "benchmarks/prediction.py"),
+    "advice": ("benchmarks.advice", "benchmarks/advice.py"),
     "large-image": ("benchmarks.large_image",
                     "benchmarks/large_image.py with run(**options): peak worker RSS on a "
                     "large-image workload (images above a worker's budget, processed tiled) "

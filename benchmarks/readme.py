@@ -68,6 +68,13 @@ BENCHMARKS = [
      "`large_image.py`"),
     ("gpu", "`local-cuda` against the CPU", "`gpu.py`"),
     ("env", "the thumbnail kernels under four `MALLOC_*` settings", "`envbench.py`"),
+    ("prediction", "three workloads (thumbnails; 16-bit TIFFs through four filters; mixed "
+     "sizes with a condition) run twice on a warm cluster: the second run's prediction "
+     "(planned from the first) against what it took, per node, in total and on CPU "
+     "seconds, beside a third identical run (the noise floor)", "`prediction.py`"),
+    ("advice", "each recommendation kind applied on a workload where the report calls for "
+     "it, alternated with its baseline; writes the measured effects to "
+     "`dagflow/monitor/effects.json`, which the recommendations promise", "`advice.py`"),
 ]
 
 

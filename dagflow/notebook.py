@@ -366,11 +366,15 @@ def report_frames(run: RunResult | str | os.PathLike[str]) -> dict[str, pd.DataF
     Returns
     -------
     dict of str to pandas.DataFrame
-        ``nodes`` (per node: counts, p50/p90/p95/p99, total seconds, share...),
-        ``items`` (one row per item: its worst status, with the error), ``errors``,
-        ``anomalies``, ``throughput``, ``trend``, ``resources``, ``queue``,
-        ``prediction`` and ``recommendations`` (one row each: ``title``, ``reason``,
-        ``effect``, ``setting``, ``node``), as in
+        ``nodes`` (per node: counts, p50/p90/p95/p99, total seconds, share, the cost
+        model its items were judged by...), ``items`` (one row per item: its worst
+        status, with the error), ``errors``, ``anomalies``, ``throughput``, ``trend``,
+        ``resources``, ``queue``, ``prediction`` (per node, predicted and actual
+        seconds), ``comparison`` (per node, this run against the workflow's earlier
+        runs), ``waiting`` (per node, its time on, waiting for and blocked off the CPU,
+        with the class and why), ``recommendations`` (one row each: ``title``,
+        ``reason``, ``effect``, ``setting``, ``node``, ``kind``) and ``findings``
+        (``title``, ``evidence``, ``kind``, ``node``), as in
         :class:`dagflow.monitor.analysis.RunAnalysis`.
     """
     import pandas as pd
@@ -388,9 +392,16 @@ def report_frames(run: RunResult | str | os.PathLike[str]) -> dict[str, pd.DataF
         "resources": a.resources,
         "queue": a.queue,
         "prediction": a.prediction,
+        "comparison": a.comparison,
+        "waiting": pd.DataFrame.from_dict(a.waiting.get("nodes") or {}, orient="index",
+                                          columns=["busy_s", "cpu_s", "cpu_wait_s",
+                                                   "blocked_s", "on_cpu", "waiting_cpu",
+                                                   "blocked", "class", "why"]),
         "recommendations": pd.DataFrame([r.to_dict() for r in a.recommendations],
                                         columns=["title", "reason", "effect", "setting",
-                                                 "node"]),
+                                                 "node", "kind"]),
+        "findings": pd.DataFrame([f.to_dict() for f in a.findings],
+                                 columns=["title", "evidence", "kind", "node"]),
     }
     rows = a.rows
     if len(rows) and {"item_id", "status"} <= set(rows.columns):

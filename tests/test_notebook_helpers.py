@@ -244,13 +244,18 @@ def test_report_frames(photos_with_bad, tmp_path, client):
     result = dagflow.run(THUMBS, photos_with_bad, tmp_path / "out", client=client)
     frames = report_frames(result)
     assert {"nodes", "items", "errors", "anomalies", "throughput", "recommendations",
-            "resources", "queue", "trend", "prediction"} <= set(frames)
+            "findings", "resources", "queue", "trend", "prediction", "comparison",
+            "waiting"} <= set(frames)
     nodes = frames["nodes"]
     assert {"p50", "p99"} <= set(nodes.columns) and {"load", "small", "save"} <= set(nodes.index)
     items = frames["items"]
     assert len(items) == 14 and (items["status"] == "failed").sum() == 2
     assert list(frames["recommendations"].columns) == ["title", "reason", "effect", "setting",
-                                                       "node"]
+                                                       "node", "kind"]
+    assert list(frames["findings"].columns) == ["title", "evidence", "kind", "node"]
+    waiting = frames["waiting"]  # where each node's time went, from the workers' counters
+    assert {"load", "small", "save"} <= set(waiting.index)
+    assert (waiting["on_cpu"].between(0, 1)).all() and waiting["class"].notna().all()
     # a run directory works as well
     assert len(report_frames(result.run_dir)["items"]) == 14
 

@@ -97,11 +97,12 @@ def test_plan_after_a_run_uses_the_history_and_skips_what_is_done(setup, client)
     fresh = plan(setup / "wf.yaml", setup / "in", setup / "out2", client=client,
                  history_dir=history)
     assert fresh.to_run == 5 and fresh.history_runs == 1
-    assert fresh.nodes["blur"].seconds is not None and fresh.nodes["blur"].basis == "s_per_mp"
+    assert fresh.nodes["blur"].seconds is not None and fresh.nodes["blur"].basis in (
+        "item", "in_mp", "out_mp")  # the unit its time scales with
+    assert fresh.prediction["nodes"]["blur"]["items"] == 3  # the condition's skip: no work
     # both rounded to 3 decimals: duration_s is off by 0.0005 at most, compute_s / threads
     # by 0.0005 / threads
-    assert fresh.duration_s == pytest.approx(fresh.compute_s / fresh.threads,
-                                             abs=0.0005 + 0.0005 / fresh.threads)
+    assert fresh.duration_s >= fresh.compute_s / fresh.threads - (0.0005 + 0.0005 / fresh.threads)
     assert "estimated duration:" in str(fresh) and "unknown" not in str(fresh)
 
 

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 import dagflow
 from dagflow.cli import main
 from dagflow.monitor.analysis import RunAnalysis, analyze
-from dagflow.monitor.report import write_report
+from dagflow.monitor.report import FIGURES, SECTIONS, structure, write_report
 from dagflow.monitor.store import write_json, write_metrics
 from dagflow.recovery.checkpoint import write_records
 
@@ -32,8 +32,6 @@ nodes:
   - {id: stats, op: stats, after: [load]}
 """
 MONITOR_ON = {"dagflow.monitor.enabled": True, "dagflow.monitor.report": True}
-SECTIONS = ("summary", "recommendations", "nodes", "throughput", "critical-path",
-            "anomalies", "trend", "resources", "waiting", "errors", "prediction")
 
 
 def assert_self_contained(text: str) -> None:
@@ -109,7 +107,25 @@ def test_second_run_is_predicted_from_history(two_runs):
     assert isinstance(a, RunAnalysis)
     assert set(a.prediction["node_id"]) == {"load", "small", "soft", "save", "stats"}
     assert (a.prediction["predicted_s"] > 0).all()
+    # the numbers the run was planned with, as its summary keeps them
+    planned = dict(zip(a.prediction["node_id"], a.prediction["predicted_s"], strict=True))
+    assert planned == second.estimate["nodes"]
     assert first.analysis().prediction.empty  # nothing before the first run
+
+
+def test_without_the_plan_file_the_summary_gives_the_prediction(two_runs, tmp_path):
+    import shutil
+
+    _, second = two_runs
+    run_dir = Path(shutil.copytree(second.run_dir, tmp_path / "run"))
+    plan_file = run_dir / "metrics" / "run.json"
+    plan = json.loads(plan_file.read_text())
+    del plan["prediction"]
+    plan_file.write_text(json.dumps(plan))
+    a = analyze(run_dir, history_dir=tmp_path / "none")
+    assert dict(zip(a.prediction["node_id"], a.prediction["predicted_s"], strict=True)) == \
+        second.estimate["nodes"]
+    assert a.prediction_total["compute_s"] == second.estimate["compute_s"]
 
 
 def test_run_result_report_and_cli_output(two_runs, tmp_path):
@@ -204,6 +220,18 @@ def test_thousand_items_report_stays_the_same_size_of_page(tmp_path, monkeypatch
     assert_self_contained(html)
 
 
+def test_what_a_report_renders_does_not_grow_with_the_items(tmp_path):
+    """The report runs at the end of every CLI run: its Bokeh part is a few figures, one
+    line per node or worker, whatever the number of items; the rest is HTML."""
+    big = analyze(synthetic_run(tmp_path / "big", 1000))
+    small = analyze(synthetic_run(tmp_path / "small", 100, seed=1))
+    shown = structure(big)
+    assert shown["sections"] == list(SECTIONS)
+    assert set(shown["figures"]) <= set(FIGURES) and len(shown["figures"]) <= 5
+    assert shown["models"] == structure(small)["models"]
+    assert shown["models"] <= 260
+
+
 def test_report_from_records_only(tmp_path):
     """Without metrics files (monitoring off), the records still make a report."""
     run_dir = synthetic_run(tmp_path / "run", 60)
@@ -293,6 +321,13 @@ def test_history_from_the_plugin_equals_the_history_from_the_records(client, tmp
                    "s_per_item"):
         assert live[column].tolist() == pytest.approx(parts[column].tolist(), rel=1e-9), \
             column
+    # both keep a sample of every node's items: seconds, CPU seconds, units
+    for table in (live, parts):
+        for node in ("load", "small", "save"):
+            n = len(table.loc[node, "sample_s"])
+            assert n == 6 and len(table.loc[node, "sample_cpu_s"]) == n
+            assert all(c is not None and c >= 0 for c in table.loc[node, "sample_cpu_s"])
+        assert table.loc["small", "unit"] in ("item", "in_mp", "out_mp")
     # a count the plugin did not see sends the history back to the records
     assert not hooks._covers(scheduler["nodes"], {**result.nodes, "save": {"ok": 7}})
     assert not hooks._covers(None, result.nodes)

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dagflow import config
+from dagflow.monitor.sampling import interval_counters
 
 __all__ = ["breaker_changed", "chunk_done", "chunk_payload", "chunk_sample", "enabled",
            "metric_columns", "metric_rows", "run_finished", "run_started", "with_metrics"]
@@ -49,9 +50,12 @@ def enabled() -> bool:
 # --- client side ---------------------------------------------------------------------
 
 
-def run_plan(ctx: Any, tasks: Mapping[str, Any], items: int | None = None) -> dict[str, Any]:
-    """The run as the plugin and the report need it (JSON-ready)."""
-    return {
+def run_plan(ctx: Any, tasks: Mapping[str, Any], items: int | None = None,
+             batch_plan: Any = None) -> dict[str, Any]:
+    """The run as the plugin and the report need it (JSON-ready): with the batch's plan
+    (:class:`~dagflow.runtime.plan.BatchPlan`), its threads, workers, chunks and the
+    prediction the report shows beside what happened."""
+    plan: dict[str, Any] = {
         "run_id": ctx.run_id, "workflow": ctx.workflow, "run_dir": os.fspath(ctx.run_dir),
         "output_dir": os.fspath(ctx.output_dir), "started": time.time(), "items": items,
         "nodes": {nid: {"op": t.op, "kind": t.kind, "parents": list(t.parents),
@@ -59,22 +63,31 @@ def run_plan(ctx: Any, tasks: Mapping[str, Any], items: int | None = None) -> di
                         "timeout": getattr(t, "timeout", None)}
                   for nid, t in tasks.items()},
     }
+    if batch_plan is not None:
+        plan.update(threads=batch_plan.threads, workers=batch_plan.workers,
+                    chunk_size=batch_plan.chunk_size, chunks=batch_plan.chunks,
+                    prediction=batch_plan.prediction or None)
+    return plan
 
 
 def run_started(client: Any, ctx: Any, tasks: Mapping[str, Any], *,
-                items: int | None = None) -> None:
+                items: int | None = None, batch_plan: Any = None) -> None:
     """The run is connected to its cluster and about to submit chunks."""
     if not enabled():
         return
     from dagflow.monitor.store import metrics_dir, write_json
 
-    plan = run_plan(ctx, tasks, items)
+    plan = run_plan(ctx, tasks, items, batch_plan)
     try:
         write_json(metrics_dir(ctx.run_dir) / "run.json", plan)
     except Exception as exc:
         logger.warning("could not write the run's monitoring plan: %s", exc)
     if client is None:
         return
+    try:  # every worker process reads its counters now: its first chunk's interval
+        client.run(_worker_baseline)
+    except Exception as exc:
+        logger.debug("the workers could not read their counters: %s", exc)
     try:
         client.run_on_scheduler(_scheduler_begin_run, plan)
     except Exception as exc:
@@ -134,7 +147,8 @@ def run_finished(client: Any, ctx: Any, result: Any) -> float:
             if report else None
         live = (data or {}).get("nodes") if client is not None else None
         history.append_run(ctx.run_dir, analysis=analysis,
-                           live=live if _covers(live, getattr(result, "nodes", None)) else None)
+                           live=live if _covers(live, getattr(result, "nodes", None)) else None,
+                           duration_s=getattr(result, "duration_s", None))
     except Exception as exc:
         logger.warning("could not analyse this run: %s: %s", type(exc).__name__, exc)
         return plugin_cpu_s(data)
@@ -187,6 +201,12 @@ def _write_scheduler_data(run_dir: str, data: Mapping[str, Any]) -> None:
             write_table(directory / f"{name}.parquet", pa.table(columns))
     write_json(directory / "scheduler.json",
                {k: data.get(k) for k in ("run", "nodes", "tasks", "breakers", "fine_metrics")})
+
+
+def _worker_baseline() -> bool:
+    from dagflow.monitor.sampling import mark_baseline
+
+    return mark_baseline()
 
 
 # --- scheduler side (run through Client.run_on_scheduler) -----------------------------
@@ -277,8 +297,10 @@ def metric_columns(ctx: Any,
     as they are (the same lists), beside what the records do not say: the chunk (its
     first item), megapixels, bytes read by source nodes (the input file's size, from
     ``sizes`` by item id when the caller knows it, else a ``stat``) and written by sink
-    nodes (the output file), and, given a ``sample``, the worker process's CPU, memory
-    and GPU when the chunk was committed. Built a column at a time: a chunk has
+    nodes (the output file), the process's and the machine's counters now
+    (:func:`~dagflow.monitor.sampling.host_counters`: where time went off the CPU), and,
+    given a ``sample``, the worker process's CPU, memory and GPU when the chunk was
+    committed. Built a column at a time: a chunk has
     thousands of rows and this runs for every one of them.
     """
     records = _record_columns(records)
@@ -307,6 +329,11 @@ def metric_columns(ctx: Any,
             if out_path and not (state_dir and os.fspath(out_path).startswith(state_dir)):
                 bytes_out[i] = _size(out_path)
     cols["bytes_in"], cols["bytes_out"] = bytes_in, bytes_out
+    if n:  # once per chunk, on its first row (nulls cost next to nothing in Parquet)
+        before, now = interval_counters()
+        values = [None] * len(now) if before is None else list(before.values())
+        cols["counters"] = [[None if v is None else float(v)
+                             for v in (*values, *now.values())], *([None] * (n - 1))]
     if sample is not None:
         for name, key in (("sample_worker", "worker"), ("sample_time", "time"),
                           ("worker_cpu", "cpu"), ("worker_memory", "memory"),

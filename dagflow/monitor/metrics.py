@@ -1,5 +1,5 @@
-"""Pure aggregation of a run's measurements: statistics, anomalies, trend, critical path,
-where the run waited, and the recommendations derived from them.
+"""Pure aggregation of a run's measurements: statistics, anomalies, critical path,
+throughput, errors.
 
 Every function takes plain data (a DataFrame of metric rows, dicts) and returns plain
 data; nothing here reads files, talks to a cluster or imports Bokeh, so the report, the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import graphlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -24,24 +23,21 @@ import pandas as pd
 
 __all__ = [
     "RAN_STATUSES",
-    "Recommendation",
     "anomalies",
     "critical_path",
     "errors_table",
+    "idle_fraction",
     "node_stats",
-    "recommendations",
     "robust_z",
     "throughput_series",
-    "trend",
-    "waiting",
 ]
 
 RAN_STATUSES = ("ok", "failed")
 QUANTILES = {"p50": 0.50, "p90": 0.90, "p95": 0.95, "p99": 0.99}
 #: Robust z-score above which an item is an anomaly (Iglewicz and Hoaglin's 3.5).
 ANOMALY_Z = 3.5
-#: Scheduling cost of one Dask task, seconds (measured; see DESIGN.md).
-TASK_OVERHEAD_S = 0.0015
+#: An anomaly also takes at least this many times its node's typical normalised time.
+ANOMALY_RATIO = 3.0
 
 
 def ran(df: pd.DataFrame) -> pd.DataFrame:
@@ -138,86 +134,66 @@ def robust_z(values: Sequence[float] | np.ndarray) -> np.ndarray:
     return np.zeros_like(x)
 
 
-def anomalies(df: pd.DataFrame, *, threshold: float = ANOMALY_Z, limit: int = 200,
-              min_items: int = 8, min_excess_s: float = 0.005) -> pd.DataFrame:
-    """Items whose duration is far outside their node's distribution, worst first.
+def anomalies(units: pd.DataFrame, *, threshold: float = ANOMALY_Z,
+              min_ratio: float = ANOMALY_RATIO, limit: int = 200, min_items: int = 8,
+              min_excess_s: float = 0.02, contended: bool = False) -> pd.DataFrame:
+    """Items far slower than their node's other items for the work they brought, worst
+    first.
 
-    An item is an anomaly when its robust z-score exceeds ``threshold`` *and* it is at
-    least ``min_excess_s`` seconds away from its node's median (so that microsecond
-    jitter in a fast node is not reported). Only nodes with at least ``min_items``
-    durations are judged; ``ratio`` is the item's duration over its node's median.
+    Parameters
+    ----------
+    units
+        The items where an op ran, with ``norm`` (seconds over what the node's cost model
+        expects for the item: :func:`dagflow.monitor.prediction.normalised`),
+        ``duration_s`` and optionally ``item_id``, ``rel``, ``worker``, ``started``,
+        ``unit``.
+
+    An item is an anomaly when the robust z-score of its log normalised time exceeds
+    ``threshold``, its normalised time is at least ``min_ratio`` times its node's median,
+    and it took at least ``min_excess_s`` seconds more than that median implies (so that
+    microsecond jitter in a fast node is not reported). Only nodes with at least
+    ``min_items`` items are judged. ``ratio`` is the item's normalised time over its
+    node's median: how many times slower it was than its peers for its size;
+    ``expected_s`` what it would have taken at their pace.
+
+    With ``contended`` (other work held the CPUs: threads waited for a CPU as long as
+    they ran or longer), wall times say more about the wait than about the item, so the
+    items are judged on their CPU time instead: ``cpu_norm`` (CPU seconds over what the
+    node's cost model fitted on CPU seconds expects) and ``cpu_s``. An item that waited
+    on storage while the machine was busy is then not reported.
     """
+    columns = ["node_id", "item_id", "rel", "worker", "started", "duration_s", "expected_s",
+               "ratio", "z", "unit"]
     out = []
-    for node, sub in ran(df).groupby("node_id", sort=False):
-        if len(sub) < min_items:
+    by_cpu = contended and "cpu_norm" in units and "cpu_s" in units
+    for node, sub in units.groupby("node_id", sort=False):
+        norm = sub["cpu_norm" if by_cpu else "norm"].to_numpy(dtype=float)
+        ok = np.isfinite(norm) & (norm > 0)
+        if ok.sum() < min_items:
             continue
-        d = sub["duration_s"].to_numpy(dtype=float)
-        z = robust_z(d)
-        med = float(np.median(d))
-        hit = (np.abs(z) > threshold) & (np.abs(d - med) >= min_excess_s)
+        sub, norm = sub[ok], norm[ok]
+        z = robust_z(np.log(norm))
+        med = float(np.median(norm))
+        ratio = norm / med
+        d = sub["cpu_s" if by_cpu else "duration_s"].to_numpy(dtype=float)
+        typical = d / ratio  # what the item would have taken at its peers' pace
+        hit = (z > threshold) & (ratio >= min_ratio) & (d - typical >= min_excess_s)
         if not hit.any():
             continue
-        cols = [c for c in ("item_id", "rel", "worker", "started", "duration_s") if c in sub]
+        cols = [c for c in ("item_id", "rel", "worker", "started", "duration_s", "unit")
+                if c in sub]
         picked = sub.loc[hit, cols].copy()
         picked.insert(0, "node_id", node)
+        picked["expected_s"] = (sub["duration_s"].to_numpy(dtype=float) / ratio)[hit]
+        picked["ratio"] = ratio[hit]
         picked["z"] = z[hit]
-        picked["median_s"] = med
-        picked["ratio"] = picked["duration_s"] / med if med > 0 else math.inf
         out.append(picked)
-    columns = ["node_id", "item_id", "rel", "worker", "started", "duration_s", "z",
-               "median_s", "ratio"]
     if not out:
         return pd.DataFrame(columns=columns)
     result = pd.concat(out, ignore_index=True)
     result = result.reindex(columns=[c for c in columns if c in result])
-    order = result["z"].abs().sort_values(ascending=False).index
+    order = result["z"].sort_values(ascending=False).index
     return result.loc[order].head(limit).reset_index(drop=True)
-
-
-def trend(df: pd.DataFrame, *, bins: int = 20) -> tuple[pd.DataFrame, dict[str, dict]]:
-    """Median duration per node over time, and what it says (warm-up, slow-down).
-
-    Returns
-    -------
-    series : pandas.DataFrame
-        ``node_id``, ``t`` (seconds since the run's first item, bin centre), ``median_s``,
-        ``count``.
-    findings : dict
-        Per node: ``warmup`` (first bin's median over the node's median), ``slowdown``
-        (the last quarter's median over the first half's), and ``kind`` (``"warm-up"``,
-        ``"slow-down"`` or ``None``).
-    """
-    r = ran(df)
-    if r.empty:
-        return pd.DataFrame(columns=["node_id", "t", "median_s", "count"]), {}
-    t0 = float(r["started"].min())
-    span = max(float(r["started"].max()) - t0, 1e-9)
-    edges = np.linspace(0.0, span, bins + 1)
-    series, findings = [], {}
-    for node, sub in r.groupby("node_id", sort=False):
-        t = sub["started"].to_numpy(dtype=float) - t0
-        d = sub["duration_s"].to_numpy(dtype=float)
-        idx = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, bins - 1)
-        for b in np.unique(idx):
-            sel = d[idx == b]
-            series.append({"node_id": node, "t": float((edges[b] + edges[b + 1]) / 2),
-                           "median_s": float(np.median(sel)), "count": int(sel.size)})
-        order = np.argsort(t)
-        d_sorted = d[order]
-        med = float(np.median(d)) if d.size else 0.0
-        info: dict[str, Any] = {"warmup": None, "slowdown": None, "kind": None}
-        if d.size >= 8 and med > 0:
-            head = d_sorted[: max(2, d.size // 10)]
-            info["warmup"] = float(np.median(head) / med)
-            first_half = float(np.median(d_sorted[: d.size // 2]))
-            last_quarter = float(np.median(d_sorted[-max(2, d.size // 4):]))
-            info["slowdown"] = last_quarter / first_half if first_half > 0 else None
-            if info["warmup"] >= 2.0:
-                info["kind"] = "warm-up"
-            if info["slowdown"] is not None and info["slowdown"] >= 1.3:
-                info["kind"] = "slow-down"
-        findings[str(node)] = info
-    return pd.DataFrame(series, columns=["node_id", "t", "median_s", "count"]), findings
 
 
 def critical_path(parents: Mapping[str, Sequence[str]],
@@ -303,231 +279,14 @@ def errors_table(df: pd.DataFrame) -> pd.DataFrame:
                                       "retries"])
 
 
-def waiting(*, wall_s: float, busy_s: float, threads: int | None,
-            fine: Mapping[str, Mapping[str, float]] | None = None,
-            worker_cpu: Mapping[str, float] | None = None) -> dict[str, Any]:
-    """Where the run waited.
+def idle_fraction(*, wall_s: float, busy_s: float, threads: int | None) -> float | None:
+    """Share of the threads' time no op ran (``None`` when the threads are unknown).
 
-    Parameters
-    ----------
-    wall_s
-        The run's wall time.
-    busy_s
-        Seconds the ops ran, summed over items and nodes.
-    threads
-        Worker threads of the cluster (``None`` when unknown).
-    fine
-        Per node, Dask's execute seconds by activity (``thread-cpu``,
-        ``thread-noncpu``): a node whose threads spent most of their time off the CPU
-        waited on I/O (or on the GIL).
-    worker_cpu
-        Per worker, mean CPU use in percent of its threads.
-
-    Returns
-    -------
-    dict
-        ``idle_fraction`` of thread time no op ran, ``io_bound`` nodes with their
-        non-CPU fraction, ``cpu_fraction`` per node, ``idle_workers`` (mean CPU under
-        20 %).
+    Examples
+    --------
+    >>> idle_fraction(wall_s=10, busy_s=10, threads=4)
+    0.75
     """
-    out: dict[str, Any] = {"wall_s": wall_s, "busy_s": busy_s, "threads": threads,
-                           "idle_fraction": None, "cpu_fraction": {}, "io_bound": {},
-                           "idle_workers": []}
-    if threads and wall_s > 0:
-        out["idle_fraction"] = max(0.0, 1.0 - busy_s / (threads * wall_s))
-    for node, acts in (fine or {}).items():
-        cpu = float(acts.get("thread-cpu", 0.0))
-        noncpu = float(acts.get("thread-noncpu", 0.0))
-        if cpu + noncpu <= 0:
-            continue
-        out["cpu_fraction"][node] = cpu / (cpu + noncpu)
-        if noncpu / (cpu + noncpu) > 0.5:
-            out["io_bound"][node] = noncpu / (cpu + noncpu)
-    out["idle_workers"] = sorted(w for w, c in (worker_cpu or {}).items() if c < 20.0)
-    return out
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    """What to change, why (the figures), and what it should bring."""
-
-    title: str
-    reason: str
-    effect: str
-    setting: str | None = None
-    node: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def _pct(x: float) -> str:
-    return f"{100 * x:.0f}%"
-
-
-def recommendations(
-    stats: pd.DataFrame,
-    *,
-    nodes: Mapping[str, Mapping[str, Any]],
-    chunk_size: float | None,
-    tasks_per_chunk: int,
-    wait: Mapping[str, Any],
-    memory_peak_fraction: float | None,
-    trend_findings: Mapping[str, Mapping[str, Any]],
-    errors: pd.DataFrame,
-    gpu_capable: Mapping[str, bool],
-    items: int,
-    max_chunk_size: int = 64,
-) -> list[Recommendation]:
-    """Concrete changes derived from the run's figures, each with reason and effect.
-
-    Parameters
-    ----------
-    stats
-        From :func:`node_stats`.
-    nodes
-        The run's plan: per node ``op``, ``kind``, ``device``.
-    chunk_size
-        Items per chunk in this run (mean).
-    tasks_per_chunk
-        Dask tasks per chunk (nodes plus the records task).
-    wait
-        From :func:`waiting`.
-    memory_peak_fraction
-        Highest worker memory over its limit during the run.
-    trend_findings
-        From :func:`trend`.
-    errors
-        From :func:`errors_table`.
-    gpu_capable
-        Per op, whether it has a GPU implementation.
-    items
-        Items the run processed.
-    """
-    out: list[Recommendation] = []
-    busy = float(stats["total_s"].sum()) if len(stats) else 0.0
-    ran_nodes = stats[stats["count"] > 0]
-    # 1. scheduling overhead: tasks too short for what a task costs to schedule
-    if chunk_size and items and busy > 0:
-        chunks = max(1.0, items / chunk_size)
-        per_task = busy / (chunks * max(1, len(ran_nodes)))
-        overhead = (TASK_OVERHEAD_S * tasks_per_chunk * chunks) / (busy + TASK_OVERHEAD_S
-                                                                  * tasks_per_chunk * chunks)
-        if overhead > 0.03 and chunk_size < max(max_chunk_size, 256):
-            target = int(min(max(2 * chunk_size, math.ceil(chunk_size * 0.05 / per_task)),
-                             max(max_chunk_size, 2 * chunk_size), max(1, items)))
-            new_overhead = overhead * chunk_size / target
-            out.append(Recommendation(
-                "Use larger chunks",
-                f"a node's task ran {per_task * 1e3:.1f} ms on average for "
-                f"{chunk_size:.0f} items, while scheduling a task costs about "
-                f"{TASK_OVERHEAD_S * 1e3:.1f} ms: scheduling is about {_pct(overhead)} of "
-                "the compute time",
-                f"chunk size {target} cuts the overhead to about {_pct(new_overhead)}: "
-                f"+{_pct(overhead - new_overhead)} throughput",
-                setting=f"--chunk-size {target} (dagflow.chunk-size / max-chunk-size)"))
-    # 2. memory pressure
-    if memory_peak_fraction is not None and memory_peak_fraction > 0.8:
-        out.append(Recommendation(
-            "Run fewer tasks at once per worker",
-            f"worker memory peaked at {_pct(memory_peak_fraction)} of its limit; Dask "
-            "spills at 60-70%, pauses the worker at 80% and restarts it at 95%",
-            "fewer threads per worker (or a MEMORY resource per task) keeps workers "
-            "below the pause threshold: no spilling, pauses or killed workers",
-            setting="--threads-per-worker (dagflow.cluster.threads-per-worker) lower, or "
-                    "a larger --memory-limit"))
-    # 3. a CPU-bound op that has a GPU implementation
-    for node, row in ran_nodes.iterrows():
-        plan = nodes.get(str(node), {})
-        op = plan.get("op")
-        cpu_frac = wait.get("cpu_fraction", {}).get(node)
-        if (op and gpu_capable.get(op) and plan.get("device") != "gpu"
-                and row["share"] >= 0.25 and (cpu_frac is None or cpu_frac >= 0.6)):
-            gain = row["share"] * (1 - 1 / 5)
-            out.append(Recommendation(
-                f"Run {node!r} on the GPU",
-                f"{node!r} ({op}) took {_pct(row['share'])} of all compute time on the CPU"
-                + (f", {_pct(cpu_frac)} of it on the CPU" if cpu_frac is not None else "")
-                + f"; {op} has a GPU implementation",
-                f"at a typical 5x speed-up for filters, about {_pct(gain)} less compute "
-                "time for the run",
-                setting=f"device: gpu on node {node!r}, on a dask-cuda cluster", node=str(node)))
-    # 4. I/O-bound source or sink
-    for node, frac in wait.get("io_bound", {}).items():
-        if node not in stats.index:
-            continue
-        row = stats.loc[node]
-        kind = nodes.get(node, {}).get("kind")
-        if row["share"] < 0.2:
-            continue
-        verb = "reading" if kind == "source" else "writing" if kind == "sink" else "waiting"
-        gain = row["share"] * frac * 0.5
-        out.append(Recommendation(
-            f"More I/O threads for {node!r}",
-            f"{node!r} spent {_pct(frac)} of its time off the CPU ({verb}) and took "
-            f"{_pct(row['share'])} of all compute time",
-            f"more threads per worker than cores (e.g. 2x) overlap the {verb}: about "
-            f"{_pct(gain)} less wall time if the storage keeps up",
-            setting="--threads-per-worker (dagflow.cluster.threads-per-worker) up to 2x "
-                    "the cores", node=node))
-    # 5. idle threads
-    idle = wait.get("idle_fraction")
-    threads = wait.get("threads")
-    if idle is not None and idle > 0.4 and threads and chunk_size:
-        chunks = items / chunk_size if chunk_size else 0
-        if chunks < 2 * threads:
-            smaller = max(1, int(items // (4 * threads)))
-            out.append(Recommendation(
-                "Use smaller chunks",
-                f"threads were idle {_pct(idle)} of the run with only {chunks:.0f} chunks "
-                f"for {threads} threads",
-                f"chunk size {smaller} gives every thread about 4 chunks: up to "
-                f"{_pct(idle * 0.5)} shorter runs",
-                setting=f"--chunk-size {smaller}"))
-        else:
-            out.append(Recommendation(
-                "Fewer workers, or find the stall",
-                f"threads were idle {_pct(idle)} of the run although there were "
-                f"{chunks:.0f} chunks for {threads} threads",
-                "a cluster sized to the work costs less for the same run time; if the "
-                "idle time comes from I/O, see the I/O recommendation",
-                setting="--n-workers"))
-    # 6. slow-down and warm-up
-    for node, info in trend_findings.items():
-        if info.get("kind") == "slow-down" and node in stats.index \
-                and stats.loc[node, "share"] >= 0.1:
-            out.append(Recommendation(
-                f"{node!r} slowed down during the run",
-                f"its items took {info['slowdown']:.1f}x longer at the end than in the "
-                "first half",
-                "restarting workers periodically (distributed.worker.lifetime) or checking "
-                "memory growth and storage latency restores the early speed",
-                setting="distributed.worker.lifetime.duration", node=node))
-        elif info.get("kind") == "warm-up" and node in stats.index \
-                and stats.loc[node, "share"] >= 0.1:
-            out.append(Recommendation(
-                f"{node!r} warms up",
-                f"its first items took {info['warmup']:.1f}x its median",
-                "a worker preload that imports and warms the op up removes this from "
-                "every run; negligible for long runs",
-                setting="distributed.worker.preload", node=node))
-    # 7. errors
-    if len(errors) and items:
-        transient = errors[errors["error_class"] == "transient"]
-        retries = int(errors["retries"].sum())
-        if retries > 0.05 * items:
-            out.append(Recommendation(
-                "Check the storage behind the retries",
-                f"{retries} retries for {items} items"
-                + (f", {int(transient['failed'].sum())} items failed transiently"
-                   if len(transient) else ""),
-                "fixing the flaky storage saves the backoff delays and the failed items",
-                setting="dagflow.retry.*"))
-        timeouts = errors[errors["error_class"] == "timeout"]
-        if len(timeouts) and int(timeouts["failed"].sum()):
-            out.append(Recommendation(
-                "Look at the timed-out items",
-                f"{int(timeouts['failed'].sum())} items hit the per-item timeout",
-                "a larger timeout (or tiling for large images) finishes them",
-                setting="dagflow.timeout or a node's timeout"))
-    return out
+    if not threads or wall_s <= 0:
+        return None
+    return max(0.0, 1.0 - busy_s / (threads * wall_s))

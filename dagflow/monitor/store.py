@@ -78,6 +78,12 @@ METRICS_SCHEMA = pa.schema([
     ("worker_cpu", pa.float64()),
     ("worker_memory", pa.float64()),
     ("worker_gpu", pa.float64()),
+    # the committing process's and its machine's counters, on the chunk's first row
+    # only: its previous reading, then a reading as the chunk was committed, each one
+    # value per name of dagflow.monitor.sampling.COUNTERS in that order (one column,
+    # not thirty: each column costs a chunk's write about 0.1 ms); read by
+    # dagflow.monitor.evidence
+    ("counters", pa.list_(pa.float64())),
 ])
 
 #: A chunk's part with monitoring on: its records and the metrics' own columns. The

@@ -37,6 +37,7 @@ from it (the decoder's pixel limit still guards those on the workers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -114,6 +115,8 @@ class BatchPlan:
     history_runs: int = 0
     probe: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: per node and in total, from :func:`dagflow.monitor.prediction.predict`
+    prediction: dict[str, Any] = field(default_factory=dict)
 
     @property
     def tiled(self) -> int:
@@ -561,32 +564,32 @@ def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], peaks: dict
     compute = duration = None
     runs = 0
     notes: list[str] = []
+    prediction: dict[str, Any] = {}
     try:
         if not any(history_dir.glob("run-*.parquet")):  # no history: spare pandas' import
             raise FileNotFoundError(history_dir)
-        from dagflow.monitor import history
+        from dagflow.monitor import prediction as forecast
 
-        hist = history.load(history_dir, workflow=workflow.name)
-        if hist.empty:
-            hist = history.load(history_dir)
-        est = history.estimate(hist, {nid: t.op for nid, t in tasks.items()},
-                               items={nid: nodes[nid].run for nid in ids},
-                               megapixels=megapixels)
+        # per node: the items that reach it and pass its condition, their megapixels in
+        # and out and their bytes, from the headers (dagflow.monitor.prediction)
+        work = forecast.batch_work(tasks, model, batch.items,
+                                   passes=functools.partial(_condition_runs, tasks, model))
+        prediction = forecast.predict_from(history_dir, workflow.name, tasks, work,
+                                           threads=capacity.threads,
+                                           workers=len(capacity.workers), chunks=len(chunks))
     except FileNotFoundError:
-        est = {}
+        pass
     except Exception as exc:  # an unreadable history is no reason to refuse a plan
         logger.warning("could not read the history in %s: %s", history_dir, exc)
-        est = {}
-    if est:
-        for nid, e in est.items():
-            nodes[nid].seconds = round(float(e["seconds"]), 3)
-            nodes[nid].basis = e["basis"]
-            runs = max(runs, int(e["runs"]))
-        compute = sum(float(e["seconds"]) for e in est.values())
-        duration = compute / max(1, capacity.threads)
-        missing = [nid for nid in ids if nid not in est]
-        if missing:
-            notes.append(f"no history for {', '.join(missing)}: not in the duration")
+    if prediction.get("nodes"):
+        for nid, e in prediction["nodes"].items():
+            nodes[nid].seconds = e["seconds"]
+            nodes[nid].basis = e["unit"]
+        compute, duration = prediction["compute_s"], prediction["duration_s"]
+        runs = int(prediction["history_runs"])
+        if prediction["missing"]:
+            notes.append(f"no history for {', '.join(prediction['missing'])}: not in the "
+                         "duration")
     if probed.get("guard_pixels"):
         notes.append(f"headers read for a random sample of {probed['probed']} items; the "
                      f"other {probed.get('missing', 0)} are estimated from it and refused on "
@@ -609,9 +612,8 @@ def _make_plan(workflow: Any, batch: Batch, chunks: Sequence[Chunk], peaks: dict
         budget_min=capacity.min_budget, budget_max=capacity.max_budget,
         task_limit=batch.task_limit, nodes=nodes, oversize=oversize_rows,
         peak_task=peak_task, peak_worker=peak_worker,
-        compute_s=None if compute is None else round(compute, 3),
-        duration_s=None if duration is None else round(duration, 3), history_runs=runs,
-        probe=dict(probed), notes=notes)
+        compute_s=compute, duration_s=duration, history_runs=runs,
+        probe=dict(probed), notes=notes, prediction=prediction)
 
 
 def _condition_runs(tasks: Mapping[str, NodeTask], model: MemoryModel,

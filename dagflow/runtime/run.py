@@ -611,7 +611,7 @@ def _run_locked(wf: Workflow, input_set: InputSet, output: Path, *, client, clus
                 if config.resolve(chunk_size, "chunk-size") == "auto":
                     runner.taper_threads = n_threads
                 monitor_cpu = time.thread_time()
-                hooks.run_started(c, ctx, tasks, items=len(to_run))
+                hooks.run_started(c, ctx, tasks, items=len(to_run), batch_plan=batch.plan)
                 if hooks.enabled():
                     result.own_cpu_s["monitoring"] += time.thread_time() - monitor_cpu
                 if to_run:
