@@ -48,6 +48,9 @@ class _Required:
     def __repr__(self) -> str:
         return "REQUIRED"
 
+    def __reduce__(self) -> str:  # one instance, unpickled too: ``default is REQUIRED``
+        return "REQUIRED"
+
 
 #: Default of a parameter that has none: the user must give it.
 REQUIRED: Any = _Required()
