@@ -283,7 +283,13 @@ def apply_op(image: Any, op: str | OpSpec, params: Mapping[str, Any] | None = No
     space = declared if declared != header["space"] else None
     if tiling.kind == "lazy":
         assert tiling.build is not None
-        return _wrap(tiling.build(array, meta, **resolved), meta, space)
+        result = tiling.build(array, meta, **resolved)
+        declared_shape = (out["height"], out["width"], out["channels"])
+        if tuple(result.shape) != declared_shape:
+            raise ValueError(f"op {spec.name!r} built a {tuple(result.shape)} result where "
+                             f"its output header says {declared_shape}: declare output= "
+                             "to match")
+        return _wrap(result, meta, space)
     if (out["width"], out["height"]) != (header["width"], header["height"]):
         raise ValueError(f"op {spec.name!r} is declared {tiling.kind} but its output "
                          "header changes the image's size: declare tiling=lazy(...)")

@@ -157,9 +157,10 @@ def test_a_users_op_runs_tiled_equal_to_the_whole_image(users_ops, tmp_path):
         "op 'undeclared_demo' has no tiled implementation"
 
 
-def test_a_block_that_contradicts_the_declaration_is_an_error(tmp_path):
-    """A pointwise op whose function changes the dtype without declaring it: the tiled
-    result would be mislabelled, so computing it fails and says what to declare."""
+def test_a_result_that_contradicts_the_declaration_is_an_error(tmp_path):
+    """A pointwise op whose function changes the dtype without declaring it, a lazy op
+    whose result has another size: the tiled result would be mislabelled (and planned on
+    the wrong header), so it fails and says what to declare."""
     import tifffile
 
     from dagflow.io.lazy import open_image
@@ -171,6 +172,12 @@ def test_a_block_that_contradicts_the_declaration_is_an_error(tmp_path):
     assert out.dtype == np.uint8  # what the declaration says
     with pytest.raises(ValueError, match="declare output="):
         out.compute()
+    # an op that builds its own lazy result: checked at once, before anything computes
+    register_op("halve_demo", replace=True,
+                tiling=tiling.lazy(lambda array, meta: array[::2, ::2]))(lambda image: image)
+    with pytest.raises(ValueError, match=r"built a \(20, 25, 3\) result where its output "
+                                         r"header says \(40, 50, 3\)"):
+        apply_op(open_image(tmp_path / "a.tif", chunks=32), "halve_demo")
 
 
 def test_declarations_are_checked_when_registered():
