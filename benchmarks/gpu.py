@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -108,11 +109,17 @@ def _synchronized(func: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
+def _as_dagflow_runs_it(gpu_ops: Any, func: Callable[..., Any], image: Any, **params: Any
+                        ) -> Any:
+    """The op's function on the device, as a GPU node runs it (to the device and back)."""
+    return gpu_ops.run_on_device(func, (image,), params)
+
+
 def kernels(size: int, repeat: int) -> list[dict[str, Any]]:
     from dagflow.image import Image
     from dagflow.ops import get_op
     from dagflow.ops import gpu as gpu_ops
-    from dagflow.resources import device_bytes, output_header
+    from dagflow.resources import device_bytes
     from dagflow.testing import photo_like
 
     image = Image(photo_like(size, size, channels=3, seed=0), {"space": "rgb"})
@@ -121,7 +128,7 @@ def kernels(size: int, repeat: int) -> list[dict[str, Any]]:
     for op, params in OPS:
         spec = get_op(op)
         full, _ = spec.resolve_params(params)
-        on_gpu = _synchronized(gpu_ops.IMPLEMENTATIONS[op])
+        on_gpu = _synchronized(functools.partial(_as_dagflow_runs_it, gpu_ops, spec.func))
         with _one_core():
             cpu_s = _time(lambda spec=spec, full=full: spec.func(image, **full), repeat)
         gpu_s = _time(lambda on_gpu=on_gpu, full=full: on_gpu(image, **full), repeat)
@@ -129,7 +136,7 @@ def kernels(size: int, repeat: int) -> list[dict[str, Any]]:
         got, peak = gpu_ops.device_peak(on_gpu, image, **full)
         diff = np.abs(spec.func(image, **full).data.astype(np.float64)
                       - got.data.astype(np.float64)).max()
-        model = device_bytes(header, output_header(op, header, full))
+        model = device_bytes(header, spec.output_header(header, full))
         rows.append({"op": op, "cpu_ms": cpu_s * 1e3, "gpu_ms": gpu_s * 1e3,
                      "speedup": cpu_s / gpu_s, "max_diff": float(diff),
                      "device_peak_mb": peak / 1e6, "device_model_mb": model / 1e6})
@@ -158,7 +165,7 @@ def filters16(size: int, repeat: int) -> dict[str, Any]:
     def dagflow_gpu() -> Any:
         img = image
         for spec, params in chain:
-            img = gpu_ops.IMPLEMENTATIONS[spec.name](img, **params)
+            img = _as_dagflow_runs_it(gpu_ops, spec.func, img, **params)
         return img
 
     @_synchronized

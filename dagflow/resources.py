@@ -6,8 +6,9 @@ a pixel is decoded:
 * :class:`Resources` -- a frozen value (``MEMORY`` bytes, ``GPU`` units, named
   concurrency slots) that turns into Dask annotations (``{"resources": {...}}``).
 * :func:`output_header` -- the header an op hands to the next node (``resize`` shrinks
-  it, ``grayscale`` drops channels, ``convert`` changes the dtype...), so that every
-  node of a chain is estimated on the image it will actually see.
+  it, ``grayscale`` drops channels, ``convert`` changes the dtype...), as the op's
+  declaration says, so that every node of a chain is estimated on the image it will
+  actually see.
 * :class:`MemoryModel` -- per item and node, the op's peak working set
   (:meth:`~dagflow.ops.registry.OpSpec.estimate_memory`), the bytes it receives and the
   bytes it hands on; per chunk, the peak of each node's task. A task holds its parents'
@@ -38,9 +39,7 @@ This module is pure: no Dask import, no I/O beyond :func:`probe_headers`.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 import random
 import sys
 import time
@@ -229,26 +228,15 @@ def header_fields(item: Mapping[str, Any]) -> dict[str, Any] | None:
     }
 
 
-_DTYPE_SIZES = {"uint8": 1, "uint16": 2, "float32": 4}
-_SPACE_CHANNELS = {"gray": 1, "graya": 2, "rgb": 3, "rgba": 4}
+def output_header(op: str | Any, header: Mapping[str, Any], params: Mapping[str, Any]
+                  ) -> dict[str, Any]:
+    """The header of the image ``op`` produces from an input with ``header``: what the
+    op's declaration says (:meth:`~dagflow.ops.registry.OpSpec.output_header`).
 
-
-def _rotated_size(w: int, h: int, params: Mapping[str, Any]) -> tuple[int, int]:
-    angle = float(params.get("angle", 0)) % 360.0
-    quarter = angle / 90.0
-    if math.isclose(quarter, round(quarter), abs_tol=1e-9):
-        return (h, w) if round(quarter) % 2 else (w, h)
-    if not params.get("expand", True):
-        return w, h
-    a = math.radians(angle)
-    cos, sin = abs(math.cos(a)), abs(math.sin(a))
-    return math.ceil(w * cos + h * sin), math.ceil(w * sin + h * cos)
-
-
-def output_header(op: str, header: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
-    """The header of the image ``op`` produces from an input with ``header``.
-
-    Ops without a rule here keep the input's size and layout.
+    Parameters
+    ----------
+    op
+        An op's name or its :class:`~dagflow.ops.registry.OpSpec`.
 
     Examples
     --------
@@ -261,45 +249,11 @@ def output_header(op: str, header: Mapping[str, Any], params: Mapping[str, Any])
     >>> output_header("convert", h, {"dtype": "uint16", "space": None})["itemsize"]
     2
     """
-    out = dict(header)
-    w, h = int(header.get("width", 0)), int(header.get("height", 0))
-    channels = int(header.get("channels", 3))
-    if op == "load":
-        orientation = int(header.get("orientation") or 1)
-        if params.get("auto_orient", True) and orientation in (5, 6, 7, 8):
-            w, h = h, w
-        if str(header.get("format") or "").lower() in ("jpeg", "jpg") and params.get("reduce_to"):
-            from dagflow.ops.load import draft_scale
+    if isinstance(op, str):
+        from dagflow.ops.registry import get_op
 
-            scale = draft_scale(w, h, params.get("reduce_to"))
-            w, h = -(-w // scale), -(-h // scale)
-        out["orientation"] = 1
-    elif op == "resize":
-        from dagflow.ops.geometry import resize_shape
-
-        with contextlib.suppress(ValueError):
-            w, h = resize_shape(w, h, long_side=params.get("long_side"), size=params.get("size"),
-                                scale=params.get("scale"),
-                                allow_upscale=bool(params.get("allow_upscale")))
-    elif op == "crop":
-        from dagflow.ops.geometry import crop_box
-
-        with contextlib.suppress(Exception):  # a box outside the image fails at run time
-            _, _, w, h = crop_box(w, h, box=params.get("box"), center=params.get("center"))
-    elif op == "rotate":
-        w, h = _rotated_size(w, h, params)
-    elif op == "grayscale":
-        channels = 2 if params.get("keep_alpha", True) and channels in (2, 4) else 1
-    elif op == "threshold":
-        channels = 1
-    elif op == "convert":
-        if params.get("space"):
-            channels = _SPACE_CHANNELS.get(params["space"], channels)
-        if params.get("dtype"):
-            out["dtype"] = params["dtype"]
-            out["itemsize"] = _DTYPE_SIZES.get(params["dtype"], out.get("itemsize", 1))
-    out.update(width=w, height=h, channels=channels)
-    return out
+        op = get_op(op)
+    return op.output_header(header, params)
 
 
 def condition_fields(header: Mapping[str, Any]) -> dict[str, Any]:
@@ -537,7 +491,7 @@ class MemoryModel:
                 produced = dict(in_header)
                 output = 0
             else:
-                produced = output_header(task.op, in_header, task.params)
+                produced = spec.output_header(in_header, task.params)
                 output = decoded_bytes(produced)
             outputs[nid] = produced
             mp = in_header.get("width", 0) * in_header.get("height", 0) / 1e6
@@ -556,7 +510,7 @@ class MemoryModel:
             in_header = parents[0] if parents else header
             received[nid] = in_header
             outputs[nid] = (dict(in_header) if task.kind in ("sink", "aggregate")
-                            else output_header(task.op, in_header, task.params))
+                            else task.op_spec.output_header(in_header, task.params))
         return received
 
     def estimates(self, item: Mapping[str, Any]) -> tuple[NodeEstimate, ...] | None:

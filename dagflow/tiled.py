@@ -1,36 +1,43 @@
 """Tiled execution: a workflow's ops on an image larger than memory, block by block.
 
 An image opened with :func:`dagflow.open_image` is an ``xarray.DataArray`` backed by a
-dask array (see :mod:`dagflow.io.lazy`). :func:`apply_op` runs a built-in op on it and
-returns another lazy DataArray, equal to what the op computes on the whole image:
+dask array (see :mod:`dagflow.io.lazy`). :func:`apply_op` runs an op on it and returns
+another lazy DataArray, equal to what the op computes on the whole image. How is the
+op's own declaration (:mod:`dagflow.ops.tiling`); this module holds no list of ops:
 
-===============================  ===========================================================
-ops                              how
-===============================  ===========================================================
-``gaussian``, ``median``,        ``map_overlap`` with the op's :func:`~dagflow.ops.filters.
-``unsharp``                      filter_depth` (``boundary="reflect"``, the filters' own edge
-                                 mode), equal to the whole-image result
-``convert``, ``grayscale``,      blockwise (``map_blocks``)
-``threshold`` (a ``value``)
-``normalize``, ``equalize``      a first pass for the exact histogram (8- and 16-bit), then
-                                 blockwise lookup tables
-``resize``                       blockwise with an overlap of the Lanczos support: each
-                                 block resamples its part of the output with Pillow's
-                                 ``box`` (pure Lanczos, ``reducing_gap`` is not used), equal
-                                 to the whole-image ``resize_array(..., reducing_gap=None)``
-                                 within one level; any factor, integer or fractional
-``crop``, ``flip``, ``rotate``   lazy slicing, flips and ``rot90`` (multiples of 90 degrees)
-===============================  ===========================================================
+=====================  ======================================================================
+op's tiling            how (built-in ops that declare it)
+=====================  ======================================================================
+``pointwise``          the op's function on each block (``map_blocks``): ``convert``,
+                       ``grayscale``, ``threshold`` (a ``value``)
+``overlap``            the op's function on each block with its declared depth of the
+                       neighbours (``map_overlap``, ``boundary="reflect"``, the filters' own
+                       edge mode), equal to the whole-image result: ``gaussian``,
+                       ``median``, ``unsharp``
+``reduction``          a first pass summarising every block (computed on ``client``), then
+                       the op's map on each block: ``normalize``, ``equalize`` (exact
+                       histograms, 8- and 16-bit)
+``lazy``               the op's own lazy result: ``crop``, ``flip``, ``rotate`` (multiples
+                       of 90 degrees) slice and turn; ``resize`` resamples block by block
+                       with an overlap of the Lanczos support, equal to the whole-image
+                       ``resize_array(..., reducing_gap=None)`` within one level
+=====================  ======================================================================
+
+A user's op declared ``pointwise`` or ``overlap`` runs tiled through its own function,
+unchanged: each block is an :class:`~dagflow.image.Image` with the image's metadata,
+and the op's output header (:meth:`~dagflow.ops.registry.OpSpec.output_header`) says the
+result's channels, dtype and colour space before anything computes.
 
 :func:`write_tiff` writes the result as a tiled BigTIFF (or OME-TIFF) tile by tile,
 computing one band of rows at a time (the next band computes while this one is written),
 atomically; :func:`write_zarr` writes a zarr store when zarr is installed.
 
 :func:`run_tiled` is what the runtime uses for an item too large for any worker: its
-workflow must be a chain ``load -> tiled ops -> save (format tiff)``; one task on a
-worker builds the graph (the client never touches pixels), submits the bands to the
-cluster from the worker (``worker_client``) and writes the file, so the largest thing any
-process holds is a few bands, whatever the image's size.
+workflow must be a chain from a source that opens the image lazily (``load``) through
+tileable ops to a sink that writes it band by band (``save`` with format tiff); one task
+on a worker builds the graph (the client never touches pixels), submits the bands to
+the cluster from the worker (``worker_client``) and writes the file, so the largest
+thing any process holds is a few bands, whatever the image's size.
 
 This module imports dask lazily and knows nothing of the workflow layer.
 """
@@ -38,9 +45,10 @@ This module imports dask lazily and knows nothing of the workflow layer.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
-import math
+import operator
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -50,32 +58,53 @@ from typing import Any
 import numpy as np
 
 from dagflow.exceptions import BadInputError
+from dagflow.image import SPACES_BY_CHANNELS, Image
+from dagflow.ops._tiled_resize import resize_lazy
+from dagflow.ops.registry import OpSpec, get_op, list_ops
+from dagflow.ops.tiling import TRANSFORM_KINDS
 
 __all__ = [
-    "TILED_OPS",
     "apply_op",
     "not_tileable",
     "resize_lazy",
     "run_tiled",
+    "tiled_ops",
     "write_tiff",
     "write_zarr",
 ]
 
 logger = logging.getLogger(__name__)
 
-NEIGHBOURHOOD_OPS = frozenset({"gaussian", "median", "unsharp"})
-POINT_OPS = frozenset({"convert", "grayscale", "threshold", "normalize", "equalize"})
-GEOMETRY_OPS = frozenset({"resize", "crop", "flip", "rotate"})
-#: Transform ops :func:`apply_op` runs on a lazy image.
-TILED_OPS = NEIGHBOURHOOD_OPS | POINT_OPS | GEOMETRY_OPS
-
 _ALPHA_SPACES = ("graya", "rgba")
-_SPACE_BY_CHANNELS = {1: "gray", 2: "graya", 3: "rgb", 4: "rgba"}
-_LANCZOS_SUPPORT = 3.0
 
 
-def not_tileable(op: str, params: Mapping[str, Any], dtype: Any = np.uint8) -> str | None:
+def _spec(op: str | OpSpec) -> OpSpec:
+    return op if isinstance(op, OpSpec) else get_op(op)
+
+
+def tiled_ops() -> frozenset[str]:
+    """The registered ops :func:`apply_op` runs: those whose declaration tiles.
+
+    Examples
+    --------
+    >>> {"gaussian", "resize", "normalize"} <= tiled_ops(), "composite" in tiled_ops()
+    (True, False)
+    """
+    return frozenset(spec.name for spec in list_ops()
+                     if spec.tiling is not None and spec.tiling.kind in TRANSFORM_KINDS)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TILED_OPS":  # the earlier constant, now read from the declarations
+        return tiled_ops()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def not_tileable(op: str | OpSpec, params: Mapping[str, Any], dtype: Any = None
+                 ) -> str | None:
     """Why ``op`` cannot run tiled with ``params`` on ``dtype``, or ``None`` when it can.
+
+    ``dtype`` ``None`` (planning, before the image is opened) passes what depends on it.
 
     Examples
     --------
@@ -84,17 +113,10 @@ def not_tileable(op: str, params: Mapping[str, Any], dtype: Any = np.uint8) -> s
     >>> not_tileable("threshold", {"method": "otsu", "value": None})
     'threshold by otsu needs the whole image'
     """
-    if op not in TILED_OPS:
-        return f"op {op!r} has no tiled implementation"
-    if op == "threshold" and params.get("method"):
-        return "threshold by otsu needs the whole image"
-    if op in ("normalize", "equalize") and np.dtype(dtype) not in (np.uint8, np.uint16):
-        return f"tiled {op} needs an 8- or 16-bit image"
-    if op == "rotate":
-        quarter = float(params.get("angle", 0)) / 90.0
-        if not math.isclose(quarter, round(quarter), abs_tol=1e-9):
-            return "tiled rotate takes multiples of 90 degrees only"
-    return None
+    spec = _spec(op)
+    if spec.tiling is None or spec.tiling.kind not in TRANSFORM_KINDS:
+        return f"op {spec.name!r} has no tiled implementation"
+    return spec.tiling.refusal(params, dtype)
 
 
 # --------------------------------------------------------------------------- executing
@@ -138,14 +160,6 @@ def _executor(client: Any = None) -> Callable[[Any], Any]:
 # --------------------------------------------------------------------------- ops
 
 
-def _meta(image: Any) -> dict[str, Any]:
-    return dict(image.attrs)
-
-
-def _alpha(meta: Mapping[str, Any], channels: int) -> bool:
-    return meta.get("space") in _ALPHA_SPACES and channels in (2, 4)
-
-
 def _wrap(array: Any, meta: Mapping[str, Any], space: str | None = None) -> Any:
     """A DataArray for ``array`` with ``meta`` updated to its size, dtype and space."""
     import xarray as xr
@@ -155,46 +169,79 @@ def _wrap(array: Any, meta: Mapping[str, Any], space: str | None = None) -> Any:
     if space is not None:
         meta["space"] = space
     elif meta.get("channels") != channels:
-        meta["space"] = _SPACE_BY_CHANNELS.get(channels, "multi")
+        meta["space"] = SPACES_BY_CHANNELS.get(channels, "multi")
     meta.update(height=int(array.shape[0]), width=int(array.shape[1]), channels=channels,
                 dtype=np.dtype(array.dtype).name)
     return xr.DataArray(array, dims=("y", "x", "c"), attrs=meta)
 
 
-def _overlap(array: Any, depth: int, func: Callable[[np.ndarray], np.ndarray]) -> Any:
-    depth = int(depth)
+def _header(array: Any, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """The header of a lazy image, as the ops' output rules read it."""
+    dtype = np.dtype(array.dtype)
+    return {"width": int(array.shape[1]), "height": int(array.shape[0]),
+            "channels": int(array.shape[2]), "dtype": dtype.name,
+            "itemsize": dtype.itemsize, "format": meta.get("format"),
+            "space": meta.get("space")}
+
+
+def _block_op(spec: OpSpec, params: Mapping[str, Any], meta: Mapping[str, Any],
+              out: Mapping[str, Any], run: Callable[..., Any] | None = None
+              ) -> Callable[[np.ndarray], np.ndarray]:
+    """``run(image, **params)`` (default: the op's own function) on one block as an image
+    with the image's metadata, its result checked against the op's output header."""
+    run = run or spec.func
+    channels, dtype = int(out["channels"]), np.dtype(out["dtype"])
+
+    def block_op(block: np.ndarray) -> np.ndarray:
+        data = np.asarray(run(Image(block, dict(meta)), **params).data)
+        if data.shape != (*block.shape[:2], channels) or data.dtype != dtype:
+            raise ValueError(
+                f"op {spec.name!r} gave a {data.shape} {data.dtype} block for a "
+                f"{block.shape} one where its declaration says {channels} channels of "
+                f"{dtype} and the block's size: declare output= (or tiling=) to match")
+        return data
+
+    return block_op
+
+
+def _blockwise(array: Any, block_op: Callable[[np.ndarray], np.ndarray], depth: int,
+               out: Mapping[str, Any]) -> Any:
+    """``block_op`` on every block, with ``depth`` pixels of the neighbours (reflected at
+    the edges) when ``depth > 0``."""
+    dtype = np.dtype(out["dtype"])
+    meta = np.empty((0, 0, 0), dtype=dtype)
     if depth <= 0:
-        return array.map_blocks(func, dtype=array.dtype)
-    return array.map_overlap(func, depth={0: depth, 1: depth, 2: 0},
+        chunks = (array.chunks[0], array.chunks[1], (int(out["channels"]),))
+        return array.map_blocks(block_op, dtype=dtype, chunks=chunks, meta=meta)
+    return array.map_overlap(block_op, depth={0: depth, 1: depth, 2: 0},
                              boundary={0: "reflect", 1: "reflect", 2: "none"},
-                             dtype=array.dtype, allow_rechunk=True)
+                             dtype=dtype, meta=meta, allow_rechunk=True)
 
 
-def _with_channels(array: Any, func: Callable[[np.ndarray], np.ndarray], channels: int,
-                   dtype: Any) -> Any:
-    chunks = (array.chunks[0], array.chunks[1], (channels,))
-    return array.map_blocks(func, dtype=np.dtype(dtype), chunks=chunks,
-                            meta=np.empty((0, 0, 0), dtype=dtype))
+def _reduce(parts: list[Any], combine: Callable[[Any, Any], Any]) -> Any:
+    return functools.reduce(combine, parts)
 
 
-def _histogram(array: Any, channels: int, submit: Callable[[Any], Any]) -> np.ndarray:
-    """Exact per-channel histogram ``(channels, bins)`` of an 8/16-bit array (one pass)."""
+def _summary(spec: OpSpec, array: Any, meta: Mapping[str, Any], params: Mapping[str, Any],
+             submit: Callable[[Any], Any]) -> Any:
+    """A reduction's first pass: every block summarised, combined, finished."""
     import dask
 
-    bins = 256 if array.dtype == np.uint8 else 65536
+    tiling = spec.tiling
+    assert tiling is not None and tiling.summarize is not None
 
-    def count(block: np.ndarray) -> np.ndarray:
-        return np.stack([np.bincount(block[:, :, c].ravel(), minlength=bins)
-                         for c in range(channels)])
+    def summarize(block: np.ndarray) -> Any:
+        return tiling.summarize(Image(block, dict(meta)), **params)  # type: ignore[misc]
 
-    parts = [dask.delayed(count)(b) for b in array[:, :, :channels].to_delayed().ravel()]
-    total = dask.delayed(sum)(parts)
-    return np.asarray(submit(total).result())
+    parts = [dask.delayed(summarize)(b) for b in array.to_delayed().ravel()]
+    total = dask.delayed(_reduce)(parts, tiling.combine or operator.add)
+    summary = submit(total).result()
+    return tiling.finish(summary, **params) if tiling.finish is not None else summary
 
 
-def apply_op(image: Any, op: str, params: Mapping[str, Any] | None = None, *,
+def apply_op(image: Any, op: str | OpSpec, params: Mapping[str, Any] | None = None, *,
              client: Any = None) -> Any:
-    """Run the built-in ``op`` on a lazy image; the result is lazy too.
+    """Run ``op`` on a lazy image, as its tiling declaration says; the result is lazy too.
 
     Parameters
     ----------
@@ -202,10 +249,11 @@ def apply_op(image: Any, op: str, params: Mapping[str, Any] | None = None, *,
         An ``xarray.DataArray`` with dims ``y, x, c`` backed by a dask array (from
         :func:`dagflow.open_image`), ``attrs["space"]`` saying whether it has alpha.
     op, params
-        The op and its parameters (defaults filled in as in a workflow).
+        The op (its name or :class:`~dagflow.ops.registry.OpSpec`) and its parameters
+        (defaults filled in as in a workflow).
     client
-        Where the first pass of ``normalize`` / ``equalize`` computes (default: the
-        local scheduler). Every other op computes nothing here.
+        Where the first pass of a reduction (``normalize``, ``equalize``) computes
+        (default: the local scheduler). Every other op computes nothing here.
 
     Returns
     -------
@@ -215,244 +263,49 @@ def apply_op(image: Any, op: str, params: Mapping[str, Any] | None = None, *,
     Raises
     ------
     ValueError
-        For an op that cannot run tiled (see :func:`not_tileable`).
+        For an op that cannot run tiled (see :func:`not_tileable`), and when the op's
+        function does not give what its declaration says.
     """
-    from dagflow.ops.registry import get_op
-
-    spec = get_op(op)
+    spec = _spec(op)
     resolved, problems = spec.resolve_params(dict(params or {}))
     if problems:
-        raise ValueError(f"{op}: {'; '.join(problems)}")
+        raise ValueError(f"{spec.name}: {'; '.join(problems)}")
     array = image.data
-    meta = _meta(image)
-    why = not_tileable(op, resolved, array.dtype)
+    meta = dict(image.attrs)
+    why = not_tileable(spec, resolved, array.dtype)
     if why:
         raise ValueError(why)
-    channels = int(array.shape[2])
-    alpha = _alpha(meta, channels)
-    submit = _executor(client)
-    p = resolved
-    if op in NEIGHBOURHOOD_OPS:
-        from dagflow.ops import filters
-        from dagflow.ops._common import dtype_max
+    tiling = spec.tiling
+    assert tiling is not None
+    header = _header(array, meta)
+    out = spec.output_header(header, resolved)
+    declared = out.get("space")
+    space = declared if declared != header["space"] else None
+    if tiling.kind == "lazy":
+        assert tiling.build is not None
+        result = tiling.build(array, meta, **resolved)
+        declared_shape = (out["height"], out["width"], out["channels"])
+        if tuple(result.shape) != declared_shape:
+            raise ValueError(f"op {spec.name!r} built a {tuple(result.shape)} result where "
+                             f"its output header says {declared_shape}: declare output= "
+                             "to match")
+        return _wrap(result, meta, space)
+    if (out["width"], out["height"]) != (header["width"], header["height"]):
+        raise ValueError(f"op {spec.name!r} is declared {tiling.kind} but its output "
+                         "header changes the image's size: declare tiling=lazy(...)")
+    if tiling.kind == "reduction":
+        state = _summary(spec, array, meta, resolved, _executor(client))
 
-        depth = filters.filter_depth(op, p)
-        if op == "gaussian":
-            def func(b: np.ndarray) -> np.ndarray:
-                return filters.gaussian_array(b, p["sigma"], p["truncate"], alpha=alpha)
-        elif op == "median":
-            def func(b: np.ndarray) -> np.ndarray:
-                return filters.median_array(b, p["size"], alpha=alpha)
-        else:
-            level = p["threshold"] * dtype_max(array.dtype) / 255.0
+        def apply(image: Image, **params: Any) -> Image:
+            return tiling.apply(image, state, **params)  # type: ignore[misc]
 
-            def func(b: np.ndarray) -> np.ndarray:
-                return filters.unsharp_array(b, p["sigma"], p["amount"], level, p["truncate"],
-                                             alpha=alpha)
-        return _wrap(_overlap(array, depth, func), meta)
-    if op in ("convert", "grayscale", "threshold"):
-        from dagflow.ops import intensity
-
-        src = meta.get("space") if meta.get("space") in intensity._CHANNELS else \
-            _SPACE_BY_CHANNELS.get(channels, "multi")
-        if op == "convert":
-            dst_space = p.get("space") or src
-            out_c = intensity._CHANNELS.get(dst_space, channels)
-            out_dtype = np.dtype(p["dtype"]) if p.get("dtype") else array.dtype
-
-            def point(b: np.ndarray) -> np.ndarray:
-                if p.get("space"):
-                    b = intensity.convert_space_array(b, src, p["space"],
-                                                      background=p.get("background"))
-                if p.get("dtype"):
-                    b = intensity.convert_dtype_array(b, p["dtype"])
-                return b
-            space = p.get("space")
-        elif op == "grayscale":
-            dst = "graya" if p["keep_alpha"] and src in _ALPHA_SPACES else "gray"
-            out_c, out_dtype = intensity._CHANNELS[dst], array.dtype
-
-            def point(b: np.ndarray) -> np.ndarray:
-                return intensity.convert_space_array(b, src, dst)
-            space = dst
-        else:
-            from dagflow.ops._common import level_to_dtype
-
-            level = level_to_dtype(p["value"], array.dtype)
-            out_c, out_dtype = 1, array.dtype
-
-            def point(b: np.ndarray) -> np.ndarray:
-                return intensity.threshold_array(b, level, alpha=alpha)
-            space = "gray"
-        return _wrap(_with_channels(array, point, out_c, out_dtype), meta, space)
-    if op in ("normalize", "equalize"):
-        return _wrap(_lut_op(array, op, p, alpha, submit), meta)
-    if op == "resize":
-        from dagflow.ops.geometry import resize_shape
-
-        w, h = resize_shape(int(array.shape[1]), int(array.shape[0]),
-                            long_side=p.get("long_side"), size=p.get("size"),
-                            scale=p.get("scale"), allow_upscale=p.get("allow_upscale", False))
-        return _wrap(resize_lazy(array, w, h, alpha=alpha), meta)
-    if op == "crop":
-        from dagflow.ops.geometry import crop_box
-
-        x0, y0, w, h = crop_box(int(array.shape[1]), int(array.shape[0]), box=p.get("box"),
-                                center=p.get("center"))
-        return _wrap(array[y0:y0 + h, x0:x0 + w], meta)
-    if op == "flip":
-        flips = {"horizontal": (slice(None), slice(None, None, -1)),
-                 "vertical": (slice(None, None, -1), slice(None)),
-                 "both": (slice(None, None, -1), slice(None, None, -1))}
-        return _wrap(array[flips[p["axis"]]], meta)
-    import dask.array as da  # rotate by a multiple of 90 degrees
-
-    k = round(float(p["angle"]) / 90.0) % 4
-    return _wrap(da.rot90(array, k=k, axes=(0, 1)), meta)
-
-
-def _lut_op(array: Any, op: str, p: Mapping[str, Any], alpha: bool,
-            submit: Callable[[Any], Any]) -> Any:
-    from dagflow.ops import intensity
-    from dagflow.ops._common import dtype_max, from_float
-
-    dtype = np.dtype(array.dtype)
-    channels = int(array.shape[2])
-    n_colour = channels - 1 if alpha else channels
-    counts = _histogram(array, n_colour, submit)
-    bins = counts.shape[1]
-    levels = np.arange(bins, dtype=np.float64)
-    top = dtype_max(dtype)
-    luts: list[np.ndarray | None] = []
-    if op == "normalize":
-        groups = [[c] for c in range(n_colour)] if p["per_channel"] else [list(range(n_colour))]
-        for group in groups:
-            lo, hi = intensity._percentiles_from_counts(counts[group].sum(axis=0),
-                                                        (p["low"], p["high"]))
-            lut = None if hi <= lo else from_float(
-                np.clip((levels - lo) * (top / (hi - lo)), 0, top), dtype)
-            luts.extend([lut] * len(group))
-    else:
-        for c in range(n_colour):
-            cdf = np.cumsum(counts[c])
-            n = int(cdf[-1])
-            nonzero = np.flatnonzero(counts[c])
-            cdf_min = int(cdf[nonzero[0]]) if len(nonzero) else n
-            luts.append(None if n == cdf_min else
-                        from_float((cdf - cdf_min) / (n - cdf_min) * top, dtype))
-
-    def apply(block: np.ndarray) -> np.ndarray:
-        out = block.copy()
-        for c, lut in enumerate(luts):
-            if lut is not None:
-                out[:, :, c] = lut[block[:, :, c]]
-        return out
-
-    return array.map_blocks(apply, dtype=dtype)
-
-
-# --------------------------------------------------------------------------- resize
-
-
-def _resize_block(block: np.ndarray, out_w: int, out_h: int,
-                  box: tuple[float, float, float, float], alpha: bool) -> np.ndarray:
-    """Pillow's pure Lanczos resize of the ``box`` region of ``block`` (which may hold
-    pixels outside the box for the kernel to use), as :func:`~dagflow.ops.geometry.
-    resize_array` with ``reducing_gap=None``."""
-    from PIL import Image as PILImage
-
-    from dagflow.ops._common import dtype_max, from_float
-
-    lanczos = PILImage.Resampling.LANCZOS
-    _h, _w, c = block.shape
-    if block.dtype == np.uint8 and (c in (1, 3) or (c in (2, 4) and alpha)):
-        src = PILImage.fromarray(np.ascontiguousarray(block[:, :, 0] if c == 1 else block))
-        out = np.asarray(src.resize((out_w, out_h), lanczos, box=box, reducing_gap=None))
-        return out.reshape(out_h, out_w, c).copy()
-    dtype = block.dtype
-    top = dtype_max(dtype)
-    out = np.empty((out_h, out_w, c), dtype=dtype)
-    n_colour = c - 1 if alpha else c
-    coverage = safe = None
-
-    def resample(plane: np.ndarray) -> np.ndarray:
-        return np.asarray(PILImage.fromarray(plane).resize((out_w, out_h), lanczos, box=box,
-                                                           reducing_gap=None))
-
-    if alpha:
-        a = block[:, :, -1].astype(np.float32) / np.float32(top)
-        a_small = resample(a)
-        out[:, :, -1] = from_float(np.clip(a_small, 0.0, 1.0) * top, dtype)
-        coverage = a
-        safe = np.where(a_small > 1e-6, a_small, 1.0).astype(np.float32)
-    for ch in range(n_colour):
-        plane = block[:, :, ch].astype(np.float32)
-        if coverage is not None:
-            plane *= coverage
-        small = resample(plane)
-        if safe is not None:
-            small = small / safe
-        out[:, :, ch] = from_float(small, dtype)
-    return out
-
-
-def _bounds(chunks: Sequence[int]) -> list[int]:
-    return [0, *np.cumsum(chunks).tolist()]
-
-
-def resize_lazy(array: Any, width: int, height: int, *, alpha: bool = False) -> Any:
-    """Resize a lazy ``(y, x, c)`` dask array to ``height x width``, blockwise.
-
-    Each output block covers the output pixels whose centres fall in one input block;
-    it is resampled from that block plus an overlap of the Lanczos support (no overlap
-    at the image's edges, where Pillow clips the kernel as on the whole image).
-    """
-    import dask.array as da
-
-    in_h, in_w = int(array.shape[0]), int(array.shape[1])
-    if (in_w, in_h) == (width, height):
-        return array
-    sy, sx = in_h / height, in_w / width
-    depth_y = math.ceil(_LANCZOS_SUPPORT * max(sy, 1.0)) + 2
-    depth_x = math.ceil(_LANCZOS_SUPPORT * max(sx, 1.0)) + 2
-    # every input block needs room for the overlap and at least a few output pixels
-    min_y = max(2 * depth_y, math.ceil(4 * sy))
-    min_x = max(2 * depth_x, math.ceil(4 * sx))
-    if min(array.chunks[0]) < min_y or min(array.chunks[1]) < min_x:
-        array = array.rechunk({0: max(min_y, max(array.chunks[0])),
-                               1: max(min_x, max(array.chunks[1]))})
-        array = array.rechunk({0: _even_chunks(in_h, max(array.chunks[0]), min_y),
-                               1: _even_chunks(in_w, max(array.chunks[1]), min_x)})
-    ybounds, xbounds = _bounds(array.chunks[0]), _bounds(array.chunks[1])
-    oy = [round(b * height / in_h) for b in ybounds]
-    ox = [round(b * width / in_w) for b in xbounds]
-    out_chunks = (tuple(np.diff(oy).tolist()), tuple(np.diff(ox).tolist()),
-                  (int(array.shape[2]),))
-    padded = da.overlap.overlap(array, depth={0: depth_y, 1: depth_x, 2: 0},
-                                boundary={0: "none", 1: "none", 2: "none"})
-
-    def block(b: np.ndarray, block_id: tuple[int, int, int] | None = None) -> np.ndarray:
-        i, j, _ = block_id  # type: ignore[misc]
-        top = ybounds[i] - (depth_y if i > 0 else 0)
-        left = xbounds[j] - (depth_x if j > 0 else 0)
-        out_h, out_w = oy[i + 1] - oy[i], ox[j + 1] - ox[j]
-        if out_h <= 0 or out_w <= 0:
-            return np.empty((max(out_h, 0), max(out_w, 0), b.shape[2]), dtype=b.dtype)
-        box = (ox[j] * sx - left, oy[i] * sy - top, ox[j + 1] * sx - left,
-               oy[i + 1] * sy - top)
-        return _resize_block(b, out_w, out_h, box, alpha)
-
-    return da.map_blocks(block, padded, chunks=out_chunks, dtype=array.dtype,
-                         meta=np.empty((0, 0, 0), dtype=array.dtype))
-
-
-def _even_chunks(total: int, target: int, minimum: int) -> tuple[int, ...]:
-    """Chunks of about ``target`` whose smallest is at least ``minimum`` (when possible)."""
-    n = max(1, total // max(target, 1))
-    if total // n < minimum:
-        n = max(1, total // minimum)
-    base, rest = divmod(total, n)
-    return tuple(base + (1 if k < rest else 0) for k in range(n))
+        block_op = _block_op(spec, resolved, meta, out, apply)
+        return _wrap(_blockwise(array, block_op, 0, out), meta, space)
+    depth = tiling.overlap_depth(resolved)
+    if depth > 0 and int(out["channels"]) != header["channels"]:
+        raise ValueError(f"op {spec.name!r} is declared overlap but changes the channels")
+    return _wrap(_blockwise(array, _block_op(spec, resolved, meta, out), depth, out), meta,
+                 space)
 
 
 # --------------------------------------------------------------------------- writing
@@ -643,25 +496,26 @@ class TiledResult:
 def chain_problem(tasks: Sequence[Any]) -> str | None:
     """Why this resolved workflow cannot run tiled, or ``None`` when it can.
 
-    It must be a chain: one ``load``, then ops that :func:`apply_op` runs, then one
-    ``save`` with ``format: tiff``.
+    It must be a chain: a source whose declaration opens the image lazily (``load``),
+    then ops that :func:`apply_op` runs, then a sink whose declaration writes it band by
+    band (``save`` with ``format: tiff``).
     """
     if len(tasks) < 2:
         return "a tiled workflow needs a load and a save"
     first, last = tasks[0], tasks[-1]
-    if first.op != "load":
-        return f"the first node is {first.op!r}, not load"
-    if last.kind != "sink" or last.op != "save" or last.params.get("format") != "tiff":
-        return "the last node must save with format: tiff"
+    source, sink = first.op_spec.tiling, last.op_spec.tiling
+    if first.kind != "source" or source is None or source.kind != "source":
+        return f"the first node is {first.op!r}, which cannot open an image lazily"
+    if last.kind != "sink" or sink is None or sink.kind != "sink":
+        return f"the last node is {last.op!r}, which cannot write an image band by band"
+    why = sink.refusal(last.params)
+    if why:
+        return why
     for prev, task in itertools.pairwise(tasks):
         if tuple(task.parents) != (prev.id,):
             return f"node {task.id!r} is not in a single chain"
     for task in tasks[1:-1]:
-        why = None if task.op in TILED_OPS else f"op {task.op!r} has no tiled implementation"
-        if why is None and task.op == "threshold" and task.params.get("method"):
-            why = "threshold by otsu needs the whole image"
-        if why is None and task.op == "rotate":
-            why = not_tileable("rotate", task.params)
+        why = not_tileable(task.op_spec, task.params)
         if why:
             return f"node {task.id!r}: {why}"
     return None
@@ -672,19 +526,18 @@ def _tiled_task(tasks: Sequence[Any], item: Mapping[str, Any], dest: str,
                 chunk: int | None, band_bytes: int) -> TiledResult:
     """Runs in a task on a worker: builds the graph, computes it band by band from this
     worker, writes the TIFF."""
-    from dagflow.io.lazy import open_image
 
     t0 = time.perf_counter()
     load, save, middle = tasks[0], tasks[-1], tasks[1:-1]
-    orient = bool(load.params.get("auto_orient", True))
-    image = open_image(item["path"], chunk, auto_orient=orient)
+    open_lazy = load.op_spec.tiling.open  # the source's and the sink's declarations
+    image = open_lazy(item["path"], chunk, **load.params)
     if chunk is None:
         # a band of blocks spans the width: keep one band near band_bytes
         row_bytes = int(image.shape[1]) * int(image.shape[2]) * image.dtype.itemsize
         rows = max(256, band_bytes // max(1, row_bytes))
         side = max(image.data.chunks[1])
         if rows < max(image.data.chunks[0]):
-            image = open_image(item["path"], (rows, side), auto_orient=orient)
+            image = open_lazy(item["path"], (rows, side), **load.params)
     sizes = {load.id: (int(image.shape[1]), int(image.shape[0]))}
     skipped: list[str] = []
     ctx = _client_context()
@@ -694,12 +547,10 @@ def _tiled_task(tasks: Sequence[Any], item: Mapping[str, Any], dest: str,
                     and not task.when(fields(image.attrs)):
                 skipped = [t.id for t in tasks[tasks.index(task):]]
                 return TiledResult("", sizes, time.perf_counter() - t0, skipped)
-            image = apply_op(image, task.op, task.params, client=client)
+            image = apply_op(image, task.op_spec, task.params, client=client)
             sizes[task.id] = (int(image.shape[1]), int(image.shape[0]))
-        tile = save.params.get("tile") or (256, 256)
-        written = write_tiff(image, dest + ".tif", tile=(int(tile[1]), int(tile[0])),
-                             compression=save.params.get("compression"), client=client,
-                             band_bytes=band_bytes)
+        written = save.op_spec.tiling.write(image, dest, client=client,
+                                            band_bytes=band_bytes, **save.params)
     sizes[save.id] = sizes[tasks[-2].id]
     return TiledResult(written, sizes, time.perf_counter() - t0, skipped)
 

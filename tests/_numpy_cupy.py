@@ -15,9 +15,14 @@ compared with the CPU ops) on a machine without a GPU. Its arrays
 * numpy functions that cupy overrides (``__array_function__``, ``__array_ufunc__``) run
   on the device array and return one, as they do with cupy.
 
+Its arrays claim cupy's module (``type(a).__module__ == "cupy"``, as ``cupy.ndarray``'s
+does), so the ops' array functions (:mod:`dagflow.ops.backends`) load and pick the cupy
+implementations for them, as they would for cupy's.
+
 On leaving, everything is as it was: ``sys.modules``, the ``dagflow.ops.gpu`` attribute
 of :mod:`dagflow.ops` (a later ``from dagflow.ops import gpu`` must get the real cupy
-module, not this one), and the dispatch layer's registrations and caches.
+module, not this one), the array functions' registrations and caches, and the dispatch
+layer's.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ TRANSFERS = ("asarray", "array", "asnumpy")
 class DeviceArray(NDArrayOperatorsMixin):
     """An array "on the device": numpy underneath, no implicit way back to the host."""
 
+    __module__ = "cupy"  # dispatch by array type finds cupy's implementations for it
     __slots__ = ("_host",)
 
     def __init__(self, host: np.ndarray) -> None:
@@ -232,7 +238,7 @@ def numpy_as_cupy(*, total_memory: int = 16 * 2**30,
         Raised by every sparse product, as a CUDA library that does not load would be.
     """
     import dagflow.ops
-    from dagflow.ops import dispatch
+    from dagflow.ops import backends, dispatch
 
     modules = _cupy(total_memory)
     if sparse_error is not None:
@@ -244,8 +250,9 @@ def numpy_as_cupy(*, total_memory: int = 16 * 2**30,
     names = [*modules, "dagflow.ops.gpu"]
     saved_modules = {name: sys.modules.get(name, _MISSING) for name in names}
     saved_attr = getattr(dagflow.ops, "gpu", _MISSING)
-    gpu_dispatch = dispatch.gpu_dispatch
-    saved_dispatch = (dict(gpu_dispatch._impls), dict(gpu_dispatch._lazy), dispatch._gpu_lost)
+    functions = backends.array_functions()
+    saved_functions = [(dict(f._registry), dict(f._lazy)) for f in functions]
+    saved_lost = dispatch._gpu_lost
 
     def forget_gpu() -> None:
         dispatch.gpu_problem.cache_clear()
@@ -270,6 +277,7 @@ def numpy_as_cupy(*, total_memory: int = 16 * 2**30,
                 delattr(dagflow.ops, "gpu")
         else:
             dagflow.ops.gpu = saved_attr
-        gpu_dispatch._impls, gpu_dispatch._lazy, dispatch._gpu_lost = (
-            saved_dispatch[0], saved_dispatch[1], saved_dispatch[2])
+        for func, (registry, lazy) in zip(functions, saved_functions, strict=True):
+            func._registry, func._lazy, func._cache = registry, lazy, {}
+        dispatch._gpu_lost = saved_lost
         forget_gpu()

@@ -1,9 +1,11 @@
-"""GPU support: the dispatch layer, the fall back to the CPU, routing to GPU workers,
-annotations at the scheduler, and (on a machine with a GPU) cupy against numpy.
+"""GPU support: array functions dispatched by array type, the device a node runs on, the
+fall back to the CPU, routing to GPU workers, annotations at the scheduler, and (on a
+machine with a GPU) cupy against numpy.
 
 Without a GPU, the cupy implementations are still exercised: :mod:`tests._numpy_cupy`
 stands a numpy-backed ``cupy``/``cupyx`` in for the real modules, as strict as cupy
-about moving data between host and device, so the code of :mod:`dagflow.ops.gpu` runs
+about moving data between host and device, so the GPU path (the op's own function on
+the device, its array functions picking :mod:`dagflow.ops.gpu`'s implementations) runs
 and is compared with the CPU ops. The real comparison runs under the ``gpu`` marker
 (``scripts/gpu-check.sh run``); the tests that bind dagflow's calls against the real
 cupy and dask-cuda signatures run wherever those import, a GPU or not
@@ -42,8 +44,9 @@ import dagflow.ops
 from dagflow import Node, Workflow
 from dagflow.compile import RunContext, compile_chunks, node_tasks
 from dagflow.image import Image
-from dagflow.ops import dispatch, get_op
-from dagflow.ops.dispatch import GPU_OPS, LazyGpuFunc, call, is_cuda_oom, is_gpu_unusable
+from dagflow.ops import dispatch, filters, geometry, get_op, register_op
+from dagflow.ops.backends import array_function, common_backends
+from dagflow.ops.dispatch import call, is_cuda_oom, is_gpu_unusable
 from dagflow.resources import MEMORY, device_bytes, output_header
 from dagflow.runtime.capacity import ClusterCapacity, WorkerCapacity, local_capacity
 from dagflow.runtime.plan import prepare_batch
@@ -60,6 +63,28 @@ CASES = [
 ]
 IDS = [f"{op}-{i}" for i, (op, _) in enumerate(CASES)]
 GPU_MODULE = Path(dagflow.ops.__file__).parent / "gpu.py"
+#: The built-in ops whose array functions have cupy implementations.
+GPU_OPS = ("convert", "gaussian", "median", "normalize", "resize", "unsharp")
+
+
+def as_a_gpu_node_runs(gpu, op):
+    """``op`` as a GPU node runs it: its own function on the device, back on the host."""
+    func = get_op(op).func
+    return lambda image, **params: gpu.run_on_device(func, (image,), params)
+
+
+def fails_on_the_device(spec, error, tries=None):
+    """``spec`` whose function raises ``error`` when its image is on the device (and
+    counts it in ``tries``), and is the op's own on the host."""
+
+    def func(image, **params):
+        if not isinstance(image.data, np.ndarray):
+            if tries is not None:
+                tries.append(1)
+            raise error
+        return spec.func(image, **params)
+
+    return dataclasses.replace(spec, func=func)
 
 
 def tolerance(op: str, dtype, channels: int) -> float:
@@ -109,6 +134,9 @@ def lost_gpu_restored():
 
 
 def test_gpu_ops_are_registered_without_importing_cupy():
+    """Which ops run on a GPU is their declaration (``backends``), known without cupy:
+    the built-in array functions name a lazy cupy loader, which nothing runs on a
+    machine without cupy arrays."""
     code = ("import sys, dagflow.ops as o\n"
             "from dagflow.ops.dispatch import call\n"
             "from dagflow.image import Image\n"
@@ -116,7 +144,7 @@ def test_gpu_ops_are_registered_without_importing_cupy():
             "used = {}\n"
             "call(o.get_op('gaussian'), 'gpu', (Image(np.zeros((8, 8, 3), np.uint8)),),"
             " {'sigma': 1.0}, used)\n"
-            "print(sorted(s.name for s in o.list_ops() if s.gpu_func is not None),"
+            "print(sorted(s.name for s in o.list_ops() if 'cupy' in s.backends),"
             " used['device'], 'cupy' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True).stdout.strip()
@@ -125,7 +153,27 @@ def test_gpu_ops_are_registered_without_importing_cupy():
         assert out == f"{expected} cpu-fallback False"
     else:  # pragma: no cover - a machine with cupy
         assert out.startswith(str(expected))
-    assert get_op("resize").gpu_func == LazyGpuFunc("resize")
+    assert get_op("resize").backends == ("numpy", "cupy") == geometry.resize_array.backends
+    assert get_op("flip").backends == ("numpy",)
+
+
+def test_array_functions_dispatch_by_array_type(stand_in):
+    """One array function, an implementation per array type: numpy arrays (and what
+    numpy takes) to numpy's, the device's arrays to cupy's, loaded on the first one."""
+    arr = photo_like(20, 30, seed=1)
+    cpu = filters.median_array(arr, 3)
+    np.testing.assert_array_equal(filters.median_array(arr.tolist(), 3), cpu)
+    assert filters.median_array.dispatch(np.ndarray) is not stand_in.median_array
+    on_device = filters.median_array(stand_in.cp.asarray(arr), 3)
+    assert isinstance(on_device, DeviceArray)
+    assert filters.median_array.dispatch(DeviceArray) is stand_in.median_array
+    np.testing.assert_array_equal(stand_in.cp.asnumpy(on_device), cpu)
+    # a function without a cupy implementation refuses the device's array, as cupy does
+    host_only = array_function(lambda arr: arr + 1)
+    assert host_only.backends == ("numpy",)
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        host_only(stand_in.cp.asarray(arr))
+    assert common_backends(filters.median_array, host_only) == ("numpy",)
 
 
 def test_device_choice_and_fall_back_without_a_gpu(monkeypatch):
@@ -160,27 +208,24 @@ class CUSPARSEError(RuntimeError):
 CUSPARSEError.__module__ = "cupy_backends.cuda.libs.cusparse"
 
 
-def test_cuda_out_of_memory_falls_back_to_the_cpu_other_errors_do_not(monkeypatch,
+def test_cuda_out_of_memory_falls_back_to_the_cpu_other_errors_do_not(stand_in,
                                                                        lost_gpu_restored):
-    monkeypatch.setattr(dispatch, "gpu_available", lambda: True)
     spec = get_op("gaussian")
     image = Image(photo_like(20, 30, seed=1))
-
-    def oom(*args, **kwargs):
-        raise OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes")
-
+    oom = OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes")
     used: dict = {}
-    out = call(dataclasses.replace(spec, gpu_func=oom), "gpu", (image,), {"sigma": 1.0}, used)
+    out = call(fails_on_the_device(spec, oom), "gpu", (image,), {"sigma": 1.0}, used)
     np.testing.assert_array_equal(out.data, spec.func(image, sigma=1.0).data)
     assert used["device"] == "cpu-fallback" and used["degraded"]
     assert "out of memory" in used["fallback"]
     assert dispatch._gpu_lost is None  # one item too large: the GPU stays in use
+    used = {}
+    call(spec, "gpu", (image,), {"sigma": 1.0}, used)
+    assert used == {"device": "gpu", "degraded": False}
 
-    def broken(*args, **kwargs):
-        raise ValueError("a bug in a GPU kernel")
-
+    broken = fails_on_the_device(spec, ValueError("a bug in a GPU kernel"))
     with pytest.raises(ValueError, match="a bug"):
-        call(dataclasses.replace(spec, gpu_func=broken), "gpu", (image,), {"sigma": 1.0}, {})
+        call(broken, "gpu", (image,), {"sigma": 1.0}, {})
     assert is_cuda_oom(MemoryError("std::bad_alloc: out_of_memory: RMM failure"))
     assert not is_cuda_oom(MemoryError("host memory"))
 
@@ -192,21 +237,14 @@ def test_cuda_out_of_memory_falls_back_to_the_cpu_other_errors_do_not(monkeypatc
     ModuleNotFoundError("No module named 'cuda.bindings'"),
     CUSPARSEError("CUSPARSE_STATUS_NOT_INITIALIZED"),
 ], ids=["nvrtc", "cusparse-load", "import", "cusparse-status"])
-def test_a_gpu_stack_that_cannot_run_falls_back_and_is_not_tried_again(monkeypatch, error,
+def test_a_gpu_stack_that_cannot_run_falls_back_and_is_not_tried_again(stand_in, error,
                                                                         lost_gpu_restored):
     """An import or CUDA library error is the worker's, not the item's: the item runs on
     the CPU, recorded degraded with the reason, and so do the next ones without trying."""
-    monkeypatch.setattr(dispatch, "gpu_problem", lambda: None)
-    dispatch._gpu_lost = None
     spec = get_op("gaussian")
     image = Image(photo_like(20, 30, seed=1))
-    tries = []
-
-    def failing(*args, **kwargs):
-        tries.append(1)
-        raise error
-
-    broken = dataclasses.replace(spec, gpu_func=failing)
+    tries: list = []
+    broken = fails_on_the_device(spec, error, tries)
     for _ in range(2):
         used: dict = {}
         out = call(broken, "gpu", (image,), {"sigma": 1.0}, used)
@@ -222,26 +260,35 @@ def test_a_gpu_stack_that_cannot_run_falls_back_and_is_not_tried_again(monkeypat
 # --------------------------------------------------------------------------- the lazy loader
 
 
+class FakeArray:
+    """An array of a library that registers its implementations lazily."""
+
+
+FakeArray.__module__ = "fakelib.arrays"
+
+
 def test_concurrent_first_lookups_wait_for_the_lazy_loader():
-    """Four threads ask at once for an implementation whose module loads slowly: every
-    one gets it (none gets None while the loader runs), and the loader runs once."""
-    registry = dispatch.Dispatcher("demo")
+    """Four threads give at once an array whose library's implementations load slowly:
+    every one gets that library's implementation (none falls to numpy's while the loader
+    runs), and the loader runs once."""
+    func = array_function(lambda arr: "numpy")
     runs = []
     started = threading.Event()
 
-    @registry.register_lazy("json")
+    @func.register_lazy("fakelib")
     def _load():
         runs.append(1)
         started.set()
         time.sleep(0.2)
-        registry.register("dumps", len)
+        func.register(FakeArray, lambda arr: "fakelib")
 
+    assert func.backends == ("numpy", "fakelib")
     barrier = threading.Barrier(4)
     found = []
 
     def lookup():
         barrier.wait()
-        found.append(registry("dumps"))
+        found.append(func(FakeArray()))
 
     threads = [threading.Thread(target=lookup) for _ in range(4)]
     for t in threads:
@@ -249,32 +296,34 @@ def test_concurrent_first_lookups_wait_for_the_lazy_loader():
     for t in threads:
         t.join(10)
     assert started.is_set()
-    assert found == [len] * 4
+    assert found == ["fakelib"] * 4
     assert runs == [1]
+    assert func(np.zeros(2)) == "numpy"
 
 
-def test_a_failing_loader_raises_its_own_error_and_is_tried_again(monkeypatch,
+def test_a_failing_loader_raises_its_own_error_and_is_tried_again(stand_in,
                                                                   lost_gpu_restored):
-    registry = dispatch.Dispatcher("gpu")
+    missing = OSError("libcusparse.so.12: cannot open shared object file")
     attempts = []
 
-    @registry.register_lazy("json")
-    def _load():
+    def load():
         attempts.append(1)
-        raise OSError("libcusparse.so.12: cannot open shared object file")
+        raise missing
 
+    func = array_function(lambda arr: arr, lazy={"fakelib": load})
     for _ in range(2):
         with pytest.raises(OSError, match="libcusparse"):
-            registry("gaussian")
+            func(FakeArray())
     assert len(attempts) == 2
-    # through the op: the loader's reason is recorded, not a misleading "needs cupy"
-    monkeypatch.setattr(dispatch, "gpu_dispatch", registry)
-    monkeypatch.setattr(dispatch, "gpu_problem", lambda: None)
-    dispatch._gpu_lost = None
+    # through an op on the GPU: the loader's reason is recorded, not a misleading one
+    double = array_function(lambda arr: arr * 2, lazy={"cupy": load})
+    spec = dataclasses.replace(get_op("gaussian"),
+                               func=lambda image, **params: image.replace(double(image.data)))
+    image = Image(photo_like(20, 30, seed=1))
     used: dict = {}
-    call(get_op("gaussian"), "gpu", (Image(photo_like(20, 30, seed=1)),), {"sigma": 1.0},
-         used)
+    out = call(spec, "gpu", (image,), {"sigma": 1.0}, used)
     assert used["device"] == "cpu-fallback" and "libcusparse.so.12" in used["fallback"]
+    np.testing.assert_array_equal(out.data, image.data * 2)
 
 
 # --------------------------------------------------------------------------- stand-in
@@ -307,20 +356,26 @@ def test_the_stand_in_refuses_silent_transfers_as_cupy_does(stand_in):
     assert float(dev.max()) == 11.0
 
 
+def _array_function_state():
+    return [(dict(f._registry), dict(f._lazy)) for f in dagflow.ops.backends.array_functions()]
+
+
 def test_the_stand_in_leaves_nothing_behind():
     """After the stand-in, ``dagflow.ops.gpu`` is what it was: on a machine with cupy,
-    a later import gets the real module, not the one built on numpy."""
+    a later import gets the real module, not the one built on numpy, and the array
+    functions know no stand-in implementation."""
     before = (sys.modules.get("dagflow.ops.gpu"), getattr(dagflow.ops, "gpu", None),
-              sys.modules.get("cupy"), dict(dispatch.gpu_dispatch._impls),
-              dict(dispatch.gpu_dispatch._lazy))
+              sys.modules.get("cupy"), _array_function_state())
     with numpy_as_cupy() as gpu:
         assert dagflow.ops.gpu is gpu and isinstance(gpu.cp.ndarray, type)
         assert gpu.cp.ndarray is DeviceArray
-        dispatch.gpu_dispatch("median")  # registers the stand-in's implementations
+        filters.median_array(gpu.cp.asarray(np.zeros((4, 4, 1))), 3)  # registers them
+        assert DeviceArray in filters.median_array._registry
     after = (sys.modules.get("dagflow.ops.gpu"), getattr(dagflow.ops, "gpu", None),
-             sys.modules.get("cupy"), dict(dispatch.gpu_dispatch._impls),
-             dict(dispatch.gpu_dispatch._lazy))
+             sys.modules.get("cupy"), _array_function_state())
     assert after == before
+    assert DeviceArray not in filters.median_array._registry
+    assert "cupy" in filters.median_array.backends
     if importlib.util.find_spec("cupy") is None:
         with pytest.raises(ModuleNotFoundError):
             from dagflow.ops import gpu as again
@@ -336,20 +391,47 @@ def test_gpu_code_on_a_numpy_stand_in_matches_the_cpu(stand_in, dtype, channels)
     for op, params in CASES:
         if op == "convert" and params.get("space") == "gray" and channels == 1:
             continue
-        compare(op, params, dtype, channels, stand_in.IMPLEMENTATIONS[op])
+        compare(op, params, dtype, channels, as_a_gpu_node_runs(stand_in, op))
 
 
-def test_lazy_registration_imports_the_gpu_module_on_first_call(stand_in, monkeypatch):
-    fresh = dispatch.Dispatcher("gpu")
-    fresh.register_lazy("cupy")(dispatch._register_cupy)
-    monkeypatch.setattr(dispatch, "gpu_dispatch", fresh)
-    assert fresh._impls == {}  # nothing imported until a GPU op is asked for
+def test_lazy_registration_imports_the_gpu_module_on_first_call(stand_in):
+    """The cupy implementations are registered when the first device array reaches an
+    array function: before, the op's function only declares them."""
+    assert DeviceArray not in filters.median_array._registry
+    assert "cupy" in filters.median_array._lazy
     used: dict = {}
     image = Image(photo_like(40, 50, seed=2))
     out = call(get_op("median"), "gpu", (image,), {"size": 3}, used)
     assert used == {"device": "gpu", "degraded": False}
-    assert fresh("median") is stand_in.median
+    assert isinstance(out.data, np.ndarray)
+    assert filters.median_array.dispatch(DeviceArray) is stand_in.median_array
+    assert geometry.resize_array._registry[DeviceArray] is stand_in.resize_array  # all at once
     np.testing.assert_array_equal(out.data, get_op("median").func(image, size=3).data)
+
+
+def test_a_users_op_runs_on_the_gpu_when_it_declares_cupy(stand_in):
+    """The backend is chosen in one place, from the declaration: a user's op written
+    for any array (``backends=("numpy", "cupy")``) runs on the device; the same function
+    declared for numpy only falls back, recorded."""
+
+    def invert(image):
+        """Invert 8-bit levels."""
+        return image.replace(255 - image.data)
+
+    register_op("invert_anywhere", backends=("numpy", "cupy"), replace=True)(invert)
+    register_op("invert_host", replace=True)(invert)
+    image = Image(photo_like(40, 50, seed=2))
+    used: dict = {}
+    out = call(get_op("invert_anywhere"), "gpu", (image,), {}, used)
+    assert used == {"device": "gpu", "degraded": False}
+    assert isinstance(out.data, np.ndarray)
+    np.testing.assert_array_equal(out.data, 255 - image.data)
+    used = {}
+    call(get_op("invert_host"), "gpu", (image,), {}, used)
+    assert used == {"device": "cpu-fallback", "degraded": True,
+                    "fallback": "no GPU implementation"}
+    with pytest.raises(ValueError, match="must include 'numpy'"):
+        register_op("gpu_only", backends=("cupy",))(invert)
 
 
 def test_a_gpu_is_usable_only_once_its_kernels_and_sparse_products_run():
@@ -701,7 +783,7 @@ def test_cupy_matches_numpy(op, params, dtype, channels):
     gpu = _real_cupy()
     if op == "convert" and params.get("space") == "gray" and channels == 1:
         pytest.skip("gray to gray")
-    compare(op, params, dtype, channels, gpu.IMPLEMENTATIONS[op])
+    compare(op, params, dtype, channels, as_a_gpu_node_runs(gpu, op))
 
 
 @pytest.mark.gpu
@@ -731,7 +813,7 @@ def test_the_device_memory_model_bounds_what_the_gpu_ops_hold(op, params, dtype)
               "itemsize": image.data.dtype.itemsize, "dtype": str(image.data.dtype)}
     estimate = device_bytes(header, output_header(op, header, full))
     gpu.cp.get_default_memory_pool().free_all_blocks()
-    _, peak = gpu.device_peak(gpu.IMPLEMENTATIONS[op], image, **full)
+    _, peak = gpu.device_peak(gpu.run_on_device, spec.func, (image,), full)
     assert 0 < peak <= estimate, (op, params, peak, estimate)
 
 

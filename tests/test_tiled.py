@@ -25,7 +25,7 @@ from dagflow.io.lazy import TiffBlockReader, open_image
 from dagflow.ops import get_op
 from dagflow.ops.geometry import resize_array
 from dagflow.testing import photo_like
-from dagflow.tiled import apply_op, chain_problem, not_tileable, write_tiff
+from dagflow.tiled import apply_op, chain_problem, not_tileable, tiled_ops, write_tiff
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -191,6 +191,14 @@ def test_what_cannot_run_tiled_says_why(lazy):
     assert "90" in not_tileable("rotate", {"angle": 30})
     with pytest.raises(ValueError, match="otsu"):
         apply_op(lazy, "threshold", {"method": "otsu"})
+    # turned a quarter without expanding, the whole-image op keeps a non-square size
+    with pytest.raises(ValueError, match="square"):
+        apply_op(lazy, "rotate", {"angle": 90, "expand": False})
+    # the tiled ops are those whose declaration tiles (the old constant reads them)
+    assert {"gaussian", "median", "unsharp", "convert", "grayscale", "threshold",
+            "normalize", "equalize", "resize", "crop", "flip", "rotate"} <= tiled_ops()
+    assert not {"composite", "load", "save", "stats"} & tiled_ops()
+    assert tiled_ops() == dagflow.tiled.TILED_OPS
 
 
 def test_tiled_ops_compute_on_a_cluster(lazy, rgb, client):
@@ -397,3 +405,39 @@ def test_large_tiff_on_workers_below_its_size(tmp_path, monkeypatch):
     expected = get_op("gaussian").func(Image(big), sigma=2.0).data
     with tifffile.TiffFile(report["output"]) as tif:
         np.testing.assert_array_equal(tif.asarray(), expected)
+
+
+def _darken(image: Image, *, radius: int = 1) -> Image:
+    """Grey erosion over a square of side 2 radius + 1 (a user's neighbourhood op)."""
+    from scipy import ndimage
+
+    size = (2 * radius + 1, 2 * radius + 1, 1)
+    return image.replace(ndimage.minimum_filter(np.asarray(image.data), size=size,
+                                                mode="reflect"))
+
+
+def test_a_users_op_runs_tiled_in_a_run_by_declaring_its_tiling(tmp_path):
+    """An op the runtime knows nothing of, declared ``overlap`` with its depth: an item
+    too large for the worker runs tiled through it, and equals the whole-image result."""
+    from distributed import Client, LocalCluster
+
+    from dagflow.compile import node_tasks
+    from dagflow.ops import Param, register_op, tiling
+
+    register_op("darken_demo", params=[Param("radius", int, 1, "pixels", minimum=0)],
+                memory_factor=3.0, tiling=tiling.overlap(lambda params: params["radius"]),
+                replace=True)(_darken)
+    big = photo_like(600, 800, channels=3, seed=9)  # 1.4 MB decoded
+    (tmp_path / "in").mkdir()
+    write(tmp_path / "in" / "big.tif", big, tile=(64, 64), photometric="rgb")
+    wf = Workflow("d", [Node("load", "load"),
+                        Node("dark", "darken_demo", {"radius": 3}, after="load"),
+                        Node("save", "save", {"format": "tiff"}, after="dark")])
+    assert chain_problem(list(node_tasks(wf).values())) is None
+    with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                      dashboard_address=None, resources={"MEMORY": 2e6}) as cluster, \
+            Client(cluster) as c, dask.config.set({"dagflow.resources.tile-chunk": 128}):
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
+    assert (result.succeeded, result.tiled) == (1, 1)
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "out" / "big.tif"),
+                                  _darken(Image(big), radius=3).data)

@@ -24,6 +24,7 @@ from dagflow import config
 from dagflow.ops.registry import OpSpec, get_op
 from dagflow.recovery.policy import RetryPolicy
 from dagflow.workflow.conditions import Condition
+from dagflow.workflow.node import Node
 from dagflow.workflow.workflow import Workflow
 
 __all__ = ["Chunk", "NodeTask", "RunContext", "node_tasks"]
@@ -135,12 +136,19 @@ def _digest(payload: Any) -> str:
     return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
 
 
+def _input_long_side(node: Node) -> int | None:
+    """The longest input side ``node``'s op makes use of, as its declaration says."""
+    rule = get_op(node.op).input_long_side
+    return rule(node.params) if rule is not None else None
+
+
 def node_tasks(workflow: Workflow, *, max_pixels: int | None = None) -> dict[str, NodeTask]:
     """Resolve every node of a validated workflow, in topological order.
 
     ``max_pixels`` fills ``load``'s limit when the workflow leaves it unset; a ``load``
-    feeding only a ``resize`` by ``long_side`` is told to decode at reduced scale
-    (``reduce_to``), so a JPEG is never decoded at full size only to be shrunk.
+    feeding only ops that use at most a long side of their input (a ``resize`` by
+    ``long_side``: its declaration's ``input_long_side``) is told to decode at reduced
+    scale (``reduce_to``), so a JPEG is never decoded at full size only to be shrunk.
     """
     retry_defaults = config.get("retry")
     default_timeout = config.get("timeout")
@@ -154,9 +162,9 @@ def node_tasks(workflow: Workflow, *, max_pixels: int | None = None) -> dict[str
             if params.get("max_pixels", 0) is None:
                 params["max_pixels"] = max_pixels or config.get("max-pixels")
             kids = [by_id[c] for c in children.get(node.id, [])]
-            if ("reduce_to" in params and params["reduce_to"] is None and kids
-                    and all(k.op == "resize" and k.params.get("long_side") for k in kids)):
-                params["reduce_to"] = max(int(k.params["long_side"]) for k in kids)
+            sides = [_input_long_side(k) for k in kids]
+            if "reduce_to" in params and params["reduce_to"] is None and kids and all(sides):
+                params["reduce_to"] = max(int(side) for side in sides)  # type: ignore[arg-type]
         key = _digest({
             "op": node.op, "version": spec.version,
             # reduce_to changes how, not what, is computed: keep it out of the key

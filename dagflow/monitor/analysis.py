@@ -240,9 +240,10 @@ def _gpu_capable(ops: set[str]) -> dict[str, bool]:
     out = {}
     for op in ops:
         try:
+            from dagflow.ops.dispatch import runs_on_gpu
             from dagflow.ops.registry import get_op
 
-            out[op] = getattr(get_op(op), "gpu_func", None) is not None
+            out[op] = runs_on_gpu(get_op(op))
         except Exception:
             out[op] = False
     return out

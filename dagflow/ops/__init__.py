@@ -12,8 +12,12 @@ filters       ``gaussian``, ``median``, ``unsharp`` (and :func:`filter_depth`)
 intensity     ``normalize``, ``convert``, ``grayscale``, ``equalize``, ``threshold``
 composite     ``composite`` (two inputs)
 aggregate     ``stats``, ``contact_sheet`` (aggregates)
-dispatch      CPU/GPU choice per node; ``gpu`` holds the cupy implementations
 ============  ====================================================================
+
+and the machinery every op's declaration (:class:`OpSpec`) uses: ``registry``
+(:func:`register_op`), ``tiling`` (how an op runs block by block), ``backends`` (array
+functions chosen by the array's type; ``gpu`` holds the cupy implementations) and
+``dispatch`` (the device a node's items run on, and the fall back to the CPU).
 
 Every op keeps its input's dtype (16-bit stays 16-bit) unless changing it is its
 purpose, works on 1-4 channel images, and leaves an alpha channel untouched where
@@ -24,7 +28,18 @@ scaled to the image's dtype.
 
 from __future__ import annotations
 
-from dagflow.ops import aggregate, composite, dispatch, filters, geometry, intensity, load, save
+from dagflow.ops import (
+    aggregate,
+    backends,
+    composite,
+    dispatch,
+    filters,
+    geometry,
+    intensity,
+    load,
+    save,
+    tiling,
+)
 from dagflow.ops.filters import filter_depth
 from dagflow.ops.registry import REQUIRED, OpSpec, Param, get_op, list_ops, register_op
 
@@ -33,6 +48,7 @@ __all__ = [
     "OpSpec",
     "Param",
     "aggregate",
+    "backends",
     "composite",
     "dispatch",
     "filter_depth",
@@ -44,8 +60,5 @@ __all__ = [
     "load",
     "register_op",
     "save",
+    "tiling",
 ]
-
-# cupy implementations of resize, gaussian, median, unsharp, normalize and convert,
-# imported on first use on a GPU worker only (see dagflow.ops.dispatch)
-dispatch.register_builtin_gpu_funcs()

@@ -1,18 +1,18 @@
-"""CPU/GPU dispatch: which implementation of an op runs, and the fall back to the CPU.
+"""CPU/GPU dispatch: on which device an op runs for a node, and the fall back to the CPU.
 
-Every op has a CPU implementation (``OpSpec.func``). Some also have a GPU one
-(``OpSpec.gpu_func``), written with cupy and ``cupyx.scipy.ndimage`` in
-:mod:`dagflow.ops.gpu`. That module imports cupy at its top, so it is never imported
-here: the built-in GPU implementations are registered as :class:`LazyGpuFunc` stand-ins
-(the ``register_lazy("cupy")`` pattern of dask-image's dispatchers), which import it on
-first call, on a worker that runs a GPU node. A machine without cupy never imports it;
-``OpSpec.gpu_func is not None`` still tells the planner and the report that an op can
-run on a GPU.
+An op runs on a GPU when its declaration says its function accepts cupy arrays
+(``"cupy" in OpSpec.backends``): the built-in ops whose array functions have cupy
+implementations (:mod:`dagflow.ops.backends`, :mod:`dagflow.ops.gpu`), or a user's op
+written for both. The GPU path copies the item's image to the device, runs the op's own
+function on it -- its array functions choose the cupy implementations by the array's
+type -- and copies the result back (:func:`dagflow.ops.gpu.run_on_device`). Nothing here
+knows an op by its name, and nothing imports cupy before a GPU node runs: a machine
+without cupy never imports it.
 
 :func:`call` runs one op for one item on the device its node asked for:
 
 ================  ==================================  ================================
-device            usable GPU, op has a GPU version    otherwise
+device            usable GPU, op runs on cupy         otherwise
 ================  ==================================  ================================
 ``cpu``           CPU                                 CPU
 ``auto``          GPU                                 CPU (not degraded)
@@ -47,129 +47,39 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
-import threading
-from collections.abc import Callable, MutableMapping
+from collections.abc import MutableMapping
 from typing import Any
 
-from dagflow.ops.registry import OpSpec, set_gpu_func
+from dagflow.ops.registry import OpSpec
 
 __all__ = [
-    "GPU_OPS",
-    "Dispatcher",
-    "LazyGpuFunc",
+    "GPU_LIBRARY",
     "call",
     "gpu_available",
-    "gpu_dispatch",
     "gpu_problem",
     "is_cuda_oom",
     "is_gpu_unusable",
     "resolve_device",
+    "runs_on_gpu",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Built-in ops with a cupy implementation in :mod:`dagflow.ops.gpu`.
-GPU_OPS = ("resize", "gaussian", "median", "unsharp", "normalize", "convert")
+#: The array library of the GPU implementations.
+GPU_LIBRARY = "cupy"
 
 
-class Dispatcher:
-    """Implementations by key, with modules registered lazily (imported on first lookup).
+def runs_on_gpu(spec: OpSpec) -> bool:
+    """Whether ``spec``'s function accepts the pixels on the GPU (its declaration's
+    ``backends`` name cupy).
 
     Examples
     --------
-    >>> d = Dispatcher("demo")
-    >>> @d.register_lazy("json")
-    ... def _load():
-    ...     d.register("dumps", lambda v: "lazy " + repr(v))
-    >>> d("dumps")(1)
-    'lazy 1'
-    >>> d("missing") is None
-    True
+    >>> from dagflow.ops.registry import get_op
+    >>> runs_on_gpu(get_op("gaussian")), runs_on_gpu(get_op("flip"))
+    (True, False)
     """
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self._impls: dict[str, Callable[..., Any]] = {}
-        self._lazy: dict[str, Callable[[], None]] = {}
-        self._loading = threading.Lock()
-
-    def register(self, key: str, func: Callable[..., Any]) -> Callable[..., Any]:
-        self._impls[key] = func
-        return func
-
-    def register_lazy(self, module: str) -> Callable[[Callable[[], None]], Callable[[], None]]:
-        """Register ``loader`` to run the first time a key is missing and ``module`` is
-        installed; the loader imports it and registers its implementations (it must not
-        look keys up itself)."""
-
-        def decorator(loader: Callable[[], None]) -> Callable[[], None]:
-            self._lazy[module] = loader
-            return loader
-
-        return decorator
-
-    def __call__(self, key: str) -> Callable[..., Any] | None:
-        impl = self._impls.get(key)
-        if impl is None and self._lazy:
-            self._load_lazy()
-            impl = self._impls.get(key)
-        return impl
-
-    def _load_lazy(self) -> None:
-        """Run the loaders of the installed modules, one thread at a time.
-
-        A loader is forgotten only once it has run: a lookup made meanwhile (a worker's
-        other threads, on their first GPU item too) waits for it instead of finding
-        nothing, and a loader that fails raises its own error to the caller, and runs
-        again at the next lookup.
-        """
-        with self._loading:
-            for module, loader in list(self._lazy.items()):
-                if importlib.util.find_spec(module) is None:
-                    continue
-                loader()
-                del self._lazy[module]
-
-
-#: GPU implementations by op name.
-gpu_dispatch = Dispatcher("gpu")
-
-
-@gpu_dispatch.register_lazy("cupy")
-def _register_cupy() -> None:
-    from dagflow.ops import gpu
-
-    for name, func in gpu.IMPLEMENTATIONS.items():
-        gpu_dispatch.register(name, func)
-
-
-class LazyGpuFunc:
-    """A picklable stand-in for a built-in GPU implementation, resolved when called."""
-
-    def __init__(self, op: str) -> None:
-        self.op = op
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        func = gpu_dispatch(self.op)
-        if func is None:
-            raise ModuleNotFoundError(f"the GPU implementation of {self.op!r} needs cupy "
-                                      "(pip install 'dagflow[gpu]')")
-        return func(*args, **kwargs)
-
-    def __repr__(self) -> str:
-        return f"LazyGpuFunc({self.op!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LazyGpuFunc) and other.op == self.op
-
-    def __hash__(self) -> int:
-        return hash(("LazyGpuFunc", self.op))
-
-
-def register_builtin_gpu_funcs() -> None:
-    """Attach the lazy GPU implementations to the built-in ops (done on import)."""
-    for op in GPU_OPS:
-        set_gpu_func(op, LazyGpuFunc(op))
+    return GPU_LIBRARY in spec.backends
 
 
 @functools.cache
@@ -228,7 +138,7 @@ def _device_budget() -> int:
 
 def _device_need(spec: OpSpec, args: tuple[Any, ...], params: dict[str, Any]) -> int:
     """The device memory ``spec``'s GPU implementation needs for its image (0: unknown)."""
-    from dagflow.resources import device_bytes, output_header
+    from dagflow.resources import device_bytes
 
     data = getattr(args[0], "data", None) if args else None
     shape = getattr(data, "shape", None)
@@ -237,8 +147,8 @@ def _device_need(spec: OpSpec, args: tuple[Any, ...], params: dict[str, Any]) ->
     header = {"width": int(shape[1]), "height": int(shape[0]), "channels": int(shape[2]),
               "itemsize": int(data.dtype.itemsize), "dtype": str(data.dtype)}
     try:
-        return device_bytes(header, output_header(spec.name, header, params))
-    except Exception:  # parameters output_header cannot read: the op will say so
+        return device_bytes(header, spec.output_header(header, params))
+    except Exception:  # parameters the output rule cannot read: the op will say so
         return 0
 
 
@@ -322,7 +232,7 @@ def resolve_device(requested: str, spec: OpSpec, *, cluster_has_gpu: bool) -> st
     >>> resolve_device("gpu", get_op("flip"), cluster_has_gpu=True)
     'cpu-fallback'
     """
-    usable = cluster_has_gpu and spec.gpu_func is not None
+    usable = cluster_has_gpu and runs_on_gpu(spec)
     if requested == "gpu":
         return "gpu" if usable else "cpu-fallback"
     if requested == "auto" and usable:
@@ -353,7 +263,7 @@ def call(spec: OpSpec, device: str, args: tuple[Any, ...], params: dict[str, Any
         What the implementation returned.
     """
     used = used if used is not None else {}
-    gpu_func = spec.gpu_func
+    on_gpu_too = runs_on_gpu(spec)
 
     def on_cpu(why: str | None) -> Any:
         if why is None:
@@ -363,13 +273,12 @@ def call(spec: OpSpec, device: str, args: tuple[Any, ...], params: dict[str, Any
         return spec.func(*args, **params)
 
     if device == "cpu-fallback":
-        return on_cpu("no GPU implementation" if gpu_func is None
-                      else "no GPU worker in the cluster")
-    want_gpu = device == "gpu" or (device == "auto" and gpu_func is not None
-                                   and gpu_available())
+        return on_cpu("no GPU worker in the cluster" if on_gpu_too
+                      else "no GPU implementation")
+    want_gpu = device == "gpu" or (device == "auto" and on_gpu_too and gpu_available())
     if not want_gpu:
         return on_cpu(None)
-    if gpu_func is None:
+    if not on_gpu_too:
         return on_cpu("no GPU implementation")
     if not gpu_available():
         problem = _gpu_lost or gpu_problem()
@@ -381,7 +290,7 @@ def call(spec: OpSpec, device: str, args: tuple[Any, ...], params: dict[str, Any
         return on_cpu(f"needs {format_bytes(need)} of GPU memory, the device has "
                       f"{format_bytes(_device_budget())} to plan with")
     try:
-        value = gpu_func(*args, **params)
+        value = _run_on_gpu(spec, args, params)
     except Exception as exc:
         if is_cuda_oom(exc):
             _free_gpu_memory()
@@ -395,3 +304,10 @@ def call(spec: OpSpec, device: str, args: tuple[Any, ...], params: dict[str, Any
         raise
     used.update(device="gpu", degraded=False)
     return value
+
+
+def _run_on_gpu(spec: OpSpec, args: tuple[Any, ...], params: dict[str, Any]) -> Any:
+    """The op's own function on the device (its array functions pick cupy's)."""
+    from dagflow.ops import gpu
+
+    return gpu.run_on_device(spec.func, args, params)

@@ -1,12 +1,14 @@
 """Neighbourhood filters: ``gaussian``, ``median`` and ``unsharp``.
 
-The pixel work lives in pure functions on ``(y, x, c)`` arrays (:func:`gaussian_array`,
-:func:`median_array`, :func:`unsharp_array`) so that tiled processing can run them per
-block with :func:`dask.array.map_overlap`, using :func:`filter_depth` as the overlap and
-``boundary="reflect"`` (the filters' own edge mode, scipy's ``reflect``, OpenCV's
-``BORDER_REFLECT``: ``d c b a | a b c d``). Filters work on the colour channels only: an
-alpha channel is passed through unchanged (pass ``alpha=True`` to the pure functions).
-Dtypes are kept.
+The pixel work lives in array functions on ``(y, x, c)`` arrays (:func:`gaussian_array`,
+:func:`median_array`, :func:`unsharp_array`), numpy here and cupy in
+:mod:`dagflow.ops.gpu`, chosen by the array's type (:mod:`dagflow.ops.backends`). Each op
+declares its tiling as an overlap of its kernel's reach (:func:`filter_depth`:
+``ceil(truncate * sigma)``, ``size // 2``), run per block with
+:func:`dask.array.map_overlap` and ``boundary="reflect"`` (the filters' own edge mode,
+scipy's ``reflect``, OpenCV's ``BORDER_REFLECT``: ``d c b a | a b c d``). Filters work on
+the colour channels only: an alpha channel is passed through unchanged (pass
+``alpha=True`` to the array functions). Dtypes are kept.
 
 Same pixels on every CPU. The Gaussian's kernel is the sampled Gaussian of radius
 ``int(truncate * sigma + 0.5)`` (scipy's), its weights computed in software floating
@@ -46,10 +48,11 @@ from dagflow.ops._common import (
     plane_pixels,
     require_dtype,
 )
-from dagflow.ops.registry import Param, register_op
+from dagflow.ops.backends import CUPY, array_function, common_backends
+from dagflow.ops.registry import Param, get_op, register_op
+from dagflow.ops.tiling import overlap
 
 __all__ = [
-    "FILTER_OPS",
     "FIXED_POINT_BITS",
     "filter_depth",
     "fixed_point_error",
@@ -63,9 +66,6 @@ __all__ = [
     "unsharp",
     "unsharp_array",
 ]
-
-#: The ops :func:`filter_depth` knows: their output pixel depends on a neighbourhood.
-FILTER_OPS = frozenset({"gaussian", "median", "unsharp"})
 
 #: Fraction bits of the fixed-point weights of OpenCV's 16-bit ``GaussianBlur``.
 FIXED_POINT_BITS = 16
@@ -183,6 +183,7 @@ def _float_blur(plane: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
     return ndimage.correlate1d(out, weights, axis=1, mode=_MODE, output=out)
 
 
+@array_function(lazy=CUPY)
 def gaussian_array(
     arr: np.ndarray, sigma: float, truncate: float = 4.0, *, alpha: bool = False
 ) -> np.ndarray:
@@ -224,6 +225,7 @@ def gaussian_array(
     return _with_alpha(arr, blurred, alpha)
 
 
+@array_function(lazy=CUPY)
 def median_array(arr: np.ndarray, size: int, *, alpha: bool = False) -> np.ndarray:
     """Median of the ``size`` x ``size`` window around each pixel, per colour channel.
 
@@ -252,6 +254,7 @@ def median_array(arr: np.ndarray, size: int, *, alpha: bool = False) -> np.ndarr
     return _with_alpha(arr, blurred, alpha)
 
 
+@array_function(lazy=CUPY)
 def unsharp_array(
     arr: np.ndarray,
     sigma: float,
@@ -311,12 +314,13 @@ def unsharp_array(
 
 
 def filter_depth(op_name: str, params: Mapping[str, Any]) -> int:
-    """The overlap, in pixels each side, that ``op_name`` needs for tiled processing.
+    """The overlap, in pixels each side, that ``op_name`` declares for tiled processing.
 
     Parameters
     ----------
     op_name
-        ``gaussian``, ``median`` or ``unsharp``.
+        An op whose tiling is an overlap (``gaussian``, ``median``, ``unsharp``, or a
+        user's filter).
     params
         The node's parameters (missing ones take the op's defaults).
 
@@ -329,7 +333,7 @@ def filter_depth(op_name: str, params: Mapping[str, Any]) -> int:
     Raises
     ------
     ValueError
-        For an op that is not a neighbourhood filter.
+        For an op whose tiling is not an overlap.
 
     Examples
     --------
@@ -338,12 +342,21 @@ def filter_depth(op_name: str, params: Mapping[str, Any]) -> int:
     >>> filter_depth("median", {"size": 5})
     2
     """
-    if op_name in ("gaussian", "unsharp"):
-        return math.ceil(float(params.get("truncate", 4.0)) * float(params["sigma"]))
-    if op_name == "median":
-        return int(params.get("size", 3)) // 2
-    raise ValueError(f"{op_name!r} is not a neighbourhood filter; filter_depth knows "
-                     f"{', '.join(sorted(FILTER_OPS))}")
+    spec = get_op(op_name)
+    if spec.tiling is None or spec.tiling.kind != "overlap":
+        raise ValueError(f"{op_name!r} is not a neighbourhood filter: its tiling is "
+                         f"{spec.tiling.kind if spec.tiling else 'not declared'}, not an "
+                         "overlap")
+    defaults = {p.name: p.default for p in spec.params if not p.required}
+    return spec.tiling.overlap_depth({**defaults, **params})
+
+
+def _blur_depth(params: Mapping[str, Any]) -> int:
+    return math.ceil(float(params["truncate"]) * float(params["sigma"]))
+
+
+def _median_depth(params: Mapping[str, Any]) -> int:
+    return int(params["size"]) // 2
 
 
 def _fixed_point(header: Mapping[str, Any]) -> bool:
@@ -380,7 +393,8 @@ _TRUNCATE = Param("truncate", float, 4.0, "kernel radius in standard deviations"
                   minimum=0.5, maximum=20)
 
 
-@register_op("gaussian", params=[_SIGMA, _TRUNCATE], memory=_gaussian_memory)
+@register_op("gaussian", params=[_SIGMA, _TRUNCATE], memory=_gaussian_memory,
+             tiling=overlap(_blur_depth), backends=common_backends(gaussian_array))
 def gaussian(image: Image, *, sigma: float, truncate: float = 4.0) -> Image:
     """Gaussian blur of the colour channels; alpha and dtype are kept.
 
@@ -398,7 +412,7 @@ def gaussian(image: Image, *, sigma: float, truncate: float = 4.0) -> Image:
     Image
         The blurred image.
     """
-    data = gaussian_array(np.asarray(image.data), sigma, truncate, alpha=has_alpha(image))
+    data = gaussian_array(image.data, sigma, truncate, alpha=has_alpha(image))
     return image.replace(data)
 
 
@@ -407,6 +421,8 @@ def gaussian(image: Image, *, sigma: float, truncate: float = 4.0) -> Image:
     params=[Param("size", int, 3, "window side in pixels, odd", minimum=1, maximum=101)],
     memory_factor=2.5,
     check=_median_check,
+    tiling=overlap(_median_depth),
+    backends=common_backends(median_array),
 )
 def median(image: Image, *, size: int = 3) -> Image:
     """Median filter over a square window, per colour channel (removes salt-and-pepper).
@@ -423,7 +439,7 @@ def median(image: Image, *, size: int = 3) -> Image:
     Image
         The filtered image, same dtype, alpha unchanged.
     """
-    return image.replace(median_array(np.asarray(image.data), size, alpha=has_alpha(image)))
+    return image.replace(median_array(image.data, size, alpha=has_alpha(image)))
 
 
 @register_op(
@@ -437,6 +453,8 @@ def median(image: Image, *, size: int = 3) -> Image:
         _TRUNCATE,
     ],
     memory=_unsharp_memory,
+    tiling=overlap(_blur_depth),
+    backends=common_backends(unsharp_array),
 )
 def unsharp(
     image: Image,
@@ -467,7 +485,7 @@ def unsharp(
     Image
         The sharpened image.
     """
-    arr = np.asarray(image.data)
+    arr = image.data
     level = threshold * dtype_max(arr.dtype) / 255.0
     data = unsharp_array(arr, sigma, amount, level, truncate, alpha=has_alpha(image))
     return image.replace(data)

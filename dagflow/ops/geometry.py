@@ -1,11 +1,17 @@
 """Geometry ops: ``resize``, ``crop``, ``rotate`` and ``flip``.
 
 Each op is a thin wrapper over a pure function on a ``(y, x, c)`` array
-(:func:`resize_array`, :func:`crop_array`, :func:`rotate_array`, :func:`flip_array`) plus
-the size arithmetic the planner needs before decoding (:func:`resize_shape`,
-:func:`crop_box`). Geometry moves every channel, alpha included. Dtypes are kept.
+(:func:`resize_array`, with a cupy implementation in :mod:`dagflow.ops.gpu`,
+:func:`crop_array`, :func:`rotate_array`, :func:`flip_array`) plus the size arithmetic the
+planner needs before decoding (:func:`resize_shape`, :func:`crop_box`), which each op's
+declaration turns into the header it produces. Geometry moves every channel, alpha
+included. Dtypes are kept.
 
-This module imports no Dask and no I/O.
+Tiled, each op builds its result on the dask array itself: ``crop`` and ``flip`` slice,
+``rotate`` turns by multiples of 90 degrees, ``resize`` resamples block by block
+(:func:`dagflow.ops._tiled_resize.resize_lazy`).
+
+This module imports no I/O, and Dask only to build a tiled result.
 """
 
 from __future__ import annotations
@@ -16,11 +22,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image as PILImage
-from scipy import ndimage
+from scipy import ndimage, special
 
 from dagflow.exceptions import BadInputError
 from dagflow.image import Image
 from dagflow.ops._common import (
+    ALPHA_SPACES,
     decoded_bytes,
     dtype_max,
     from_float,
@@ -28,7 +35,9 @@ from dagflow.ops._common import (
     level_to_dtype,
     plane_pixels,
 )
+from dagflow.ops.backends import CUPY, array_function, common_backends
 from dagflow.ops.registry import Param, register_op
+from dagflow.ops.tiling import lazy
 
 __all__ = [
     "crop",
@@ -95,6 +104,7 @@ def _pil_resize(channel_img: PILImage.Image, width: int, height: int,
                               reducing_gap=reducing_gap)
 
 
+@array_function(lazy=CUPY)
 def resize_array(
     arr: np.ndarray,
     width: int,
@@ -163,6 +173,30 @@ def _resize_target(image_w: int, image_h: int, params: Mapping[str, Any]) -> tup
                         allow_upscale=params.get("allow_upscale", False))
 
 
+def _alpha_in(meta: Mapping[str, Any], array: Any) -> bool:
+    """Whether a lazy image with ``meta`` has alpha (as :func:`has_alpha` for an image)."""
+    return meta.get("space") in ALPHA_SPACES and int(array.shape[2]) in (2, 4)
+
+
+def _resize_output(header: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        w, h = _resize_target(header["width"], header["height"], params)
+    except ValueError:  # no target given: validation says so
+        return {}
+    return {"width": w, "height": h}
+
+
+def _resize_lazy(array: Any, meta: Mapping[str, Any], **params: Any) -> Any:
+    from dagflow.ops._tiled_resize import resize_lazy
+
+    w, h = _resize_target(int(array.shape[1]), int(array.shape[0]), params)
+    return resize_lazy(array, w, h, alpha=_alpha_in(meta, array))
+
+
+def _resize_input_long_side(params: Mapping[str, Any]) -> int | None:
+    return params.get("long_side")
+
+
 def _resize_check(params: Mapping[str, Any]) -> list[str]:
     given = [k for k in ("long_side", "size", "scale") if params.get(k) is not None]
     problems = []
@@ -213,6 +247,10 @@ def _resize_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> floa
     ],
     memory=_resize_memory,
     check=_resize_check,
+    output=_resize_output,
+    tiling=lazy(_resize_lazy),
+    backends=common_backends(resize_array),
+    input_long_side=_resize_input_long_side,
 )
 def resize(
     image: Image,
@@ -250,8 +288,7 @@ def resize(
                         scale=scale, allow_upscale=allow_upscale)
     if (w, h) == (image.width, image.height):
         return image
-    data = resize_array(np.asarray(image.data), w, h, alpha=has_alpha(image),
-                        reducing_gap=reducing_gap)
+    data = resize_array(image.data, w, h, alpha=has_alpha(image), reducing_gap=reducing_gap)
     return image.replace(data)
 
 
@@ -322,6 +359,21 @@ def _crop_check(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _crop_output(header: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        _, _, w, h = crop_box(header["width"], header["height"], box=params.get("box"),
+                              center=params.get("center"))
+    except (BadInputError, ValueError):  # a box outside the image fails at run time
+        return {}
+    return {"width": w, "height": h}
+
+
+def _crop_lazy(array: Any, meta: Mapping[str, Any], *, box: Sequence[int] | None = None,
+               center: Sequence[int] | None = None) -> Any:
+    x0, y0, w, h = crop_box(int(array.shape[1]), int(array.shape[0]), box=box, center=center)
+    return array[y0:y0 + h, x0:x0 + w]
+
+
 def _crop_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     decoded = decoded_bytes(header)
     try:
@@ -342,6 +394,8 @@ def _crop_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     ],
     memory=_crop_memory,
     check=_crop_check,
+    output=_crop_output,
+    tiling=lazy(_crop_lazy),
 )
 def crop(
     image: Image,
@@ -441,6 +495,47 @@ def rotate_array(
     return np.stack(planes, axis=2)
 
 
+def _quarter_turns(angle: float) -> int | None:
+    """``angle`` in quarter turns (0-3) when it is a multiple of 90 degrees, else ``None``."""
+    quarter = (float(angle) % 360.0) / 90.0
+    if math.isclose(quarter, round(quarter), abs_tol=1e-9):
+        return round(quarter) % 4
+    return None
+
+
+def _rotate_output(header: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    w, h = header["width"], header["height"]
+    expand = params.get("expand", True)
+    k = _quarter_turns(params.get("angle", 0))
+    if k is not None and (expand or k % 2 == 0 or w == h):  # rot90, as rotate_array
+        return {"width": h, "height": w} if k % 2 else {}
+    if not expand:
+        return {}
+    # the plane scipy.ndimage.rotate makes: the rotated corners' extent, rounded
+    angle = float(params.get("angle", 0)) % 360.0
+    c, s = special.cosdg(angle), special.sindg(angle)
+    corners = np.array([[c, s], [-s, c]]) @ [[0, 0, h, h], [0, w, 0, w]]
+    out_h, out_w = (np.ptp(corners, axis=1) + 0.5).astype(int)
+    return {"width": int(out_w), "height": int(out_h)}
+
+
+def _rotate_tiled(params: Mapping[str, Any], dtype: Any) -> str | None:
+    if _quarter_turns(params.get("angle", 0)) is None:
+        return "tiled rotate takes multiples of 90 degrees only"
+    return None
+
+
+def _rotate_lazy(array: Any, meta: Mapping[str, Any], *, angle: float, expand: bool = True,
+                 **params: Any) -> Any:
+    import dask.array as da
+
+    k = _quarter_turns(angle) or 0
+    if not (expand or k % 2 == 0 or array.shape[0] == array.shape[1]):
+        raise ValueError("tiled rotate by an odd multiple of 90 degrees keeps the image's "
+                         "size only for a square image: set expand: true")
+    return da.rot90(array, k=k, axes=(0, 1))
+
+
 def _rotate_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     decoded = decoded_bytes(header)
     if float(params.get("angle", 0)) % 90 == 0:
@@ -470,6 +565,8 @@ def _rotate_check(params: Mapping[str, Any]) -> list[str]:
     ],
     memory=_rotate_memory,
     check=_rotate_check,
+    output=_rotate_output,
+    tiling=lazy(_rotate_lazy, why_not=_rotate_tiled),
 )
 def rotate(
     image: Image,
@@ -510,6 +607,9 @@ def rotate(
 # --------------------------------------------------------------------------- flip
 
 _FLIP_AXES = {"horizontal": (1,), "vertical": (0,), "both": (0, 1)}
+_FLIP_SLICES = {"horizontal": (slice(None), slice(None, None, -1)),
+                "vertical": (slice(None, None, -1), slice(None)),
+                "both": (slice(None, None, -1), slice(None, None, -1))}
 
 
 def flip_array(arr: np.ndarray, axis: str) -> np.ndarray:
@@ -517,11 +617,16 @@ def flip_array(arr: np.ndarray, axis: str) -> np.ndarray:
     return np.ascontiguousarray(np.flip(arr, axis=_FLIP_AXES[axis]))
 
 
+def _flip_lazy(array: Any, meta: Mapping[str, Any], *, axis: str) -> Any:
+    return array[_FLIP_SLICES[axis]]
+
+
 @register_op(
     "flip",
     params=[Param("axis", str, "horizontal", "mirror left-right, top-bottom or both",
                   choices=tuple(_FLIP_AXES))],
     memory_factor=2.0,
+    tiling=lazy(_flip_lazy),
 )
 def flip(image: Image, *, axis: str = "horizontal") -> Image:
     """Mirror the image left-right (horizontal), top-bottom (vertical) or both.

@@ -1,12 +1,20 @@
-"""cupy implementations of ``resize``, ``gaussian``, ``median``, ``unsharp``,
-``normalize`` and ``convert``.
+"""cupy implementations of the ops' array functions, and the way to and from the device.
 
-This module imports cupy at its top: only :mod:`dagflow.ops.dispatch` imports it, on a
-worker that runs a GPU node, never on a machine without cupy. Each function has the
-calling convention and the semantics of its CPU counterpart (same parameters, dtype
-kept, alpha untouched by filters and intensity ops, 8-bit levels scaled to the dtype):
-the image is copied to the device, processed there, and copied back, so the next node
-(or the sink) sees a numpy image as from the CPU.
+The array functions of ``resize``, ``gaussian``, ``median``, ``unsharp``, ``normalize``
+and ``convert`` (:func:`~dagflow.ops.geometry.resize_array`,
+:func:`~dagflow.ops.filters.gaussian_array`...) are :class:`~dagflow.ops.backends.
+ArrayFunction` values: :func:`register` gives each its cupy implementation here, when
+the first cupy array reaches it (their lazy ``"cupy"`` loader). Each has the signature
+and the semantics of its numpy counterpart (same parameters, dtype kept, alpha untouched
+by filters and intensity ops, 8-bit levels already scaled to the dtype by the op).
+
+The GPU path (:func:`dagflow.ops.dispatch.call`) runs an op's own function on the device
+(:func:`run_on_device`): the image is copied to the device, the op's function runs on it
+(its array functions dispatch to the implementations here) and the result is copied
+back, so the next node (or the sink) sees a numpy image as from the CPU.
+
+This module imports cupy at its top: it is imported only on a worker that runs a GPU
+node (or checks its GPU), never on a machine without cupy.
 
 Equal to the CPU within tolerance, not bit for bit: filters run in float32 on both
 sides (rounding may differ by one level); ``resize`` applies Pillow's Lanczos weights
@@ -27,28 +35,24 @@ from cupyx.scipy import sparse as csparse
 
 from dagflow.exceptions import BadInputError
 from dagflow.image import Image
-from dagflow.ops._common import dtype_max, has_alpha, level_to_dtype, require_dtype
+from dagflow.ops._common import dtype_max, level_to_dtype, require_dtype
 from dagflow.ops._resample import plan_axes
-from dagflow.ops.geometry import resize_shape
-from dagflow.ops.intensity import _hist_bins, _percentiles_from_counts, _space_of
+from dagflow.ops.intensity import _hist_bins, _percentiles_from_counts
 
 __all__ = [
-    "IMPLEMENTATIONS",
     "check_device",
-    "convert",
     "convert_dtype_array",
     "convert_space_array",
     "device_memory",
     "device_peak",
-    "gaussian",
     "gaussian_array",
-    "median",
     "median_array",
-    "normalize",
     "normalize_array",
-    "resize",
+    "register",
     "resize_array",
-    "unsharp",
+    "run_on_device",
+    "to_device",
+    "to_host",
     "unsharp_array",
 ]
 
@@ -73,11 +77,6 @@ def _apply_to_colour(arr: Any, alpha: bool, func: Callable[[Any], Any]) -> Any:
     if alpha:
         out[:, :, -1] = arr[:, :, -1]
     return out
-
-
-def _on_device(image: Image, func: Callable[[Any], Any], **meta: Any) -> Image:
-    result = func(cp.asarray(image.data))
-    return image.replace(cp.asnumpy(result), **meta)
 
 
 # --------------------------------------------------------------------------- filters
@@ -120,25 +119,6 @@ def unsharp_array(arr: Any, sigma: float, amount: float = 1.0, threshold: float 
         return _from_float(img, arr.dtype) if integer else img.astype(arr.dtype)
 
     return _apply_to_colour(arr, alpha, sharpen)
-
-
-def gaussian(image: Image, *, sigma: float, truncate: float = 4.0) -> Image:
-    """GPU ``gaussian``."""
-    return _on_device(image, lambda a: gaussian_array(a, sigma, truncate,
-                                                      alpha=has_alpha(image)))
-
-
-def median(image: Image, *, size: int = 3) -> Image:
-    """GPU ``median``."""
-    return _on_device(image, lambda a: median_array(a, size, alpha=has_alpha(image)))
-
-
-def unsharp(image: Image, *, sigma: float, amount: float = 1.0, threshold: float = 0.0,
-            truncate: float = 4.0) -> Image:
-    """GPU ``unsharp``."""
-    level = threshold * dtype_max(image.dtype) / 255.0
-    return _on_device(image, lambda a: unsharp_array(a, sigma, amount, level, truncate,
-                                                     alpha=has_alpha(image)))
 
 
 # --------------------------------------------------------------------------- resize
@@ -225,18 +205,6 @@ def resize_array(arr: Any, width: int, height: int, *, alpha: bool = False,
     return out
 
 
-def resize(image: Image, *, long_side: int | None = None, size: Sequence[int] | None = None,
-           scale: float | None = None, allow_upscale: bool = False,
-           reducing_gap: float | None = 2.0) -> Image:
-    """GPU ``resize``."""
-    w, h = resize_shape(image.width, image.height, long_side=long_side, size=size,
-                        scale=scale, allow_upscale=allow_upscale)
-    if (w, h) == (image.width, image.height):
-        return image
-    return _on_device(image, lambda a: resize_array(a, w, h, alpha=has_alpha(image),
-                                                    reducing_gap=reducing_gap))
-
-
 # --------------------------------------------------------------------------- normalize
 
 
@@ -279,13 +247,6 @@ def normalize_array(arr: Any, low: float = 1.0, high: float = 99.0, *,
         lo, hi = _percentiles(colour, (low, high))
         out[:, :, :n_colour] = _stretch(colour, lo, hi, dtype)
     return out
-
-
-def normalize(image: Image, *, low: float = 1.0, high: float = 99.0,
-              per_channel: bool = False) -> Image:
-    """GPU ``normalize``."""
-    return _on_device(image, lambda a: normalize_array(a, low, high, per_channel=per_channel,
-                                                       alpha=has_alpha(image)))
 
 
 # --------------------------------------------------------------------------- convert
@@ -371,25 +332,6 @@ def convert_space_array(arr: Any, src: str, dst: str, *,
     return cp.concatenate([colour, alpha], axis=2)
 
 
-def convert(image: Image, *, dtype: str | None = None, space: str | None = None,
-            background: Sequence[float] | float | None = None) -> Image:
-    """GPU ``convert``."""
-    require_dtype(image.data, "convert")
-    meta: dict[str, Any] = {}
-    src = _space_of(image)
-    if space is not None:
-        meta["space"] = space
-
-    def work(arr: Any) -> Any:
-        if space is not None:
-            arr = convert_space_array(arr, src, space, background=background)
-        if dtype is not None:
-            arr = convert_dtype_array(arr, dtype)
-        return arr
-
-    return _on_device(image, work, **meta)
-
-
 # --------------------------------------------------------------------------- the device
 
 
@@ -459,12 +401,54 @@ def check_device() -> None:
                                f"(at most {levels} expected)")
 
 
-#: Op name -> GPU implementation, registered by :mod:`dagflow.ops.dispatch`.
-IMPLEMENTATIONS: dict[str, Callable[..., Any]] = {
-    "resize": resize,
-    "gaussian": gaussian,
-    "median": median,
-    "unsharp": unsharp,
-    "normalize": normalize,
-    "convert": convert,
-}
+# --------------------------------------------------------------------------- dispatch
+
+
+def register() -> None:
+    """Register this module's implementations for ``cupy.ndarray`` with the ops' array
+    functions (what their lazy ``"cupy"`` loader runs; registering again is harmless)."""
+    from dagflow.ops import filters, geometry, intensity
+
+    for public, on_device in ((filters.gaussian_array, gaussian_array),
+                              (filters.median_array, median_array),
+                              (filters.unsharp_array, unsharp_array),
+                              (geometry.resize_array, resize_array),
+                              (intensity.normalize_array, normalize_array),
+                              (intensity.convert_dtype_array, convert_dtype_array),
+                              (intensity.convert_space_array, convert_space_array)):
+        public.register(cp.ndarray, on_device)
+
+
+def to_device(value: Any) -> Any:
+    """An :class:`~dagflow.image.Image` (or a numpy array) copied to the device; anything
+    else as it is."""
+    if isinstance(value, Image):
+        return Image(cp.asarray(value.data), dict(value.meta))
+    if isinstance(value, np.ndarray):
+        return cp.asarray(value)
+    return value
+
+
+def to_host(value: Any) -> Any:
+    """An :class:`~dagflow.image.Image` (or a cupy array) copied back to the host."""
+    if isinstance(value, Image) and not isinstance(value.data, np.ndarray):
+        return Image(cp.asnumpy(value.data), value.meta)
+    if isinstance(value, cp.ndarray):
+        return cp.asnumpy(value)
+    return value
+
+
+def run_on_device(func: Callable[..., Any], args: Sequence[Any], params: dict[str, Any]
+                  ) -> Any:
+    """``func(*args, **params)`` with its images on the device, the result back on the
+    host: an op's own function, whose array functions pick the cupy implementations.
+
+    An input returned as it is (a ``resize`` to the size it has) comes back as the
+    host image it was, without a copy.
+    """
+    on_device = [to_device(a) for a in args]
+    value = func(*on_device, **params)
+    for host, device in zip(args, on_device, strict=True):
+        if value is device:
+            return host
+    return to_host(value)

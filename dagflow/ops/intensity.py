@@ -3,10 +3,17 @@
 
 The pixel work is in pure functions on ``(y, x, c)`` arrays: :func:`luma_array`,
 :func:`normalize_array`, :func:`convert_dtype_array`, :func:`convert_space_array`,
-:func:`equalize_array`, :func:`otsu_threshold` and :func:`threshold_array`. Integer
-images are processed with lookup tables built from exact histograms where possible, so
-8- and 16-bit inputs cost one pass. Only ``convert`` changes the dtype; ``threshold``
-and ``grayscale`` change the channel count, as their purpose.
+:func:`equalize_array`, :func:`otsu_threshold` and :func:`threshold_array`;
+``normalize_array`` and the two ``convert`` functions also have cupy implementations
+(:mod:`dagflow.ops.gpu`), chosen by the array's type. Integer images are processed with
+lookup tables built from exact histograms where possible, so 8- and 16-bit inputs cost
+one pass. Only ``convert`` changes the dtype; ``threshold`` and ``grayscale`` change the
+channel count, as their purpose, and each declares the header it produces.
+
+Tiled, ``convert``, ``grayscale`` and ``threshold`` (at a ``value``) are pointwise;
+``normalize`` and ``equalize`` are a reduction: the exact histogram of every block,
+summed, then lookup tables applied block by block (8- and 16-bit images), equal to the
+whole-image result.
 
 Luma is ITU-R BT.601: ``Y = 0.299 R + 0.587 G + 0.114 B``, computed exactly in integers
 for integer images (rounded half up).
@@ -32,7 +39,9 @@ from dagflow.ops._common import (
     plane_pixels,
     require_dtype,
 )
+from dagflow.ops.backends import CUPY, array_function, common_backends
 from dagflow.ops.registry import Param, register_op
+from dagflow.ops.tiling import pointwise, reduction
 
 __all__ = [
     "LUMA_WEIGHTS",
@@ -181,6 +190,7 @@ def _stretch(values: np.ndarray, lo: float, hi: float, dtype: np.dtype) -> np.nd
     return from_float(np.clip(out, 0, top), dtype)
 
 
+@array_function(lazy=CUPY)
 def normalize_array(
     arr: np.ndarray,
     low: float = 1.0,
@@ -226,11 +236,71 @@ def normalize_array(
     return out
 
 
+def _normalize_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
+    return _histogram_memory(header, 3)
+
+
 def _normalize_check(params: Mapping[str, Any]) -> list[str]:
     if params["low"] >= params["high"]:
         return [f"parameters 'low' and 'high': expected low < high, got "
                 f"{params['low']!r} and {params['high']!r}"]
     return []
+
+
+# --------------------------------------------------------------------------- tiled histograms
+
+
+def _histogram_tiles(op: str, dtype: Any) -> str | None:
+    if dtype is None or np.dtype(dtype) in (np.uint8, np.uint16):
+        return None
+    return f"tiled {op} needs an 8- or 16-bit image"
+
+
+def _normalize_tiles(params: Mapping[str, Any], dtype: Any) -> str | None:
+    return _histogram_tiles("normalize", dtype)
+
+
+def _equalize_tiles(params: Mapping[str, Any], dtype: Any) -> str | None:
+    return _histogram_tiles("equalize", dtype)
+
+
+def _colour_counts(image: Image, **params: Any) -> np.ndarray:
+    """The exact histogram of each colour channel of a block: ``(colour channels, bins)``."""
+    arr = np.asarray(image.data)
+    n_colour = image.channels - 1 if has_alpha(image) else image.channels
+    return np.stack([exact_histogram(arr[:, :, c]) for c in range(n_colour)])
+
+
+def _lut_dtype(counts: np.ndarray) -> np.dtype:
+    """The dtype whose exact histogram ``counts`` is (its bins say)."""
+    return np.dtype(np.uint8) if counts.shape[1] == 256 else np.dtype(np.uint16)
+
+
+def _normalize_luts(counts: np.ndarray, *, low: float, high: float, per_channel: bool
+                    ) -> list[np.ndarray | None]:
+    """:func:`normalize_array`'s lookup table per colour channel from the whole image's
+    histograms (``None``: the channel stays as it is)."""
+    dtype = _lut_dtype(counts)
+    levels = np.arange(counts.shape[1], dtype=np.float64)
+    top = dtype_max(dtype)
+    n_colour = counts.shape[0]
+    groups = [[c] for c in range(n_colour)] if per_channel else [list(range(n_colour))]
+    luts: list[np.ndarray | None] = []
+    for group in groups:
+        lo, hi = _percentiles_from_counts(counts[group].sum(axis=0), (low, high))
+        lut = None if hi <= lo else from_float(
+            np.clip((levels - lo) * (top / (hi - lo)), 0, top), dtype)
+        luts.extend([lut] * len(group))
+    return luts
+
+
+def _apply_luts(image: Image, luts: list[np.ndarray | None], **params: Any) -> Image:
+    block = np.asarray(image.data)
+    out = block.copy()
+    for c, lut in enumerate(luts):
+        if lut is not None:
+            out[:, :, c] = lut[block[:, :, c]]
+    return image.replace(out)
 
 
 @register_op(
@@ -241,8 +311,11 @@ def _normalize_check(params: Mapping[str, Any]) -> list[str]:
               minimum=0, maximum=100),
         Param("per_channel", bool, False, "stretch each colour channel on its own"),
     ],
-    memory=lambda header, params: _histogram_memory(header, 3),
+    memory=_normalize_memory,
     check=_normalize_check,
+    tiling=reduction(_colour_counts, _apply_luts, finish=_normalize_luts,
+                     why_not=_normalize_tiles),
+    backends=common_backends(normalize_array),
 )
 def normalize(
     image: Image, *, low: float = 1.0, high: float = 99.0, per_channel: bool = False
@@ -263,7 +336,7 @@ def normalize(
     Image
         The stretched image.
     """
-    data = normalize_array(np.asarray(image.data), low, high, per_channel=per_channel,
+    data = normalize_array(image.data, low, high, per_channel=per_channel,
                            alpha=has_alpha(image))
     return image.replace(data)
 
@@ -271,6 +344,7 @@ def normalize(
 # --------------------------------------------------------------------------- convert
 
 
+@array_function(lazy=CUPY)
 def convert_dtype_array(arr: np.ndarray, dtype: Any) -> np.ndarray:
     """Convert ``arr`` to ``dtype`` (uint8, uint16, float32) with explicit scaling.
 
@@ -328,6 +402,7 @@ def _flatten_alpha(colour: np.ndarray, alpha: np.ndarray,
     return out
 
 
+@array_function(lazy=CUPY)
 def convert_space_array(
     arr: np.ndarray,
     src: str,
@@ -373,6 +448,16 @@ def _convert_check(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _convert_output(header: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if params.get("space"):
+        out.update(channels=_CHANNELS.get(params["space"], header["channels"]),
+                   space=params["space"])
+    if params.get("dtype"):
+        out["dtype"] = params["dtype"]
+    return out
+
+
 def _convert_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     out_item = {"uint8": 1, "uint16": 2, "float32": 4}.get(params.get("dtype") or "",
                                                            header.get("itemsize", 1))
@@ -393,6 +478,9 @@ def _convert_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> flo
     ],
     memory=_convert_memory,
     check=_convert_check,
+    output=_convert_output,
+    tiling="pointwise",
+    backends=common_backends(convert_dtype_array, convert_space_array),
 )
 def convert(
     image: Image,
@@ -419,7 +507,7 @@ def convert(
     Image
         The converted image.
     """
-    arr = np.asarray(image.data)
+    arr = image.data
     require_dtype(arr, "convert")
     meta: dict[str, Any] = {}
     if space is not None:
@@ -430,11 +518,23 @@ def convert(
     return image.replace(arr, **meta)
 
 
+def _grayscale_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
+    # input, output, the 32-bit luma accumulator and a 32-bit channel at a time
+    return decoded_bytes(header) * 1.5 + plane_pixels(header) * 12
+
+
+def _grayscale_output(header: Mapping[str, Any], params: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    alpha = params.get("keep_alpha", True) and header["channels"] in (2, 4)
+    return {"channels": 2, "space": "graya"} if alpha else {"channels": 1, "space": "gray"}
+
+
 @register_op(
     "grayscale",
     params=[Param("keep_alpha", bool, True, "keep an alpha channel (output graya)")],
-    # input, output, the 32-bit luma accumulator and a 32-bit channel at a time
-    memory=lambda header, params: decoded_bytes(header) * 1.5 + plane_pixels(header) * 12,
+    memory=_grayscale_memory,
+    output=_grayscale_output,
+    tiling="pointwise",
 )
 def grayscale(image: Image, *, keep_alpha: bool = True) -> Image:
     """Convert to gray with BT.601 luma; alpha is kept (graya) unless ``keep_alpha`` is off.
@@ -493,7 +593,29 @@ def equalize_array(arr: np.ndarray, *, alpha: bool = False) -> np.ndarray:
     return out
 
 
-@register_op("equalize", memory=lambda header, params: _histogram_memory(header, 1))
+def _equalize_luts(counts: np.ndarray, **params: Any) -> list[np.ndarray | None]:
+    """:func:`equalize_array`'s lookup table per colour channel from the whole image's
+    histograms (``None``: a constant channel stays as it is)."""
+    dtype = _lut_dtype(counts)
+    top = dtype_max(dtype)
+    luts: list[np.ndarray | None] = []
+    for channel in counts:
+        cdf = np.cumsum(channel)
+        n = int(cdf[-1])
+        nonzero = np.flatnonzero(channel)
+        cdf_min = int(cdf[nonzero[0]]) if len(nonzero) else n
+        luts.append(None if n == cdf_min else
+                    from_float((cdf - cdf_min) / (n - cdf_min) * top, dtype))
+    return luts
+
+
+def _equalize_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
+    return _histogram_memory(header, 1)
+
+
+@register_op("equalize", memory=_equalize_memory,
+             tiling=reduction(_colour_counts, _apply_luts, finish=_equalize_luts,
+                              why_not=_equalize_tiles))
 def equalize(image: Image) -> Image:
     """Histogram equalisation per colour channel (8- and 16-bit); alpha and dtype are kept.
 
@@ -561,6 +683,15 @@ def threshold_array(arr: np.ndarray, value: float | None = None, *,
     return out
 
 
+def _threshold_output(header: Mapping[str, Any], params: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+    return {"channels": 1, "space": "gray"}
+
+
+def _threshold_tiles(params: Mapping[str, Any], dtype: Any) -> str | None:
+    return "threshold by otsu needs the whole image" if params.get("method") else None
+
+
 def _threshold_check(params: Mapping[str, Any]) -> list[str]:
     if (params["value"] is None) == (params["method"] is None):
         return ["threshold needs exactly one of 'value' (a level) or 'method' ('otsu')"]
@@ -577,6 +708,8 @@ def _threshold_check(params: Mapping[str, Any]) -> list[str]:
     ],
     memory_factor=2.0,
     check=_threshold_check,
+    output=_threshold_output,
+    tiling=pointwise(why_not=_threshold_tiles),
 )
 def threshold(image: Image, *, value: float | None = None, method: str | None = None) -> Image:
     """Binarise to one channel: 0 or the dtype's maximum, at a level or by Otsu's method.

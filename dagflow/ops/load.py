@@ -1,8 +1,10 @@
 """The ``load`` source op: decode one input file into an :class:`~dagflow.image.Image`.
 
 This module is a thin declaration over :func:`dagflow.io.read_image`, which owns the
-decoding (pixel limit, EXIF auto-orientation applied once, JPEG draft decoding). It holds
-no codec logic of its own; :mod:`dagflow.io` is imported only when an image is loaded.
+decoding (pixel limit, EXIF auto-orientation applied once, JPEG draft decoding), and
+over :func:`dagflow.io.lazy.open_image`, which opens a large TIFF lazily for the tiled
+path. It holds no codec logic of its own; :mod:`dagflow.io` is imported only when an
+image is loaded.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from dagflow.image import Image
 from dagflow.ops._common import decoded_bytes
 from dagflow.ops.registry import Param, register_op
+from dagflow.ops.tiling import source
 
 __all__ = ["draft_scale", "load"]
 
@@ -41,6 +44,24 @@ def draft_scale(width: int, height: int, reduce_to: int | None) -> int:
     return scale
 
 
+def _output(header: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """Turned upright (when auto-orienting), then reduced as the JPEG draft decodes."""
+    w, h = header["width"], header["height"]
+    orientation = int(header.get("orientation") or 1)
+    if params.get("auto_orient", True) and orientation in (5, 6, 7, 8):
+        w, h = h, w
+    if str(header.get("format") or "").lower() in ("jpeg", "jpg") and params.get("reduce_to"):
+        scale = draft_scale(w, h, params.get("reduce_to"))
+        w, h = -(-w // scale), -(-h // scale)
+    return {"width": w, "height": h, "orientation": 1}
+
+
+def _open_lazy(path: str, chunks: Any, *, auto_orient: bool = True, **params: Any) -> Any:
+    from dagflow.io.lazy import open_image
+
+    return open_image(path, chunks, auto_orient=auto_orient)
+
+
 def _memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     scale = 1
     if str(header.get("format", "")).lower() in ("jpeg", "jpg"):
@@ -60,6 +81,8 @@ def _memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
               "side; set automatically when a resize follows", minimum=1, nullable=True),
     ],
     memory=_memory,
+    output=_output,
+    tiling=source(_open_lazy),
 )
 def load(
     path: str,

@@ -1,8 +1,13 @@
 """The op registry: what an op is, how it declares its parameters, and how to find one.
 
-An op is a plain function plus an :class:`OpSpec` describing it: its kind, its
-parameters (:class:`Param`, checked before anything runs), how many images it takes, and
-its working set (how much memory it needs relative to its input, for the memory model).
+An op is a plain function plus an :class:`OpSpec` describing it, the one place that
+knows about the op: its kind, its parameters (:class:`Param`, checked before anything
+runs), how many images it takes, the header of the image it produces from its input's
+(``output``), its working set (``memory``), how it runs block by block on an image larger
+than memory (``tiling``, see :mod:`dagflow.ops.tiling`) and the array libraries its
+function accepts (``backends``, see :mod:`dagflow.ops.backends`). The memory model
+(:mod:`dagflow.resources`), the tiled path (:mod:`dagflow.tiled`) and the GPU path
+(:mod:`dagflow.ops.dispatch`) read these; none of them knows an op by its name.
 Built-in ops register themselves when :mod:`dagflow.ops` is imported; users register
 their own with :func:`register_op`.
 
@@ -25,10 +30,13 @@ from __future__ import annotations
 import difflib
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
+
 from dagflow.exceptions import UnknownOpError
+from dagflow.ops.tiling import TRANSFORM_KINDS, Tiling, as_tiling
 
 __all__ = [
     "REQUIRED",
@@ -38,7 +46,6 @@ __all__ = [
     "get_op",
     "list_ops",
     "register_op",
-    "set_gpu_func",
 ]
 
 OpKind = Literal["source", "transform", "sink", "aggregate"]
@@ -46,6 +53,9 @@ OpKind = Literal["source", "transform", "sink", "aggregate"]
 
 class _Required:
     def __repr__(self) -> str:
+        return "REQUIRED"
+
+    def __reduce__(self) -> str:  # one instance, unpickled too: ``default is REQUIRED``
         return "REQUIRED"
 
 
@@ -131,6 +141,8 @@ class Param:
 
 
 MemoryModel = Callable[[Mapping[str, Any], Mapping[str, Any]], float]
+#: ``output(header, params) -> the fields of the output's header that differ``.
+OutputRule = Callable[[Mapping[str, Any], Mapping[str, Any]], Mapping[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -155,6 +167,24 @@ class OpSpec:
     memory
         ``memory(header, params) -> bytes``: peak working set from the input header
         (``width``, ``height``, ``channels``, ``itemsize``) and the parameters.
+    output
+        ``output(header, params) -> changes``: the fields of the produced image's header
+        that differ from the input's (``width``, ``height``, ``channels``, ``dtype``,
+        ``space``; ``itemsize`` follows ``dtype``), from the input header and the
+        parameters, before anything is decoded (see :meth:`output_header`). ``None``:
+        the op keeps its input's size, channels and dtype.
+    tiling
+        How the op runs block by block on an image larger than memory
+        (:mod:`dagflow.ops.tiling`); ``None``: it does not.
+    backends
+        The array libraries ``func`` accepts the image's pixels from: ``("numpy",)``,
+        or ``("numpy", "cupy")`` for an op whose array functions have cupy
+        implementations (:mod:`dagflow.ops.backends`); a node with ``device: gpu`` runs
+        such an op on the device.
+    input_long_side
+        ``input_long_side(params) -> pixels or None``: the longest input side the op
+        makes use of (a ``resize`` by ``long_side``); a source whose every child
+        declares one decodes at the reduced scale that keeps at least the largest.
     check
         ``check(params) -> list of problems`` for rules across parameters.
     reduce
@@ -181,7 +211,10 @@ class OpSpec:
     suffix: Callable[[Mapping[str, Any]], str] | None = None
     version: str = "1"
     partial: str | None = None
-    gpu_func: Callable[..., Any] | None = field(default=None, compare=False)
+    output: OutputRule | None = None
+    tiling: Tiling | None = None
+    backends: tuple[str, ...] = ("numpy",)
+    input_long_side: Callable[[Mapping[str, Any]], int | None] | None = None
 
     @property
     def doc(self) -> str:
@@ -224,6 +257,35 @@ class OpSpec:
             problems.extend(self.check(resolved))
         return resolved, problems
 
+    def output_header(self, header: Mapping[str, Any], params: Mapping[str, Any]
+                      ) -> dict[str, Any]:
+        """The header of the image this op produces from an input with ``header``.
+
+        ``width``, ``height`` and ``channels`` as integers (3 channels when unknown),
+        updated by the op's ``output`` rule; ``itemsize`` follows a new ``dtype``; the
+        other fields (``format``, ``orientation``...) are kept.
+
+        Examples
+        --------
+        >>> h = {"width": 4000, "height": 3000, "channels": 3, "itemsize": 1,
+        ...      "dtype": "uint8"}
+        >>> out = get_op("resize").output_header(h, {"long_side": 1000})
+        >>> out["width"], out["height"]
+        (1000, 750)
+        >>> get_op("convert").output_header(h, {"dtype": "uint16", "space": None})["itemsize"]
+        2
+        """
+        out = dict(header)
+        out["width"] = int(header.get("width", 0))
+        out["height"] = int(header.get("height", 0))
+        out["channels"] = int(header.get("channels", 3))
+        if self.output is not None:
+            changes = self.output(out, params)
+            out.update(changes)
+            if "dtype" in changes and "itemsize" not in changes:
+                out["itemsize"] = int(np.dtype(changes["dtype"]).itemsize)
+        return out
+
     def estimate_memory(self, header: Mapping[str, Any], params: Mapping[str, Any]) -> int:
         """Peak bytes this op needs for an input with ``header``."""
         if self.memory is not None:
@@ -249,6 +311,10 @@ def register_op(
     suffix: Callable[[Mapping[str, Any]], str] | None = None,
     version: str = "1",
     partial: str | None = None,
+    output: OutputRule | None = None,
+    tiling: Tiling | str | None = None,
+    backends: Sequence[str] = ("numpy",),
+    input_long_side: Callable[[Mapping[str, Any]], int | None] | None = None,
     replace: bool = False,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``func`` as the op ``name``; use as a decorator.
@@ -260,18 +326,30 @@ def register_op(
     kind, params, inputs, memory_factor, memory, check, reduce, suffix, version, partial
         See :class:`OpSpec`. ``inputs`` defaults to 0 for sources and 1 otherwise;
         ``partial`` to ``"rows"`` for aggregates, which must also give ``reduce``.
+    output, tiling, backends, input_long_side
+        See :class:`OpSpec`. ``tiling`` takes a :mod:`dagflow.ops.tiling` declaration
+        (``"pointwise"`` is short for ``tiling.pointwise()``) fitting the op's kind;
+        ``backends`` must include ``"numpy"`` (the CPU implementation).
     replace
         Allow replacing an op registered under the same name.
+
+    Raises
+    ------
+    ValueError
+        For a declaration that contradicts itself (an aggregate without ``reduce``, a
+        tiling that does not fit the kind, backends without numpy).
 
     Examples
     --------
     >>> from dagflow.ops.registry import Param, register_op
-    >>> @register_op("invert_demo", params=[Param("maximum", int, 255)], replace=True)
+    >>> @register_op("invert_demo", params=[Param("maximum", int, 255)],
+    ...              tiling="pointwise", replace=True)
     ... def invert_demo(image, maximum):
     ...     '''Invert pixel values.'''
     ...     return image.replace(maximum - image.data)
-    >>> get_op("invert_demo").params[0].name
-    'maximum'
+    >>> spec = get_op("invert_demo")
+    >>> spec.params[0].name, spec.tiling.kind, spec.backends
+    ('maximum', 'pointwise', ('numpy',))
     """
 
     def decorator(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -289,26 +367,36 @@ def register_op(
                     f"{', '.join(map(repr, FORMATS))} (its partial is stored as data)")
         elif partial is not None:
             raise ValueError(f"op {name!r}: partial= applies to aggregate ops only")
+        declared = as_tiling(tiling)
+        problem = _tiling_problem(kind, n_inputs, declared)
+        if problem:
+            raise ValueError(f"op {name!r}: {problem}")
+        libraries = tuple(backends)
+        if "numpy" not in libraries:
+            raise ValueError(f"op {name!r}: backends= must include 'numpy' (the function "
+                             f"runs on the CPU too), got {libraries!r}")
         _REGISTRY[name] = OpSpec(
             name=name, func=func, kind=kind, params=tuple(params), inputs=n_inputs,
             memory_factor=memory_factor, memory=memory, check=check, reduce=reduce,
-            suffix=suffix, version=version, partial=storage,
+            suffix=suffix, version=version, partial=storage, output=output,
+            tiling=declared, backends=libraries, input_long_side=input_long_side,
         )
         return func
 
     return decorator
 
 
-def set_gpu_func(name: str, func: Callable[..., Any] | None) -> OpSpec:
-    """Attach a GPU implementation (same calling convention as ``func``) to the op ``name``.
-
-    Used by :mod:`dagflow.ops.dispatch`, which registers the built-in cupy
-    implementations lazily; the runtime picks the implementation per node and device.
-    """
-    import dataclasses
-
-    _REGISTRY[name] = dataclasses.replace(_REGISTRY[name], gpu_func=func)
-    return _REGISTRY[name]
+def _tiling_problem(kind: str, inputs: int, tiling: Tiling | None) -> str | None:
+    """Why ``tiling`` does not fit an op of ``kind`` with ``inputs`` images."""
+    if tiling is None:
+        return None
+    fits = {"source": ("source",), "sink": ("sink",),
+            "transform": tuple(TRANSFORM_KINDS) if inputs == 1 else ()}.get(kind, ())
+    if tiling.kind in fits:
+        return None
+    if kind == "transform" and inputs != 1:
+        return f"a transform of {inputs} images does not tile"
+    return f"a {tiling.kind} tiling does not fit a {kind} op"
 
 
 def _ensure_builtins() -> None:

@@ -2,7 +2,8 @@
 
 Declares the output formats and their parameters and checks the combinations; encoding
 and the atomic write belong to :func:`dagflow.io.write_image`, imported only when an image
-is written.
+is written. A large image processed tiled is written as a tiled BigTIFF, band by band
+(:func:`dagflow.tiled.write_tiff`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from dagflow.image import Image
 from dagflow.ops._common import decoded_bytes, plane_pixels
 from dagflow.ops.naming import DEFAULT_NAME, FIELDS, check_name, check_subdir
 from dagflow.ops.registry import Param, register_op
+from dagflow.ops.tiling import sink
 
 __all__ = ["FORMATS", "SUFFIXES", "save", "suffix"]
 
@@ -64,6 +66,22 @@ def _check(params: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def _write_tiled(image: Any, dest: str, *, client: Any = None, band_bytes: int = 64 * 2**20,
+                 format: str = "tiff", compression: str | int | None = None,
+                 tile: list[int] | None = None, **params: Any) -> str:
+    from dagflow.tiled import write_tiff
+
+    th, tw = (int(tile[1]), int(tile[0])) if tile else (256, 256)
+    return write_tiff(image, dest + SUFFIXES[format], tile=(th, tw), compression=compression,
+                      client=client, band_bytes=band_bytes)
+
+
+def _tiled_tiff_only(params: Mapping[str, Any], dtype: Any) -> str | None:
+    if params.get("format") == "tiff":
+        return None
+    return "the last node must save with format: tiff"
+
+
 def _memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     decoded = decoded_bytes(header)
     # 16-bit to JPEG/WebP makes an 8-bit copy; the encoder buffers about one more copy.
@@ -93,6 +111,7 @@ def _memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     memory=_memory,
     check=_check,
     suffix=suffix,
+    tiling=sink(_write_tiled, why_not=_tiled_tiff_only),
 )
 def save(
     image: Image,
