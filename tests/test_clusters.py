@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import dask.config
+import dask.utils
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -23,12 +25,8 @@ from click.testing import CliRunner
 import dagflow
 from dagflow.cli import main
 from dagflow.exceptions import ConfigError
-from dagflow.runtime.profiles import (
-    SHIPPED_DIR,
-    cluster_from_profile,
-    list_profiles,
-    load_profile,
-)
+from dagflow.runtime.cluster import cluster_from_profile
+from dagflow.runtime.profiles import SHIPPED_DIR, list_profiles, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "cluster-configs"
@@ -305,8 +303,9 @@ def test_missing_cluster_package_names_the_extra():
         try:
             __import__(module)
         except Exception:
-            with pytest.raises(ConfigError, match=re.escape(f"pip install '{extra}'")):
-                profile.create()
+            with pytest.raises(ConfigError, match=re.escape(f"pip install '{extra}'")), \
+                    cluster_from_profile(profile):
+                pass
         else:  # pragma: no cover - the package is installed here
             pass
 
@@ -343,8 +342,9 @@ def test_adapt_needs_a_class_that_supports_it(tmp_path, monkeypatch):
     typo = write_profile(tmp_path / "t.yaml", **{"class": "distributed.LocalCluster",
                                                  "options": {"n_wrokers": 1, "processes": False,
                                                              "dashboard_address": None}})
-    with pytest.raises(ConfigError, match=r"cluster profile 't'.*n_wrokers"):
-        load_profile(typo).create()
+    with pytest.raises(ConfigError, match=r"cluster profile 't'.*n_wrokers"), \
+            cluster_from_profile(typo):
+        pass
 
 
 @pytest.mark.slow
@@ -397,49 +397,172 @@ def test_shipped_local_profile_preloads_the_monitor(tmp_path, workflow_file, pho
 # -- batch job scripts (dask-jobqueue) ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, worker, resources, directive", [
-    ("slurm", "-m dask worker", "--resources MEMORY=13e9", "#SBATCH --mem=64G"),
-    ("slurm-gpu", "-m dask cuda worker", "--resources GPU=1,MEMORY=51e9",
-     "#SBATCH --gres=gpu:1"),
-    ("slurm-tls", "-m dask worker", "--resources MEMORY=13e9", "#SBATCH --cpus-per-task=16"),
-    ("pbs", "-m dask worker", "--resources MEMORY=12e9", "#PBS -l select=1:ncpus=16:mem=64GB"),
+def parse_job_script(script: str, prefix: str) -> tuple[list[str], list[str]]:
+    """A batch job script's directives (``#SBATCH ...`` lines, without the prefix) and its
+    worker command, split as the shell would."""
+    lines = script.splitlines()
+    directives = [line[len(prefix):].strip() for line in lines if line.startswith(prefix)]
+    [command] = [shlex.split(line) for line in lines if " -m dask " in line]
+    return directives, command
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def seconds(walltime: str) -> float:
+    """``HH:MM:SS`` (Slurm, PBS) or ``HH:MM`` (LSF) in seconds."""
+    parts = [int(p) for p in walltime.split(":")]
+    return sum(p * 60 ** i for i, p in enumerate(reversed(parts if len(parts) == 3
+                                                          else [*parts, 0])))
+
+
+# PBS and LSF have no server package on Debian: their job scripts are checked here by
+# parsing (directives, resources, the worker command); Slurm's also run (test_slurm.py).
+@pytest.mark.parametrize("name, prefix, directives", [
+    ("slurm", "#SBATCH", ["-J dagflow-worker", "-n 1", "--cpus-per-task=16", "--mem=64G",
+                          "-t 04:00:00"]),
+    ("slurm-tls", "#SBATCH", ["--cpus-per-task=16", "--mem=64G", "-t 04:00:00"]),
+    ("slurm-gpu", "#SBATCH", ["--cpus-per-task=8", "--mem=64G", "--gres=gpu:1"]),
+    ("pbs", "#PBS", ["-N dagflow-worker", "-l select=1:ncpus=16:mem=64GB",
+                     "-l walltime=04:00:00"]),
+    ("lsf", "#BSUB", ["-J dagflow-worker", "-n 16", '-R "span[hosts=1]"', "-M 64000000",
+                      "-W 04:00"]),
 ])
-def test_jobqueue_profiles_render_job_scripts(name, worker, resources, directive, monkeypatch):
+def test_jobqueue_profiles_render_job_scripts(name, prefix, directives, monkeypatch):
     pytest.importorskip("dask_jobqueue")
     monkeypatch.setenv("DAGFLOW_TLS_DIR", "/secure/tls")
-    script = load_profile(name).job_script("tcp://10.0.0.1:8786")
-    command = next(line for line in script.splitlines() if " -m dask " in line)
-    assert worker + " tcp://10.0.0.1:8786" in command
-    assert resources in command
-    assert directive in script
+    monkeypatch.delenv("LSF_ENVDIR", raising=False)  # LSF's memory unit: KB
+    profile = load_profile(name)
+    script = profile.job_script("tcp://10.0.0.1:8786")
+    found, command = parse_job_script(script, prefix)
+    assert set(directives) <= set(found), found
+    _python, m, *worker = command
+    assert (m, *worker[:2]) == ("-m", "dask", "cuda" if "gpu" in name else "worker")
+    assert "tcp://10.0.0.1:8786" in worker and "distributed.cli" not in script
     assert "export MALLOC_MMAP_THRESHOLD_=33554432" in script
-    assert "distributed.cli" not in script
+    if "gpu" in name:
+        assert option(command, "--resources") == "GPU=1,MEMORY=51e9"
+    else:  # 4 processes of 4 threads and a quarter of the memory each
+        assert (option(command, "--nworkers"), option(command, "--nthreads")) == ("4", "4")
+        assert option(command, "--memory-limit") in ("16.00GiB", "14.90GiB")
+        # the worker leaves (its tasks finished) before the batch system kills its job
+        assert option(command, "--worker-class") == "dagflow.runtime.retire.RetiringWorker"
+        walltime = next(d.split()[-1].split("=")[-1] for d in found
+                        if d.startswith(("-t ", "-l walltime", "-W ")))
+        lifetime = dask.utils.parse_timedelta(option(command, "--lifetime"))
+        stagger = dask.utils.parse_timedelta(option(command, "--lifetime-stagger"))
+        assert lifetime + stagger < seconds(walltime)
     if name == "slurm-tls":
-        assert "--protocol tls://" in command
-        assert "--tls-ca-file /secure/tls/ca.pem" in command
-        assert "--tls-cert /secure/tls/worker.pem" in command
-    if "gpu" not in name:
-        assert "--nworkers 4" in command
+        assert option(command, "--protocol") == "tls://"
+        assert option(command, "--tls-ca-file") == "/secure/tls/ca.pem"
+        assert option(command, "--tls-cert") == "/secure/tls/worker.pem"
     # the preload is the scheduler's (it runs in the driving process, not in the jobs)
-    assert load_profile(name).options["scheduler_options"]["preload"] == [PRELOAD]
+    assert profile.options["scheduler_options"]["preload"] == [PRELOAD]
+
+
+def test_profile_values_come_from_the_environment_with_defaults(monkeypatch):
+    """`${VAR:-default}`: the shipped Slurm profile sized to a 2-core machine by its
+    environment variables, typed as YAML would type the value."""
+    pytest.importorskip("dask_jobqueue")
+    for variable in ("DAGFLOW_SLURM_PARTITION", "DAGFLOW_SLURM_MIN_WORKERS"):
+        monkeypatch.delenv(variable, raising=False)
+    sized = {"DAGFLOW_SLURM_CORES": "2", "DAGFLOW_SLURM_MEMORY": "6GiB",
+             "DAGFLOW_SLURM_PROCESSES": "1", "DAGFLOW_SLURM_WALLTIME": "00:30:00",
+             "DAGFLOW_SLURM_LIFETIME": "25m", "DAGFLOW_SLURM_MAX_WORKERS": "3",
+             "DAGFLOW_SLURM_ACCOUNT": ""}  # empty: the default
+    for variable, value in sized.items():
+        monkeypatch.setenv(variable, value)
+    profile = load_profile("slurm")
+    options = profile.resolved_options()
+    assert (options["cores"], options["memory"], options["processes"]) == (2, "6GiB", 1)
+    assert (options["queue"], options["account"], options["walltime"]) == (None, None,
+                                                                          "00:30:00")
+    assert profile.adapt == {"minimum": 0, "maximum": 3}
+    found, command = parse_job_script(profile.job_script("tcp://10.0.0.1:8786"), "#SBATCH")
+    assert {"--cpus-per-task=2", "--mem=6G", "-t 00:30:00"} <= set(found)
+    assert not [d for d in found if d.startswith(("-p ", "-A "))]  # Slurm's defaults
+    assert (option(command, "--nthreads"), option(command, "--nworkers")) == ("2", "1")
+    assert (option(command, "--memory-limit"), option(command, "--lifetime")) == \
+        ("6.00GiB", "25m")
+    # a value that is more than one reference stays a string; an unset one is left as is
+    path = write_profile(Path(os.environ.get("TMPDIR", "/tmp")) / "env-profile.yaml", **{
+        "class": "distributed.LocalCluster", "scale": "${DAGFLOW_TEST_UNSET:-2}",
+        "options": {"name": "w${DAGFLOW_SLURM_CORES:-9}", "ratio": "${DAGFLOW_TEST_UNSET:-0.5}",
+                    "flag": "${DAGFLOW_TEST_UNSET:-true}", "kept": "$DAGFLOW_TEST_UNSET"}})
+    try:
+        env_profile = load_profile(path)
+    finally:
+        path.unlink()
+    assert env_profile.scale == 2
+    assert env_profile.resolved_options() == {"name": "w2", "ratio": 0.5, "flag": True,
+                                              "kept": "$DAGFLOW_TEST_UNSET"}
+
+
+@pytest.mark.timeout(60)  # dask-jobqueue alone would retry the submission for ever
+@pytest.mark.parametrize("name, command", [("slurm", "sbatch"), ("pbs", "qsub"),
+                                           ("lsf", "bsub")])
+def test_a_missing_submission_command_stops_the_run_at_once(name, command, monkeypatch,
+                                                            workflow_file, photos, tmp_path):
+    """No batch system here: the first worker job cannot be submitted, and the run stops
+    with exit code 2 and one line naming the command, instead of waiting for ever."""
+    pytest.importorskip("dask_jobqueue")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("DAGFLOW_DASHBOARD_ADDRESS", "127.0.0.1:0")
+    for prefix in ("SLURM", "PBS", "LSF"):
+        monkeypatch.setenv(f"DAGFLOW_{prefix}_INTERFACE", "lo")
+    result = CliRunner().invoke(main, ["run", str(workflow_file), "-i", str(photos),
+                                       "-o", str(tmp_path / "out"), "--cluster", name])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith(f"error: cluster profile {name!r}") and "\n" not in line, line
+    assert "the first worker job could not be submitted:" in line
+    assert f"{command!r} was not found on PATH" in line  # (bsub through a shell: 127)
+    assert "Traceback" not in result.output
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+FAKE_BATCH_SYSTEM = {  # submit, cancel, what the submit command answers
+    "slurm": ("sbatch", "scancel", "Submitted batch job 42"),
+    "pbs": ("qsub", "qdel", "42.pbs-server"),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["slurm", "pbs"])
-def test_jobqueue_profile_starts_its_scheduler_with_the_preload(name):
-    """The real cluster class, built from the profile: its scheduler (in this process)
-    preloaded dagflow's monitor, and its job script runs `dask worker` against it. No job
-    is submitted (adaptive from zero, nothing to do)."""
+def test_jobqueue_profile_starts_its_scheduler_and_submits_its_first_job(name, tmp_path,
+                                                                        monkeypatch):
+    """The real cluster class, built from the profile, against a stand-in for the batch
+    system's commands (PBS has no server package here; the real Slurm is in
+    test_slurm.py): its scheduler (in this process) preloaded dagflow's monitor, the first
+    worker job is submitted when the cluster starts, and it runs `dask worker` against
+    that scheduler; closing the cluster cancels the job."""
     pytest.importorskip("dask_jobqueue")
+    submit, cancel, answer = FAKE_BATCH_SYSTEM[name]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / submit).write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\n'
+                                  f'echo "{answer}"\n')
+    (bin_dir / cancel).write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/cancelled\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     profile = load_profile(name)
     options = {**profile.options["scheduler_options"], "host": "127.0.0.1",
                "dashboard_address": "127.0.0.1:0"}
     with cluster_from_profile(profile, scheduler_options=options) as cluster:
         assert "dagflow-monitor" in cluster.scheduler.plugins
-        script = cluster.job_script()
+        deadline = time.monotonic() + 10
+        while not cluster.workers and time.monotonic() < deadline:  # being registered
+            time.sleep(0.05)
+        assert [job.job_id for job in cluster.workers.values()] == ["42"]
+        script = (tmp_path / "submitted.sh").read_text()
         assert f"-m dask worker {cluster.scheduler_address}" in script
-        assert "--resources MEMORY=" in script
-        assert cluster._adaptive is not None and not cluster.workers
+        assert "--worker-class dagflow.runtime.retire.RetiringWorker" in script
+        assert cluster._adaptive is not None
+    assert (tmp_path / "cancelled").read_text().split() == ["42"]
 
 
 def test_cluster_profiles_cli(tmp_path):
@@ -535,13 +658,15 @@ def test_gateway_server_config_uses_the_dask_command():
 
 
 def test_slurm_batch_script():
+    """Its form; test_slurm.py runs it on a real Slurm."""
     script = CONFIGS / "slurm-batch.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    assert "dask scheduler --scheduler-file" in text
+    assert "dask scheduler --scheduler-file" in text and "--port 0" in text
     assert f"--preload {PRELOAD}" in text
+    # workers sized from the allocation, advertising MEMORY themselves
     assert re.search(r"srun .*dask worker --scheduler-file", text)
-    assert "--resources MEMORY=" in text
+    assert '--nthreads "$THREADS" --memory-limit "${MEMORY_MB}MB"' in text
     assert re.search(r"^dagflow run .*--scheduler-file", text, re.M)
 
 

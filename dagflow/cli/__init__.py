@@ -16,6 +16,7 @@ from typing import Any
 import click
 
 from dagflow.exceptions import (
+    ClusterStartError,
     ClusterUnreachableError,
     ConfigError,
     InputError,
@@ -41,7 +42,7 @@ class _Group(click.Group):
             with sigterm_as_interrupt(quiet=True):  # the run's cleanup runs on SIGTERM too
                 return super().invoke(ctx)
         except (WorkflowValidationError, ConfigError, InputError,
-                ClusterUnreachableError) as exc:
+                ClusterUnreachableError, ClusterStartError) as exc:
             _fail_invalid(exc)
         except KeyboardInterrupt as exc:  # not click's "Aborted!" and 1 (failed items)
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
