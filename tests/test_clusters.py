@@ -1,5 +1,6 @@
 """Clusters: real `dask scheduler` / `dask worker` processes, cluster profiles, job
-scripts, Kubernetes manifests, and the `dask dagflow` entry point."""
+scripts, and the `dask dagflow` entry point (Kubernetes manifests:
+test_kubernetes_manifests.py; a real Slurm: test_slurm.py)."""
 
 from __future__ import annotations
 
@@ -592,61 +593,7 @@ def test_importing_cluster_packages_writes_nothing_home(tmp_path):
     assert list(home.rglob("*")) == []
 
 
-# -- Kubernetes, Helm, gateway, Slurm batch script ------------------------------------------
-
-
-def load_all(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def containers(pod_spec: dict) -> dict[str, dict]:
-    return {c["name"]: c for c in pod_spec["containers"]}
-
-
-def check_dask_cluster_spec(spec: dict, cluster_name: str) -> None:
-    worker = containers(spec["worker"]["spec"])["worker"]
-    assert worker["args"][:2] == ["dask", "worker"]
-    assert "--resources" in worker["args"]
-    assert worker["args"][worker["args"].index("--resources") + 1].startswith("MEMORY=")
-    scheduler = containers(spec["scheduler"]["spec"])["scheduler"]
-    assert scheduler["args"][:2] == ["dask", "scheduler"]
-    assert scheduler["args"][scheduler["args"].index("--preload") + 1] == PRELOAD
-    service = spec["scheduler"]["service"]
-    assert service["type"] == "ClusterIP"
-    assert service["selector"]["dask.org/cluster-name"] == cluster_name
-
-
-def test_kubernetes_manifests():
-    k8s = CONFIGS / "kubernetes"
-    [cluster] = load_all(k8s / "dask-cluster.yaml")
-    assert (cluster["apiVersion"], cluster["kind"]) == ("kubernetes.dask.org/v1", "DaskCluster")
-    check_dask_cluster_spec(cluster["spec"], cluster["metadata"]["name"])
-
-    docs = {d["kind"]: d for d in load_all(k8s / "dask-job.yaml")}
-    job = docs["DaskJob"]
-    assert job["apiVersion"] == "kubernetes.dask.org/v1"
-    check_dask_cluster_spec(job["spec"]["cluster"]["spec"], job["metadata"]["name"])
-    runner = containers(job["spec"]["job"]["spec"])["job"]
-    assert runner["args"][:2] == ["dagflow", "run"]
-    # the workflow it runs is a valid dagflow workflow
-    [workflow_text] = docs["ConfigMap"]["data"].values()
-    dagflow.Workflow.from_yaml(workflow_text).validate()
-    assert Path(runner["args"][2]).name in docs["ConfigMap"]["data"]
-
-    policies = load_all(k8s / "network-policy.yaml")
-    assert {p["kind"] for p in policies} == {"NetworkPolicy"}
-    assert {p["spec"]["podSelector"]["matchLabels"]["dask.org/component"]
-            for p in policies} == {"scheduler", "worker"}
-
-    values = yaml.safe_load((k8s / "helm-values.yaml").read_text())
-    assert values["scheduler"]["extraArgs"] == ["--preload", PRELOAD]
-    assert values["scheduler"]["serviceType"] == "ClusterIP"
-    assert values["worker"]["extraArgs"][0] == "--resources"
-    assert values["jupyter"]["enabled"] is False
-
-    profile = load_profile("kubernetes")
-    spec_path = Path(profile.resolved_options()["custom_cluster_spec"])
-    assert spec_path == (k8s / "dask-cluster.yaml").resolve()
+# -- gateway, Slurm batch script (Kubernetes: test_kubernetes_manifests.py) ---------------
 
 
 def test_gateway_server_config_uses_the_dask_command():
