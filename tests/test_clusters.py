@@ -4,6 +4,7 @@ test_kubernetes_manifests.py; a real Slurm: test_slurm.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
@@ -12,6 +13,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,6 +24,7 @@ import pytest
 import yaml
 from _processes import BIN, WORKFLOW, DaskProcesses
 from click.testing import CliRunner
+from distributed.core import Status
 
 import dagflow
 from dagflow.cli import main
@@ -653,3 +656,84 @@ def test_dask_dagflow_help_lists_the_commands():
     assert done.returncode == 0, done.stderr
     for command in ("run", "submit", "status", "validate", "ops", "cluster-profiles", "config"):
         assert re.search(rf"^\s+{re.escape(command)}\s", done.stdout, re.M), done.stdout
+
+
+# -- workers at the end of their lifetime (dagflow.runtime.retire) ---------------------------
+
+_GO = threading.Event()
+_STARTED = threading.Event()
+_RUNS: list[int] = []
+
+
+def _held(x: int) -> int:
+    """A task that says it started, waits for the test, and counts its executions."""
+    _STARTED.set()
+    _GO.wait(30)
+    _RUNS.append(x)
+    return x
+
+
+@pytest.mark.parametrize("worker_class, executions", [("retiring", 1), ("dask", 2)])
+def test_a_worker_at_the_end_of_its_lifetime_finishes_its_task_and_hands_over(
+        worker_class, executions):
+    """The task running on a worker whose lifetime ends runs once, on that worker, and its
+    other results move to the other worker. Dask's own worker drops the task (it runs
+    again elsewhere): the reason for RetiringWorker."""
+    from distributed import Worker
+    from distributed.utils_test import gen_cluster
+
+    from dagflow.runtime.retire import END_OF_LIFETIME, RetiringWorker
+
+    cls = RetiringWorker if worker_class == "retiring" else Worker
+
+    @gen_cluster(client=True, Worker=cls, nthreads=[("127.0.0.1", 1)] * 2)
+    async def scenario(c, s, a, b):
+        kept = c.submit(lambda: "kept", workers=[a.address], pure=False)
+        await kept
+        held = c.submit(_held, 1, workers=[a.address], allow_other_workers=True)
+        await asyncio.get_running_loop().run_in_executor(None, _STARTED.wait, 30)
+        closing = asyncio.ensure_future(a.close_gracefully(reason=END_OF_LIFETIME))
+        while a.status == Status.running:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time enough to hand the task elsewhere, if it would
+        _GO.set()
+        assert await held == 1
+        await closing
+        assert a.address not in s.workers
+        assert await kept == "kept"  # handed to b, not computed again
+        assert {ws.address for ws in s.tasks[kept.key].who_has} == {b.address}
+        assert sorted(_RUNS) == [1] * executions
+
+    _GO.clear()
+    _STARTED.clear()
+    _RUNS.clear()
+    scenario()
+
+
+def test_the_last_worker_works_on_until_another_can_take_its_results(monkeypatch):
+    """No other worker to hand its results to: the worker goes back to work, and retires
+    once a replacement has joined."""
+    from distributed.utils_test import gen_cluster, inc
+
+    from dagflow.runtime import retire
+
+    monkeypatch.setattr(retire, "RETRY", 0.2)
+
+    @gen_cluster(client=True, Worker=retire.RetiringWorker, nthreads=[("127.0.0.1", 1)])
+    async def scenario(c, s, a):
+        kept = c.submit(inc, 1, pure=False)
+        await kept
+        closing = asyncio.ensure_future(a.close_gracefully(reason=retire.END_OF_LIFETIME))
+        declined = ("could-not-retire", [a.address])
+        while not any(isinstance(e, dict) and (e.get(declined[0]) == declined[1])
+                      for _, e in s.get_events("all")):
+            await asyncio.sleep(0.02)
+        assert await c.submit(inc, 10, pure=False) == 11  # it still takes tasks
+        assert not closing.done()
+        async with retire.RetiringWorker(s.address, nthreads=1) as b:
+            await closing
+            assert a.address not in s.workers
+            assert await kept == 2
+            assert {ws.address for ws in s.tasks[kept.key].who_has} == {b.address}
+
+    scenario()

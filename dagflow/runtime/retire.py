@@ -38,6 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between attempts to hand the worker's results over.
 RETRY = 2.0
+#: Seconds after a declined retirement during which the worker insists on taking tasks.
+REVERT_WINDOW = 0.5
 #: Seconds the worker keeps trying to hand its results over before it leaves anyway.
 HANDOVER_WAIT = 60.0
 #: The reason Dask gives when a worker's ``--lifetime`` ends.
@@ -71,6 +73,8 @@ async def finish_and_hand_over(worker: Any, *, poll: float = 0.05) -> bool:
     """
     begin = time()
     while True:
+        if worker.status in (Status.closing, Status.closed, Status.failed):
+            return False  # closed meanwhile (the nanny, the scheduler)
         worker.status = Status.closing_gracefully  # the scheduler sends no new task
         while worker.state.executing or worker.state.long_running:
             await asyncio.sleep(poll)
@@ -81,9 +85,23 @@ async def finish_and_hand_over(worker: Any, *, poll: float = 0.05) -> bool:
                 stimulus_id=f"dagflow-retire-{time()}")
         if worker.address in retired:
             return True
-        if time() - begin > HANDOVER_WAIT or worker.status == Status.closing:
+        if time() - begin > HANDOVER_WAIT:
             return False
         logger.info("worker %s: no other worker can take its results yet; working on, "
                     "trying again in %.0f s", worker.address, RETRY)
-        worker.status = Status.running
+        await _back_to_work(worker)
         await asyncio.sleep(RETRY)
+
+
+async def _back_to_work(worker: Any, *, poll: float = 0.05) -> None:
+    """Take tasks again after a retirement the scheduler declined.
+
+    The scheduler restores the status the worker had (``closing_gracefully``) by a message
+    that may arrive after this has set ``running``: insist for a moment. (Should it come
+    later still, the worker idles until the next attempt; nothing runs twice.)
+    """
+    deadline = time() + REVERT_WINDOW
+    while time() < deadline:
+        if worker.status == Status.closing_gracefully:
+            worker.status = Status.running
+        await asyncio.sleep(poll)
