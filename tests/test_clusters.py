@@ -270,7 +270,7 @@ def test_embedded_cluster_takes_dagflows_dask_settings_into_every_worker_process
 def test_shipped_profiles_load():
     names = {p.name for p in list_profiles()}
     assert {"local", "local-tls", "local-cuda", "slurm", "slurm-gpu", "slurm-tls", "pbs",
-            "kubernetes", "gateway"} <= names
+            "lsf", "kubernetes", "gateway"} <= names
     for p in list_profiles():
         assert p.description, p.name
         assert p.path.parent == SHIPPED_DIR or p.path.parent == Path.cwd() / "cluster-configs"
@@ -567,6 +567,33 @@ def test_jobqueue_profile_starts_its_scheduler_and_submits_its_first_job(name, t
         assert "--worker-class dagflow.runtime.retire.RetiringWorker" in script
         assert cluster._adaptive is not None
     assert (tmp_path / "cancelled").read_text().split() == ["42"]
+
+
+@pytest.mark.slow
+def test_a_batch_system_slow_to_answer_is_waited_for_not_refused(tmp_path, monkeypatch, caplog):
+    """An `sbatch` that answers after the first-submission timeout: a warning, and the
+    cluster goes on (its job is registered when the answer comes)."""
+    pytest.importorskip("dask_jobqueue")
+    from dagflow.runtime import jobqueue
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nsleep 1\necho "Submitted batch job 7"\n')
+    (bin_dir / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/cancelled\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(jobqueue, "FIRST_SUBMISSION_TIMEOUT", 0.2)
+    options = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    with caplog.at_level("WARNING", logger="dagflow.runtime.jobqueue"), \
+            cluster_from_profile("slurm", scheduler_options=options) as cluster:
+        assert "sbatch has not answered within 0.2 s; the run waits for its workers" in \
+            caplog.text
+        deadline = time.monotonic() + 10
+        while not cluster.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [job.job_id for job in cluster.workers.values()] == ["7"]
+    assert (tmp_path / "cancelled").read_text().split() == ["7"]
 
 
 def test_cluster_profiles_cli(tmp_path):

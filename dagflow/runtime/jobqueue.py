@@ -9,7 +9,8 @@ submissions report to a :class:`SubmissionWatch`; the first worker job is submit
 the cluster starts, and if the batch system refuses it the cluster is closed and
 :class:`~dagflow.exceptions.ClusterStartError` says what the batch system said. Once
 one job was accepted the setup is right, and later submissions are dask-jobqueue's to
-retry.
+retry. (An adaptive cluster may cancel that first job while it has no work yet, and
+submit again when the work comes.)
 
 This module imports neither dask_jobqueue (the job class comes from the profile's
 cluster class) nor the rest of the runtime.
@@ -141,7 +142,7 @@ def quiet_failed_submission(watch: SubmissionWatch) -> Iterator[None]:
 
 
 def submit_first_job(cluster: Any, watch: SubmissionWatch, *, where: str,
-                     timeout: float = FIRST_SUBMISSION_TIMEOUT) -> None:
+                     timeout: float | None = None) -> None:
     """Submit one worker job and wait for the batch system's answer.
 
     Parameters
@@ -151,17 +152,18 @@ def submit_first_job(cluster: Any, watch: SubmissionWatch, *, where: str,
     where
         What the cluster is, for the message (the profile's name and file).
     timeout
-        Seconds to wait for an answer; without one the run goes on and waits for its
-        workers (a warning says so).
+        Seconds to wait for an answer (default :data:`FIRST_SUBMISSION_TIMEOUT`); without
+        one the run goes on and waits for its workers (a warning says so).
 
     Raises
     ------
     ClusterStartError
         The batch system refused the job, or its command is missing.
     """
+    timeout = FIRST_SUBMISSION_TIMEOUT if timeout is None else timeout
     cluster.scale(jobs=1)
     if not watch.wait(timeout):
-        logger.warning("%s: %s has not answered within %.0f s; the run waits for its "
+        logger.warning("%s: %s has not answered within %g s; the run waits for its "
                        "workers", where, watch.command, timeout)
         return
     if watch.error is not None:
