@@ -39,6 +39,7 @@ ISOLATED := tests/test_resources.py::test_memory_limit_holds_under_load_measured
 test: $(STAMP)
 	$(BIN)/ruff check .
 	sh scripts/ensure-chromium.sh
+	sh scripts/slurm-up.sh
 	$(BIN)/pytest $(addprefix --deselect ,$(ISOLATED))
 	$(BIN)/pytest $(ISOLATED)
 

@@ -19,6 +19,7 @@ import sys
 import dask.config
 
 import dagflow
+from dagflow.exceptions import ClusterStartError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = dagflow.run(args.workflow, args.inputs, args.output,
                              scheduler_file=args.scheduler_file, progress=False)
-    except (dagflow.WorkflowValidationError, dagflow.ConfigError, dagflow.InputError) as exc:
+    except (dagflow.WorkflowValidationError, dagflow.ConfigError, dagflow.InputError,
+            dagflow.ClusterUnreachableError, ClusterStartError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(result)

@@ -6,6 +6,8 @@
     ├── WorkflowValidationError (ValueError)     invalid workflow: lists every problem
     ├── ConfigError (ValueError)                 invalid configuration or cluster profile
     ├── ClusterUnreachableError (ConnectionError)  no Dask scheduler answers at the address
+    ├── ClusterStartError (RuntimeError)         a cluster could not start: its batch system
+    │                                            refused the first worker job, for instance
     ├── InputError (ValueError)                  inputs that name no images, bad manifest
     ├── OutputError (ValueError)                 the output directory cannot take this run
     │   ├── OutputCollisionError                 items or nodes that would write one file
@@ -33,6 +35,7 @@ from collections.abc import Sequence
 __all__ = [
     "BadInputError",
     "CircuitOpenError",
+    "ClusterStartError",
     "ClusterUnreachableError",
     "ConfigError",
     "DagflowError",
@@ -88,6 +91,16 @@ class ClusterUnreachableError(DagflowError, ConnectionError):
     """No Dask scheduler answered at the address, scheduler file or profile given.
 
     Raised before anything runs; the message names the address and what was tried.
+    """
+
+
+class ClusterStartError(DagflowError, RuntimeError):
+    """A cluster (from a profile) could not start, before anything ran.
+
+    Raised when the cluster class fails to start, or when the batch system refuses the
+    first worker job (``sbatch``/``qsub`` missing, an unknown partition or account):
+    the message says what the batch system said. dask-jobqueue itself would retry the
+    submission every few seconds for ever.
     """
 
 

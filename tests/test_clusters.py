@@ -1,34 +1,36 @@
 """Clusters: real `dask scheduler` / `dask worker` processes, cluster profiles, job
-scripts, Kubernetes manifests, and the `dask dagflow` entry point."""
+scripts, and the `dask dagflow` entry point (Kubernetes manifests:
+test_kubernetes_manifests.py; a real Slurm: test_slurm.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import dask.config
+import dask.utils
 import pyarrow.parquet as pq
 import pytest
 import yaml
 from _processes import BIN, WORKFLOW, DaskProcesses
 from click.testing import CliRunner
+from distributed.core import Status
 
 import dagflow
 from dagflow.cli import main
 from dagflow.exceptions import ConfigError
-from dagflow.runtime.profiles import (
-    SHIPPED_DIR,
-    cluster_from_profile,
-    list_profiles,
-    load_profile,
-)
+from dagflow.runtime.cluster import cluster_from_profile
+from dagflow.runtime.profiles import SHIPPED_DIR, list_profiles, load_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "cluster-configs"
@@ -268,7 +270,7 @@ def test_embedded_cluster_takes_dagflows_dask_settings_into_every_worker_process
 def test_shipped_profiles_load():
     names = {p.name for p in list_profiles()}
     assert {"local", "local-tls", "local-cuda", "slurm", "slurm-gpu", "slurm-tls", "pbs",
-            "kubernetes", "gateway"} <= names
+            "lsf", "kubernetes", "gateway"} <= names
     for p in list_profiles():
         assert p.description, p.name
         assert p.path.parent == SHIPPED_DIR or p.path.parent == Path.cwd() / "cluster-configs"
@@ -305,8 +307,9 @@ def test_missing_cluster_package_names_the_extra():
         try:
             __import__(module)
         except Exception:
-            with pytest.raises(ConfigError, match=re.escape(f"pip install '{extra}'")):
-                profile.create()
+            with pytest.raises(ConfigError, match=re.escape(f"pip install '{extra}'")), \
+                    cluster_from_profile(profile):
+                pass
         else:  # pragma: no cover - the package is installed here
             pass
 
@@ -343,8 +346,9 @@ def test_adapt_needs_a_class_that_supports_it(tmp_path, monkeypatch):
     typo = write_profile(tmp_path / "t.yaml", **{"class": "distributed.LocalCluster",
                                                  "options": {"n_wrokers": 1, "processes": False,
                                                              "dashboard_address": "127.0.0.1:0"}})
-    with pytest.raises(ConfigError, match=r"cluster profile 't'.*n_wrokers"):
-        load_profile(typo).create()
+    with pytest.raises(ConfigError, match=r"cluster profile 't'.*n_wrokers"), \
+            cluster_from_profile(typo):
+        pass
 
 
 @pytest.mark.slow
@@ -397,49 +401,199 @@ def test_shipped_local_profile_preloads_the_monitor(tmp_path, workflow_file, pho
 # -- batch job scripts (dask-jobqueue) ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, worker, resources, directive", [
-    ("slurm", "-m dask worker", "--resources MEMORY=13e9", "#SBATCH --mem=64G"),
-    ("slurm-gpu", "-m dask cuda worker", "--resources GPU=1,MEMORY=51e9",
-     "#SBATCH --gres=gpu:1"),
-    ("slurm-tls", "-m dask worker", "--resources MEMORY=13e9", "#SBATCH --cpus-per-task=16"),
-    ("pbs", "-m dask worker", "--resources MEMORY=12e9", "#PBS -l select=1:ncpus=16:mem=64GB"),
+def parse_job_script(script: str, prefix: str) -> tuple[list[str], list[str]]:
+    """A batch job script's directives (``#SBATCH ...`` lines, without the prefix) and its
+    worker command, split as the shell would."""
+    lines = script.splitlines()
+    directives = [line[len(prefix):].strip() for line in lines if line.startswith(prefix)]
+    [command] = [shlex.split(line) for line in lines if " -m dask " in line]
+    return directives, command
+
+
+def option(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def seconds(walltime: str) -> float:
+    """``HH:MM:SS`` (Slurm, PBS) or ``HH:MM`` (LSF) in seconds."""
+    parts = [int(p) for p in walltime.split(":")]
+    return sum(p * 60 ** i for i, p in enumerate(reversed(parts if len(parts) == 3
+                                                          else [*parts, 0])))
+
+
+# PBS and LSF have no server package on Debian: their job scripts are checked here by
+# parsing (directives, resources, the worker command); Slurm's also run (test_slurm.py).
+@pytest.mark.parametrize("name, prefix, directives", [
+    ("slurm", "#SBATCH", ["-J dagflow-worker", "-n 1", "--cpus-per-task=16", "--mem=64G",
+                          "-t 04:00:00"]),
+    ("slurm-tls", "#SBATCH", ["--cpus-per-task=16", "--mem=64G", "-t 04:00:00"]),
+    ("slurm-gpu", "#SBATCH", ["--cpus-per-task=8", "--mem=64G", "--gres=gpu:1"]),
+    ("pbs", "#PBS", ["-N dagflow-worker", "-l select=1:ncpus=16:mem=64GB",
+                     "-l walltime=04:00:00"]),
+    ("lsf", "#BSUB", ["-J dagflow-worker", "-n 16", '-R "span[hosts=1]"', "-M 64000000",
+                      "-W 04:00"]),
 ])
-def test_jobqueue_profiles_render_job_scripts(name, worker, resources, directive, monkeypatch):
+def test_jobqueue_profiles_render_job_scripts(name, prefix, directives, monkeypatch):
     pytest.importorskip("dask_jobqueue")
     monkeypatch.setenv("DAGFLOW_TLS_DIR", "/secure/tls")
-    script = load_profile(name).job_script("tcp://10.0.0.1:8786")
-    command = next(line for line in script.splitlines() if " -m dask " in line)
-    assert worker + " tcp://10.0.0.1:8786" in command
-    assert resources in command
-    assert directive in script
+    monkeypatch.delenv("LSF_ENVDIR", raising=False)  # LSF's memory unit: KB
+    profile = load_profile(name)
+    script = profile.job_script("tcp://10.0.0.1:8786")
+    found, command = parse_job_script(script, prefix)
+    assert set(directives) <= set(found), found
+    _python, m, *worker = command
+    assert (m, *worker[:2]) == ("-m", "dask", "cuda" if "gpu" in name else "worker")
+    assert "tcp://10.0.0.1:8786" in worker and "distributed.cli" not in script
     assert "export MALLOC_MMAP_THRESHOLD_=33554432" in script
-    assert "distributed.cli" not in script
+    if "gpu" in name:
+        assert option(command, "--resources") == "GPU=1,MEMORY=51e9"
+    else:  # 4 processes of 4 threads and a quarter of the memory each
+        assert (option(command, "--nworkers"), option(command, "--nthreads")) == ("4", "4")
+        assert option(command, "--memory-limit") in ("16.00GiB", "14.90GiB")
+        # the worker leaves (its tasks finished) before the batch system kills its job
+        assert option(command, "--worker-class") == "dagflow.runtime.retire.RetiringWorker"
+        walltime = next(d.split()[-1].split("=")[-1] for d in found
+                        if d.startswith(("-t ", "-l walltime", "-W ")))
+        lifetime = dask.utils.parse_timedelta(option(command, "--lifetime"))
+        stagger = dask.utils.parse_timedelta(option(command, "--lifetime-stagger"))
+        assert lifetime + stagger < seconds(walltime)
     if name == "slurm-tls":
-        assert "--protocol tls://" in command
-        assert "--tls-ca-file /secure/tls/ca.pem" in command
-        assert "--tls-cert /secure/tls/worker.pem" in command
-    if "gpu" not in name:
-        assert "--nworkers 4" in command
+        assert option(command, "--protocol") == "tls://"
+        assert option(command, "--tls-ca-file") == "/secure/tls/ca.pem"
+        assert option(command, "--tls-cert") == "/secure/tls/worker.pem"
     # the preload is the scheduler's (it runs in the driving process, not in the jobs)
-    assert load_profile(name).options["scheduler_options"]["preload"] == [PRELOAD]
+    assert profile.options["scheduler_options"]["preload"] == [PRELOAD]
+
+
+def test_profile_values_come_from_the_environment_with_defaults(monkeypatch):
+    """`${VAR:-default}`: the shipped Slurm profile sized to a 2-core machine by its
+    environment variables, typed as YAML would type the value."""
+    pytest.importorskip("dask_jobqueue")
+    for variable in ("DAGFLOW_SLURM_PARTITION", "DAGFLOW_SLURM_MIN_WORKERS"):
+        monkeypatch.delenv(variable, raising=False)
+    sized = {"DAGFLOW_SLURM_CORES": "2", "DAGFLOW_SLURM_MEMORY": "6GiB",
+             "DAGFLOW_SLURM_PROCESSES": "1", "DAGFLOW_SLURM_WALLTIME": "00:30:00",
+             "DAGFLOW_SLURM_LIFETIME": "25m", "DAGFLOW_SLURM_MAX_WORKERS": "3",
+             "DAGFLOW_SLURM_ACCOUNT": ""}  # empty: the default
+    for variable, value in sized.items():
+        monkeypatch.setenv(variable, value)
+    profile = load_profile("slurm")
+    options = profile.resolved_options()
+    assert (options["cores"], options["memory"], options["processes"]) == (2, "6GiB", 1)
+    assert (options["queue"], options["account"], options["walltime"]) == (None, None,
+                                                                          "00:30:00")
+    assert profile.adapt == {"minimum": 0, "maximum": 3}
+    found, command = parse_job_script(profile.job_script("tcp://10.0.0.1:8786"), "#SBATCH")
+    assert {"--cpus-per-task=2", "--mem=6G", "-t 00:30:00"} <= set(found)
+    assert not [d for d in found if d.startswith(("-p ", "-A "))]  # Slurm's defaults
+    assert (option(command, "--nthreads"), option(command, "--nworkers")) == ("2", "1")
+    assert (option(command, "--memory-limit"), option(command, "--lifetime")) == \
+        ("6.00GiB", "25m")
+    # a value that is more than one reference stays a string; an unset one is left as is
+    path = write_profile(Path(os.environ.get("TMPDIR", "/tmp")) / "env-profile.yaml", **{
+        "class": "distributed.LocalCluster", "scale": "${DAGFLOW_TEST_UNSET:-2}",
+        "options": {"name": "w${DAGFLOW_SLURM_CORES:-9}", "ratio": "${DAGFLOW_TEST_UNSET:-0.5}",
+                    "flag": "${DAGFLOW_TEST_UNSET:-true}", "kept": "$DAGFLOW_TEST_UNSET"}})
+    try:
+        env_profile = load_profile(path)
+    finally:
+        path.unlink()
+    assert env_profile.scale == 2
+    assert env_profile.resolved_options() == {"name": "w2", "ratio": 0.5, "flag": True,
+                                              "kept": "$DAGFLOW_TEST_UNSET"}
+
+
+@pytest.mark.timeout(60)  # dask-jobqueue alone would retry the submission for ever
+@pytest.mark.parametrize("name, command", [("slurm", "sbatch"), ("pbs", "qsub"),
+                                           ("lsf", "bsub")])
+def test_a_missing_submission_command_stops_the_run_at_once(name, command, monkeypatch,
+                                                            workflow_file, photos, tmp_path):
+    """No batch system here: the first worker job cannot be submitted, and the run stops
+    with exit code 2 and one line naming the command, instead of waiting for ever."""
+    pytest.importorskip("dask_jobqueue")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    monkeypatch.setenv("DAGFLOW_DASHBOARD_ADDRESS", "127.0.0.1:0")
+    for prefix in ("SLURM", "PBS", "LSF"):
+        monkeypatch.setenv(f"DAGFLOW_{prefix}_INTERFACE", "lo")
+    result = CliRunner().invoke(main, ["run", str(workflow_file), "-i", str(photos),
+                                       "-o", str(tmp_path / "out"), "--cluster", name])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip()
+    assert line.startswith(f"error: cluster profile {name!r}") and "\n" not in line, line
+    assert "the first worker job could not be submitted:" in line
+    assert f"{command!r} was not found on PATH" in line  # (bsub through a shell: 127)
+    assert "Traceback" not in result.output
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+FAKE_BATCH_SYSTEM = {  # submit, cancel, what the submit command answers
+    "slurm": ("sbatch", "scancel", "Submitted batch job 42"),
+    "pbs": ("qsub", "qdel", "42.pbs-server"),
+}
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["slurm", "pbs"])
-def test_jobqueue_profile_starts_its_scheduler_with_the_preload(name):
-    """The real cluster class, built from the profile: its scheduler (in this process)
-    preloaded dagflow's monitor, and its job script runs `dask worker` against it. No job
-    is submitted (adaptive from zero, nothing to do)."""
+def test_jobqueue_profile_starts_its_scheduler_and_submits_its_first_job(name, tmp_path,
+                                                                        monkeypatch):
+    """The real cluster class, built from the profile, against a stand-in for the batch
+    system's commands (PBS has no server package here; the real Slurm is in
+    test_slurm.py): its scheduler (in this process) preloaded dagflow's monitor, the first
+    worker job is submitted when the cluster starts, and it runs `dask worker` against
+    that scheduler; closing the cluster cancels the job."""
     pytest.importorskip("dask_jobqueue")
+    submit, cancel, answer = FAKE_BATCH_SYSTEM[name]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / submit).write_text(f'#!/bin/sh\ncp "$1" {tmp_path}/submitted.sh\n'
+                                  f'echo "{answer}"\n')
+    (bin_dir / cancel).write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/cancelled\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     profile = load_profile(name)
     options = {**profile.options["scheduler_options"], "host": "127.0.0.1",
                "dashboard_address": "127.0.0.1:0"}
     with cluster_from_profile(profile, scheduler_options=options) as cluster:
         assert "dagflow-monitor" in cluster.scheduler.plugins
-        script = cluster.job_script()
+        deadline = time.monotonic() + 10
+        while not cluster.workers and time.monotonic() < deadline:  # being registered
+            time.sleep(0.05)
+        assert [job.job_id for job in cluster.workers.values()] == ["42"]
+        script = (tmp_path / "submitted.sh").read_text()
         assert f"-m dask worker {cluster.scheduler_address}" in script
-        assert "--resources MEMORY=" in script
-        assert cluster._adaptive is not None and not cluster.workers
+        assert "--worker-class dagflow.runtime.retire.RetiringWorker" in script
+        assert cluster._adaptive is not None
+    assert (tmp_path / "cancelled").read_text().split() == ["42"]
+
+
+@pytest.mark.slow
+def test_a_batch_system_slow_to_answer_is_waited_for_not_refused(tmp_path, monkeypatch, caplog):
+    """An `sbatch` that answers after the first-submission timeout: a warning, and the
+    cluster goes on (its job is registered when the answer comes)."""
+    pytest.importorskip("dask_jobqueue")
+    from dagflow.runtime import jobqueue
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text('#!/bin/sh\nsleep 1\necho "Submitted batch job 7"\n')
+    (bin_dir / "scancel").write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/cancelled\n')
+    for script in bin_dir.iterdir():
+        script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(jobqueue, "FIRST_SUBMISSION_TIMEOUT", 0.2)
+    options = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+    with caplog.at_level("WARNING", logger="dagflow.runtime.jobqueue"), \
+            cluster_from_profile("slurm", scheduler_options=options) as cluster:
+        assert "sbatch has not answered within 0.2 s; the run waits for its workers" in \
+            caplog.text
+        deadline = time.monotonic() + 10
+        while not cluster.workers and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [job.job_id for job in cluster.workers.values()] == ["7"]
+    assert (tmp_path / "cancelled").read_text().split() == ["7"]
 
 
 def test_cluster_profiles_cli(tmp_path):
@@ -469,61 +623,7 @@ def test_importing_cluster_packages_writes_nothing_home(tmp_path):
     assert list(home.rglob("*")) == []
 
 
-# -- Kubernetes, Helm, gateway, Slurm batch script ------------------------------------------
-
-
-def load_all(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def containers(pod_spec: dict) -> dict[str, dict]:
-    return {c["name"]: c for c in pod_spec["containers"]}
-
-
-def check_dask_cluster_spec(spec: dict, cluster_name: str) -> None:
-    worker = containers(spec["worker"]["spec"])["worker"]
-    assert worker["args"][:2] == ["dask", "worker"]
-    assert "--resources" in worker["args"]
-    assert worker["args"][worker["args"].index("--resources") + 1].startswith("MEMORY=")
-    scheduler = containers(spec["scheduler"]["spec"])["scheduler"]
-    assert scheduler["args"][:2] == ["dask", "scheduler"]
-    assert scheduler["args"][scheduler["args"].index("--preload") + 1] == PRELOAD
-    service = spec["scheduler"]["service"]
-    assert service["type"] == "ClusterIP"
-    assert service["selector"]["dask.org/cluster-name"] == cluster_name
-
-
-def test_kubernetes_manifests():
-    k8s = CONFIGS / "kubernetes"
-    [cluster] = load_all(k8s / "dask-cluster.yaml")
-    assert (cluster["apiVersion"], cluster["kind"]) == ("kubernetes.dask.org/v1", "DaskCluster")
-    check_dask_cluster_spec(cluster["spec"], cluster["metadata"]["name"])
-
-    docs = {d["kind"]: d for d in load_all(k8s / "dask-job.yaml")}
-    job = docs["DaskJob"]
-    assert job["apiVersion"] == "kubernetes.dask.org/v1"
-    check_dask_cluster_spec(job["spec"]["cluster"]["spec"], job["metadata"]["name"])
-    runner = containers(job["spec"]["job"]["spec"])["job"]
-    assert runner["args"][:2] == ["dagflow", "run"]
-    # the workflow it runs is a valid dagflow workflow
-    [workflow_text] = docs["ConfigMap"]["data"].values()
-    dagflow.Workflow.from_yaml(workflow_text).validate()
-    assert Path(runner["args"][2]).name in docs["ConfigMap"]["data"]
-
-    policies = load_all(k8s / "network-policy.yaml")
-    assert {p["kind"] for p in policies} == {"NetworkPolicy"}
-    assert {p["spec"]["podSelector"]["matchLabels"]["dask.org/component"]
-            for p in policies} == {"scheduler", "worker"}
-
-    values = yaml.safe_load((k8s / "helm-values.yaml").read_text())
-    assert values["scheduler"]["extraArgs"] == ["--preload", PRELOAD]
-    assert values["scheduler"]["serviceType"] == "ClusterIP"
-    assert values["worker"]["extraArgs"][0] == "--resources"
-    assert values["jupyter"]["enabled"] is False
-
-    profile = load_profile("kubernetes")
-    spec_path = Path(profile.resolved_options()["custom_cluster_spec"])
-    assert spec_path == (k8s / "dask-cluster.yaml").resolve()
+# -- gateway, Slurm batch script (Kubernetes: test_kubernetes_manifests.py) ---------------
 
 
 def test_gateway_server_config_uses_the_dask_command():
@@ -535,13 +635,15 @@ def test_gateway_server_config_uses_the_dask_command():
 
 
 def test_slurm_batch_script():
+    """Its form; test_slurm.py runs it on a real Slurm."""
     script = CONFIGS / "slurm-batch.sh"
     subprocess.run(["bash", "-n", str(script)], check=True)
     text = script.read_text()
-    assert "dask scheduler --scheduler-file" in text
+    assert "dask scheduler --scheduler-file" in text and "--port 0" in text
     assert f"--preload {PRELOAD}" in text
+    # workers sized from the allocation, advertising MEMORY themselves
     assert re.search(r"srun .*dask worker --scheduler-file", text)
-    assert "--resources MEMORY=" in text
+    assert '--nthreads "$THREADS" --memory-limit "${MEMORY_MB}MB"' in text
     assert re.search(r"^dagflow run .*--scheduler-file", text, re.M)
 
 
@@ -581,3 +683,84 @@ def test_dask_dagflow_help_lists_the_commands():
     assert done.returncode == 0, done.stderr
     for command in ("run", "submit", "status", "validate", "ops", "cluster-profiles", "config"):
         assert re.search(rf"^\s+{re.escape(command)}\s", done.stdout, re.M), done.stdout
+
+
+# -- workers at the end of their lifetime (dagflow.runtime.retire) ---------------------------
+
+_GO = threading.Event()
+_STARTED = threading.Event()
+_RUNS: list[int] = []
+
+
+def _held(x: int) -> int:
+    """A task that says it started, waits for the test, and counts its executions."""
+    _STARTED.set()
+    _GO.wait(30)
+    _RUNS.append(x)
+    return x
+
+
+@pytest.mark.parametrize("worker_class, executions", [("retiring", 1), ("dask", 2)])
+def test_a_worker_at_the_end_of_its_lifetime_finishes_its_task_and_hands_over(
+        worker_class, executions):
+    """The task running on a worker whose lifetime ends runs once, on that worker, and its
+    other results move to the other worker. Dask's own worker drops the task (it runs
+    again elsewhere): the reason for RetiringWorker."""
+    from distributed import Worker
+    from distributed.utils_test import gen_cluster
+
+    from dagflow.runtime.retire import END_OF_LIFETIME, RetiringWorker
+
+    cls = RetiringWorker if worker_class == "retiring" else Worker
+
+    @gen_cluster(client=True, Worker=cls, nthreads=[("127.0.0.1", 1)] * 2)
+    async def scenario(c, s, a, b):
+        kept = c.submit(lambda: "kept", workers=[a.address], pure=False)
+        await kept
+        held = c.submit(_held, 1, workers=[a.address], allow_other_workers=True)
+        await asyncio.get_running_loop().run_in_executor(None, _STARTED.wait, 30)
+        closing = asyncio.ensure_future(a.close_gracefully(reason=END_OF_LIFETIME))
+        while a.status == Status.running:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # time enough to hand the task elsewhere, if it would
+        _GO.set()
+        assert await held == 1
+        await closing
+        assert a.address not in s.workers
+        assert await kept == "kept"  # handed to b, not computed again
+        assert {ws.address for ws in s.tasks[kept.key].who_has} == {b.address}
+        assert sorted(_RUNS) == [1] * executions
+
+    _GO.clear()
+    _STARTED.clear()
+    _RUNS.clear()
+    scenario()
+
+
+def test_the_last_worker_works_on_until_another_can_take_its_results(monkeypatch):
+    """No other worker to hand its results to: the worker goes back to work, and retires
+    once a replacement has joined."""
+    from distributed.utils_test import gen_cluster, inc
+
+    from dagflow.runtime import retire
+
+    monkeypatch.setattr(retire, "RETRY", 0.2)
+
+    @gen_cluster(client=True, Worker=retire.RetiringWorker, nthreads=[("127.0.0.1", 1)])
+    async def scenario(c, s, a):
+        kept = c.submit(inc, 1, pure=False)
+        await kept
+        closing = asyncio.ensure_future(a.close_gracefully(reason=retire.END_OF_LIFETIME))
+        declined = ("could-not-retire", [a.address])
+        while not any(isinstance(e, dict) and (e.get(declined[0]) == declined[1])
+                      for _, e in s.get_events("all")):
+            await asyncio.sleep(0.02)
+        assert await c.submit(inc, 10, pure=False) == 11  # it still takes tasks
+        assert not closing.done()
+        async with retire.RetiringWorker(s.address, nthreads=1) as b:
+            await closing
+            assert a.address not in s.workers
+            assert await kept == 2
+            assert {ws.address for ws in s.tasks[kept.key].who_has} == {b.address}
+
+    scenario()

@@ -237,7 +237,7 @@ if __name__ == "__main__":
                              Node("hold", "wait_for_file", after="load"),
                              Node("save", "save", {"format": "png"}, after="hold")])
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as client:
         result = dagflow.run(wf, sys.argv[1], sys.argv[2], client=client, progress=False,
                              run_id="holder-run")
     print(result.succeeded, flush=True)

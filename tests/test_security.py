@@ -17,8 +17,8 @@ from distributed import Client, LocalCluster
 from distributed.security import Security
 
 import dagflow
-from dagflow.runtime.cluster import connect
-from dagflow.runtime.profiles import cluster_from_profile, load_profile
+from dagflow.runtime.cluster import cluster_from_profile, connect
+from dagflow.runtime.profiles import load_profile
 
 CONFIGS = Path(__file__).resolve().parents[1] / "cluster-configs"
 

@@ -435,7 +435,7 @@ def test_a_users_op_runs_tiled_in_a_run_by_declaring_its_tiling(tmp_path):
                         Node("save", "save", {"format": "tiff"}, after="dark")])
     assert chain_problem(list(node_tasks(wf).values())) is None
     with LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                      dashboard_address=None, resources={"MEMORY": 2e6}) as cluster, \
+                      dashboard_address="127.0.0.1:0", resources={"MEMORY": 2e6}) as cluster, \
             Client(cluster) as c, dask.config.set({"dagflow.resources.tile-chunk": 128}):
         result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False)
     assert (result.succeeded, result.tiled) == (1, 1)

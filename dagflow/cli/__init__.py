@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from dagflow.exceptions import (
+    ClusterStartError,
     ClusterUnreachableError,
     ConfigError,
     InputError,
@@ -44,7 +45,7 @@ class _Group(click.Group):
             with sigterm_as_interrupt(quiet=True):  # the run's cleanup runs on SIGTERM too
                 return super().invoke(ctx)
         except (WorkflowValidationError, ConfigError, InputError, OutputError,
-                OutputLockedError, ClusterUnreachableError) as exc:
+                OutputLockedError, ClusterUnreachableError, ClusterStartError) as exc:
             _fail_invalid(exc)
         except KeyboardInterrupt as exc:  # not click's "Aborted!" and 1 (failed items)
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

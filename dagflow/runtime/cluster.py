@@ -1,11 +1,14 @@
-"""Connecting to a Dask cluster: an existing client, an address, a scheduler file, or an
-embedded ``LocalCluster``.
+"""Starting clusters and connecting to them: an existing client, an address, a scheduler
+file, a cluster profile, or an embedded ``LocalCluster``.
 
 The order tried by :func:`connect`: an explicit ``client``; an explicit ``cluster``
 address (``tcp://...``, ``tls://...``); a ``scheduler_file``; ``DASK_SCHEDULER_ADDRESS``
-(Dask's own ``scheduler-address`` setting); otherwise a ``LocalCluster`` started for
-this run and closed after it. The embedded cluster binds every listener (scheduler,
-workers, dashboard) to 127.0.0.1 unless configured otherwise.
+(Dask's own ``scheduler-address`` setting); a cluster profile by name or file
+(:func:`cluster_from_profile`, read by :mod:`dagflow.runtime.profiles`); otherwise a
+``LocalCluster`` started for this run and closed after it. The embedded cluster binds
+every listener (scheduler, workers, dashboard) to 127.0.0.1 unless configured otherwise.
+A profile's ``distributed.LocalCluster`` starts through :func:`start_local_cluster` too,
+so it keeps those defaults unless the profile overrides them.
 """
 
 from __future__ import annotations
@@ -23,11 +26,13 @@ import dask.config
 from distributed import Client, LocalCluster
 
 from dagflow import config
-from dagflow.exceptions import ClusterUnreachableError, ConfigError
+from dagflow.exceptions import ClusterStartError, ClusterUnreachableError, ConfigError
+from dagflow.runtime import jobqueue
+from dagflow.runtime.profiles import Profile, load_profile
 
-__all__ = ["check_local_sizes", "cluster_dask_config", "connect", "dashboard_link",
-           "refuse_while_bootstrapping", "resolve_local_sizes", "start_cuda_cluster",
-           "start_local_cluster"]
+__all__ = ["check_local_sizes", "cluster_dask_config", "cluster_from_profile", "connect",
+           "dashboard_link", "refuse_while_bootstrapping", "resolve_local_sizes",
+           "start_cuda_cluster", "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +299,82 @@ def start_cuda_cluster(
     return cluster
 
 
+@contextlib.contextmanager
+def cluster_from_profile(name_or_file: str | os.PathLike[str] | Profile,
+                         **overrides: Any) -> Iterator[Any]:
+    """Start the cluster a profile describes, scale it, and close it on exit.
+
+    A dask-jobqueue cluster submits its first worker job here, and the batch system's
+    answer is waited for (:mod:`dagflow.runtime.jobqueue`): a refused job (``sbatch``
+    missing, an unknown partition or account) fails at once instead of being retried
+    for ever.
+
+    Parameters
+    ----------
+    name_or_file
+        A profile name, a profile file, or a :class:`~dagflow.runtime.profiles.Profile`.
+    **overrides
+        Keyword arguments replacing the profile's options.
+
+    Yields
+    ------
+    The cluster object (pass it to :class:`distributed.Client`).
+
+    Raises
+    ------
+    ConfigError
+        The class cannot be imported, or rejects an option.
+    ClusterStartError
+        The cluster failed to start, or the batch system refused its first worker job.
+    """
+    profile = name_or_file if isinstance(name_or_file, Profile) else load_profile(name_or_file)
+    where = f"cluster profile {profile.name!r} ({profile.path})"
+    options = profile.resolved_options(**overrides)
+    watch = None
+    if profile.is_local:
+        factory: Any = start_local_cluster
+    elif profile.is_cuda:
+        factory = start_cuda_cluster  # the configured device memory limit and RMM pool
+    else:
+        factory = profile.cluster_class()
+        job_cls = getattr(factory, "job_cls", None)  # a dask-jobqueue cluster
+        if job_cls is not None and "job_cls" not in options:
+            watch = jobqueue.SubmissionWatch(jobqueue.submission_command(job_cls))
+            options["job_cls"] = jobqueue.job_class(job_cls, watch)
+    try:
+        cluster = factory(**options)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {profile.cls} rejected its options: {exc}") from exc
+    except (ConfigError, ClusterStartError):
+        raise
+    except Exception as exc:  # a worker refusing an option, an unreachable service...
+        raise ClusterStartError(f"{where}: {profile.cls} could not start: "
+                                f"{type(exc).__name__}: {exc}") from exc
+    with contextlib.ExitStack() as stack:
+        if watch is not None:
+            stack.enter_context(jobqueue.quiet_failed_submission(watch))
+        stack.callback(cluster.close)
+        if watch is not None:
+            jobqueue.submit_first_job(cluster, watch, where=where)
+        _apply_scaling(profile, cluster)
+        logger.info("started %s: %s", where, getattr(cluster, "scheduler_address", "?"))
+        yield cluster
+
+
+def _apply_scaling(profile: Profile, cluster: Any) -> None:
+    """Scale the started cluster as the profile says (``adapt`` or ``scale``)."""
+    if profile.adapt is not None:
+        if not callable(getattr(cluster, "adapt", None)):
+            raise ConfigError(f"cluster profile {profile.name!r}: {profile.cls} does not "
+                              "support adaptive scaling; use 'scale' instead of 'adapt'")
+        cluster.adapt(**dict(profile.adapt))
+    elif profile.scale is not None:
+        if isinstance(profile.scale, Mapping):
+            cluster.scale(**dict(profile.scale))
+        else:
+            cluster.scale(int(profile.scale))
+
+
 def dashboard_link(client: Client) -> str | None:
     """The dashboard URL of the client's scheduler, if it has one."""
     try:
@@ -369,7 +450,5 @@ def connect(
         with start_local_cluster(**dict(local_options or {})) as lc, Client(lc) as c:
             yield c
         return
-    from dagflow.runtime.profiles import cluster_from_profile
-
     with cluster_from_profile(cluster) as started, Client(started) as c:
         yield c

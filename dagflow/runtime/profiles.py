@@ -14,14 +14,14 @@ profile is a small YAML file::
       scheduler_options: {preload: [dagflow.monitor.preload]}
     adapt: {minimum: 0, maximum: 20}       # or scale: 4 (or scale: {jobs: 2})
 
-Inside ``options``, ``$VAR`` and ``${VAR}`` are replaced from the environment, a string
-that starts with ``./`` or ``../`` is a path relative to the profile's directory, and
-``security`` is either ``temporary`` (self-signed credentials made for this cluster:
-:meth:`distributed.security.Security.temporary`) or the arguments of
+Inside ``options``, ``adapt`` and ``scale``, ``$VAR`` and ``${VAR}`` are replaced from the
+environment, and ``${VAR:-default}`` by ``default`` where ``VAR`` is unset or empty; a
+value that is one such reference and nothing else reads as a number, ``true``/``false``
+or ``null`` where its text is one (``cores: ${DAGFLOW_SLURM_CORES:-16}`` is the number
+16). A string that starts with ``./`` or ``../`` is a path relative to the profile's
+directory, and ``security`` is either ``temporary`` (self-signed credentials made for this
+cluster: :meth:`distributed.security.Security.temporary`) or the arguments of
 :class:`distributed.security.Security` (``tls_ca_file``, ``tls_client_cert``...).
-``distributed.LocalCluster`` profiles start through
-:func:`dagflow.runtime.cluster.start_local_cluster`, so they keep dagflow's defaults
-(every listener on 127.0.0.1, the workers' environment) unless the profile overrides them.
 
 A name is looked up as ``NAME.yaml`` in the directories of ``dagflow.cluster.profile-path``,
 then ``./cluster-configs``, then the ``cluster-configs/`` directory shipped with dagflow;
@@ -29,8 +29,9 @@ anything that looks like a path (``.yaml`` suffix, a directory separator) is rea
 file. The shipped profiles and what each one exposes are described in
 ``cluster-configs/README.md``.
 
-This module owns finding, reading, checking and starting profiles; it never connects a
-client (that is :func:`dagflow.runtime.cluster.connect`).
+This module owns finding, reading and checking profiles, and rendering a dask-jobqueue
+profile's job script; it starts nothing (:func:`dagflow.runtime.cluster.cluster_from_profile`
+starts a profile's cluster, :func:`dagflow.runtime.cluster.connect` a client).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,7 +54,6 @@ from dagflow.exceptions import ConfigError
 
 __all__ = [
     "Profile",
-    "cluster_from_profile",
     "list_profiles",
     "load_profile",
     "profile_dirs",
@@ -66,7 +67,7 @@ SHIPPED_DIR = Path(__file__).resolve().parents[2] / "cluster-configs"
 _KEYS = {"description", "class", "install", "options", "scale", "adapt"}
 _LOCAL_CLASSES = {"distributed.LocalCluster", "distributed.deploy.local.LocalCluster",
                   "dask.distributed.LocalCluster"}
-#: dask-cuda's LocalCUDACluster, started through dagflow.runtime.cluster.start_cuda_cluster.
+#: dask-cuda's LocalCUDACluster (started by dagflow.runtime.cluster.start_cuda_cluster).
 _CUDA_CLASSES = {"dask_cuda.LocalCUDACluster", "dask_cuda.local_cuda_cluster.LocalCUDACluster"}
 #: What to install when a cluster class cannot be imported.
 _EXTRAS = {
@@ -115,6 +116,11 @@ class Profile:
         """Whether this is a ``distributed.LocalCluster`` profile."""
         return self.cls in _LOCAL_CLASSES
 
+    @property
+    def is_cuda(self) -> bool:
+        """Whether this is a dask-cuda ``LocalCUDACluster`` profile."""
+        return self.cls in _CUDA_CLASSES
+
     def install_hint(self) -> str | None:
         """The pip requirement that provides the cluster class."""
         return self.install or _EXTRAS.get(self.cls.split(".", 1)[0])
@@ -151,53 +157,6 @@ class Profile:
         if "security" in options:
             options["security"] = _security(options["security"], self)
         return options
-
-    def create(self, **overrides: Any) -> Any:
-        """Construct the cluster (without scaling it); the caller closes it.
-
-        Raises
-        ------
-        ConfigError
-            The class cannot be imported, rejects an argument, or fails to start.
-        """
-        options = self.resolved_options(**overrides)
-        if self.is_local:
-            from dagflow.runtime.cluster import start_local_cluster
-
-            factory: Any = start_local_cluster
-        elif self.cls in _CUDA_CLASSES:  # config's device memory limit and RMM pool
-            from dagflow.runtime.cluster import start_cuda_cluster
-
-            factory = start_cuda_cluster
-        else:
-            factory = self.cluster_class()
-        try:
-            return factory(**options)
-        except TypeError as exc:
-            raise ConfigError(f"cluster profile {self.name!r} ({self.path}): {self.cls} "
-                              f"rejected its options: {exc}") from exc
-        except Exception as exc:  # a worker refusing an option, an unreachable service...
-            raise ConfigError(f"cluster profile {self.name!r} ({self.path}): {self.cls} "
-                              f"could not start: {type(exc).__name__}: {exc}") from exc
-
-    def apply_scaling(self, cluster: Any) -> None:
-        """Scale the started cluster as the profile says (``adapt`` or ``scale``).
-
-        Raises
-        ------
-        ConfigError
-            ``adapt`` for a cluster class that does not support adaptive scaling.
-        """
-        if self.adapt is not None:
-            if not callable(getattr(cluster, "adapt", None)):
-                raise ConfigError(f"cluster profile {self.name!r}: {self.cls} does not "
-                                  "support adaptive scaling; use 'scale' instead of 'adapt'")
-            cluster.adapt(**dict(self.adapt))
-        elif self.scale is not None:
-            if isinstance(self.scale, Mapping):
-                cluster.scale(**dict(self.scale))
-            else:
-                cluster.scale(int(self.scale))
 
     def job_script(self, scheduler_address: str = "tcp://scheduler:8786",
                    **overrides: Any) -> str:
@@ -249,14 +208,54 @@ def _config_copies_elsewhere() -> Iterator[None]:
             dask.config.PATH = saved
 
 
-def _expand(value: Any, base: Path) -> Any:
+#: ``${VAR:-default}``: VAR from the environment, or the default where it is unset or empty.
+_DEFAULTED = re.compile(r"\$\{(\w+):-([^}]*)\}")
+#: A value that is one reference and nothing else.
+_ONE_REFERENCE = re.compile(r"\$\{\w+(:-[^}]*)?\}|\$\w+")
+_INTEGER = re.compile(r"[-+]?\d+")
+_DECIMAL = re.compile(r"[-+]?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?")
+
+
+def expand_reference(text: str) -> Any:
+    """Replace environment variables in a profile's string value.
+
+    Examples
+    --------
+    With ``DAGFLOW_DOC_UNSET`` unset:
+
+    >>> expand_reference("${DAGFLOW_DOC_UNSET:-16}"), expand_reference("${DAGFLOW_DOC_UNSET:-0.5}")
+    (16, 0.5)
+    >>> expand_reference("${DAGFLOW_DOC_UNSET:-null}") is None
+    True
+    >>> expand_reference("${DAGFLOW_DOC_UNSET:-04:00:00}")
+    '04:00:00'
+    >>> expand_reference("-${DAGFLOW_DOC_UNSET:-2}")
+    '-2'
+    """
+    one = _ONE_REFERENCE.fullmatch(text) is not None
+    text = _DEFAULTED.sub(lambda m: os.environ.get(m.group(1)) or m.group(2), text)
+    text = dask.config.expand_environment_variables(text)
+    if not one:
+        return text
+    if text in ("", "null", "~"):
+        return None
+    if text in ("true", "false"):
+        return text == "true"
+    if _INTEGER.fullmatch(text):
+        return int(text)
+    if _DECIMAL.fullmatch(text):
+        return float(text)
+    return text
+
+
+def _expand(value: Any, base: Path | None) -> Any:
     if isinstance(value, Mapping):
         return {k: _expand(v, base) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand(v, base) for v in value]
     if isinstance(value, str):
-        value = dask.config.expand_environment_variables(value)
-        if value.startswith(("./", "../")):
+        value = expand_reference(value)
+        if base is not None and isinstance(value, str) and value.startswith(("./", "../")):
             return os.fspath((base / value).resolve())
     return value
 
@@ -336,7 +335,7 @@ def _parse(path: Path) -> Profile:
     options = data.get("options") or {}
     if not isinstance(options, Mapping):
         raise ConfigError(f"cluster profile {path}: 'options' must be a mapping")
-    scale, adapt = data.get("scale"), data.get("adapt")
+    scale, adapt = _expand(data.get("scale"), None), _expand(data.get("adapt"), None)
     if scale is not None and adapt is not None:
         raise ConfigError(f"cluster profile {path}: give 'scale' or 'adapt', not both")
     if scale is not None and not (
@@ -386,30 +385,3 @@ def list_profiles() -> list[Profile]:
             except ConfigError:
                 continue  # a Dask config file or manifest beside the profiles
     return [found[k] for k in sorted(found)]
-
-
-@contextlib.contextmanager
-def cluster_from_profile(name_or_file: str | os.PathLike[str] | Profile,
-                         **overrides: Any) -> Iterator[Any]:
-    """Start the cluster a profile describes, scale it, and close it on exit.
-
-    Parameters
-    ----------
-    name_or_file
-        A profile name, a profile file, or a :class:`Profile`.
-    **overrides
-        Keyword arguments replacing the profile's options.
-
-    Yields
-    ------
-    The cluster object (pass it to :class:`distributed.Client`).
-    """
-    profile = name_or_file if isinstance(name_or_file, Profile) else load_profile(name_or_file)
-    cluster = profile.create(**overrides)
-    try:
-        profile.apply_scaling(cluster)
-        logger.info("started cluster profile %s (%s): %s", profile.name, profile.cls,
-                    getattr(cluster, "scheduler_address", "?"))
-        yield cluster
-    finally:
-        cluster.close()
