@@ -832,7 +832,7 @@ def test_a_run_on_local_cuda_uses_the_gpu_and_its_workers_ignore_sigint(tmp_path
                         Node("blur", "gaussian", {"sigma": 2.0}, after="load", device="gpu"),
                         Node("small", "resize", {"long_side": 32}, after="blur"),
                         Node("save", "save", {"format": "png"}, after="small")])
-    with start_cuda_cluster(n_workers=1, threads_per_worker=2, dashboard_address=None,
+    with start_cuda_cluster(n_workers=1, threads_per_worker=2, dashboard_address="127.0.0.1:0",
                             memory_limit="4GiB") as cluster, Client(cluster) as c:
         handlers = c.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
         assert list(handlers.values()) == [True]
