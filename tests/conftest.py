@@ -128,3 +128,19 @@ def _no_html_report(request):
     except ValueError:
         if dask.config.get("scheduler", None) == "dask.distributed":
             dask.config.config.pop("scheduler", None)
+
+
+@pytest.fixture(autouse=True)
+def _dask_defaults_kept():
+    """Keep every registered Dask default in the configuration after a test.
+
+    ``distributed.utils_test.gen_cluster`` resets the configuration to a copy taken when
+    ``distributed.utils_test`` was first imported, which drops the defaults of packages
+    imported since (dask-jobqueue's ``jobqueue`` section: a later Slurm test then failed
+    with ``KeyError: 'jobqueue'``). Defaults fill only what is missing.
+    """
+    import dask
+
+    yield
+    for defaults in dask.config.defaults:
+        dask.config.update(dask.config.config, defaults, priority="old")

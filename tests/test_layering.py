@@ -169,8 +169,6 @@ def test_the_scheduler_plugin_never_imports_bokeh():
 _KNOWN_CYCLES = {
     "dagflow.runtime.plan": "plan and run import each other (runloop removes it)",
     "dagflow.runtime.run": "plan and run import each other (runloop removes it)",
-    "dagflow.runtime.cluster": "cluster and profiles import each other (hpc removes it)",
-    "dagflow.runtime.profiles": "cluster and profiles import each other (hpc removes it)",
 }
 
 
