@@ -764,3 +764,26 @@ def test_the_last_worker_works_on_until_another_can_take_its_results(monkeypatch
             assert {ws.address for ws in s.tasks[kept.key].who_has} == {b.address}
 
     scenario()
+
+
+def test_dashboard_address_null_switches_the_dashboard_off_and_binds_no_fixed_port():
+    """``dashboard-address: null`` serves no dashboard, and the scheduler's own HTTP
+    routes (which Dask starts even without one) stay on a free port of 127.0.0.1, not on
+    8787 of every interface."""
+    import urllib.error
+    import urllib.request
+
+    import dask
+
+    from dagflow.runtime.cluster import start_local_cluster
+
+    with dask.config.set({"dagflow.cluster.dashboard-address": None}), \
+            start_local_cluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
+        server = cluster.scheduler.http_server
+        bound = {sock.getsockname()[:2] for sock in server._sockets.values()}
+        assert bound and all(host == "127.0.0.1" and port != 8787 for host, port in bound)
+        port = next(iter(bound))[1]
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
+            assert reply.read() == b"ok"

@@ -31,8 +31,8 @@ from dagflow.runtime import jobqueue
 from dagflow.runtime.profiles import Profile, load_profile
 
 __all__ = ["check_local_sizes", "cluster_dask_config", "cluster_from_profile", "connect",
-           "dashboard_link", "refuse_while_bootstrapping", "resolve_local_sizes",
-           "start_cuda_cluster", "start_local_cluster"]
+           "dashboard_link", "dashboard_options", "refuse_while_bootstrapping",
+           "resolve_local_sizes", "start_cuda_cluster", "start_local_cluster"]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,27 @@ def resolve_local_sizes(options: Mapping[str, Any] | None = None, *,
                           ("memory_limit", "memory-limit"))})
 
 
+def dashboard_options(host: str | None) -> dict[str, Any]:
+    """The embedded cluster's dashboard options from ``dagflow.cluster.dashboard-address``.
+
+    ``null`` switches the dashboard off. Not by passing ``dashboard_address=None``: the
+    scheduler still serves its HTTP routes then, on port 8787 of every interface. Its
+    HTTP server goes to a free port of ``host`` instead, without the dashboard.
+
+    Examples
+    --------
+    >>> import dask
+    >>> with dask.config.set({"dagflow.cluster.dashboard-address": None}):
+    ...     dashboard_options("127.0.0.1")
+    {'dashboard_address': '127.0.0.1:0', 'scheduler_kwargs': {'dashboard': False}}
+    """
+    address = config.get("cluster.dashboard-address")
+    if address is not None:
+        return {"dashboard_address": address}
+    return {"dashboard_address": f"{host or '127.0.0.1'}:0",
+            "scheduler_kwargs": {"dashboard": False}}
+
+
 def start_local_cluster(
     *,
     n_workers: int | None = None,
@@ -173,7 +194,7 @@ def start_local_cluster(
     host = config.get("cluster.host")
     options: dict[str, Any] = {
         "host": host,
-        "dashboard_address": config.get("cluster.dashboard-address"),
+        **dashboard_options(host),
         **sizes,
         "processes": processes,
         "silence_logs": logging.WARNING,
@@ -271,7 +292,7 @@ def start_cuda_cluster(
                           "pip install 'dagflow[gpu]'") from exc
     options: dict[str, Any] = {
         "host": config.get("cluster.host"),
-        "dashboard_address": config.get("cluster.dashboard-address"),
+        **dashboard_options(config.get("cluster.host")),
         "silence_logs": logging.WARNING,
         "n_workers": n_workers,
         "threads_per_worker": threads_per_worker,
