@@ -13,6 +13,8 @@
     │   ├── OutputCollisionError                 items or nodes that would write one file
     │   └── UnsafeStateError                     dagflow's state directory is a symlink
     ├── OutputLockedError (RuntimeError)         another run holds the output directory
+    ├── StorageError (OSError)                   an object store cannot be used as asked: no
+    │                                            such bucket, bad credentials, no package
     ├── UnknownOpError (KeyError)                an op name that is not registered
     ├── ItemError                                one item failed in one node (recorded, not raised)
     │   ├── BadInputError (ValueError)           corrupt, truncated, oversize, unsafe path
@@ -48,6 +50,7 @@ __all__ = [
     "OversizeError",
     "PartialDataError",
     "ResourceError",
+    "StorageError",
     "TransientError",
     "UnknownOpError",
     "UnsafeStateError",
@@ -168,6 +171,37 @@ class OutputLockedError(DagflowError, RuntimeError):
     def __init__(self, message: str, holder: dict | None = None) -> None:
         self.holder = dict(holder or {})
         super().__init__(message)
+
+
+class StorageError(DagflowError, OSError):
+    """An object store (``s3://``, ``gs://``...) cannot be used as asked: not one item's
+    fault, so never retried; a run checks its stores before anything starts.
+
+    Parameters
+    ----------
+    reason
+        ``no_bucket``, ``credentials`` (missing, invalid or expired), ``access_denied``,
+        ``credentials_in_url`` (refused: give them in the storage options or the
+        environment), ``protocol`` (its package is not installed, or unknown) or
+        ``unsupported`` (the store cannot do what is asked, e.g. a conditional write).
+    url
+        The location, with any credentials already removed from it.
+    message
+        One line: what is wrong and what to do.
+    """
+
+    _ERRNOS = {"no_bucket": 2, "credentials": 13, "access_denied": 13}  # ENOENT, EACCES
+
+    def __init__(self, reason: str, url: str, message: str) -> None:
+        self.reason = reason
+        self.url = url
+        super().__init__(self._ERRNOS.get(reason, 22), message)  # EINVAL otherwise
+
+    def __str__(self) -> str:
+        return f"{self.url}: {self.strerror}"
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return type(self), (self.reason, self.url, self.strerror or "")
 
 
 class UnknownOpError(DagflowError, KeyError):
