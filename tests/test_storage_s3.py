@@ -27,7 +27,13 @@ from dagflow.exceptions import BadInputError, OversizeError, StorageError, Trans
 from dagflow.image import Image
 from dagflow.io import open_image, probe_header, read_image, write_image
 from dagflow.io.storage import filesystem, list_objects, stat
-from dagflow.io.upload import abort_pending_uploads, pending_uploads, put_if_absent, put_if_match
+from dagflow.io.upload import (
+    abort_pending_uploads,
+    delete_if_match,
+    pending_uploads,
+    put_if_absent,
+    put_if_match,
+)
 from dagflow.recovery.policy import RetryPolicy, call_with_policy
 
 PROBE_BYTES = 64 * 1024
@@ -259,6 +265,12 @@ def test_conditional_writes_make_a_lock_object(s3):
     assert put_if_match(url, b'{"run": 3}', first.etag, storage_options=s3.options) is None
     assert s3.get("out/_dagflow/lock") == b'{"run": 1, "beat": 2}'
     assert put_if_match(s3.url("out/none"), b"x", "0" * 32, storage_options=s3.options) is None
+    # given back only by its holder: not with a stale version, then with its own
+    assert not delete_if_match(url, first.etag, storage_options=s3.options)
+    assert s3.keys() == ["out/_dagflow/lock"]
+    assert delete_if_match(url, refreshed.etag, storage_options=s3.options)
+    assert s3.keys() == []
+    assert not delete_if_match(url, refreshed.etag, storage_options=s3.options)
 
 
 # -- listing ---------------------------------------------------------------------------

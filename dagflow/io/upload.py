@@ -15,9 +15,10 @@ visible only when its upload completes, so :func:`put_object`
 
 A process killed during a multipart upload leaves no object either, only the upload's
 parts, invisible, until :func:`abort_pending_uploads` (run on resume) or the bucket's
-lifecycle rule removes them. :func:`put_if_absent` and :func:`put_if_match` are the
-conditional writes (``If-None-Match: *``, ``If-Match: <etag>``) a lock object is made
-of. :func:`write_output` is the one entry point for an output that may be local or not.
+lifecycle rule removes them. :func:`put_if_absent`, :func:`put_if_match` and
+:func:`delete_if_match` are the conditional requests (``If-None-Match: *``, ``If-Match:
+<etag>``) a lock object is made of. :func:`write_output` is the one entry point for an
+output that may be local or not.
 
 This module owns writing objects; encoding is :mod:`dagflow.io.write`'s, local files
 :mod:`dagflow.io.atomic`'s.
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "PendingUpload",
     "abort_pending_uploads",
+    "delete_if_match",
     "pending_uploads",
     "put_if_absent",
     "put_if_match",
@@ -328,6 +330,38 @@ def put_if_match(url: str, data: bytes, etag: str, *,
             raise
         fs.invalidate_cache(path)
     return ObjectStat(len(data), out["ETag"].strip('"'), None)
+
+
+def delete_if_match(url: str, etag: str, *,
+                    storage_options: Mapping[str, Any] | None = None) -> bool:
+    """Delete an object only if it is still the version ``etag`` (``If-Match`` on
+    DeleteObject): a lock's holder gives it back without removing a successor's.
+
+    Returns
+    -------
+    bool
+        Whether it was deleted (``False``: it changed, or is gone).
+
+    Raises
+    ------
+    StorageError
+        ``unsupported`` anywhere but ``s3://``.
+    """
+    if protocol_of(url) not in _S3:
+        raise _refused(url, "conditional delete (If-Match)")
+    fs, path = filesystem(url, storage_options)
+    bucket, key, _ = fs.split_path(path)
+    with storage_errors(url, action="write", options=storage_options):
+        try:
+            fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+        except OSError as exc:
+            if isinstance(exc, FileNotFoundError) and "NoSuchBucket" not in _codes(exc):
+                return False  # gone already
+            if {"PreconditionFailed", "412"} & _codes(exc):
+                return False  # changed: no longer this version
+            raise
+        fs.invalidate_cache(path)
+    return True
 
 
 def _codes(exc: BaseException) -> set[str]:
