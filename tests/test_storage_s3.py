@@ -180,6 +180,8 @@ def test_a_small_output_is_one_put(s3):
     url = write_image(Image(photo(320, 240)), s3.url("out/a.png"), storage_options=s3.options)
     assert [(r.method, r.key) for r in s3.proxy.requests] == [("PUT", "out/a.png")]
     assert s3.keys() == ["out/a.png"]
+    head = s3.server.client().head_object(Bucket=s3.bucket, Key="out/a.png")
+    assert head["ContentType"] == "image/png"
     np.testing.assert_array_equal(read_image(url, storage_options=s3.options).data,
                                   photo(320, 240))
 

@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from dagflow.exceptions import BadInputError
+from dagflow.exceptions import BadInputError, DagflowError
 from dagflow.io.orient import apply_orientation
 from dagflow.io.redact import redact_url
 from dagflow.io.storage import is_remote
@@ -240,7 +240,7 @@ def _open_object(url: str, options: Mapping[str, Any] | None, etag: str | None
     with storage.RangedFile(fs, path, st.size, url, block_size=block) as fp:
         try:
             tif = tifffile.TiffFile(fp)
-        except BadInputError:
+        except DagflowError:  # a ranged read that failed, already classified
             raise
         except Exception as exc:
             from dagflow.io.errors import storage_error

@@ -248,7 +248,9 @@ class ObjectStat(NamedTuple):
         >>> ObjectStat(3, '5eb6', None).token, ObjectStat(3, None, 17).token
         ('5eb6', '17')
         """
-        return self.etag if self.etag else str(self.mtime_ns)
+        if self.etag:
+            return self.etag
+        return "" if self.mtime_ns is None else str(self.mtime_ns)
 
 
 def _mtime_ns(value: Any) -> int | None:

@@ -31,6 +31,7 @@ import contextlib
 import io
 import logging
 import math
+import mimetypes
 import os
 import secrets
 from collections.abc import Callable, Mapping
@@ -125,7 +126,8 @@ def put_object(url: str, content: Content, *, storage_options: Mapping[str, Any]
                 etag = _s3_multipart(fs, path, data, part, url)
             else:
                 bucket, key, _ = fs.split_path(path)
-                etag = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data)["ETag"]
+                etag = fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data,
+                                  **_content_type(key))["ETag"]
             fs.invalidate_cache(path)
             logger.debug("put %s (%d bytes)", redact_url(url), len(data))
             return ObjectStat(len(data), etag.strip('"'), None)
@@ -135,6 +137,12 @@ def put_object(url: str, content: Content, *, storage_options: Mapping[str, Any]
             _put_by_rename(fs, path, data)
     logger.debug("put %s (%d bytes)", redact_url(url), len(data))
     return stat(url, storage_options) or ObjectStat(len(data), None, None)
+
+
+def _content_type(key: str) -> dict[str, str]:
+    """``ContentType`` from the name, so that a browser or a CDN serves the image as one."""
+    kind, _ = mimetypes.guess_type(key)
+    return {"ContentType": kind} if kind else {}
 
 
 def _put_by_rename(fs: AbstractFileSystem, path: str, data: bytes) -> None:
@@ -160,7 +168,8 @@ def _s3_multipart(fs: AbstractFileSystem, path: str, data: bytes, part_size: int
     bucket, key, _ = fs.split_path(path)
     part_size = max(part_size, math.ceil(len(data) / _MAX_PARTS))
     starts = range(0, len(data), part_size)
-    upload_id = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key)["UploadId"]
+    upload_id = fs.call_s3("create_multipart_upload", Bucket=bucket, Key=key,
+                           **_content_type(key))["UploadId"]
     try:
         async def upload_parts() -> list[dict[str, Any]]:
             gate = asyncio.Semaphore(_PART_CONCURRENCY)
