@@ -24,8 +24,10 @@ few operations the readers, writers and (later) the run state need:
   :func:`dagflow.io.atomic.safe_join` cleans local ones.
 
 Failures end as dagflow's classes (:func:`dagflow.io.errors.storage_errors`): a throttled
-store is a :class:`~dagflow.exceptions.TransientError`, a missing bucket or refused
-credentials a :class:`~dagflow.exceptions.StorageError`. Storage options are never
+store is a :class:`~dagflow.exceptions.TransientError` once the store's library has done
+its own retries (s3fs: up to 5 tries for throttling and dropped connections, within each
+botocore's), a missing bucket or refused credentials a
+:class:`~dagflow.exceptions.StorageError`. Storage options are never
 logged; locations are logged through :func:`dagflow.io.redact.redact_url`.
 
 Writing objects whole or not at all is :mod:`dagflow.io.upload`'s.
