@@ -688,6 +688,26 @@ def test_a_worker_job_that_ended_without_its_worker_stops_the_run_quoting_its_er
     assert not list((tmp_path / "out").rglob("*.png"))
 
 
+@pytest.mark.timeout(60)
+def test_submit_follow_says_why_the_driver_could_not_start_the_cluster(
+        monkeypatch, workflow_file, photos, tmp_path):
+    """`dagflow submit --follow` of a run whose worker jobs cannot be submitted (no sbatch
+    here): the run is interrupted before any item, and the follow ends with the driver's
+    error line (as `dagflow run` prints it) and exit code 4."""
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    monkeypatch.setenv("DAGFLOW_DASHBOARD_ADDRESS", "127.0.0.1:0")
+    monkeypatch.setenv("DAGFLOW_SLURM_INTERFACE", "lo")
+    result = CliRunner().invoke(main, ["submit", str(workflow_file), "-i", str(photos),
+                                       "-o", str(tmp_path / "out"), "--cluster", "slurm",
+                                       "--follow"])
+    assert result.exit_code == 4, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("error: cluster profile 'slurm' (") and last.endswith(
+        "the first worker job could not be submitted: 'sbatch' was not found on PATH: is "
+        "this a login node of the batch system, with its commands installed?"), last
+
+
 def test_cluster_profiles_cli(tmp_path):
     runner = CliRunner()
     listing = runner.invoke(main, ["cluster-profiles"])
