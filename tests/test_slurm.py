@@ -341,3 +341,33 @@ def test_a_held_worker_job_is_waited_for_saying_why_and_the_run_goes_on_once_rel
     assert (result.succeeded, result.failed) == (12, 0)
     assert jobs_seen(tmp_path / "executions.log") <= held
     wait_until(no_worker_jobs, 30, "the worker jobs to leave the queue")
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_job_running_without_its_worker_past_the_timeout_stops_the_run(
+        sized, photos, tmp_path):
+    """A job that runs but whose worker does not connect (here its prologue waits; on a
+    real cluster, a worker that cannot reach the scheduler): after
+    dagflow.cluster.worker-connect-timeout the run stops, exit code 2, naming the job and
+    quoting its error log; the job is cancelled with the cluster."""
+    logs = tmp_path / "logs"
+    profile = changed_profile(tmp_path, "stuck", log_directory=str(logs), job_script_prologue=[
+        "echo 'waiting for /shared/envs to be mounted' >&2", "sleep 300"])
+    (tmp_path / "thumbs.yaml").write_text(WORKFLOW)
+    with dask.config.set({"dagflow.cluster.job-poll-interval": 0.5,
+                          "dagflow.cluster.worker-connect-timeout": 3}):
+        result = CliRunner().invoke(main, ["run", str(tmp_path / "thumbs.yaml"), "-i",
+                                           str(photos), "-o", str(tmp_path / "out"),
+                                           "--cluster", str(profile)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    found = re.fullmatch(
+        r"error: cluster profile 'stuck' \(.*?\): worker job (\d+) has been running for \d+ s "
+        r"and its worker has not connected to the scheduler \(dagflow\.cluster\."
+        r"worker-connect-timeout: 3 s\); (\S+) ends: waiting for /shared/envs to be mounted",
+        line)
+    assert found, line
+    job, log = found.groups()
+    assert log == str(logs / f"{WORKER_JOBS}-{job}.err")
+    wait_until(no_worker_jobs, 30, "the worker jobs to leave the queue")
+    assert job_state(job)["JobState"] == "CANCELLED"
