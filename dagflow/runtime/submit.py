@@ -325,6 +325,7 @@ def follow(run_dir: str | os.PathLike[str], *, interval: float | None = None,
             if status.state not in ("finished", "interrupted"):
                 echo(f"the driver (pid {info.get('pid')}) ended without finishing the run; "
                      f"see {run_dir / LOG_FILE}")
+                _echo_driver_error(run_dir, echo)
                 return 2 if status.state == "unknown" else 4
             break
         if deadline is not None and time.monotonic() > deadline:
@@ -332,12 +333,27 @@ def follow(run_dir: str | os.PathLike[str], *, interval: float | None = None,
         time.sleep(interval)
     echo(str(status))
     if status.state != "finished":
+        _echo_driver_error(run_dir, echo)
         return 4
     try:
         with open(run_dir / "summary.json", encoding="utf-8") as f:
             return int(json.load(f).get("exit_code", 0))
     except (FileNotFoundError, json.JSONDecodeError, ValueError):
         return 4
+
+
+def _echo_driver_error(run_dir: Path, echo: Callable[[str], None], wait: float = 10.0) -> None:
+    """Say the error the driver ended with (``error: ...``, as ``dagflow run`` says it),
+    once ``driver.json`` has it: the driver writes it just after the run's last event."""
+    deadline = time.monotonic() + wait
+    info = driver_info(run_dir)
+    while "exit_code" not in info and _driver_alive(info) is not False \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+        info = driver_info(run_dir)
+    error = info.get("error") or {}
+    if error:
+        echo(f"error: {error.get('message') or error.get('type')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
