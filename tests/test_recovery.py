@@ -15,6 +15,7 @@ from pathlib import Path
 import dask
 import pyarrow.dataset as ds
 import pytest
+from distributed import Client, LocalCluster
 
 import dagflow
 from dagflow import Node, Param, TransientError, Workflow, register_op
@@ -167,15 +168,33 @@ def test_flaky_succeeds_after_retries_permanent_tried_once_hang_times_out(photos
     assert result.succeeded == 10 and result.failed == 2
 
 
-def test_transient_errors_that_persist_fail_after_the_attempts(photos, tmp_path, client):
+def test_transient_errors_that_persist_fail_after_the_attempts_each_one_kept(photos, tmp_path,
+                                                                            client):
+    """Every attempt of a retried item is in its record (error, and the delay before the
+    next attempt), and ``dagflow status`` shows them for the failed items."""
+    from click.testing import CliRunner
+
+    from dagflow.cli import main
+
     _ATTEMPTS.clear()
     wf = Workflow("r", [Node("load", "load"),
                         Node("flaky", "flaky", {"failures": 99}, after="load",
-                             retry={"attempts": 2, "delay": 0.01})])
-    result = dagflow.run(wf, photos, tmp_path / "out", client=client, progress=False)
+                             retry={"attempts": 3, "delay": 0.01, "jitter": 0})])
+    with dask.config.set({"dagflow.breaker.failures": 100}):  # every item reaches it
+        result = dagflow.run(wf, photos, tmp_path / "out", client=client, progress=False)
     flaky_rows = [r for r in records(result) if r["node_id"] == "flaky"]
-    assert all(r["status"] == "failed" and r["error_class"] == "transient"
-               and r["attempts"] == 2 for r in flaky_rows)
+    assert len(flaky_rows) == 12
+    for r in flaky_rows:
+        assert (r["status"], r["error_class"], r["attempts"]) == ("failed", "transient", 3)
+        n = r["attempt_log"][0]["error"].rsplit(" ", 1)[1]  # the image's own count
+        assert [a["error"] for a in r["attempt_log"]] == [
+            f"TransientError: storage hiccup {int(n) + k}" for k in range(3)]
+        assert [a["delay_s"] for a in r["attempt_log"]] == [0.01, 0.02, None]
+    assert all(f["attempt_log"] for f in result.failures)
+    shown = CliRunner().invoke(main, ["status", str(result.run_dir)])
+    assert shown.exit_code == 0, shown.output
+    assert "attempt 1: TransientError: storage hiccup" in shown.output
+    assert "then 0.01 s" in shown.output and "attempt 3:" in shown.output
 
 
 def test_breaker_opens_on_a_failing_output_target_and_a_later_run_finishes(tmp_path, client,
@@ -256,8 +275,6 @@ def test_poison_item_ends_lost_worker_alone(photos, tmp_path):
 
 @pytest.mark.slow
 def test_worker_killed_mid_batch_every_image_processed_once(tmp_path, make_photos):
-    from distributed import Client, LocalCluster
-
     make_photos(tmp_path / "in", 40, size=(320, 240))
     wf = Workflow("k", [Node("load", "load"), Node("m", "median", {"size": 5}, after="load"),
                         Node("save", "save", {"format": "png"}, after="m")])
@@ -430,7 +447,7 @@ def test_status_reconstructs_the_run_and_flags_inconsistencies(photos, tmp_path,
     status = run_status(result.run_dir)
     assert status.state == "running or died"
     text = "\n".join(status.inconsistencies)
-    assert "record without output" in text and "img001.png" in text
+    assert status.outputs_changed == [(str(out / "img001.png"), "missing")]
     assert "output without a record" in text and "stray.png" in text
     assert "temporary file left behind" in text
     from click.testing import CliRunner
@@ -480,8 +497,6 @@ def test_the_whole_bad_input_corpus_through_a_run(tmp_path, client):
 
 
 def test_closing_the_client_mid_run_is_an_interruption_not_failures(tmp_path, make_photos):
-    from distributed import Client, LocalCluster
-
     make_photos(tmp_path / "in", 30, size=(320, 240))
     wf = Workflow("c", [Node("load", "load"), Node("m", "median", {"size": 5}, after="load"),
                         Node("save", "save", {"format": "png"}, after="m")])

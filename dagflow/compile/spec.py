@@ -26,7 +26,11 @@ from dagflow.recovery.policy import RetryPolicy
 from dagflow.workflow.conditions import Condition
 from dagflow.workflow.workflow import Workflow
 
-__all__ = ["Chunk", "NodeTask", "RunContext", "node_tasks"]
+__all__ = ["SKIP_KEY", "Chunk", "NodeTask", "RunContext", "node_tasks"]
+
+#: The item field naming the nodes an item skips in this run: done by an earlier run,
+#: and needed by none of the nodes it runs (see :mod:`dagflow.runtime.selection`).
+SKIP_KEY = "skip"
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class NodeTask:
     leaf: bool = False
     #: Consecutive failures (not bad input) after which the rest of a chunk is not run.
     breaker_failures: int = 10
+    #: The node's place in the workflow's topological order (0 for the first).
+    position: int = 0
     spec: OpSpec | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -76,10 +82,16 @@ class RunContext:
 
     run_id: str
     run_dir: str
+    #: Absolute: outputs are written here, and recorded relative to it.
     output_dir: str
     state_dir: str
     workflow: str
     checkpoint: bool = True
+    #: Record each output's digest as well as its size and time (``output_hash``).
+    hash_outputs: bool = False
+    #: Nodes in the workflow: a chunk's cells in the in-flight table
+    #: (:mod:`dagflow.recovery.inflight`), one per node.
+    nodes: int = 0
 
 
 class Chunk:
@@ -169,6 +181,7 @@ def node_tasks(workflow: Workflow, *, max_pixels: int | None = None) -> dict[str
             policy=RetryPolicy.from_config(node.retry, retry_defaults),
             timeout=node.timeout if node.timeout is not None else default_timeout,
             when=node.when, device=node.device, leaf=not children.get(node.id),
-            breaker_failures=int(config.get("breaker.failures")), spec=spec,
+            breaker_failures=int(config.get("breaker.failures")), position=len(out),
+            spec=spec,
         )
     return out

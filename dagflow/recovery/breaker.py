@@ -8,7 +8,9 @@ corrupt image says nothing about the health of a node, a full disk does.
 
 The runtime keeps one breaker per node on the client; inside a task a node also stops
 after ``failures`` consecutive failures, so that a dead storage target costs one chunk's
-worth of attempts, not a million.
+worth of attempts, not a million. Once the client's breaker of a node opens, the workers
+are told (:func:`open_nodes`, set by the run loop's worker plugin): no further item
+reaches that node, in the tasks already running as in those still queued.
 """
 
 from __future__ import annotations
@@ -18,9 +20,22 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["BreakerSettings", "CircuitBreaker", "counts_against_breaker"]
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerSettings", "CircuitBreaker",
+           "counts_against_breaker", "open_nodes"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+#: In a worker process: per run id, the nodes whose breaker is open on the run's client.
+_OPEN_NODES: dict[str, set[str]] = {}
+
+
+def open_nodes(run_id: str) -> set[str]:
+    """The nodes of run ``run_id`` that no item may reach (a set changed in place, so
+    that a task holding it sees a breaker open mid-chunk)."""
+    nodes = _OPEN_NODES.get(run_id)
+    if nodes is None:
+        nodes = _OPEN_NODES.setdefault(run_id, set())
+    return nodes
 
 
 def counts_against_breaker(error_class: str | None) -> bool:
@@ -95,6 +110,12 @@ class CircuitBreaker:
         if self.state == HALF_OPEN:
             self._failures.clear()
             self._move(CLOSED, "the probe succeeded")
+
+    def probe_inconclusive(self) -> None:
+        """The probe never reached the node (it failed upstream): open again, ready to
+        let the next item probe at once."""
+        if self.state == HALF_OPEN:
+            self._move(OPEN, "the probe did not reach the node")
 
     def ready_to_probe(self) -> bool:
         """An open breaker whose cool-down is over turns half-open and allows one probe."""

@@ -8,6 +8,7 @@ mid-write, is ignored by :func:`read_events`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -15,6 +16,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from dagflow.exceptions import StorageError
 
 __all__ = ["EventLog", "read_events"]
 
@@ -35,19 +38,35 @@ class EventLog:
         self._lock = threading.Lock()
 
     def emit(self, event: str, **fields: Any) -> None:
-        """Append one event with a timestamp."""
+        """Append one event with a timestamp.
+
+        Raises
+        ------
+        StorageError
+            The log could not be written (a full or read-only disk).
+        """
         line = json.dumps({"t": time.time(), "event": event, **fields}, default=str)
         with self._lock:
             if not self._file.closed:
-                self._file.write(line + "\n")
-                self._file.flush()
+                try:
+                    self._file.write(line + "\n")
+                    self._file.flush()
+                except OSError as exc:
+                    raise StorageError.from_os_error(exc, self.path) from None
 
     def close(self) -> None:
+        """Flush the log to the disk and close it (a disk that refuses is ignored here:
+        the run has already said so)."""
         with self._lock:
             if not self._file.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._file.close()
+                try:
+                    self._file.flush()
+                    os.fsync(self._file.fileno())
+                except OSError:
+                    pass
+                finally:
+                    with contextlib.suppress(OSError):
+                        self._file.close()
 
     def __enter__(self) -> EventLog:
         return self

@@ -1,66 +1,84 @@
-"""``dagflow.run``: validate, plan, compile in windows, submit, record, summarise.
+"""``dagflow.run``: validate, plan, submit in windows, record, summarise.
 
-The only layer (with :mod:`dagflow.runtime.cluster`) that talks to a live cluster. The
-client never touches pixels: it submits compiled windows of chunks, waits on each
-chunk's records task, and keeps counts. At most ``dagflow.runtime.window`` chunks are in
-flight; new ones are compiled and submitted as others finish, so memory on the client
-and the scheduler stays bounded whatever the batch size.
+The only layer (with :mod:`dagflow.runtime.cluster`) that talks to a live cluster. What
+runs is decided before anything is submitted (:mod:`dagflow.runtime.selection`, which
+items and nodes; :mod:`dagflow.runtime.plan`, the chunks and their resources); the
+:class:`Runner` then runs it: it submits what its :class:`~dagflow.runtime.loop.RunLoop`
+says, as compiled graphs, and feeds the loop every outcome: a chunk finished (its
+records part written by the workers), a chunk whose task failed as a whole, a worker
+that died (the scheduler's ``remove-worker`` events, and the run's in-flight table of
+which item each task was on, :mod:`dagflow.recovery.inflight`). The client never
+touches pixels.
 
-A chunk whose task fails as a whole (a worker killed by one poison image, a bug outside
-the per-item guard) is split in two and resubmitted, down to single items, so that only
-the item at fault is recorded as failed (``lost_worker`` after Dask's allowed failures).
+A worker that dies under an item (a segfault, ``os._exit``, its nanny killing it for
+memory) costs one worker's life in its chunk, which goes on without that item, and one
+more when the item runs alone at the end: only then is it recorded, failed at the node
+that was running (``lost_worker``, or ``resource`` for memory).
 """
 
 from __future__ import annotations
 
-import collections
+import contextlib
 import logging
 import os
+import queue
 import secrets
 import sys
-import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from distributed import Client, as_completed
+import dask.config
+from distributed import Client, Future
 from distributed.scheduler import KilledWorker
 
 from dagflow import config
-from dagflow.compile import (
-    Chunk,
-    NodeTask,
-    RunContext,
-    compile_chunks,
-    layer_name,
-    make_chunks,
-    node_tasks,
-)
-from dagflow.compile.chunking import taper
-from dagflow.exceptions import CircuitOpenError
+from dagflow.compile import NodeTask, RunContext, compile_chunks, layer_name, node_tasks
+from dagflow.exceptions import CircuitOpenError, StorageError
 from dagflow.execute import ChunkSummary, item_summary, reduce_aggregate
-from dagflow.inputs import InputSet, fill_fingerprint, resolve_inputs
+from dagflow.inputs import InputSet, fill_fingerprint
 from dagflow.io.atomic import atomic_write, find_temporaries
 from dagflow.monitor import hooks
-from dagflow.ops.registry import get_op
-from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker, counts_against_breaker
-from dagflow.recovery.checkpoint import Checkpoint, load_done, record_parts
+from dagflow.recovery import faults
+from dagflow.recovery.breaker import BreakerSettings, CircuitBreaker
+from dagflow.recovery.checkpoint import Checkpoint, load_done
 from dagflow.recovery.events import EventLog
+from dagflow.recovery.inflight import TABLE, ItemSuspected, create_table, read_cell
+from dagflow.recovery.records import new_record
 from dagflow.runtime import signals
 from dagflow.runtime.capacity import prepare_cluster
 from dagflow.runtime.cluster import connect, dashboard_link, resolve_local_sizes
-from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
+from dagflow.runtime.handle import RunHandle
+from dagflow.runtime.loop import Conviction, RunLoop
+from dagflow.runtime.plan import (
+    Batch,
+    check_chunk_size,
+    compare,
+    prepare_batch,
+    refuse,
+    run_tiled_item,
+)
 from dagflow.runtime.result import RunResult
+from dagflow.runtime.selection import (
+    WorkflowLike,
+    fingerprints_needed,
+    load_workflow,
+    run_inputs,
+    select_items,
+)
 from dagflow.workflow import Workflow
 
-__all__ = ["RunHandle", "new_run_id", "run", "select_items"]
+__all__ = ["RunHandle", "Runner", "fingerprints_needed", "load_workflow", "new_run_id", "run",
+           "run_inputs", "select_items"]
 
 logger = logging.getLogger(__name__)
 
-WorkflowLike = Workflow | str | os.PathLike[str]
+#: Seconds a conviction waits for the nanny's word that it killed the worker for memory
+#: (its event and the worker's removal reach the client by different ways).
+MEMORY_WORD_S = 0.5
 
 
 def new_run_id() -> str:
@@ -68,60 +86,9 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
 
-def load_workflow(workflow: WorkflowLike) -> Workflow:
-    """A validated workflow from a :class:`Workflow`, a YAML path or YAML text."""
-    if not isinstance(workflow, Workflow):
-        workflow = Workflow.from_yaml(Path(workflow) if not isinstance(workflow, str)
-                                      or "\n" not in workflow else workflow)
-    return workflow.validate()
-
-
-def select_items(
-    items: Sequence[Mapping[str, Any]],
-    tasks: Mapping[str, NodeTask],
-    checkpoint: Checkpoint,
-    *,
-    retry_failed: bool = False,
-) -> tuple[list[Mapping[str, Any]], int]:
-    """The items to run, and how many are already done.
-
-    An item is done when every node's ``(item key, node key)`` is done in the checkpoint
-    and each output it wrote still exists, or when it was quarantined as a bad input and
-    the file has not changed since (a fixed file has a new fingerprint, so it runs).
-    With ``retry_failed``, only items with a failure on record are run, quarantined ones
-    included.
-    """
-    if not retry_failed and not checkpoint.done and not checkpoint.failed:
-        return list(items), 0  # nothing on record (a first run): every item runs
-    to_run, done = [], 0
-    for item in items:
-        ik = item["key"]
-        if not retry_failed and any(checkpoint.failed.get((ik, t.key)) == "bad_input"
-                                    for t in tasks.values()):
-            done += 1
-            continue
-        finished = all(
-            checkpoint.is_done(ik, t.key)
-            and (t.kind not in ("sink",) or _output_exists(checkpoint, ik, t.key))
-            for t in tasks.values()
-        )
-        if finished:
-            done += 1
-            continue
-        if retry_failed and not any((ik, t.key) in checkpoint.failed for t in tasks.values()):
-            continue
-        to_run.append(item)
-    return to_run, done
-
-
 def _chunk_priority(key: tuple[str, int]) -> int:
     """Dask priority of a node's task for a chunk: earlier chunks first."""
     return -int(key[1])
-
-
-def _output_exists(checkpoint: Checkpoint, item_key: str, node_key: str) -> bool:
-    path = checkpoint.outputs.get((item_key, node_key))
-    return path is None or os.path.exists(path)
 
 
 @dataclass
@@ -154,230 +121,340 @@ class _Progress:
             self.bar.close()
 
 
-class _Runner:
-    """Submits windows of chunks and accumulates their summaries into a result."""
+class Runner:
+    """Runs a planned batch on a cluster: the :class:`RunLoop`'s hands (see the module
+    docstring).
 
-    def __init__(self, client: Client, tasks: dict[str, NodeTask], ctx: RunContext,
-                 result: RunResult, events: EventLog, progress: _Progress) -> None:
+    Parameters
+    ----------
+    client
+        The run's client.
+    batch
+        What planning decided (:func:`~dagflow.runtime.plan.prepare_batch`): the nodes,
+        the chunks, their annotations, the oversize items.
+    ctx
+        The run's context.
+    result, events, progress
+        Where the outcome is counted, logged and shown.
+    threads
+        The cluster's worker threads (the first submission gives each two chunks).
+    """
+
+    def __init__(self, client: Client, batch: Batch, ctx: RunContext, result: RunResult,
+                 events: EventLog, progress: _Progress, *, threads: int = 1) -> None:
         self.client = client
-        self.tasks = tasks
+        self.batch = batch
+        self.tasks: dict[str, NodeTask] = batch.tasks
         self.ctx = ctx
         self.result = result
         self.events = events
         self.progress = progress
         self.token = secrets.token_hex(4)
-        self.dask_retries = int(config.get("runtime.dask-retries"))
+        retries = int(config.get("runtime.dask-retries"))
         # chunks run in the order they were cut (the batch's tapered end last)
-        self.annotations = {nid: {"retries": self.dask_retries, "priority": _chunk_priority}
-                            for nid in tasks}
-        #: Threads to taper the chunks for (auto chunk size), or None to keep them as cut.
-        self.taper_threads: int | None = None
-        #: The cluster's worker threads: the first submission gives each two chunks.
-        self.threads = 1
-        self.chunks: dict[int, Chunk] = {}
-        self.next_index = 0
+        self.annotations = batch.annotations(
+            {nid: {"retries": retries, "priority": _chunk_priority} for nid in self.tasks})
+        self.node_of = {layer_name(nid, self.token): nid for nid in self.tasks}
+        self.by_position = {t.position: nid for nid, t in self.tasks.items()}
         settings = BreakerSettings.from_config(config.get("breaker"))
-        self.breakers = {nid: CircuitBreaker(nid, settings) for nid in tasks}
-        self.probe_failed: CircuitBreaker | None = None
-        self.lost_worker_retries = int(config.get("runtime.lost-worker-retries"))
-        self.lost_worker_tries: dict[int, int] = {}
-        # set by the memory model (dagflow.runtime.plan.Batch.attach): memory-aware
-        # chunking and a MEMORY annotation per chunk and node
-        self.chunk_annotations: Callable[[NodeTask, Chunk], Mapping[str, Any]] | None = None
-        self.make_chunks: Callable[..., list[Chunk]] = make_chunks
+        self.loop = RunLoop(
+            batch.run_chunks(), {nid: CircuitBreaker(nid, settings) for nid in self.tasks},
+            window=int(config.get("runtime.window")), first=2 * max(1, threads),
+            graph_items=int(config.get("runtime.graph-items")),
+            alone_tries=int(config.get("runtime.lost-worker-retries")))
+        self.stride = max(1, ctx.nodes)
+        self.table_chunks = 0  # chunks the in-flight table holds
+        self.futures: dict[int, Future] = {}
+        self.outcomes: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        #: Workers their nanny killed for memory, with their last memory use.
+        self.memory_killed: dict[str, int] = {}
+        self.deaths = 0
 
-    def _submit(self, chunks: list[Chunk], seq: as_completed) -> None:
-        for c in chunks:
-            self.chunks[c.index] = c
-        compiled = compile_chunks(self.tasks, self.ctx, chunks, token=self.token,
-                                  annotations=self.annotations,
-                                  chunk_annotations=self.chunk_annotations)
-        futures = self.client.get(compiled.graph, compiled.commit_keys, sync=False)
-        seq.update(futures)
-        self.events.emit("chunks_submitted", chunks=[c.index for c in chunks],
-                         items=sum(len(c) for c in chunks))
+    # ------------------------------------------------------------------ the loop
 
-    def _absorb(self, summary: ChunkSummary) -> None:
-        r = self.result
-        failed = 0
-        r.succeeded += summary.items - len(summary.item_status)
-        for status in summary.item_status.values():
-            if status == "failed":
-                failed += 1
-            setattr(r, status, getattr(r, status) + 1)
-        for (node, status), n in summary.counts.items():
-            r.nodes.setdefault(node, {})
-            r.nodes[node][status] = r.nodes[node].get(status, 0) + n
-        for node, seconds in summary.seconds.items():
-            r.node_seconds[node] = r.node_seconds.get(node, 0.0) + seconds
-        for feature, seconds in summary.own_cpu_s.items():
-            r.own_cpu_s[feature] = r.own_cpu_s.get(feature, 0.0) + seconds
-        r.failures.extend(summary.failures[: max(0, 1000 - len(r.failures))])
-        self._feed_breakers(summary)
-        self.events.emit("chunk_finished", chunk=summary.index, items=summary.items,
-                         failed=failed, part=summary.part)
-        self.progress.update(summary.items, failed)
+    def run(self) -> None:
+        """Submit, wait, record, until the loop is done; then the items planning kept
+        out of the graph (refused, tiled) and the aggregates."""
+        loop = self.loop
+        if loop.pending:
+            with self._watching_workers():
+                self._submit_next()
+                while not loop.done():
+                    wait = loop.seconds_to_probe()
+                    try:  # awake every second: a stop signal is taken at once
+                        kind, payload = self.outcomes.get(timeout=min(wait or 1.0, 1.0))
+                    except queue.Empty:
+                        if wait is None or wait > 1.0:
+                            continue
+                        kind, payload = "probe", None  # a breaker's cool-down is over
+                    if kind == "done":
+                        self._completed(payload)
+                    elif kind == "death":
+                        self._worker_died(*payload)
+                    self._cancel_dropped()
+                    self._breakers_changed()
+                    self._submit_next()
+        if loop.stopped is not None:
+            self._stop()
+        for item, node, peak, limit, why in self.batch.refused:
+            self._absorb(refuse(self.ctx, self.tasks, item, node, peak, limit, why,
+                                loop.new_index()))
+        for item in self.batch.tiled:
+            logger.info("processing %s tiled (larger than any worker's budget)", item["path"])
+            self._absorb(run_tiled_item(self.ctx, self.tasks, item, self.client,
+                                        loop.new_index()))
+        self.result.tiled = len(self.batch.tiled)
 
-    def _feed_breakers(self, summary: ChunkSummary) -> None:
-        for row in summary.failures:
-            if counts_against_breaker(row["error_class"]):
-                breaker = self.breakers[row["node_id"]]
-                before = breaker.state
-                breaker.failure(f"{row['error_type']}: {row['error_message']}"[:300])
-                if breaker.state != before:
-                    self.events.emit("breaker", node=breaker.name, state=breaker.state,
-                                     why=breaker.transitions[-1][1])
-                    hooks.breaker_changed(self.client, self.ctx, breaker.name, breaker.state)
-                    if before == "half-open":
-                        self.probe_failed = breaker
-        for (node, status), n in summary.counts.items():
-            breaker = self.breakers[node]
-            if status == "ok" and n and breaker.state == "half-open":
-                breaker.success()
-                self.events.emit("breaker", node=node, state=breaker.state,
-                                 why=breaker.transitions[-1][1])
-                hooks.breaker_changed(self.client, self.ctx, node, breaker.state)
+    def _submit_next(self) -> None:
+        graphs = self.loop.next_graphs()
+        self._breakers_changed()  # a probe goes out once the workers let it through
+        if graphs and self.loop.next_index > self.table_chunks:
+            self.table_chunks = 2 * self.loop.next_index + 64
+            create_table(self.ctx.run_dir, self.table_chunks * self.stride)
+        for chunks in graphs:
+            compiled = compile_chunks(self.tasks, self.ctx, chunks, token=self.token,
+                                      annotations=self.annotations,
+                                      chunk_annotations=self.batch.chunk_annotations)
+            futures = self.client.get(compiled.graph, compiled.commit_keys, sync=False)
+            for future in futures:
+                self.futures[future.key[1]] = future
+                future.add_done_callback(lambda f: self.outcomes.put(("done", f)))
+            self.events.emit("chunks_submitted", chunks=[c.index for c in chunks],
+                             items=sum(len(c) for c in chunks))
 
-    def _open_breakers(self) -> list[CircuitBreaker]:
-        return [b for b in self.breakers.values() if b.state != "closed"]
-
-    def _fail_item(self, chunk: Chunk, exc: BaseException) -> ChunkSummary:
-        """Record a single item whose task failed as a whole (its worker died, or worse)."""
-        item = chunk.items[0]
-        fill_fingerprint(item)  # type: ignore[arg-type]  # a first run defers it to here
-        error_class = "lost_worker" if isinstance(exc, KilledWorker) else "bug"
-        message = (f"the task for this item failed as a whole: {type(exc).__name__}: {exc}")[:2000]
-        rows = [{
-            "run_id": self.ctx.run_id, "item_id": item["item_id"], "item_key": item["key"],
-            "input_path": item["path"], "rel": item["rel"], "node_id": t.id, "node_key": t.key,
-            "op": t.op, "status": "failed" if i == 0 else "upstream_failed",
-            "error_class": error_class if i == 0 else None,
-            "error_type": type(exc).__name__ if i == 0 else None,
-            "error_message": message if i == 0 else None, "attempts": self.dask_retries + 1,
-            "duration_s": 0.0, "started": time.time(), "worker": None, "device": None,
-        } for i, t in enumerate(self.tasks.values())]
-        return item_summary(self.ctx, chunk.index, item, rows, "failed")
-
-    def run(self, items: Sequence[Mapping[str, Any]], chunk_size: int) -> None:
-        chunks = self.make_chunks(items, chunk_size)
-        if self.taper_threads and chunks:
-            chunks = taper(chunks, self.taper_threads)
-            self.result.chunks = len(chunks)
-        pending = collections.deque(chunks)
-        self.next_index = len(pending)
-        window = max(1, int(config.get("runtime.window")))
-        batch = max(1, min(256, window // 4))
-        seq = as_completed()
-        in_flight = 0
-
-        #: single items whose worker died under them, tried again alone at the end
-        suspects: collections.deque[Chunk] = collections.deque()
-
-        graph_items = max(1, int(config.get("runtime.graph-items")))
-
-        def submit(n: int) -> int:
-            """Submit up to ``n`` chunks, in graphs of at most ``graph_items`` items."""
-            if isolating:
-                return 0
-            submitted = 0
-            while pending and submitted < n:
-                taken, items_taken = [], 0
-                while pending and submitted + len(taken) < n and (
-                        not taken or items_taken + len(pending[0]) <= graph_items):
-                    items_taken += len(pending[0])
-                    taken.append(pending.popleft())
-                self._submit(taken, seq)
-                submitted += len(taken)
-            return submitted
-
-        def submit_suspect() -> int:
-            # a suspect runs with nothing else in flight, so a worker death is its own
-            nonlocal isolating
-            if in_flight or pending or not suspects or self._open_breakers():
-                return 0
-            isolating = True
-            self._submit([suspects.popleft()], seq)
-            return 1
-
-        isolating = False
-
-        # first two chunks for every worker thread, the rest once a chunk has finished:
-        # sent together, every graph was serialised before the scheduler (often in this
-        # process) dispatched the first, and the workers waited (~0.2 s per 100,000 items)
-        first = min(window, 2 * self.threads)
-        while pending and in_flight < first:
-            in_flight += submit(min(batch, first - in_flight))
-        for future in seq:
-            in_flight -= 1
-            isolating = False
-            index = future.key[1]
-            chunk = self.chunks.pop(index)
-            try:
-                summary = future.result()
-            except CancelledError:
+    def _completed(self, future: Future) -> None:
+        index = future.key[1]
+        if self.futures.get(index) is not future:
+            return  # cancelled by the loop meanwhile
+        del self.futures[index]
+        try:
+            summary = future.result()
+        except CancelledError:
+            if index in self.loop.running:
                 # the client was closed or the run cancelled: an interruption, not a
                 # failure of these items; the next run picks them up
                 raise
-            except Exception as exc:
-                iid = chunk.items[0]["item_id"]
-                if len(chunk) == 1 and isinstance(exc, KilledWorker) and \
-                        self.lost_worker_tries.get(iid, 0) < self.lost_worker_retries:
-                    # a worker death also blames the innocent tasks that shared the worker:
-                    # the item is tried again alone on the cluster, once everything else
-                    # has finished, and convicted only if it then kills workers by itself
-                    self.lost_worker_tries[iid] = self.lost_worker_tries.get(iid, 0) + 1
-                    suspects.append(Chunk(self.next_index, chunk.items))
-                    self.next_index += 1
-                    self.events.emit("suspect", item=iid, tries=self.lost_worker_tries[iid])
-                    in_flight += submit_suspect()
-                    continue
-                if len(chunk) > 1:
-                    logger.warning("chunk %d failed as a whole (%s: %s); splitting it",
-                                   index, type(exc).__name__, exc)
-                    half = len(chunk) // 2
-                    for part in (chunk.items[:half], chunk.items[half:]):
-                        pending.appendleft(Chunk(self.next_index, tuple(part)))
-                        self.next_index += 1
-                    self.events.emit("chunk_split", chunk=index, error=repr(exc))
-                    in_flight += submit(2)
-                    continue
-                summary = self._fail_item(chunk, exc)
-            finally:
-                future.release()
+            return
+        except StorageError:
+            raise  # nothing more can be recorded: the run stops (see _run)
+        except KilledWorker as exc:
+            self._killed(index, exc)
+            return
+        except ItemSuspected as exc:  # run again after its worker died on that item
+            self._lost(index, exc.item_id, self.by_position.get(exc.position), "a worker")
+            return
+        except Exception as exc:
+            self._failed(index, exc)
+            return
+        finally:
+            future.release()
+        if self.loop.finished(index, summary) is not None:
             self._absorb(summary)
-            if self.probe_failed is not None:
-                break
-            open_breakers = self._open_breakers()
-            if open_breakers:
-                if in_flight == 0 and pending:
-                    # everything in flight has finished: wait out the cool-down, probe once
-                    time.sleep(max(b.seconds_to_probe() for b in open_breakers))
-                    for b in open_breakers:
-                        b.ready_to_probe()
-                        self.events.emit("breaker", node=b.name, state=b.state,
-                                         why=b.transitions[-1][1])
-                        hooks.breaker_changed(self.client, self.ctx, b.name, b.state)
-                    taken = pending.popleft()
-                    probe = Chunk(taken.index, taken.items[:1])
-                    if len(taken) > 1:
-                        pending.appendleft(Chunk(self.next_index, taken.items[1:]))
-                        self.next_index += 1
-                    self._submit([probe], seq)
-                    in_flight += 1
+
+    def _absorb(self, summary: ChunkSummary) -> None:
+        failed = self.result.add(summary)
+        self.events.emit("chunk_finished", chunk=summary.index, items=summary.items,
+                         failed=failed, part=summary.part)
+        held = sum(1 for s in summary.item_status.values() if s == "not_run")
+        self.progress.update(summary.items - held, failed)
+        if summary.part is not None:
+            faults.reached("after-part", os.path.basename(summary.part))
+
+    def _failed(self, index: int, exc: BaseException) -> None:
+        """A chunk's task failed as a whole, not by one item's error."""
+        chunk = self.loop.running.get(index)
+        if chunk is None:
+            return
+        logger.warning("chunk %d failed as a whole (%s: %s)", index, type(exc).__name__, exc)
+        self.events.emit("chunk_split" if len(chunk) > 1 else "chunk_failed", chunk=index,
+                         error=repr(exc)[:500])
+        single = self.loop.failed(index)
+        if single is not None:
+            item = single.items[0]
+            message = f"the task for this item failed as a whole: {type(exc).__name__}: {exc}"
+            self._record_item(item, next(iter(self.tasks)), "bug", type(exc).__name__,
+                              message, attempts=1)
+
+    # ------------------------------------------------------------------ worker deaths
+
+    @contextlib.contextmanager
+    def _watching_workers(self) -> Iterator[None]:
+        """Hear of every worker that leaves (the scheduler's ``remove-worker`` events)
+        and of every worker a nanny kills for memory, while the block runs."""
+        def removed(event: tuple[float, Any]) -> None:
+            msg = event[1]
+            if isinstance(msg, dict) and msg.get("action") == "remove-worker" \
+                    and not msg.get("expected"):
+                self.outcomes.put(("death", (msg.get("worker"),
+                                             list(msg.get("processing-tasks") or ()))))
+
+        def memory(event: tuple[float, Any]) -> None:
+            msg = event[1]
+            if isinstance(msg, dict) and msg.get("worker"):
+                self.memory_killed[msg["worker"]] = int(msg.get("rss") or 0)
+
+        topics = {"all": removed, "worker-restart-memory": memory}
+        for topic, handler in topics.items():
+            self.client.subscribe_topic(topic, handler)
+        try:
+            yield
+        finally:
+            for topic in topics:
+                with contextlib.suppress(Exception):
+                    self.client.unsubscribe_topic(topic)
+
+    def _worker_died(self, worker: str | None, keys: list[Any]) -> None:
+        """A worker left unexpectedly: the chunks it was running learn which item."""
+        if not worker:
+            return
+        self.deaths += 1
+        running = []
+        for key in keys:
+            if not (isinstance(key, list | tuple) and len(key) == 2):
                 continue
-            if pending and window - in_flight >= min(batch, len(pending)):
-                in_flight += submit(min(batch, window - in_flight))
-            in_flight += submit_suspect()
-        if self.probe_failed is not None or self._open_breakers():
-            breaker = self.probe_failed or self._open_breakers()[0]
-            error = CircuitOpenError(breaker.name, list(breaker.last_errors))
-            self.result.stopped = str(error)
-            not_run = sum(len(c) for c in pending) + len(suspects)
-            self.result.not_run += not_run
-            self.events.emit("run_stopped", node=breaker.name, reason=str(error),
-                             not_run=not_run)
-            for future in list(seq.futures):
-                future.cancel()
+            node = self.node_of.get(key[0])
+            index = key[1]
+            if node is None or index not in self.loop.running:
+                continue  # another layer (the commit), another run, a chunk given up
+            item = read_cell(self.ctx.run_dir,
+                             index * self.stride + self.tasks[node].position)
+            if item is not None or index in self.loop.alone:
+                running.append((index, item, node))
+        self.events.emit("worker_died", worker=worker, running=running)
+        for index, item, node in running:
+            # the item running alone dies with its worker, whichever cell it left
+            self._lost(index, item, node, worker)
+
+    def _killed(self, index: int, exc: KilledWorker) -> None:
+        """Dask gave up on a chunk's task: its workers kept dying under it."""
+        worker = getattr(getattr(exc, "last_worker", None), "address", None) or "a worker"
+        task = getattr(exc, "task", None)
+        node = self.node_of.get(task[0]) if isinstance(task, tuple) else None
+        item = read_cell(self.ctx.run_dir, index * self.stride + self.tasks[node].position) \
+            if node is not None else None
+        chunk = self.loop.running.get(index)
+        if chunk is not None and item is None and len(chunk) == 1:
+            item = chunk.items[0]["item_id"]
+        if item is None:
+            self._failed(index, exc)  # which item is unknown: split the chunk
+            return
+        self._lost(index, item, node, worker)
+
+    def _lost(self, index: int, item_id: int | None, node: str | None, worker: str) -> None:
+        chunk = self.loop.running.get(index)
+        if chunk is None:
+            return
+        alone = index in self.loop.alone
+        where = f"running node {node!r}" if node else "running"
+        company = "alone" if alone else f"in chunk {index} of {len(chunk)} items"
+        memory = worker in self.memory_killed
+        how = "was killed by its nanny for exceeding its memory limit" if memory else "died"
+        why = f"KilledWorker: worker {worker} {how} {where} this item, {company}"
+        conviction = self.loop.worker_lost(index, item_id, node, why=why, memory=memory)
+        if index not in self.loop.running and not alone:
+            self.events.emit("suspect", item=item_id, chunk=index, node=node, worker=worker)
+        if conviction is not None:
+            self._convict(conviction, worker)
+
+    def _convict(self, conviction: Conviction, worker: str) -> None:
+        """Record an item that killed its worker while it ran alone."""
+        deadline = time.monotonic() + MEMORY_WORD_S
+        while worker not in self.memory_killed and time.monotonic() < deadline:
+            time.sleep(0.05)  # the nanny's event may trail the worker's removal
+        memory = worker in self.memory_killed
+        suspect = conviction.suspect
+        node = conviction.node or next(iter(self.tasks))
+        if memory:
+            rss = self.memory_killed[worker]
+            suspect.log[-1]["error"] = suspect.log[-1]["error"].replace(
+                " died ", " was killed by its nanny for exceeding its memory limit ")
+            message = (f"the worker running node {node!r} on this item, alone, was killed by "
+                       f"its nanny for exceeding its memory limit (it used {rss:,} bytes)")
+        else:
+            message = (f"the worker running node {node!r} on this item, alone, died "
+                       f"({len(suspect.log)} worker(s) lost with it): a crash in the op "
+                       "or what it calls (a segfault, an exit)")
+        self.events.emit("convicted", item=suspect.item["item_id"], node=node,
+                         error_class="resource" if memory else "lost_worker")
+        self._record_item(suspect.item, node, "resource" if memory else "lost_worker",
+                          "KilledWorker", message, attempts=len(suspect.log),
+                          log=suspect.log, worker=worker)
+
+    def _record_item(self, item: Mapping[str, Any], node: str, error_class: str,
+                     error_type: str, message: str, *, attempts: int,
+                     log: list[dict[str, Any]] | None = None, worker: str | None = None
+                     ) -> None:
+        """Records, made here, of an item whose task failed as a whole: failed at
+        ``node``, ``upstream_failed`` after it (nothing is claimed of the nodes before
+        it: their work died with the task)."""
+        fill_fingerprint(item)  # type: ignore[arg-type]  # a first run defers it to here
+        blamed = {node}
+        for nid, task in self.tasks.items():
+            if any(p in blamed for p in task.parents):
+                blamed.add(nid)
+        records = [new_record(self.ctx, task, item, "failed" if nid == node else
+                              "upstream_failed", worker=worker,
+                              error_class=error_class if nid == node else None,
+                              error_type=error_type if nid == node else None,
+                              error_message=message[:2000] if nid == node else None,
+                              attempts=attempts if nid == node else 0, started=time.time(),
+                              attempt_log=log if nid == node else None)
+                   for nid, task in self.tasks.items() if nid in blamed]
+        self._absorb(item_summary(self.ctx, self.loop.new_index(), item, records, "failed"))
+
+    # ------------------------------------------------------------------ cancellation
+
+    def _cancel_dropped(self) -> None:
+        """Cancel the chunks the loop took apart or gave up."""
+        if len(self.futures) == len(self.loop.running):
+            return
+        dropped = [i for i in self.futures if i not in self.loop.running]
+        for index in dropped:
+            # released, its tasks are forgotten: those not started never run (the client
+            # does not wait for the scheduler, as a cancel would)
+            self.futures.pop(index).release()
+        if dropped:
+            self.events.emit("chunks_cancelled", chunks=dropped)
+
+    # ------------------------------------------------------------------ breakers
+
+    def _breakers_changed(self) -> None:
+        changed, self.loop.changed = self.loop.changed, []
+        if not changed:
+            return
+        for breaker in changed:
+            why = breaker.transitions[-1][1] if breaker.transitions else None
+            self.events.emit("breaker", node=breaker.name, state=breaker.state, why=why)
+            hooks.breaker_changed(self.client, self.ctx, breaker.name, breaker.state)
+        self._tell_workers({b.name for b in self.loop.breakers.values() if b.state == "open"})
+
+    def _tell_workers(self, nodes: set[str]) -> None:
+        from dagflow.runtime.breakers import OpenBreakers
+
+        try:
+            self.client.register_plugin(OpenBreakers(self.ctx.run_id, nodes))
+        except Exception as exc:  # the chunks in flight finish; nothing new is sent
+            logger.warning("could not tell the workers about the open breakers: %s", exc)
+
+    def _stop(self) -> None:
+        breaker = self.loop.stopped
+        assert breaker is not None
+        error = CircuitOpenError(breaker.name, list(breaker.last_errors))
+        self.result.stopped = str(error)
+        self.events.emit("run_stopped", node=breaker.name, reason=str(error),
+                         not_run=len(self.loop.not_run()))
+
+    def finish(self) -> None:
+        """Forget the run on the cluster: the workers' open breakers, its leftovers."""
+        from dagflow.runtime.breakers import plugin_name
+
+        self.result.not_run = len(self.loop.not_run())
+        if any(b.transitions for b in self.loop.breakers.values()):
+            with contextlib.suppress(Exception):
+                self._tell_workers(set())
+                self.client.unregister_worker_plugin(plugin_name(self.ctx.run_id))
+
+    # ------------------------------------------------------------------ aggregates
 
     def reduce_aggregates(self, all_item_keys: frozenset[str]) -> None:
         for t in self.tasks.values():
@@ -452,14 +529,16 @@ def run(
         A directory, glob, manifest, image path, list of those, or an :class:`InputSet`.
     output
         The output directory. dagflow's state (run directories, checkpoints) goes in its
-        ``_dagflow`` sub-directory.
+        ``_dagflow`` sub-directory; recorded paths are relative to it, so a run resumes
+        from any working directory.
     client, cluster, scheduler_file
         Where to run (see :func:`dagflow.runtime.cluster.connect`); by default
         ``DASK_SCHEDULER_ADDRESS`` if set, else an embedded ``LocalCluster``.
     chunk_size
         Items per task; ``None`` uses ``dagflow.chunk-size`` ("auto" by default).
     resume
-        Skip items that earlier runs into ``output`` finished (same inputs, same nodes).
+        Skip what earlier runs into ``output`` finished (same inputs, same nodes, outputs
+        still as they were written).
     retry_failed
         Run only the items that failed in earlier runs.
     checkpoint
@@ -484,58 +563,81 @@ def run(
     ------
     WorkflowValidationError, InputError, ConfigError
         Before anything runs.
+    StorageError
+        The output directory or the run's state could not be written (read-only, disk
+        full): what finished is recorded, nothing else is claimed.
     """
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
     if client is None and cluster in (None, "local") and scheduler_file is None:
         resolve_local_sizes(local_options)  # the embedded cluster's, before anything
-    input_set = run_inputs(wf, inputs, Path(output), resume or retry_failed)
+    output = Path(os.path.abspath(output))
+    input_set = run_inputs(wf, inputs, output, resume or retry_failed)
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)
     if not wait:
-        return RunHandle(lambda handle: _run(wf, input_set, Path(output), progress=False,
+        return RunHandle(lambda handle: _run(wf, input_set, output, progress=False,
                                              handle=handle, **options))
-    return _run(wf, input_set, Path(output), progress=progress, **options)
+    return _run(wf, input_set, output, progress=progress, **options)
 
 
-def run_inputs(workflow: Workflow, inputs: Any, output: Path, resume: bool) -> InputSet:
-    """``inputs`` resolved for a run of ``workflow`` into ``output`` (``run`` and ``plan``
-    alike): the output directory left out, fingerprints read only where
-    :func:`fingerprints_needed` says so; an :class:`InputSet` is taken as it is."""
-    if isinstance(inputs, InputSet):
-        return inputs
-    return resolve_inputs(inputs, exclude=output,
-                          defer_fingerprint=not fingerprints_needed(workflow, output, resume))
+def _embedded(client: Any, cluster: Any, scheduler_file: Any) -> bool:
+    """Whether the run starts its own ``LocalCluster``."""
+    return (client is None and cluster in (None, "local") and scheduler_file is None
+            and not (cluster is None and dask.config.get("scheduler-address", None)))
 
 
-def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
-    """Whether a run must read its inputs' fingerprints before it starts.
+@contextlib.contextmanager
+def _keep_nannies() -> Iterator[None]:
+    """The embedded cluster keeps every nanny however long its worker takes to come back.
 
-    It must when it resumes or retries into an ``output`` that holds records (to compare
-    them with those), and when the workflow has an aggregate node (its partials are
-    combined by item at the end). A first run need not: its tasks read each item's
-    fingerprint where they read the item (in parallel, on the workers), and the records
-    carry it to the next run.
+    A ``LocalCluster`` closes a nanny whose worker has not registered again
+    ``distributed.deploy.lost-worker-timeout`` (15 s) after it left: a worker killed
+    again and again by a poison item, restarting slowly on a busy machine, lost its
+    nanny for good, and the run waited for ever on a cluster without workers.
     """
-    if any(get_op(n.op).kind == "aggregate" for n in workflow.nodes):
-        return True
-    return resume and bool(record_parts(output / config.get("state-dir")))
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "30 days"}):
+        yield
+
+
+@contextlib.contextmanager
+def _cluster_closed_quietly(cm: Any, events: EventLog) -> Iterator[Client]:
+    """``cm`` (a :func:`connect`), whose closing cannot fail a run that finished: a
+    cluster that does not close cleanly is logged, the run's result stands."""
+    client = cm.__enter__()
+    try:
+        yield client
+    except BaseException:
+        if not cm.__exit__(*sys.exc_info()):
+            raise
+    else:
+        try:
+            cm.__exit__(None, None, None)
+        except Exception as exc:
+            logger.warning("the cluster did not close cleanly: %s: %s", type(exc).__name__, exc)
+            events.emit("cluster_close_failed", error=repr(exc)[:500])
 
 
 def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, scheduler_file,
          chunk_size, resume, retry_failed, checkpoint, progress, local_options,
          handle: RunHandle | None = None, run_id: str | None = None) -> RunResult:
     start = time.perf_counter()
-    output.mkdir(parents=True, exist_ok=True)
     run_id = run_id or new_run_id()
-    state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
+        events = EventLog(run_dir / "events.jsonl")
+    except OSError as exc:
+        raise StorageError.from_os_error(exc, output) from None
     tasks = node_tasks(wf)
     for leftover in find_temporaries(output):
         logger.info("removing a temporary file left by an interrupted run: %s", leftover)
         leftover.unlink(missing_ok=True)
     ctx = RunContext(run_id=run_id, run_dir=os.fspath(run_dir), output_dir=os.fspath(output),
-                     state_dir=os.fspath(state_dir), workflow=wf.name, checkpoint=checkpoint)
+                     state_dir=os.fspath(state_dir), workflow=wf.name, checkpoint=checkpoint,
+                     hash_outputs=bool(config.get("checkpoint.hash-outputs")),
+                     nodes=len(tasks))
     read_cpu = time.thread_time()
     if resume or retry_failed:
         previous = load_done(state_dir)
@@ -543,7 +645,7 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
     else:
         previous, read_cpu = Checkpoint(), 0.0
     to_run, already_done = select_items(input_set.items, tasks, previous,
-                                        retry_failed=retry_failed)
+                                        retry_failed=retry_failed, output=output)
     result = RunResult(run_id=run_id, run_dir=run_dir, output_dir=output, workflow=wf.name,
                        items=len(input_set.items), executed=len(to_run),
                        already_done=already_done)
@@ -551,7 +653,9 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
     show = sys.stderr.isatty() if progress is None else progress
     if show is None or config.get("runtime.progress") is False:
         show = False
-    with EventLog(run_dir / "events.jsonl") as events:
+    keep = _keep_nannies() if _embedded(client, cluster, scheduler_file) \
+        else contextlib.nullcontext()
+    with events, keep:
         events.emit("run_started", run_id=run_id, workflow=wf.name, items=len(input_set.items),
                     to_run=len(to_run), already_done=already_done,
                     corrupt_parts=[str(p) for p in previous.corrupt_parts])
@@ -559,135 +663,90 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
         if handle is not None:
             bar.listeners.append(handle._on_progress)
             handle._begin(result)
+        runner: Runner | None = None
         try:
-            with connect(client, cluster=cluster, scheduler_file=scheduler_file,
-                         local_options=local_options) as c:
-                result.dashboard = dashboard_link(c)
-                if handle is not None:
-                    handle.dashboard = result.dashboard
-                nthreads = c.nthreads()
-                n_threads = sum(nthreads.values()) or 1
-                if not nthreads:  # not an error: queued batch jobs, an adaptive cluster
-                    address = c.scheduler.address
-                    logger.warning("no worker is connected to the scheduler at %s yet: the "
-                                   "run waits for workers to join", address)
-                    events.emit("waiting_for_workers", scheduler=address)
-                # workers advertise MEMORY; items are estimated from their headers, the
-                # oversize ones tiled or refused, chunks cut to fit (dagflow.runtime.plan)
-                batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
-                                      items=len(input_set.items), already_done=already_done,
-                                      chunk_size=config.resolve(chunk_size, "chunk-size"),
-                                      output=output,
-                                      client=c)
-                tasks, to_run = batch.tasks, batch.items
-                result.chunk_size, result.chunks = batch.chunk_size, batch.plan.chunks
-                events.emit("batch_planned", chunks=batch.plan.chunks,
-                            chunk_size=batch.chunk_size, tiled=len(batch.tiled),
-                            refused=len(batch.refused), peak_task=batch.plan.peak_task,
-                            budget=batch.plan.budget_min, estimate_s=batch.plan.duration_s)
-                runner = _Runner(c, tasks, ctx, result, events, bar)
-                runner.threads = n_threads
-                batch.attach(runner)
-                if config.resolve(chunk_size, "chunk-size") == "auto":
-                    runner.taper_threads = n_threads
-                monitor_cpu = time.thread_time()
-                hooks.run_started(c, ctx, tasks, items=len(to_run))
-                if hooks.enabled():
-                    result.own_cpu_s["monitoring"] += time.thread_time() - monitor_cpu
-                if to_run:
-                    runner.run(to_run, result.chunk_size)
-                for summary in batch.settle_oversize(ctx, c, runner):
-                    runner._absorb(summary)
-                result.tiled = len(batch.tiled)
-                if any(t.kind == "aggregate" for t in tasks.values()):
-                    runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
-                result.duration_s = time.perf_counter() - start
-                monitor_cpu = time.thread_time()
-                plugin_cpu = hooks.run_finished(c, ctx, result)
-                if hooks.enabled():
-                    result.own_cpu_s["monitoring"] += plugin_cpu + time.thread_time() \
-                        - monitor_cpu
-                result.estimate = compare(result, batch.plan, run_dir)
+            with _cluster_closed_quietly(connect(client, cluster=cluster,
+                                                 scheduler_file=scheduler_file,
+                                                 local_options=local_options), events) as c:
+                runner = _run_on(c, wf, tasks, ctx, to_run, input_set, result, events, bar,
+                                 chunk_size=chunk_size, already_done=already_done,
+                                 handle=handle, start=start)
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 signals.stopping()  # arrived: the cleanup that follows is not to be cut
-            events.emit("run_interrupted", error=repr(exc))
+            with contextlib.suppress(Exception):
+                events.emit("run_failed" if isinstance(exc, StorageError)
+                            else "run_interrupted", error=repr(exc))
             raise
         finally:
             bar.close()
-        # bad inputs are failures: a run without any has no records to search
-        result.quarantined = write_quarantine(run_dir) if result.failed else 0
-        result.duration_s = time.perf_counter() - start
-        atomic_write(run_dir / "summary.json", result.to_json().encode())
-        events.emit("run_finished", succeeded=result.succeeded, failed=result.failed,
-                    skipped=result.skipped, duration_s=result.duration_s)
+        try:
+            _finish(runner, result, output, run_dir, events, start)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, run_dir) from None
     return result
 
 
-class RunHandle:
-    """A run going on in the background (``dagflow.run(..., wait=False)``).
+def _run_on(c: Client, wf: Workflow, tasks: dict[str, NodeTask], ctx: RunContext,
+            to_run: list[Mapping[str, Any]], input_set: InputSet, result: RunResult,
+            events: EventLog, bar: _Progress, *, chunk_size: Any, already_done: int,
+            handle: RunHandle | None, start: float) -> Runner:
+    """The part of a run that needs the cluster ``c``."""
+    result.dashboard = dashboard_link(c)
+    if handle is not None:
+        handle.dashboard = result.dashboard
+    nthreads = c.nthreads()
+    if not nthreads:  # not an error: queued batch jobs, an adaptive cluster
+        address = c.scheduler.address
+        logger.warning("no worker is connected to the scheduler at %s yet: the run waits "
+                       "for workers to join", address)
+        events.emit("waiting_for_workers", scheduler=address)
+    # workers advertise MEMORY; items are estimated from their headers, the oversize
+    # ones tiled or refused, chunks cut to fit (dagflow.runtime.plan)
+    batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
+                          items=len(input_set.items), already_done=already_done,
+                          chunk_size=config.resolve(chunk_size, "chunk-size"),
+                          output=ctx.output_dir, client=c)
+    result.chunk_size, result.chunks = batch.chunk_size, len(batch.run_chunks())
+    events.emit("batch_planned", chunks=batch.plan.chunks, chunk_size=batch.chunk_size,
+                tiled=len(batch.tiled), refused=len(batch.refused),
+                peak_task=batch.plan.peak_task, budget=batch.plan.budget_min,
+                estimate_s=batch.plan.duration_s)
+    runner = Runner(c, batch, ctx, result, events, bar,
+                    threads=sum(nthreads.values()) or 1)
+    monitor_cpu = time.thread_time()
+    hooks.run_started(c, ctx, batch.tasks, items=len(batch.items))
+    if hooks.enabled():
+        result.own_cpu_s["monitoring"] += time.thread_time() - monitor_cpu
+    try:
+        runner.run()
+    finally:
+        runner.finish()
+    if any(t.kind == "aggregate" for t in batch.tasks.values()):
+        runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
+    result.duration_s = time.perf_counter() - start
+    monitor_cpu = time.thread_time()
+    plugin_cpu = hooks.run_finished(c, ctx, result)
+    if hooks.enabled():
+        result.own_cpu_s["monitoring"] += plugin_cpu + time.thread_time() - monitor_cpu
+    result.estimate = compare(result, batch.plan, ctx.run_dir)
+    return runner
 
-    The notebook stays usable; :meth:`result` waits for the :class:`RunResult`.
-    """
 
-    def __init__(self, target: Callable[[RunHandle], RunResult]) -> None:
-        self.done_items = 0
-        self.failed_items = 0
-        self.dashboard: str | None = None
-        #: Items this run executes (known once the run has compared inputs and records).
-        self.total_items: int | None = None
-        self.run_id: str | None = None
-        self.run_dir: Path | None = None
-        self.started = time.time()
-        self._result: RunResult | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._main, args=(target,), daemon=True,
-                                        name="dagflow-run")
-        self._thread.start()
-
-    def _main(self, target: Callable[[RunHandle], RunResult]) -> None:
-        try:
-            self._result = target(self)
-        except BaseException as exc:
-            self._error = exc
-
-    def _on_progress(self, done: int, failed: int) -> None:
-        self.done_items, self.failed_items = done, failed
-
-    def _begin(self, result: RunResult) -> None:
-        """The run knows what it will execute (called before its cluster connects)."""
-        self.total_items = result.executed
-        self.run_id, self.run_dir = result.run_id, result.run_dir
-
-    def done(self) -> bool:
-        """Whether the run has finished (or failed)."""
-        return not self._thread.is_alive()
-
-    def result(self, timeout: float | None = None) -> RunResult:
-        """Wait for the run and return its result (or raise its error)."""
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TimeoutError(f"the run is still going after {timeout} s")
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
-
-    def exception(self) -> BaseException | None:
-        """The error the run raised, or ``None`` (while it runs, or when it finished)."""
-        return None if self._thread.is_alive() else self._error
-
-    def __repr__(self) -> str:
-        state = "finished" if self.done() else "running"
-        return f"<RunHandle {state}: {self.done_items} items done, {self.failed_items} failed>"
-
-    def _repr_html_(self) -> str:
-        from dagflow.notebook import handle_html
-
-        return handle_html(self)
-
-    def _ipython_display_(self) -> None:
-        # In Jupyter: a progress bar that keeps updating until the run ends
-        from dagflow.notebook import display_handle
-
-        display_handle(self)
+def _finish(runner: Runner | None, result: RunResult, output: Path, run_dir: Path,
+            events: EventLog, start: float) -> None:
+    """After the cluster: leftovers, quarantine, summary, the last event."""
+    if runner is not None and runner.deaths:
+        # a worker killed mid-write leaves its temporary file: the run ends without it
+        for leftover in find_temporaries(output):
+            leftover.unlink(missing_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        (run_dir / TABLE).unlink()
+    # bad inputs are failures: a run without any has no records to search
+    result.quarantined = write_quarantine(run_dir) if result.failed else 0
+    result.duration_s = time.perf_counter() - start
+    atomic_write(run_dir / "summary.json", result.to_json().encode())
+    events.emit("run_finished", succeeded=result.succeeded, failed=result.failed,
+                skipped=result.skipped, not_run=result.not_run,
+                stopped=result.stopped, exit_code=result.exit_code,
+                duration_s=result.duration_s)
