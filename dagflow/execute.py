@@ -20,7 +20,7 @@ request). Each task also writes which item it is on into the run's in-flight tab
 (:mod:`dagflow.recovery.inflight`), so that a worker that dies leaves word of the item
 it died on, and a task run again after that refuses the item instead of dying again.
 An item that overran its node's ``timeout`` leaves its thread running: the worker is
-then replaced once its other work is done (:mod:`dagflow.recovery.recycle`).
+then replaced once the client has the chunk's records (:mod:`dagflow.recovery.recycle`).
 
 This module imports no Dask at import time: it runs on workers and under the
 synchronous scheduler alike.
@@ -75,6 +75,8 @@ class ChunkState:
     images: dict[int, Image] = field(default_factory=dict)
     blocked: dict[int, str] = field(default_factory=dict)
     records: dict[str, list[Record]] = field(default_factory=dict)
+    #: Workers that hold threads of timed-out items (to be replaced).
+    stuck: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -93,6 +95,8 @@ class ChunkSummary:
     seconds: dict[str, float] = field(default_factory=dict)
     #: CPU seconds the chunk's commit spent on ``checkpoint`` and ``monitoring``.
     own_cpu_s: dict[str, float] = field(default_factory=dict)
+    #: Workers that hold threads of the chunk's timed-out items, still running.
+    stuck: frozenset[str] = frozenset()
 
 
 def _worker_address() -> str | None:
@@ -202,9 +206,11 @@ def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
     address = _worker_address()
     worker = _worker_name(address)
     records: dict[str, list[Record]] = {}
+    stuck: set[str] = set()
     for parent in parents:
         records.update(parent.records)
-    state = ChunkState(chunk, records=records)
+        stuck.update(parent.stuck)
+    state = ChunkState(chunk, records=records, stuck=stuck)
     own: list[Record] = []
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
     failures = [0]  # consecutive failures that count against the node's breaker
@@ -271,9 +277,10 @@ def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
     finally:
         cell.close()
     if abandoned:
-        from dagflow.recovery.recycle import replace_when_idle
+        from dagflow.recovery import recycle
 
-        replace_when_idle(abandoned)
+        recycle.abandon(abandoned)
+        stuck.add(worker)
     records[task.id] = own
     return state
 
@@ -529,8 +536,10 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) 
     t0 = time.perf_counter()
     chunk = states[0].chunk
     records: dict[str, list[Record]] = {}
+    stuck: set[str] = set()
     for s in states:
         records.update(s.records)
+        stuck.update(s.stuck)
     rows = [r for node_records in records.values() for r in node_records]
     columns = record_columns(rows)  # the part's, and the summary's below
     own: dict[str, float] = {}
@@ -544,7 +553,8 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) 
         seconds[node] = math.fsum(r[_DURATION] for r in node_records)
     return ChunkSummary(chunk.index, len(chunk), counts,
                         _unsucceeded(columns["item_id"], nodes, statuses, leaves),
-                        failures, part, time.perf_counter() - t0, seconds, own)
+                        failures, part, time.perf_counter() - t0, seconds, own,
+                        frozenset(stuck))
 
 
 def _unsucceeded(ids: list[int], nodes: list[str], statuses: list[str],

@@ -15,6 +15,7 @@ from pathlib import Path
 import dask
 import pyarrow.dataset as ds
 import pytest
+from _processes import DaskProcesses
 from distributed import Client, LocalCluster
 
 import dagflow
@@ -56,11 +57,23 @@ def hang(image, name, seconds):
     return image
 
 
-@register_op("poison", params=[Param("name", str)], replace=True)
-def poison(image, name):
-    """Kill the worker process on the image whose path contains ``name``."""
+@register_op("poison", params=[Param("name", str), Param("how", str, "exit")], replace=True)
+def poison(image, name, how):
+    """Kill the worker process on the image whose path contains ``name``: ``exit``
+    (``os._exit``), ``segfault`` (a read at address 0), or ``memory`` (3 GB, far above
+    a worker's limit: its nanny kills it)."""
     if name in image.meta["path"]:
-        os._exit(1)
+        if how == "exit":
+            os._exit(1)
+        elif how == "segfault":
+            import ctypes
+
+            ctypes.string_at(0)
+        elif how == "memory":
+            import numpy as np
+
+            hog = np.ones(3 * 2**30 // 8)
+            return image.replace(image.data + int(hog[0] - 1))
     return image
 
 
@@ -258,19 +271,98 @@ def test_planted_symlink_in_the_output_is_never_written_through(photos, tmp_path
     assert unsafe and all(r["error_class"] == "bad_input" for r in unsafe)
 
 
-@pytest.mark.slow
-def test_poison_item_ends_lost_worker_alone(photos, tmp_path):
-    wf = Workflow("p", [Node("load", "load"), Node("poison", "poison", {"name": "img005"},
-                                                    after="load"),
+POISON = Workflow("p", [Node("load", "load"),
+                        Node("poison", "poison", {"name": "img005"}, after="load"),
                         Node("save", "save", {"format": "png"}, after="poison")])
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
-        result = dagflow.run(wf, photos, tmp_path / "out", progress=False, chunk_size=4,
-                             local_options={"n_workers": 2, "threads_per_worker": 1})
+
+
+def _poisoned(how: str) -> Workflow:
+    nodes = [n if n.id != "poison" else Node("poison", "poison",
+                                              {"name": "img005", "how": how}, after="load")
+             for n in POISON.nodes]
+    return Workflow("p", nodes)
+
+
+def _check_poison_run(result, out: Path, items: int, error_class: str) -> None:
+    """The poison item alone is recorded, failed at the node that killed its worker;
+    every other item succeeded; two worker deaths at most (in its chunk, then alone)."""
     rows = records(result)
-    failed = [r for r in rows if r["status"] == "failed"]
-    assert [Path(r["input_path"]).stem for r in failed] == ["img005"]
-    assert failed[0]["error_class"] == "lost_worker"
-    assert result.succeeded == 11 and len(list((tmp_path / "out").rglob("*.png"))) == 11
+    failed = [r for r in rows if r["status"] in ("failed", "upstream_failed")]
+    assert {(Path(r["input_path"]).stem, r["node_id"], r["status"]) for r in failed} == {
+        ("img005", "poison", "failed"), ("img005", "save", "upstream_failed")}
+    (blamed,) = [r for r in failed if r["status"] == "failed"]
+    assert blamed["error_class"] == error_class, blamed
+    assert len(blamed["attempt_log"]) >= 2  # died in its chunk, and again alone
+    assert blamed["attempt_log"][-1]["error"].endswith("this item, alone")
+    assert result.succeeded == items - 1 and result.failed == 1
+    assert len(list(out.rglob("*.png"))) == items - 1
+    events = (result.run_dir / "events.jsonl").read_text().splitlines()
+    assert 1 <= sum('"event": "worker_died"' in e for e in events) <= 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how,error_class", [("exit", "lost_worker"),
+                                             ("segfault", "lost_worker"),
+                                             ("memory", "resource")])
+def test_poison_item_ends_the_run_recorded_alone_on_the_embedded_cluster(
+        tmp_path, make_photos, how, error_class):
+    """A worker killed by one item (an exit, a segfault, its nanny for memory): the run
+    ends, that item alone is recorded at the node that was running, the rest succeed."""
+    make_photos(tmp_path / "in", 24)
+    result = dagflow.run(_poisoned(how), tmp_path / "in", tmp_path / "out", progress=False,
+                         local_options={"n_workers": 2, "threads_per_worker": 1,
+                                        "memory_limit": "1GiB"})
+    _check_poison_run(result, tmp_path / "out", 24, error_class)
+
+
+@pytest.mark.slow
+def test_poison_item_ends_the_run_on_dask_scheduler_and_nanny_workers(tmp_path, make_photos):
+    """The same on a real ``dask scheduler`` with ``dask worker`` processes, each under its
+    nanny: the run hears of each death from the scheduler's events."""
+    make_photos(tmp_path / "in", 24)
+    here = str(Path(__file__).parent)
+    with DaskProcesses(tmp_path / "cluster", env={"PYTHONPATH": here}) as procs:
+        address = procs.start_scheduler()
+        for name in ("w1", "w2"):
+            procs.start_worker(name, "--nanny")
+        procs.wait_for_workers(2)
+        result = dagflow.run(POISON, tmp_path / "in", tmp_path / "out", cluster=address,
+                             progress=False)
+    _check_poison_run(result, tmp_path / "out", 24, "lost_worker")
+
+
+def _threads_and_pid() -> tuple[int, int]:
+    return threading.active_count(), os.getpid()
+
+
+@pytest.mark.slow
+def test_a_worker_holding_threads_of_timed_out_items_is_replaced(tmp_path, make_photos):
+    """Timed-out items leave their threads running: once the chunk is recorded, their
+    worker is replaced by its nanny, so a batch with hung items does not pile them up."""
+    make_photos(tmp_path / "in", 8)
+    wf = Workflow("t", [Node("load", "load"),
+                        Node("hang", "hang", {"name": "img001", "seconds": 120}, after="load",
+                             timeout=0.5)])
+    with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster) as c:
+        (before,) = c.run(_threads_and_pid).values()
+        start = time.monotonic()
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False,
+                             chunk_size=4)
+        assert time.monotonic() - start < 60  # the hung item did not hold the run
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            after = list(c.run(_threads_and_pid).values())
+            if after and after[0][1] != before[1]:
+                break
+            time.sleep(0.2)
+        threads, pid = after[0]
+    rows = {(Path(r["input_path"]).stem, r["node_id"]): r for r in records(result)}
+    assert rows[("img001", "hang")]["error_class"] == "timeout"
+    assert result.failed == 1 and result.succeeded == 7
+    assert pid != before[1] and threads <= before[0]  # a fresh worker, no thread left
+    events = (result.run_dir / "events.jsonl").read_text()
+    assert '"worker_replaced"' in events
 
 
 @pytest.mark.slow

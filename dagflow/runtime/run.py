@@ -25,7 +25,7 @@ import queue
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,6 +252,8 @@ class Runner:
             self._absorb(summary)
 
     def _absorb(self, summary: ChunkSummary) -> None:
+        if summary.stuck:
+            self._replace(summary.stuck)
         failed = self.result.add(summary)
         self.events.emit("chunk_finished", chunk=summary.index, items=summary.items,
                          failed=failed, part=summary.part)
@@ -274,6 +276,17 @@ class Runner:
             message = f"the task for this item failed as a whole: {type(exc).__name__}: {exc}"
             self._record_item(item, next(iter(self.tasks)), "bug", type(exc).__name__,
                               message, attempts=1)
+
+    def _replace(self, workers: Iterable[str]) -> None:
+        """Have workers that hold threads of timed-out items replaced, now that the
+        chunk's records are in (:mod:`dagflow.recovery.recycle`)."""
+        from dagflow.recovery.recycle import replace_worker
+
+        live = set(self.client.nthreads())
+        for worker in sorted(set(workers) & live):
+            self.events.emit("worker_replaced", worker=worker,
+                             why="it holds threads of timed-out items")
+            self.client.run(replace_worker, workers=[worker], wait=False)
 
     # ------------------------------------------------------------------ worker deaths
 
@@ -582,15 +595,20 @@ def run(
     return _run(wf, input_set, output, progress=progress, **options)
 
 
-def _embedded(client: Any, cluster: Any, scheduler_file: Any) -> bool:
-    """Whether the run starts its own ``LocalCluster``."""
-    return (client is None and cluster in (None, "local") and scheduler_file is None
+def _local(client: Any, cluster: Any, scheduler_file: Any) -> bool:
+    """Whether the run's cluster is a ``LocalCluster`` in this process: the embedded one,
+    or one the caller started and passed as its client's."""
+    from distributed import LocalCluster
+
+    if client is not None:
+        return isinstance(getattr(client, "cluster", None), LocalCluster)
+    return (cluster in (None, "local") and scheduler_file is None
             and not (cluster is None and dask.config.get("scheduler-address", None)))
 
 
 @contextlib.contextmanager
 def _keep_nannies() -> Iterator[None]:
-    """The embedded cluster keeps every nanny however long its worker takes to come back.
+    """A local cluster keeps every nanny however long its worker takes to come back.
 
     A ``LocalCluster`` closes a nanny whose worker has not registered again
     ``distributed.deploy.lost-worker-timeout`` (15 s) after it left: a worker killed
@@ -653,7 +671,7 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster, sc
     show = sys.stderr.isatty() if progress is None else progress
     if show is None or config.get("runtime.progress") is False:
         show = False
-    keep = _keep_nannies() if _embedded(client, cluster, scheduler_file) \
+    keep = _keep_nannies() if _local(client, cluster, scheduler_file) \
         else contextlib.nullcontext()
     with events, keep:
         events.emit("run_started", run_id=run_id, workflow=wf.name, items=len(input_set.items),
