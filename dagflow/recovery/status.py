@@ -83,9 +83,7 @@ class RunStatus:
         if self.failed > len(self.failures):
             lines.append(f"  ... {self.failed - len(self.failures)} more failed items in "
                          "the records")
-        lines.extend(f"  output {what} since it was recorded (a resume runs it again): "
-                     f"{path}" if what != "missing" else
-                     f"  output missing (a resume runs it again): {path}"
+        lines.extend(f"  output {what} (a resume runs it again): {path}"
                      for path, what in self.outputs_changed)
         lines.extend(f"  inconsistency: {i}" for i in self.inconsistencies)
         return "\n".join(lines)

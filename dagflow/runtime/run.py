@@ -19,6 +19,8 @@ that was running (``lost_worker``, or ``resource`` for memory).
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import os
 import queue
@@ -470,19 +472,67 @@ class Runner:
     # ------------------------------------------------------------------ aggregates
 
     def reduce_aggregates(self, all_item_keys: frozenset[str]) -> None:
+        """Combine each aggregate node's partials into its output, unless nothing it
+        depends on changed since the last time (see :func:`_reduced_before`)."""
         for t in self.tasks.values():
             if t.kind != "aggregate":
+                continue
+            digest = _items_digest(t.key, all_item_keys)
+            unchanged = None if self.result.nodes.get(t.id) else \
+                _reduced_before(self.ctx, t.id, digest)
+            if unchanged is not None:
+                self.result.aggregates[t.id] = unchanged
+                self.events.emit("aggregate_unchanged", node=t.id, path=unchanged)
                 continue
             key = layer_name(f"{t.id}-reduce", self.token)
             future = self.client.submit(reduce_aggregate, t, self.ctx, all_item_keys, key=key,
                                         pure=False)
             try:
-                self.result.aggregates[t.id] = future.result()
-                self.events.emit("aggregate_written", node=t.id, path=self.result.aggregates[t.id])
+                path = self.result.aggregates[t.id] = future.result()
+                self.events.emit("aggregate_written", node=t.id, path=path)
             except Exception as exc:
                 message = f"aggregate {t.id!r} failed: {type(exc).__name__}: {exc}"
                 self.result.errors.append(message)
                 self.events.emit("aggregate_failed", node=t.id, error=message)
+            else:
+                _note_reduced(self.ctx, t.id, digest, path)
+
+
+def _items_digest(node_key: str, item_keys: frozenset[str]) -> str:
+    digest = hashlib.blake2b(node_key.encode(), digest_size=16)
+    for key in sorted(k for k in item_keys if k):
+        digest.update(key.encode())
+    return digest.hexdigest()
+
+
+def _reduced_path(ctx: RunContext, node: str) -> Path:
+    return Path(ctx.state_dir, "reduced", f"{node}.json")
+
+
+def _reduced_before(ctx: RunContext, node: str, digest: str) -> str | None:
+    """The output of aggregate ``node`` when an earlier run reduced it from the same
+    items with the same node key and it is still as written (``None`` otherwise): a run
+    that sent no item through the node need not write it again."""
+    from dagflow.recovery.checkpoint import OutputProof, check_output
+
+    try:
+        noted = json.loads(_reduced_path(ctx, node).read_text())
+    except (OSError, ValueError):
+        return None
+    if noted.get("digest") != digest or not noted.get("path"):
+        return None
+    proof = OutputProof(noted["path"], noted.get("size"), noted.get("mtime_ns"))
+    if check_output(ctx.output_dir, proof) is not None:
+        return None
+    return os.path.join(ctx.output_dir, noted["path"])
+
+
+def _note_reduced(ctx: RunContext, node: str, digest: str, path: str) -> None:
+    from dagflow.execute import _output_proof
+
+    rel, size, mtime, _ = _output_proof(ctx, path)
+    atomic_write(_reduced_path(ctx, node), json.dumps(
+        {"digest": digest, "path": rel, "size": size, "mtime_ns": mtime}).encode())
 
 
 def write_quarantine(run_dir: Path) -> int:
