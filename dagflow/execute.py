@@ -48,7 +48,7 @@ from dagflow.inputs import fill_fingerprint
 from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
 from dagflow.recovery import inflight
-from dagflow.recovery.breaker import counts_against_breaker, open_nodes
+from dagflow.recovery.breaker import consecutive_failures, counts_against_breaker, open_nodes
 from dagflow.recovery.policy import Outcome, retry_after
 from dagflow.recovery.records import Record, new_record, ok_record, record_columns
 from dagflow.recovery.watch import run_watched
@@ -213,7 +213,8 @@ def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
     state = ChunkState(chunk, records=records, stuck=stuck)
     own: list[Record] = []
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
-    failures = [0]  # consecutive failures that count against the node's breaker
+    # consecutive failures that count against the node's breaker, in this process
+    failures = consecutive_failures(ctx.run_id, task.id)
     # a first run leaves the inputs' fingerprints to the tasks that read them: the root
     # nodes' (the chunk's items go on from here, fingerprinted, to the children and commit)
     deferred = not parents and any(item["key"] is None for item in chunk.items)
@@ -310,9 +311,11 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
     else:
         inputs = []
     if consecutive_failures >= task.breaker_failures or task.id in stopped:
-        why = (f"node {task.id!r} stopped after {consecutive_failures} consecutive failures"
-               if task.id not in stopped else f"the circuit breaker of node {task.id!r} "
-               "is open")
+        if task.id in stopped:
+            why = f"the circuit breaker of node {task.id!r} is open"
+        else:
+            why = (f"node {task.id!r} stopped after {consecutive_failures} consecutive "
+                   "failures on this worker")
         return (new_record(ctx, task, item, "not_run", worker=worker, error_class="breaker",
                            error_message=why), None, "not_run", None)
     started = time.time()

@@ -77,6 +77,17 @@ def poison(image, name, how):
     return image
 
 
+_REACHED: list[str] = []
+
+
+@register_op("unreachable", params=[], replace=True)
+def unreachable(image):
+    """A storage service that is down: every call fails with a transient error."""
+    with _LOCK:
+        _REACHED.append(image.meta["path"])
+    raise TransientError("service unavailable")
+
+
 @register_op("disk", kind="sink", params=[Param("marker", str)], replace=True)
 def disk(image, dest, marker):
     """A sink whose storage is 'full' while ``marker`` exists."""
@@ -233,6 +244,39 @@ def test_breaker_opens_on_a_failing_output_target_and_a_later_run_finishes(tmp_p
     assert finished.executed + finished.already_done == 40
     assert finished.succeeded == finished.executed
     assert len(list((tmp_path / "out").rglob("*.png"))) == 40
+
+
+def test_once_a_breaker_opens_no_further_item_reaches_its_node(tmp_path, client, make_photos):
+    """Every chunk is already submitted when the breaker opens: the workers are told, and
+    the chunks in flight send no further item to the node; ``dagflow status`` agrees with
+    the summary (not run, exit code 3)."""
+    from click.testing import CliRunner
+
+    from dagflow.cli import main
+
+    make_photos(tmp_path / "in", 60, size=(24, 16))
+    _REACHED.clear()
+    wf = Workflow("b", [Node("load", "load"),
+                        Node("remote", "unreachable", after="load", retry={"attempts": 1})])
+    with dask.config.set({"dagflow.breaker.failures": 5, "dagflow.breaker.cooldown": 0.2}):
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=client,
+                             progress=False, chunk_size=2)
+    assert result.exit_code == dagflow.runtime.EXIT_BREAKER
+    # five failures opened it, the probe failed; the chunks in flight when the workers
+    # were told may each have sent one more item
+    threads = sum(client.nthreads().values())
+    assert len(_REACHED) <= 5 + 1 + threads, len(_REACHED)
+    assert result.failed == len(set(_REACHED)) and result.not_run == 60 - result.failed
+    not_run = [r for r in records(result) if r["node_id"] == "remote"
+               and r["status"] == "not_run"]
+    assert not_run and all(r["error_class"] == "breaker" for r in not_run)
+    status = run_status(result.run_dir)
+    assert (status.state, status.exit_code) == ("finished", 3)
+    assert (status.done, status.failed, status.not_run, status.pending) == (
+        0, result.failed, result.not_run, 0)
+    assert "circuit breaker open for node 'remote'" in status.stopped
+    shown = CliRunner().invoke(main, ["status", str(result.run_dir)])
+    assert "finished, exit code 3" in shown.output and f"not run {result.not_run}" in shown.output
 
 
 def test_breaker_state_machine():

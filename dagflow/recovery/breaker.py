@@ -6,11 +6,13 @@ within ``window`` seconds it *opens* and no more items are sent to its node; aft
 it again while a failure opens it for good in this run. Bad inputs do not count: one
 corrupt image says nothing about the health of a node, a full disk does.
 
-The runtime keeps one breaker per node on the client; inside a task a node also stops
-after ``failures`` consecutive failures, so that a dead storage target costs one chunk's
-worth of attempts, not a million. Once the client's breaker of a node opens, the workers
-are told (:func:`open_nodes`, set by the run loop's worker plugin): no further item
-reaches that node, in the tasks already running as in those still queued.
+The runtime keeps one breaker per node on the client. Its failures reach it as chunks
+finish, a while after they happened, so each worker process also stops a node after
+``failures`` consecutive failures of its own (:func:`consecutive_failures`), without
+waiting for the client: a dead storage target costs a few attempts per worker, not a
+million. Once the client's breaker of a node opens, every worker is told
+(:func:`open_nodes`, set by the run loop's worker plugin): no further item reaches that
+node, in the tasks already running as in those still queued.
 """
 
 from __future__ import annotations
@@ -21,12 +23,25 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 __all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerSettings", "CircuitBreaker",
-           "counts_against_breaker", "open_nodes"]
+           "consecutive_failures", "counts_against_breaker", "open_nodes"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
 
 #: In a worker process: per run id, the nodes whose breaker is open on the run's client.
 _OPEN_NODES: dict[str, set[str]] = {}
+
+
+#: In a worker process: per run id and node, its consecutive failures in this process.
+_CONSECUTIVE: dict[tuple[str, str], list[int]] = {}
+
+
+def consecutive_failures(run_id: str, node: str) -> list[int]:
+    """This process's count of consecutive failures of ``node`` in run ``run_id``: a
+    one-element list that every task of the node in this process shares and updates."""
+    count = _CONSECUTIVE.get((run_id, node))
+    if count is None:
+        count = _CONSECUTIVE.setdefault((run_id, node), [0])
+    return count
 
 
 def open_nodes(run_id: str) -> set[str]:

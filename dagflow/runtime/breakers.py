@@ -6,7 +6,9 @@ stop sending items to a broken node run on the workers, some of them already sta
 of a run that no item may reach (:func:`dagflow.recovery.breaker.open_nodes`, read by
 the item loop before each item). Registered again under the same name whenever the set
 changes, it reaches every current worker at once and every worker that joins later (a
-restarted one included); emptied and removed when the run ends. The set is changed in
+restarted one included); emptied and removed when the run ends. A node that is no longer
+open also has its count of consecutive failures in the process reset, so that the probe
+of a half-open breaker gets through. The set is changed in
 place, never replaced: a task holding it sees a breaker open mid-chunk.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from dagflow.recovery.breaker import open_nodes
+from dagflow.recovery.breaker import consecutive_failures, open_nodes
 
 __all__ = ["OpenBreakers", "plugin_name"]
 
@@ -38,5 +40,7 @@ class OpenBreakers(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         current = open_nodes(self.run_id)
+        for node in current - self.nodes:  # half-open or closed: items may pass again
+            consecutive_failures(self.run_id, node)[0] = 0
         current.update(self.nodes)
         current.intersection_update(self.nodes)

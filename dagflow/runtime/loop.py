@@ -122,6 +122,9 @@ class RunLoop:
         self.changed: list[CircuitBreaker] = []
         #: The breaker that stopped the run.
         self.stopped: CircuitBreaker | None = None
+        #: The workers' counts of consecutive failures are to be reset (the caller tells
+        #: them, as it tells them of :attr:`changed` breakers).
+        self.recount = False
         self.window = max(1, int(window))
         self.batch = max(1, min(256, self.window // 4))
         self.first = max(1, min(self.window, int(first)))
@@ -181,8 +184,11 @@ class RunLoop:
         if self.open_breakers():
             return self._next_probe()
         if self.held:
+            # the workers held them back (a node failing on a worker, with the client's
+            # breaker closed): they run again, and the workers count afresh
             self.pending.extendleft(self._chunk(g) for g in reversed(self.held))
             self.held.clear()
+            self.recount = True
         if not self._started:
             self._started = True
             chunks = self._take(self.first)

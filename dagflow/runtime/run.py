@@ -171,6 +171,7 @@ class Runner:
         #: Workers their nanny killed for memory, with their last memory use.
         self.memory_killed: dict[str, int] = {}
         self.deaths = 0
+        self.told = False  # the workers were told of breakers (a plugin to remove)
 
     # ------------------------------------------------------------------ the loop
 
@@ -435,7 +436,8 @@ class Runner:
 
     def _breakers_changed(self) -> None:
         changed, self.loop.changed = self.loop.changed, []
-        if not changed:
+        recount, self.loop.recount = self.loop.recount, False
+        if not changed and not recount:
             return
         for breaker in changed:
             why = breaker.transitions[-1][1] if breaker.transitions else None
@@ -444,8 +446,11 @@ class Runner:
         self._tell_workers({b.name for b in self.loop.breakers.values() if b.state == "open"})
 
     def _tell_workers(self, nodes: set[str]) -> None:
+        """Every worker, now and later: these nodes are open, the others may be tried
+        again (their counts of consecutive failures start afresh)."""
         from dagflow.runtime.breakers import OpenBreakers
 
+        self.told = True
         try:
             self.client.register_plugin(OpenBreakers(self.ctx.run_id, nodes))
         except Exception as exc:  # the chunks in flight finish; nothing new is sent
@@ -464,7 +469,7 @@ class Runner:
         from dagflow.runtime.breakers import plugin_name
 
         self.result.not_run = len(self.loop.not_run())
-        if any(b.transitions for b in self.loop.breakers.values()):
+        if self.told:
             with contextlib.suppress(Exception):
                 self._tell_workers(set())
                 self.client.unregister_worker_plugin(plugin_name(self.ctx.run_id))
