@@ -77,6 +77,20 @@ def poison(image, name, how):
     return image
 
 
+@register_op("torn_save", kind="sink", params=[Param("name", str)], replace=True)
+def torn_save(image, dest, name):
+    """Save as PNG; the worker dies half-way through writing the image named ``name``
+    (its temporary file written, not yet renamed into place)."""
+    from dagflow.io import write_image
+    from dagflow.io.atomic import atomic_path
+
+    if name in image.meta["path"]:
+        with atomic_path(dest + ".png") as tmp:
+            tmp.write_bytes(b"\x89PNG half of it")
+            os._exit(1)
+    return write_image(image, dest + ".png")
+
+
 _REACHED: list[str] = []
 
 
@@ -357,6 +371,25 @@ def test_poison_item_ends_the_run_recorded_alone_on_the_embedded_cluster(
                          local_options={"n_workers": 2, "threads_per_worker": 1,
                                         "memory_limit": "1GiB"})
     _check_poison_run(result, tmp_path / "out", 24, error_class)
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_write_leaves_no_temporary_file_once_the_run_ends(tmp_path,
+                                                                            make_photos):
+    make_photos(tmp_path / "in", 8)
+    out = tmp_path / "out"
+    wf = Workflow("t", [Node("load", "load"),
+                        Node("save", "torn_save", {"name": "img005"}, after="load")])
+    result = dagflow.run(wf, tmp_path / "in", out, progress=False,
+                         local_options={"n_workers": 2, "threads_per_worker": 1})
+    (blamed,) = [r for r in records(result) if r["status"] == "failed"]
+    assert (Path(blamed["input_path"]).stem, blamed["node_id"], blamed["error_class"]) == (
+        "img005", "save", "lost_worker")
+    from dagflow.io.atomic import find_temporaries
+
+    assert find_temporaries(out) == []
+    assert not [i for i in run_status(result.run_dir).inconsistencies if "temporary" in i]
+    assert len(list(out.rglob("*.png"))) == 7
 
 
 @pytest.mark.slow

@@ -27,6 +27,9 @@ __all__ = ["ERROR_CLASSES", "Outcome", "RetryPolicy", "call_with_policy", "class
 
 ERROR_CLASSES = ("transient", "bad_input", "resource", "lost_worker", "timeout", "bug")
 
+#: The storage refuses the write: full, over quota, read-only, not allowed.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
 _TRANSIENT_ERRNOS = {
     errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
     errno.ECONNABORTED, errno.EPIPE, errno.ESTALE, errno.EHOSTUNREACH, errno.ENETUNREACH,
@@ -115,8 +118,8 @@ def classify(exc: BaseException, policy: RetryPolicy | None = None) -> str:
         return "transient"
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return "transient"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "resource"  # a full disk or quota: the storage target, not the image
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return "resource"  # a full, read-only or forbidden storage target, not the image
     if "OutOfMemory" in type(exc).__name__:  # cupy's and other allocators' OOM errors
         return "resource"
     return "bug"
