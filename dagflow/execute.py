@@ -53,13 +53,25 @@ from dagflow.recovery.policy import Outcome, retry_after
 from dagflow.recovery.records import Record, new_record, ok_record, record_columns
 from dagflow.recovery.watch import run_watched
 
-__all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "item_summary", "reduce_aggregate",
-           "run_node", "write_chunk"]
+__all__ = ["ChunkState", "ChunkSummary", "NodeTaskError", "commit_chunk", "item_summary",
+           "output_proof", "reduce_aggregate", "run_node", "write_chunk"]
 
 _FAILED = frozenset({"failed", "upstream_failed"})
 
 #: Most failed records a chunk sends back to the client (all are in the Parquet part).
 MAX_FAILURES_RETURNED = 50
+
+
+class NodeTaskError(Exception):
+    """A node's task failed as a whole (an error outside the per-item guard): the client
+    splits the chunk, and records a single item failed at ``node``."""
+
+    def __init__(self, node: str, error: str) -> None:
+        self.node, self.error = node, error
+        super().__init__(node, error)
+
+    def __str__(self) -> str:
+        return f"node {self.node!r}: {self.error}"
 
 
 @dataclass
@@ -133,10 +145,11 @@ def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
     return os.fspath(safe_join(root, rel))
 
 
-def _output_proof(ctx: RunContext, written: Any) -> tuple[str, int | None, int | None,
-                                                           str | None]:
-    """A sink's output for its record: its path relative to the output root, its size
-    and modification time, and its digest when the run asks for one."""
+def output_proof(ctx: RunContext, written: Any) -> tuple[str, int | None, int | None,
+                                                          str | None]:
+    """An output as its record keeps it: its path relative to the output root (as
+    given when it lies elsewhere), its size and modification time, and its digest when
+    the run asks for one (``ctx.hash_outputs``)."""
     path = os.fspath(written)
     root = ctx.output_dir + os.sep
     rel = path[len(root):] if path.startswith(root) else path
@@ -275,6 +288,10 @@ def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
         if aggregate_inputs:
             cells[at] = 0  # over all the chunk's items at once: no one item to blame
             own.extend(_run_aggregate_map(task, ctx, chunk, aggregate_inputs, worker))
+    except (StorageError, NodeTaskError):
+        raise
+    except Exception as exc:  # outside the per-item guard: the node is to blame
+        raise NodeTaskError(task.id, f"{type(exc).__name__}: {exc}") from exc
     finally:
         cell.close()
     if abandoned:
@@ -360,7 +377,7 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
         source = inputs[0]
         return (ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
                           bool(degraded), source.width, source.height,
-                          _output_proof(ctx, value), log),
+                          output_proof(ctx, value), log),
                 None, None, False)
     if not isinstance(value, Image):
         value = Image(value) if hasattr(value, "shape") else value
@@ -427,7 +444,7 @@ def _run_aggregate_map(task: NodeTask, ctx: RunContext, chunk: Chunk,
         part = _aggregate_dir(ctx, task) / f"{ctx.run_id}-{chunk.index:06d}.pkl"
         part.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(part, pickle.dumps(payload, protocol=5))
-        status, extra = "ok", {"output_path": _output_proof(ctx, part)[0]}
+        status, extra = "ok", {"output_path": output_proof(ctx, part)[0]}
     except Exception as exc:
         status = "failed"
         extra = {"error_class": "bug", "error_type": type(exc).__name__,

@@ -90,6 +90,13 @@ def torn_save(image, dest, name):
     return write_image(image, dest + ".png")
 
 
+@register_op("bad_sink", kind="sink", params=[Param("name", str)], replace=True)
+def bad_sink(image, dest, name):
+    """A sink that returns no path for the image named ``name``: the task's own code,
+    outside the per-item guard, fails on it."""
+    return 42 if name in image.meta["path"] else dest
+
+
 _REACHED: list[str] = []
 
 
@@ -290,6 +297,23 @@ def test_once_a_breaker_opens_no_further_item_reaches_its_node(tmp_path, client,
     assert "circuit breaker open for node 'remote'" in status.stopped
     shown = CliRunner().invoke(main, ["status", str(result.run_dir)])
     assert "finished, exit code 3" in shown.output and f"not run {result.not_run}" in shown.output
+
+
+def test_a_task_failing_outside_the_item_guard_blames_its_node_for_one_item(photos, tmp_path,
+                                                                           client):
+    """A failure outside the per-item guard fails the chunk's task as a whole: the chunk
+    is split down to the item, recorded failed at the node whose task raised."""
+    wf = Workflow("g", [Node("load", "load"), Node("small", "resize", {"long_side": 16},
+                                                   after="load"),
+                        Node("out", "bad_sink", {"name": "img007"}, after="small")])
+    result = dagflow.run(wf, photos, tmp_path / "out", client=client, progress=False,
+                         chunk_size=4)
+    failed = [r for r in records(result) if r["status"] == "failed"]
+    assert [(Path(r["input_path"]).stem, r["node_id"], r["error_class"]) for r in failed] == [
+        ("img007", "out", "bug")]
+    assert "NodeTaskError" in failed[0]["error_type"] and "TypeError" in failed[0][
+        "error_message"]
+    assert result.succeeded == 11
 
 
 def test_breaker_state_machine():

@@ -653,7 +653,7 @@ def refuse(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any], nod
 def run_tiled_item(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any],
                    client: Any, index: int) -> ChunkSummary:
     """Process an oversize TIFF tiled on the cluster and record it like any item."""
-    from dagflow.execute import _output_proof, _sink_dest
+    from dagflow.execute import _sink_dest, output_proof
     from dagflow.recovery.policy import classify
     from dagflow.tiled import run_tiled
 
@@ -681,7 +681,7 @@ def run_tiled_item(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, A
         if size:
             fields["width"], fields["height"] = size
         if task.kind == "sink" and outcome.output_path:
-            path, out_size, mtime, digest = _output_proof(ctx, outcome.output_path)
+            path, out_size, mtime, digest = output_proof(ctx, outcome.output_path)
             fields.update(output_path=path, output_size=out_size, output_mtime_ns=mtime,
                           output_hash=digest, duration_s=outcome.duration_s)
         status = "skipped" if task.id in outcome.skipped else "ok"

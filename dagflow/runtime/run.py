@@ -40,7 +40,7 @@ from distributed.scheduler import KilledWorker
 from dagflow import config
 from dagflow.compile import NodeTask, RunContext, compile_chunks, layer_name, node_tasks
 from dagflow.exceptions import CircuitOpenError, StorageError
-from dagflow.execute import ChunkSummary, item_summary, reduce_aggregate
+from dagflow.execute import ChunkSummary, NodeTaskError, item_summary, reduce_aggregate
 from dagflow.inputs import InputSet, fill_fingerprint
 from dagflow.io.atomic import atomic_write, find_temporaries
 from dagflow.monitor import hooks
@@ -185,7 +185,8 @@ class Runner:
                 while not loop.done():
                     wait = loop.seconds_to_probe()
                     try:  # awake every second: a stop signal is taken at once
-                        kind, payload = self.outcomes.get(timeout=min(wait or 1.0, 1.0))
+                        kind, payload = self.outcomes.get(
+                            timeout=1.0 if wait is None else min(wait, 1.0))
                     except queue.Empty:
                         if wait is None or wait > 1.0:
                             continue
@@ -275,10 +276,11 @@ class Runner:
                          error=repr(exc)[:500])
         single = self.loop.failed(index)
         if single is not None:
-            item = single.items[0]
+            # the node whose task raised, when it says so; else the first
+            node = exc.node if isinstance(exc, NodeTaskError) else next(iter(self.tasks))
             message = f"the task for this item failed as a whole: {type(exc).__name__}: {exc}"
-            self._record_item(item, next(iter(self.tasks)), "bug", type(exc).__name__,
-                              message, attempts=1)
+            self._record_item(single.items[0], node, "bug", type(exc).__name__, message,
+                              attempts=1)
 
     def _replace(self, workers: Iterable[str]) -> None:
         """Have workers that hold threads of timed-out items replaced, now that the
@@ -533,9 +535,9 @@ def _reduced_before(ctx: RunContext, node: str, digest: str) -> str | None:
 
 
 def _note_reduced(ctx: RunContext, node: str, digest: str, path: str) -> None:
-    from dagflow.execute import _output_proof
+    from dagflow.execute import output_proof
 
-    rel, size, mtime, _ = _output_proof(ctx, path)
+    rel, size, mtime, _ = output_proof(ctx, path)
     atomic_write(_reduced_path(ctx, node), json.dumps(
         {"digest": digest, "path": rel, "size": size, "mtime_ns": mtime}).encode())
 
