@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dagflow.compile.spec import SKIP_KEY, Chunk, NodeTask, RunContext
+from dagflow.compile.spec import Chunk, NodeTask, RunContext
 from dagflow.exceptions import BadInputError, StorageError
 from dagflow.image import Image
 from dagflow.inputs import fill_fingerprint
@@ -50,7 +50,13 @@ from dagflow.ops.dispatch import call
 from dagflow.recovery import inflight
 from dagflow.recovery.breaker import consecutive_failures, counts_against_breaker, open_nodes
 from dagflow.recovery.policy import Outcome, retry_after
-from dagflow.recovery.records import Record, new_record, ok_record, record_columns
+from dagflow.recovery.records import (
+    Record,
+    new_record,
+    ok_record,
+    output_record,
+    record_columns,
+)
 from dagflow.recovery.watch import run_watched
 
 __all__ = ["ChunkState", "ChunkSummary", "NodeTaskError", "commit_chunk", "item_summary",
@@ -232,15 +238,16 @@ def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
     # nodes' (the chunk's items go on from here, fingerprinted, to the children and commit)
     deferred = not parents and any(item["key"] is None for item in chunk.items)
     # items done by an earlier run at this node and needed by nothing that runs now
-    skip = {item["item_id"] for item in chunk.items if task.id in item.get(SKIP_KEY, ())}
+    skip = {iid for iid, nodes in chunk.skips.items() if task.id in nodes}
     stopped = open_nodes(ctx.run_id)
     cell = inflight.open_cell(ctx.run_dir, address is not None, chunk.index, task.position,
                               ctx.nodes)
     cells, at = cell.cells, cell.index
 
     def step(item: Mapping[str, Any], restart: Callable[[], None]) -> _Step | None:
-        cells[at] = item["item_id"] + 1
-        if skip and item["item_id"] in skip:
+        iid = item["item_id"]
+        cells[at] = iid + 1
+        if skip and iid in skip:
             return None
         if deferred:
             fill_fingerprint(item)  # type: ignore[arg-type]
@@ -327,7 +334,7 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
         inputs = [p.images[iid] for p in parents]
     else:
         inputs = []
-    if consecutive_failures >= task.breaker_failures or task.id in stopped:
+    if consecutive_failures >= task.breaker_failures or (stopped and task.id in stopped):
         if task.id in stopped:
             why = f"the circuit breaker of node {task.id!r} is open"
         else:
@@ -375,9 +382,9 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
                                         outcome.log)
     if kind == "sink":
         source = inputs[0]
-        return (ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
-                          bool(degraded), source.width, source.height,
-                          output_proof(ctx, value), log),
+        return (output_record(ctx, task, item, worker, attempts, duration, cpu, started,
+                              device, bool(degraded), source.width, source.height,
+                              output_proof(ctx, value), log),
                 None, None, False)
     if not isinstance(value, Image):
         value = Image(value) if hasattr(value, "shape") else value
@@ -392,7 +399,7 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
                     None, "failed", None)
     shape = value.data.shape
     return (ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
-                      bool(degraded), int(shape[1]), int(shape[0]), None, log),
+                      bool(degraded), int(shape[1]), int(shape[0]), log),
             value, None, False)
 
 

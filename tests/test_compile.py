@@ -194,6 +194,7 @@ def test_one_record_type_in_schema_order(tmp_path):
         Record,
         new_record,
         ok_record,
+        output_record,
         record_columns,
     )
 
@@ -218,10 +219,13 @@ def test_one_record_type_in_schema_order(tmp_path):
         "attempt_log": [{"error": "OSError: x", "delay_s": 0.2}]}
     assert record_columns([record, record]) == record_columns([as_row, as_row])
     # a success's record, built by position on the item loop's short path, is the same
-    ok = ok_record(ctx, task, item, "tcp://w", 2, 0.5, 0.25, 1.0, "gpu", True, 3, 4,
-                   ("o.png", 10, 20, "ab"))
-    assert type(ok) is Record
-    assert ok == new_record(ctx, task, item, "ok", worker="tcp://w", attempts=2,
+    ok = ok_record(ctx, task, item, "tcp://w", 2, 0.5, 0.25, 1.0, "gpu", True, 3, 4)
+    assert Record._make(ok) == new_record(
+        ctx, task, item, "ok", worker="tcp://w", attempts=2, duration_s=0.5, cpu_s=0.25,
+        started=1.0, device="gpu", degraded=True, width=3, height=4)
+    ok = output_record(ctx, task, item, "tcp://w", 2, 0.5, 0.25, 1.0, "gpu", True, 3, 4,
+                       ("o.png", 10, 20, "ab"))
+    assert Record._make(ok) == new_record(ctx, task, item, "ok", worker="tcp://w", attempts=2,
                             duration_s=0.5, cpu_s=0.25, started=1.0, device="gpu",
                             degraded=True, output_path="o.png", width=3, height=4,
                             output_size=10, output_mtime_ns=20, output_hash="ab")

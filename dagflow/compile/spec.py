@@ -103,12 +103,21 @@ class Chunk:
     worker copies those bytes instead of unpickling and pickling every item again.
     """
 
-    __slots__ = ("_blob", "_items", "index")
+    __slots__ = ("_blob", "_items", "_skips", "index")
 
     def __init__(self, index: int, items: Sequence[Mapping[str, Any]]) -> None:
         self.index = index
         self._items: tuple[Mapping[str, Any], ...] | None = tuple(items)
         self._blob: bytes | None = None
+        self._skips: dict[int, frozenset[str]] | None = None
+
+    @property
+    def skips(self) -> dict[int, frozenset[str]]:
+        """The nodes each item skips (:data:`SKIP_KEY`), by item id; read once per chunk
+        (its tasks on one worker share the chunk), empty for most chunks."""
+        if self._skips is None:
+            self._skips = {i["item_id"]: i[SKIP_KEY] for i in self.items if SKIP_KEY in i}
+        return self._skips
 
     @property
     def items(self) -> tuple[Mapping[str, Any], ...]:
@@ -138,7 +147,7 @@ class Chunk:
 def _chunk_from_pickle(index: int, blob: bytes) -> Chunk:
     """A chunk from its pickled items, left unpickled until used (see :class:`Chunk`)."""
     chunk = Chunk.__new__(Chunk)
-    chunk.index, chunk._items, chunk._blob = index, None, blob
+    chunk.index, chunk._items, chunk._blob, chunk._skips = index, None, blob, None
     return chunk
 
 
