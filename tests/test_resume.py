@@ -145,3 +145,14 @@ def test_a_changed_parameter_reruns_its_node_and_leaves_other_sinks_alone(photos
     assert "stats" not in changed.nodes and changed.aggregates["stats"].endswith("stats.parquet")
     # and the same change again runs nothing
     assert run(_with_amount(1.5), photos, out, client).executed == 0
+
+
+def test_the_latest_record_is_the_latest_run_s_whatever_its_id(photos, tmp_path, client):
+    """Records of later runs win over earlier ones by when the runs started: run ids sort
+    by the second only (and an id given to ``dagflow submit`` not at all)."""
+    out = tmp_path / "out"
+    run(THUMBS, photos, out, client, run_id="zz-first")
+    (out / "img001.png").unlink()
+    remade = run(THUMBS, photos, out, client, run_id="aa-second")
+    assert remade.executed == 1
+    assert run(THUMBS, photos, out, client).executed == 0

@@ -13,6 +13,7 @@ that cannot be read is reported and its items simply run again.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -90,8 +91,24 @@ def write_records(path: str | os.PathLike[str],
 
 
 def record_parts(state_dir: str | os.PathLike[str]) -> list[Path]:
-    """Every record part under a state directory, oldest run first."""
-    return sorted(Path(state_dir).glob("runs/*/records/part-*.parquet"))
+    """Every record part under a state directory, oldest run first (by when each run
+    started: run ids sort by the second only, and a chosen id not at all), each run's
+    parts in chunk order."""
+    runs = sorted({p.parent.parent for p in Path(state_dir).glob("runs/*/records/part-*")},
+                  key=lambda run: (_started(run), run.name))
+    return [p for run in runs for p in sorted((run / "records").glob("part-*.parquet"))]
+
+
+def _started(run_dir: Path) -> float:
+    """When a run started: its event log's first event (else its directory's time)."""
+    try:
+        with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+            return float(json.loads(f.readline())["t"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return run_dir.stat().st_mtime
+        except OSError:
+            return 0.0
 
 
 def read_records(paths: Iterable[str | os.PathLike[str]],
