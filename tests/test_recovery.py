@@ -390,10 +390,15 @@ def test_poison_item_ends_the_run_recorded_alone_on_the_embedded_cluster(
     """A worker killed by one item (an exit, a segfault, its nanny for memory): the run
     ends, that item alone is recorded at the node that was running, the rest succeed."""
     make_photos(tmp_path / "in", 24)
+    spawn = {*dask.config.get("distributed.nanny.pre-spawn-environ"),
+             *dask.config.get("dagflow.cluster.worker-env")}
+    environ = {k: os.environ.get(k) for k in spawn}
     result = dagflow.run(_poisoned(how), tmp_path / "in", tmp_path / "out", progress=False,
                          local_options={"n_workers": 2, "threads_per_worker": 1,
                                         "memory_limit": "1GiB"})
     _check_poison_run(result, tmp_path / "out", 24, error_class)
+    # the nannies that restarted the workers left no spawn environment in this process
+    assert {k: os.environ.get(k) for k in spawn} == environ
 
 
 @pytest.mark.slow
