@@ -48,6 +48,20 @@ def tmpfs(path: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True)
 
 
+def _executing(dask_worker) -> int:
+    return dask_worker.state.executing_count
+
+
+def _wait_until_idle(client, timeout: float = 30) -> None:
+    """Until no task runs on the cluster (a task let go of may still be running)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any(client.run(_executing).values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(client.run(_executing).values())
+
+
 def remount(path: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
 
@@ -112,6 +126,7 @@ def test_a_disk_that_fills_up_stops_the_run_claims_nothing_and_the_command_resum
         checkpoint = load_done(out / "_dagflow")
         assert all(check_output(out, p) is None for p in checkpoint.outputs.values())
         assert len(checkpoint.done) < 2 * 12
+        _wait_until_idle(client)  # the chunks in flight were let go: none is left running
         assert find_temporaries(out) == []
         os.remove(out / "_filler")  # the disk is fixed
         marker.unlink()

@@ -20,7 +20,7 @@ import queue
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +142,7 @@ class Runner:
         out of the graph (refused, tiled) and the aggregates."""
         loop = self.loop
         if loop.pending:
-            with self.deaths.heard(self.client, self.outcomes):
+            with self.deaths.heard(self.client, self.outcomes), self._released_on_error():
                 self._submit_next()
                 while not loop.done():
                     wait = loop.seconds_to_probe()
@@ -170,6 +170,19 @@ class Runner:
             self._absorb(run_tiled_item(self.ctx, self.tasks, item, self.client,
                                         loop.new_index()))
         self.result.tiled = len(self.batch.tiled)
+
+    @contextlib.contextmanager
+    def _released_on_error(self) -> Iterator[None]:
+        """A run that stops on an error (its storage failing, an interruption) lets go
+        of its chunks in flight, so that the cluster does not go on with them."""
+        try:
+            yield
+        except BaseException:
+            for future in self.futures.values():
+                with contextlib.suppress(Exception):
+                    future.release()
+            self.futures.clear()
+            raise
 
     def _submit_next(self) -> None:
         graphs = self.loop.next_graphs()
