@@ -21,7 +21,9 @@
     │   ├── ItemTimeoutError (TimeoutError)      the per-item timeout ran out
     │   ├── ResourceError (MemoryError)          out of memory for this item
     │   └── PartialDataError (TypeError)         an aggregate op's partial that is not data
-    └── CircuitOpenError                         a node's breaker is open; the run stopped early
+    ├── CircuitOpenError                         a node's breaker is open; the run stopped early
+    └── StorageError                             the output directory or the run's state
+                                                 cannot be written (read-only, disk full)
 
 Item errors carry an ``error_class`` (``bad_input``, ``transient``, ``timeout``,
 ``resource``) that goes into the item's record; any other exception raised by an op is
@@ -48,6 +50,7 @@ __all__ = [
     "OversizeError",
     "PartialDataError",
     "ResourceError",
+    "StorageError",
     "TransientError",
     "UnknownOpError",
     "UnsafeStateError",
@@ -265,3 +268,34 @@ class CircuitOpenError(DagflowError):
     def __str__(self) -> str:
         errors = "; ".join(self.last_errors[-3:]) or "no error message"
         return f"circuit breaker open for node {self.node!r} after repeated failures: {errors}"
+
+
+class StorageError(DagflowError):
+    """dagflow cannot write where it must: the output directory or the run's state.
+
+    A read-only output directory, a full disk or quota: the run stops at once (no item
+    can be recorded), claims nothing it could not record, and the same command resumes
+    once the storage is fixed.
+
+    Parameters
+    ----------
+    path
+        The file or directory that could not be written.
+    error
+        The operating system's error, as text (``[Errno 28] No space left on device``).
+    """
+
+    def __init__(self, path: str, error: str) -> None:
+        self.path = str(path)
+        self.error = str(error)
+        super().__init__(self.path, self.error)
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None) -> StorageError:
+        """From an ``OSError``: its file name (else ``path``) and its message."""
+        where = exc.filename if exc.filename is not None else path
+        text = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
+        return cls(str(where), text)
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.error}"

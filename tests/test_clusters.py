@@ -246,12 +246,19 @@ def _worker_settings() -> tuple[bool, str, str | None]:
 
 
 @pytest.mark.slow
-def test_embedded_cluster_takes_dagflows_dask_settings_into_every_worker_process():
+def test_embedded_cluster_takes_dagflows_dask_settings_into_every_worker_process(
+        monkeypatch):
     """``cluster.dask-config`` reaches the scheduler and every worker, restarted ones too;
     ``{}`` leaves Dask's defaults."""
     from distributed import Client
 
     from dagflow.runtime.cluster import start_local_cluster
+
+    # a nanny that restarts its worker sets the spawn environment in this process and
+    # never takes it back: undone after the test (later clusters would inherit it)
+    for key in dask.config.get("dagflow.cluster.worker-env"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # restored (or removed) after
+        monkeypatch.delenv(key)
 
     with start_local_cluster(n_workers=1, threads_per_worker=1) as cluster, \
             Client(cluster) as client:
