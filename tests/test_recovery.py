@@ -76,25 +76,25 @@ def poison(image, name, how):
     return image
 
 
-@register_op("torn_save", kind="sink", params=[Param("name", str)], replace=True)
-def torn_save(image, dest, name):
-    """Save as PNG; the worker dies half-way through writing the image named ``name``
+@register_op("torn_save", kind="sink", params=[Param("victim", str)], replace=True)
+def torn_save(image, dest, victim):
+    """Save as PNG; the worker dies half-way through writing the image named ``victim``
     (its temporary file written, not yet renamed into place)."""
     from dagflow.io import write_image
     from dagflow.io.atomic import atomic_path
 
-    if name in image.meta["path"]:
+    if victim in image.meta["path"]:
         with atomic_path(dest + ".png") as tmp:
             tmp.write_bytes(b"\x89PNG half of it")
             os._exit(1)
     return write_image(image, dest + ".png")
 
 
-@register_op("bad_sink", kind="sink", params=[Param("name", str)], replace=True)
-def bad_sink(image, dest, name):
-    """A sink that returns no path for the image named ``name``: the task's own code,
+@register_op("bad_sink", kind="sink", params=[Param("victim", str)], replace=True)
+def bad_sink(image, dest, victim):
+    """A sink that returns no path for the image named ``victim``: the task's own code,
     outside the per-item guard, fails on it."""
-    return 42 if name in image.meta["path"] else dest
+    return 42 if victim in image.meta["path"] else dest
 
 
 _REACHED: list[str] = []
@@ -305,7 +305,7 @@ def test_a_task_failing_outside_the_item_guard_blames_its_node_for_one_item(phot
     is split down to the item, recorded failed at the node whose task raised."""
     wf = Workflow("g", [Node("load", "load"), Node("small", "resize", {"long_side": 16},
                                                    after="load"),
-                        Node("out", "bad_sink", {"name": "img007"}, after="small")])
+                        Node("out", "bad_sink", {"victim": "img007"}, after="small")])
     result = dagflow.run(wf, photos, tmp_path / "out", client=client, progress=False,
                          chunk_size=4)
     failed = [r for r in records(result) if r["status"] == "failed"]
@@ -407,7 +407,7 @@ def test_a_worker_killed_mid_write_leaves_no_temporary_file_once_the_run_ends(tm
     make_photos(tmp_path / "in", 8)
     out = tmp_path / "out"
     wf = Workflow("t", [Node("load", "load"),
-                        Node("save", "torn_save", {"name": "img005"}, after="load")])
+                        Node("save", "torn_save", {"victim": "img005"}, after="load")])
     result = dagflow.run(wf, tmp_path / "in", out, progress=False,
                          local_options={"n_workers": 2, "threads_per_worker": 1})
     (blamed,) = [r for r in records(result) if r["status"] == "failed"]
@@ -449,7 +449,7 @@ def test_a_worker_holding_threads_of_timed_out_items_is_replaced(tmp_path, make_
                         Node("hang", "hang", {"name": "img001", "seconds": 120}, after="load",
                              timeout=0.5)])
     with LocalCluster(n_workers=1, threads_per_worker=1, host="127.0.0.1",
-                      dashboard_address=None) as cluster, Client(cluster) as c:
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
         (before,) = c.run(_threads_and_pid).values()
         start = time.monotonic()
         result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=c, progress=False,

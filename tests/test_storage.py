@@ -84,15 +84,15 @@ def test_a_read_only_output_directory_is_one_line_and_exit_5_then_the_command_re
         assert len(list(out.glob("**/img*.png"))) == 12
 
 
-@register_op("fill_up", kind="sink", params=[Param("name", str), Param("marker", str)],
+@register_op("fill_up", kind="sink", params=[Param("victim", str), Param("marker", str)],
              replace=True)
-def fill_up(image, dest, name, marker):
-    """Save the image; after the one whose path contains ``name``, fill the disk (while
+def fill_up(image, dest, victim, marker):
+    """Save the image; after the one whose path contains ``victim``, fill the disk (while
     the file ``marker`` exists)."""
     from dagflow.io import write_image
 
     written = write_image(image, dest + ".png")
-    if name in image.meta["path"] and os.path.exists(marker):
+    if victim in image.meta["path"] and os.path.exists(marker):
         with contextlib.suppress(OSError), open(Path(dest).parent / "_filler", "wb") as f:
             while True:
                 f.write(b"\0" * 65536)
@@ -106,7 +106,7 @@ def test_a_disk_that_fills_up_stops_the_run_claims_nothing_and_the_command_resum
     marker = tmp_path / "fill"
     marker.touch()
     wf = Workflow("full", [Node("load", "load"),
-                           Node("save", "fill_up", {"name": "img005", "marker": str(marker)},
+                           Node("save", "fill_up", {"victim": "img005", "marker": str(marker)},
                                 after="load")])
     with tmpfs(tmp_path / "out", "size=4m") as out:
         with pytest.raises(StorageError) as raised:
