@@ -30,18 +30,12 @@ demo: $(STAMP)
 	  rc=$$?; if [ $$rc -gt 1 ]; then exit $$rc; fi
 	@echo "outputs and records: out/demo (report and run directory under out/demo/_dagflow/runs)"
 
-# The whole suite, slow tests included (what CI runs). Two tests run in a process of
-# their own, after the rest: the one that measures workers' memory under load (in the
-# long process it was seen to wait past its timeout, cause not found yet) and the one
-# that kills workers with a poison image (it wants the machine to itself).
-ISOLATED := tests/test_resources.py::test_memory_limit_holds_under_load_measured_by_sampled_rss \
-	tests/test_recovery.py::test_poison_item_ends_lost_worker_alone
+# The whole suite, slow tests included (what CI runs).
 test: $(STAMP)
 	$(BIN)/ruff check .
 	sh scripts/ensure-chromium.sh
 	sh scripts/slurm-up.sh
-	$(BIN)/pytest $(addprefix --deselect ,$(ISOLATED))
-	$(BIN)/pytest $(ISOLATED)
+	$(BIN)/pytest
 
 # Everything but the slow tests, for a quick loop while developing.
 test-fast: $(STAMP)

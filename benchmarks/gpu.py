@@ -297,13 +297,13 @@ def workloads(thumbnails: list[Path], tiffs: list[Path], threads: int) -> dict[s
                      "images_per_s": len(files) / seconds, "succeeded": result.succeeded,
                      "devices": _devices(result)}
 
-    with start_cuda_cluster(n_workers=1, threads_per_worker=threads, dashboard_address=None
+    with start_cuda_cluster(n_workers=1, threads_per_worker=threads, dashboard_address="127.0.0.1:0"
                             ) as cluster, Client(cluster) as client:
         timed("thumbnails-gpu", cpu_kernels.thumbnail_workflow(), thumbnails, client)
         timed("filters16-gpu", filters, tiffs, client)
     # one CPU core: one single-threaded worker that does not look for the GPU
     with dask.config.set({"dagflow.resources.detect-gpu": False}), start_local_cluster(
-            n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster, \
+            n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0") as cluster, \
             Client(cluster) as client:
         timed("filters16-cpu-one-core", filters, tiffs, client)
     out["filters16-speedup"] = (out["filters16-cpu-one-core"]["seconds"]

@@ -13,8 +13,6 @@
     │   ├── OutputCollisionError                 items or nodes that would write one file
     │   └── UnsafeStateError                     dagflow's state directory is a symlink
     ├── OutputLockedError (RuntimeError)         another run holds the output directory
-    ├── StorageError (OSError)                   an object store cannot be used as asked: no
-    │                                            such bucket, bad credentials, no package
     ├── UnknownOpError (KeyError)                an op name that is not registered
     ├── ItemError                                one item failed in one node (recorded, not raised)
     │   ├── BadInputError (ValueError)           corrupt, truncated, oversize, unsafe path
@@ -23,7 +21,11 @@
     │   ├── ItemTimeoutError (TimeoutError)      the per-item timeout ran out
     │   ├── ResourceError (MemoryError)          out of memory for this item
     │   └── PartialDataError (TypeError)         an aggregate op's partial that is not data
-    └── CircuitOpenError                         a node's breaker is open; the run stopped early
+    ├── CircuitOpenError                         a node's breaker is open; the run stopped early
+    └── StorageError                             the output directory or the run's state
+                                                 cannot be written (read-only, disk full),
+                                                 or a store cannot be used (no such bucket,
+                                                 bad credentials, its package missing)
 
 Item errors carry an ``error_class`` (``bad_input``, ``transient``, ``timeout``,
 ``resource``) that goes into the item's record; any other exception raised by an op is
@@ -173,37 +175,6 @@ class OutputLockedError(DagflowError, RuntimeError):
         super().__init__(message)
 
 
-class StorageError(DagflowError, OSError):
-    """An object store (``s3://``, ``gs://``...) cannot be used as asked: not one item's
-    fault, so never retried; a run checks its stores before anything starts.
-
-    Parameters
-    ----------
-    reason
-        ``no_bucket``, ``credentials`` (missing, invalid or expired), ``access_denied``,
-        ``credentials_in_url`` (refused: give them in the storage options or the
-        environment), ``protocol`` (its package is not installed, or unknown) or
-        ``unsupported`` (the store cannot do what is asked, e.g. a conditional write).
-    url
-        The location, with any credentials already removed from it.
-    message
-        One line: what is wrong and what to do.
-    """
-
-    _ERRNOS = {"no_bucket": 2, "credentials": 13, "access_denied": 13}  # ENOENT, EACCES
-
-    def __init__(self, reason: str, url: str, message: str) -> None:
-        self.reason = reason
-        self.url = url
-        super().__init__(self._ERRNOS.get(reason, 22), message)  # EINVAL otherwise
-
-    def __str__(self) -> str:
-        return f"{self.url}: {self.strerror}"
-
-    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
-        return type(self), (self.reason, self.url, self.strerror or "")
-
-
 class UnknownOpError(DagflowError, KeyError):
     """An op name that is not registered.
 
@@ -299,3 +270,46 @@ class CircuitOpenError(DagflowError):
     def __str__(self) -> str:
         errors = "; ".join(self.last_errors[-3:]) or "no error message"
         return f"circuit breaker open for node {self.node!r} after repeated failures: {errors}"
+
+
+class StorageError(DagflowError):
+    """dagflow cannot use the storage it must: the output directory or the run's state, or
+    an object store (``s3://``, ``gs://``...).
+
+    A read-only output directory, a full disk or quota: the run stops at once (no item
+    can be recorded), claims nothing it could not record, and the same command resumes
+    once the storage is fixed. A store that cannot be used as asked (no such bucket,
+    credentials missing or refused) is not one item's fault either: never retried, and a
+    run checks its stores before anything starts.
+
+    Parameters
+    ----------
+    path
+        The file, directory or URL (any credentials already removed from it).
+    error
+        What went wrong, as text (``[Errno 28] No space left on device``).
+    reason
+        ``write`` (the default: the operating system refused a write), ``no_bucket``,
+        ``credentials`` (missing, invalid or expired), ``access_denied``,
+        ``credentials_in_url`` (refused: give them in the storage options or the
+        environment), ``protocol`` (its package is not installed, or unknown) or
+        ``unsupported`` (the store cannot do what is asked, e.g. a conditional write).
+    """
+
+    def __init__(self, path: str, error: str, reason: str = "write") -> None:
+        self.path = str(path)
+        self.error = str(error)
+        self.reason = reason
+        super().__init__(self.path, self.error, reason)
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: object = None) -> StorageError:
+        """From an ``OSError``: its file name (else ``path``) and its message."""
+        where = exc.filename if exc.filename is not None else path
+        text = f"[Errno {exc.errno}] {exc.strerror}" if exc.strerror else str(exc)
+        return cls(str(where), text)
+
+    def __str__(self) -> str:
+        if self.reason == "write":
+            return f"cannot write {self.path}: {self.error}"
+        return f"{self.path}: {self.error}"

@@ -11,6 +11,17 @@ the record says where it ran (``device``: ``cpu``, ``gpu``, or ``cpu-fallback`` 
 Parquet part and returns only counts and failures to the client, so pixels never travel
 to the client.
 
+Three things the client decided reach the loop: an item may name nodes it skips (done by
+an earlier run and needed by nothing that runs now: a sink is neither rewritten nor
+recorded again); a node whose breaker the client opened runs no further item
+(:func:`~dagflow.recovery.breaker.open_nodes`); and a sink's record carries what proves
+its output (its path relative to the output root, size, modification time, a digest on
+request). Each task also writes which item it is on into the run's in-flight table
+(:mod:`dagflow.recovery.inflight`), so that a worker that dies leaves word of the item
+it died on, and a task run again after that refuses the item instead of dying again.
+An item that overran its node's ``timeout`` leaves its thread running: the worker is
+then replaced once the client has the chunk's records (:mod:`dagflow.recovery.recycle`).
+
 This module imports no Dask at import time: it runs on workers and under the
 synchronous scheduler alike.
 """
@@ -24,29 +35,48 @@ import os
 import socket
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dagflow.compile.spec import Chunk, NodeTask, RunContext
-from dagflow.exceptions import BadInputError
+from dagflow.exceptions import BadInputError, StorageError
 from dagflow.image import Image
 from dagflow.inputs import fill_fingerprint
 from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
-from dagflow.recovery.breaker import counts_against_breaker
-from dagflow.recovery.checkpoint import RECORD_SCHEMA, record_columns
+from dagflow.recovery import inflight
+from dagflow.recovery.breaker import consecutive_failures, counts_against_breaker, open_nodes
 from dagflow.recovery.policy import Outcome, retry_after
+from dagflow.recovery.records import (
+    Record,
+    new_record,
+    ok_record,
+    output_record,
+    record_columns,
+)
 from dagflow.recovery.watch import run_watched
 
-__all__ = ["ChunkState", "ChunkSummary", "commit_chunk", "item_summary", "reduce_aggregate",
-           "run_node", "write_chunk"]
+__all__ = ["ChunkState", "ChunkSummary", "NodeTaskError", "commit_chunk", "item_summary",
+           "output_proof", "reduce_aggregate", "run_node", "write_chunk"]
 
 _FAILED = frozenset({"failed", "upstream_failed"})
 
 #: Most failed records a chunk sends back to the client (all are in the Parquet part).
 MAX_FAILURES_RETURNED = 50
+
+
+class NodeTaskError(Exception):
+    """A node's task failed as a whole (an error outside the per-item guard): the client
+    splits the chunk, and records a single item failed at ``node``."""
+
+    def __init__(self, node: str, error: str) -> None:
+        self.node, self.error = node, error
+        super().__init__(node, error)
+
+    def __str__(self) -> str:
+        return f"node {self.node!r}: {self.error}"
 
 
 @dataclass
@@ -62,6 +92,8 @@ class ChunkState:
     images: dict[int, Image] = field(default_factory=dict)
     blocked: dict[int, str] = field(default_factory=dict)
     records: dict[str, list[Record]] = field(default_factory=dict)
+    #: Workers that hold threads of timed-out items (to be replaced).
+    stuck: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -73,48 +105,32 @@ class ChunkSummary:
     counts: dict[tuple[str, str], int]
     #: The items that did not succeed, by id: ``failed``, ``not_run`` or ``skipped``.
     item_status: dict[int, str]
-    failures: list[dict[str, Any]]
+    failures: list[Record]
     part: str | None
     duration_s: float
     #: Per node, the seconds its op ran over the chunk's items.
     seconds: dict[str, float] = field(default_factory=dict)
     #: CPU seconds the chunk's commit spent on ``checkpoint`` and ``monitoring``.
     own_cpu_s: dict[str, float] = field(default_factory=dict)
+    #: Workers that hold threads of the chunk's timed-out items, still running.
+    stuck: frozenset[str] = frozenset()
 
 
-def _worker_name() -> str:
+def _worker_address() -> str | None:
+    """The address of the Dask worker running this task (``None`` outside one)."""
     try:
         from distributed import get_worker
 
         return get_worker().address
     except (ImportError, ValueError):
-        return f"{socket.gethostname()}:{os.getpid()}"
+        return None
 
 
-#: A record as the item loop builds it: a tuple in :data:`RECORD_SCHEMA` order (cheaper
-#: to build than a dict; written column by column, turned into a dict only to travel).
-Record = tuple[Any, ...]
-
-_NAMES = tuple(RECORD_SCHEMA.names)
-_STATUS, _DURATION = (_NAMES.index(n) for n in ("status", "duration_s"))
+def _worker_name(address: str | None) -> str:
+    return address or f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], status: str,
-            worker: str, *, error_class: str | None = None, error_type: str | None = None,
-            error_message: str | None = None, reason: str | None = None, attempts: int = 0,
-            duration_s: float = 0.0, cpu_s: float = 0.0, started: float = 0.0,
-            device: str = "cpu", degraded: bool = False, output_path: str | None = None,
-            width: int | None = None, height: int | None = None) -> Record:
-    # the order of RECORD_SCHEMA (checked by the tests)
-    return (ctx.run_id, item["item_id"], item["key"], item["path"], item["rel"], task.id,
-            task.key, task.op, status, error_class, error_type, error_message, reason,
-            attempts, duration_s, cpu_s, started, worker, device, output_path, width, height,
-            bool(degraded))
-
-
-def as_dict(record: Record) -> dict[str, Any]:
-    """A record as a dict by column name."""
-    return dict(zip(_NAMES, record, strict=True))
+_STATUS, _DURATION = (Record._fields.index(n) for n in ("status", "duration_s"))
 
 
 def _condition_fields(image: Image, item: Mapping[str, Any]) -> dict[str, Any]:
@@ -128,6 +144,26 @@ def _sink_dest(ctx: RunContext, task: NodeTask, item: Mapping[str, Any]) -> str:
     from dagflow.ops.naming import relative_output
 
     return os.fspath(safe_join(ctx.output_dir, relative_output(task.params, item, task.id)))
+
+
+def output_proof(ctx: RunContext, written: Any) -> tuple[str, int | None, int | None,
+                                                          str | None]:
+    """An output as its record keeps it: its path relative to the output root (as
+    given when it lies elsewhere), its size and modification time, and its digest when
+    the run asks for one (``ctx.hash_outputs``)."""
+    path = os.fspath(written)
+    root = ctx.output_dir + os.sep
+    rel = path[len(root):] if path.startswith(root) else path
+    try:
+        st = os.stat(path)
+    except OSError:
+        return rel, None, None, None
+    digest = None
+    if ctx.hash_outputs and os.path.isfile(path):
+        from dagflow.recovery.checkpoint import output_digest
+
+        digest = output_digest(path)
+    return rel, st.st_size, st.st_mtime_ns, digest
 
 
 def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: list[Any],
@@ -181,24 +217,40 @@ def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
         chunk = source.chunk
     else:
         chunk = source
-    worker = _worker_name()
-    records: dict[str, list[dict[str, Any]]] = {}
+    address = _worker_address()
+    worker = _worker_name(address)
+    records: dict[str, list[Record]] = {}
+    stuck: set[str] = set()
     for parent in parents:
         records.update(parent.records)
-    state = ChunkState(chunk, records=records)
+        stuck.update(parent.stuck)
+    state = ChunkState(chunk, records=records, stuck=stuck)
     own: list[Record] = []
     aggregate_inputs: list[tuple[Mapping[str, Any], Image]] = []
-    failures = [0]  # consecutive failures that count against the node's breaker
+    # consecutive failures that count against the node's breaker, in this process
+    failures = consecutive_failures(ctx.run_id, task.id)
     # a first run leaves the inputs' fingerprints to the tasks that read them: the root
     # nodes' (the chunk's items go on from here, fingerprinted, to the children and commit)
     deferred = not parents and any(item["key"] is None for item in chunk.items)
+    # items done by an earlier run at this node and needed by nothing that runs now
+    skip = {iid for iid, nodes in chunk.skips.items() if task.id in nodes}
+    stopped = open_nodes(ctx.run_id)
+    cell = inflight.open_cell(ctx.run_dir, address is not None, chunk.index, task.position,
+                              ctx.nodes)
+    cells, at = cell.cells, cell.index
 
-    def step(item: Mapping[str, Any], restart: Callable[[], None]) -> _Step:
+    def step(item: Mapping[str, Any], restart: Callable[[], None]) -> _Step | None:
+        iid = item["item_id"]
+        cells[at] = iid + 1
+        if skip and iid in skip:
+            return None
         if deferred:
             fill_fingerprint(item)  # type: ignore[arg-type]
-        return _step(task, ctx, item, parents, worker, failures[0], restart)
+        return _step(task, ctx, item, parents, worker, failures[0], restart, stopped)
 
-    def commit(item: Mapping[str, Any], result: _Step) -> None:
+    def commit(item: Mapping[str, Any], result: _Step | None) -> None:
+        if result is None:
+            return
         record, image, blocked, breaker = result
         iid = item["item_id"]
         if blocked is not None:
@@ -220,20 +272,35 @@ def run_node(task: NodeTask, ctx: RunContext, source: Chunk | ChunkState,
             fill_fingerprint(item, stat=False)  # type: ignore[arg-type]
         state.blocked[item["item_id"]] = "failed"
         failures[0] += counts_against_breaker("timeout")
-        own.append(_record(ctx, task, item, "failed", worker, error_class="timeout",
-                           error_type="ItemTimeoutError",
-                           error_message=f"no result after {task.timeout:g} s",
-                           attempts=1, duration_s=elapsed, started=time.time() - elapsed))
+        own.append(new_record(ctx, task, item, "failed", worker=worker, error_class="timeout",
+                              error_type="ItemTimeoutError",
+                              error_message=f"no result after {task.timeout:g} s "
+                                            "(its thread was left running; the worker is "
+                                            "replaced once its other work is done)",
+                              attempts=1, duration_s=elapsed, started=time.time() - elapsed))
 
-    if task.op_spec.kind == "sink":  # the chunk's outputs made durable together
-        from dagflow.io.atomic import deferred_sync
+    try:
+        if task.op_spec.kind == "sink":  # the chunk's outputs made durable together
+            from dagflow.io.atomic import deferred_sync
 
-        with deferred_sync():
-            run_watched(chunk.items, step, commit, timed_out, task.timeout)
-    else:
-        run_watched(chunk.items, step, commit, timed_out, task.timeout)
-    if aggregate_inputs:
-        own.extend(_run_aggregate_map(task, ctx, chunk, aggregate_inputs, worker))
+            with deferred_sync():
+                abandoned = run_watched(chunk.items, step, commit, timed_out, task.timeout)
+        else:
+            abandoned = run_watched(chunk.items, step, commit, timed_out, task.timeout)
+        if aggregate_inputs:
+            cells[at] = 0  # over all the chunk's items at once: no one item to blame
+            own.extend(_run_aggregate_map(task, ctx, chunk, aggregate_inputs, worker))
+    except (StorageError, NodeTaskError):
+        raise
+    except Exception as exc:  # outside the per-item guard: the node is to blame
+        raise NodeTaskError(task.id, f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        cell.close()
+    if abandoned:
+        from dagflow.recovery import recycle
+
+        recycle.abandon(abandoned)
+        stuck.add(worker)
     records[task.id] = own
     return state
 
@@ -246,7 +313,7 @@ _Step = tuple[Record | None, Image | None, str | None, bool | None]
 
 def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
           parents: tuple[ChunkState, ...], worker: str, consecutive_failures: int,
-          restart: Callable[[], None]) -> _Step:
+          restart: Callable[[], None], stopped: set[str]) -> _Step:
     """One item through one node; changes nothing shared (see :func:`run_watched`).
 
     It runs once per item and node between the ops' own work: the path of an item that
@@ -258,26 +325,30 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
         blocked = [p.blocked[iid] for p in parents if iid in p.blocked]
         if blocked:
             status = _blocked_status(blocked)
-            return _record(ctx, task, item, status, worker), None, status, None
+            return new_record(ctx, task, item, status, worker=worker), None, status, None
         inputs = [p.images[iid] for p in parents]
     else:
         inputs = []
-    if consecutive_failures >= task.breaker_failures:
-        return (_record(ctx, task, item, "not_run", worker, error_class="breaker",
-                        error_message=f"node {task.id!r} stopped after "
-                                      f"{consecutive_failures} consecutive failures"),
-                None, "not_run", None)
+    if consecutive_failures >= task.breaker_failures or (stopped and task.id in stopped):
+        if task.id in stopped:
+            why = f"the circuit breaker of node {task.id!r} is open"
+        else:
+            why = (f"node {task.id!r} stopped after {consecutive_failures} consecutive "
+                   "failures on this worker")
+        return (new_record(ctx, task, item, "not_run", worker=worker, error_class="breaker",
+                           error_message=why), None, "not_run", None)
     started = time.time()
     if task.when is not None and inputs:
         try:
             passed = task.when(_condition_fields(inputs[0], item))
         except Exception as exc:  # a user predicate that raises fails the item
-            return (_record(ctx, task, item, "failed", worker, error_class="bug",
-                            error_type=type(exc).__name__,
-                            error_message=f"condition raised: {exc}"), None, "failed", None)
+            return (new_record(ctx, task, item, "failed", worker=worker, error_class="bug",
+                               error_type=type(exc).__name__,
+                               error_message=f"condition raised: {exc}"),
+                    None, "failed", None)
         if not passed:
-            return _record(ctx, task, item, "skipped", worker, started=started), None, \
-                "skipped", None
+            return new_record(ctx, task, item, "skipped", worker=worker, started=started), \
+                None, "skipped", None
     kind = task.op_spec.kind
     if kind == "aggregate":
         return None, inputs[0], None, None
@@ -287,6 +358,7 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
     wall0 = time.perf_counter()
     cpu0 = time.thread_time()
     outcome: Outcome | None = None
+    log = None
     try:
         value = _invoke(task, ctx, item, inputs, used)
     except Exception as exc:
@@ -301,34 +373,29 @@ def _step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any],
     if outcome is not None:
         if outcome.error is not None:
             return _failed_step(task, ctx, item, worker, outcome, started, device, degraded)
-        attempts, duration, cpu = outcome.attempts, outcome.duration_s, outcome.cpu_s
+        attempts, duration, cpu, log = (outcome.attempts, outcome.duration_s, outcome.cpu_s,
+                                        outcome.log)
     if kind == "sink":
         source = inputs[0]
-        return (_ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
-                           degraded, str(value), source.width, source.height),
+        return (output_record(ctx, task, item, worker, attempts, duration, cpu, started,
+                              device, bool(degraded), source.width, source.height,
+                              output_proof(ctx, value), log),
                 None, None, False)
     if not isinstance(value, Image):
         value = Image(value) if hasattr(value, "shape") else value
         if not isinstance(value, Image):
-            return (_record(ctx, task, item, "failed", worker, error_class="bug",
-                            error_type="TypeError",
-                            error_message=f"op {task.op!r} returned {type(value).__name__}, "
-                                          "not an Image", attempts=attempts,
-                            duration_s=duration, cpu_s=cpu, started=started, device=device,
-                            degraded=degraded),
+            return (new_record(ctx, task, item, "failed", worker=worker, error_class="bug",
+                               error_type="TypeError",
+                               error_message=f"op {task.op!r} returned "
+                                             f"{type(value).__name__}, not an Image",
+                               attempts=attempts, duration_s=duration, cpu_s=cpu,
+                               started=started, device=device, degraded=bool(degraded),
+                               attempt_log=log),
                     None, "failed", None)
     shape = value.data.shape
-    return (_ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
-                       degraded, None, int(shape[1]), int(shape[0])), value, None, False)
-
-
-def _ok_record(ctx: RunContext, task: NodeTask, item: Mapping[str, Any], worker: str,
-               attempts: int, duration_s: float, cpu_s: float, started: float, device: str,
-               degraded: bool, output_path: str | None, width: int, height: int) -> Record:
-    """The record of an item a node succeeded on: :func:`_record`, by position."""
-    return (ctx.run_id, item["item_id"], item["key"], item["path"], item["rel"], task.id,
-            task.key, task.op, "ok", None, None, None, None, attempts, duration_s, cpu_s,
-            started, worker, device, output_path, width, height, bool(degraded))
+    return (ok_record(ctx, task, item, worker, attempts, duration, cpu, started, device,
+                      bool(degraded), int(shape[1]), int(shape[0]), log),
+            value, None, False)
 
 
 def _failed_step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], worker: str,
@@ -341,11 +408,12 @@ def _failed_step(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], worke
         frame = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
         where = f" (at {frame[0].filename}:{frame[0].lineno})" if frame else ""
         message = f"{message}{where}"
-    record = _record(ctx, task, item, "failed", worker, error_class=outcome.error_class,
-                     error_type=type(exc).__name__, error_message=message[:2000],
-                     reason=getattr(exc, "reason", None), attempts=outcome.attempts,
-                     duration_s=outcome.duration_s, cpu_s=outcome.cpu_s, started=started,
-                     device=device, degraded=degraded)
+    record = new_record(ctx, task, item, "failed", worker=worker,
+                        error_class=outcome.error_class, error_type=type(exc).__name__,
+                        error_message=message[:2000], reason=getattr(exc, "reason", None),
+                        attempts=outcome.attempts, duration_s=outcome.duration_s,
+                        cpu_s=outcome.cpu_s, started=started, device=device,
+                        degraded=bool(degraded), attempt_log=outcome.log)
     return record, None, "failed", counts_against_breaker(outcome.error_class) or None
 
 
@@ -378,14 +446,14 @@ def _run_aggregate_map(task: NodeTask, ctx: RunContext, chunk: Chunk,
         part = _aggregate_dir(ctx, task) / f"{ctx.run_id}-{chunk.index:06d}.parquet"
         write_partial(part, partial, [i["key"] for i in items], node_key=task.key, op=task.op,
                       root=ctx.state_dir)
-        status, extra = "ok", {"output_path": str(part)}
+        status, extra = "ok", {"output_path": output_proof(ctx, part)[0]}
     except Exception as exc:
         status = "failed"
         extra = {"error_class": "bug", "error_type": type(exc).__name__,
                  "error_message": str(exc)[:2000]}
     duration = (time.perf_counter() - t0) / max(1, len(inputs))
-    return [_record(ctx, task, item, status, worker, attempts=1, duration_s=duration,
-                    started=started, **extra) for item in items]
+    return [new_record(ctx, task, item, status, worker=worker, attempts=1,
+                       duration_s=duration, started=started, **extra) for item in items]
 
 
 def reduce_aggregate(task: NodeTask, ctx: RunContext, item_keys: frozenset[str]) -> str:
@@ -417,6 +485,12 @@ def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],
     monitoring on, the metrics' columns beside them; without checkpoints, monitoring
     writes that part in the metrics directory instead. ``sizes`` are the input files'
     sizes by item. The CPU seconds each feature took are added to ``own_cpu_s``.
+
+    Raises
+    ------
+    StorageError
+        The part could not be written (a read-only or full disk): the run must stop,
+        since nothing it does can be recorded.
     """
     from dagflow.recovery.checkpoint import write_part
 
@@ -431,7 +505,10 @@ def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],
         from dagflow.monitor.store import PART_SCHEMA
 
         part = os.fspath(Path(ctx.run_dir, "records", f"part-{index:07d}.parquet"))
-        write_part(part, columns, PART_SCHEMA)
+        try:
+            write_part(part, columns, PART_SCHEMA)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, part) from None
     t2 = cpu()
     hooks.chunk_done(ctx, columns, sizes, chunk=index, written=part is not None)
     if own_cpu_s is not None:
@@ -444,16 +521,16 @@ def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],
 
 
 def item_summary(ctx: RunContext, index: int, item: Mapping[str, Any],
-                 rows: list[dict[str, Any]], status: str) -> ChunkSummary:
+                 records: Sequence[Record], status: str) -> ChunkSummary:
     """Write and summarise the records of one item made on the client (refused, tiled,
     or whose task failed as a whole), as a chunk of its own numbered ``index``."""
     own: dict[str, float] = {}
-    part = write_chunk(ctx, index, record_columns(rows), own_cpu_s=own)
-    counts = collections.Counter((r["node_id"], r["status"]) for r in rows)
+    part = write_chunk(ctx, index, record_columns(records), own_cpu_s=own)
+    counts = collections.Counter((r.node_id, r.status) for r in records)
     seconds: dict[str, float] = {}
-    for r in rows:
-        seconds[r["node_id"]] = seconds.get(r["node_id"], 0.0) + float(r["duration_s"] or 0.0)
-    failures = [r for r in rows if r["status"] == "failed"]
+    for r in records:
+        seconds[r.node_id] = seconds.get(r.node_id, 0.0) + float(r.duration_s or 0.0)
+    failures = [r for r in records if r.status == "failed"]
     unsucceeded = {} if status == "succeeded" else {item["item_id"]: status}
     return ChunkSummary(index, 1, dict(counts), unsucceeded, failures, part, 0.0, seconds, own)
 
@@ -464,8 +541,10 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) 
     t0 = time.perf_counter()
     chunk = states[0].chunk
     records: dict[str, list[Record]] = {}
+    stuck: set[str] = set()
     for s in states:
         records.update(s.records)
+        stuck.update(s.stuck)
     rows = [r for node_records in records.values() for r in node_records]
     columns = record_columns(rows)  # the part's, and the summary's below
     own: dict[str, float] = {}
@@ -473,13 +552,14 @@ def commit_chunk(ctx: RunContext, leaves: tuple[str, ...], *states: ChunkState) 
                        {i["item_id"]: i.get("size") for i in chunk.items}, own)
     nodes, statuses = columns["node_id"], columns["status"]
     counts = dict(collections.Counter(zip(nodes, statuses, strict=True)))
-    failures = [as_dict(r) for r in rows if r[_STATUS] == "failed"][:MAX_FAILURES_RETURNED]
+    failures = [r for r in rows if r[_STATUS] == "failed"][:MAX_FAILURES_RETURNED]
     seconds = dict.fromkeys(records, 0.0)
     for node, node_records in records.items():
         seconds[node] = math.fsum(r[_DURATION] for r in node_records)
     return ChunkSummary(chunk.index, len(chunk), counts,
                         _unsucceeded(columns["item_id"], nodes, statuses, leaves),
-                        failures, part, time.perf_counter() - t0, seconds, own)
+                        failures, part, time.perf_counter() - t0, seconds, own,
+                        frozenset(stuck))
 
 
 def _unsucceeded(ids: list[int], nodes: list[str], statuses: list[str],

@@ -44,10 +44,14 @@ class DaskProcesses:
     ----------
     directory
         Where the scheduler file, the logs and the workers' local directories go.
+    env
+        More environment variables for every process (e.g. ``PYTHONPATH``, so that
+        workers import a test's own ops).
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, env: dict[str, str] | None = None) -> None:
         self.dir = Path(directory)
+        self.env = dict(env or {})
         self.dir.mkdir(parents=True, exist_ok=True)
         self.scheduler_file = self.dir / "scheduler.json"
         self.procs: list[tuple[str, subprocess.Popen]] = []
@@ -56,6 +60,7 @@ class DaskProcesses:
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 (closed with the process)
         env = {k: v for k, v in os.environ.items() if not k.startswith("DASK_")}
+        env.update(self.env)
         proc = subprocess.Popen([*dask_command(), *args], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True, env=env,
                                 cwd=self.dir)

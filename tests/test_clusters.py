@@ -13,6 +13,7 @@ import shlex
 import socket
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -245,12 +246,19 @@ def _worker_settings() -> tuple[bool, str, str | None]:
 
 
 @pytest.mark.slow
-def test_embedded_cluster_takes_dagflows_dask_settings_into_every_worker_process():
+def test_embedded_cluster_takes_dagflows_dask_settings_into_every_worker_process(
+        monkeypatch):
     """``cluster.dask-config`` reaches the scheduler and every worker, restarted ones too;
     ``{}`` leaves Dask's defaults."""
     from distributed import Client
 
     from dagflow.runtime.cluster import start_local_cluster
+
+    # a nanny that restarts its worker sets the spawn environment in this process and
+    # never takes it back: undone after the test (later clusters would inherit it)
+    for key in dask.config.get("dagflow.cluster.worker-env"):
+        monkeypatch.setenv(key, os.environ.get(key, ""))  # restored (or removed) after
+        monkeypatch.delenv(key)
 
     with start_local_cluster(n_workers=1, threads_per_worker=1) as cluster, \
             Client(cluster) as client:
@@ -594,6 +602,117 @@ def test_a_batch_system_slow_to_answer_is_waited_for_not_refused(tmp_path, monke
             time.sleep(0.05)
         assert [job.job_id for job in cluster.workers.values()] == ["7"]
     assert (tmp_path / "cancelled").read_text().split() == ["7"]
+
+
+#: Stand-ins for PBS and LSF (no server package here) that accept worker job 42 and then
+#: say, in their real formats (qstat -f -x; bjobs -json), that it ended with exit code 127
+#: before its worker started: its error file is ERROR.
+FAILED_JOB_BATCH_SYSTEMS = {
+    "pbs": {
+        "qsub": 'cp "$1" {tmp}/submitted.sh\necho 42.pbs-server\n',
+        "qdel": 'echo "$@" >> {tmp}/cancelled\n',
+        "qstat": textwrap.dedent("""\
+            case "$*" in *42*) ;; *) echo "qstat: Unknown Job Id $*" >&2; exit 153 ;; esac
+            cat <<EOF
+            Job Id: 42.pbs-server
+                Job_Name = dagflow-worker
+                Job_Owner = alice@login01
+                job_state = F
+                queue = workq
+                Error_Path = login01:{tmp}/dagflow-worker.e42
+                exec_host = node07/0*16
+                Join_Path = n
+                Output_Path = login01:{tmp}/dagflow-worker.o42
+                comment = Job run at Mon Dec 07 at 20:29 on (node07:ncpus=16:mem=67108864kb) a
+            \tnd failed
+                Exit_status = 127
+            EOF
+            """),
+        "log": "dagflow-worker.e42", "state": "F, exit code 127",
+    },
+    "lsf": {
+        "bsub": 'cat > {tmp}/submitted.sh\necho "Job <42> is submitted to default queue '
+                '<normal>."\n',
+        "bkill": 'echo "$@" >> {tmp}/cancelled\n',
+        "bjobs": textwrap.dedent("""\
+            cat <<EOF
+            {{
+              "COMMAND":"bjobs",
+              "JOBS":1,
+              "RECORDS":[
+                {{
+                  "JOBID":"42",
+                  "STAT":"EXIT",
+                  "EXIT_CODE":"127",
+                  "PEND_REASON":"",
+                  "ERROR_FILE":"{tmp}/dagflow-worker-%J.err",
+                  "JOB_NAME":"dagflow-worker"
+                }}
+              ]
+            }}
+            EOF
+            """),
+        "log": "dagflow-worker-42.err", "state": "EXIT, exit code 127",
+    },
+}
+
+
+@pytest.mark.timeout(60)  # without the watch the run would wait for ever
+@pytest.mark.parametrize("name", ["pbs", "lsf"])
+def test_a_worker_job_that_ended_without_its_worker_stops_the_run_quoting_its_error(
+        name, tmp_path, monkeypatch, workflow_file, photos):
+    """PBS and LSF, through their real cluster classes and the command line, against
+    stand-in commands that answer in the real formats: the job the batch system accepted
+    ended before its worker connected; the run stops with exit code 2, in one line naming
+    the job, its state and exit code, and the last lines of its error file; the job is
+    cancelled with the cluster."""
+    pytest.importorskip("dask_jobqueue")
+    commands = FAILED_JOB_BATCH_SYSTEMS[name]
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for command, script in commands.items():
+        if command not in ("log", "state"):
+            (bin_dir / command).write_text("#!/bin/sh\n" + script.format(tmp=tmp_path))
+            (bin_dir / command).chmod(0o755)
+    (tmp_path / commands["log"]).write_text(
+        "/var/spool/jobs/42.SC: line 12: /opt/envs/dagflow/bin/python: No such file or "
+        "directory\n")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("DAGFLOW_DASHBOARD_ADDRESS", "127.0.0.1:0")
+    monkeypatch.setenv(f"DAGFLOW_{name.upper()}_INTERFACE", "lo")
+    with dask.config.set({"dagflow.cluster.job-poll-interval": 0.2}):
+        result = CliRunner().invoke(main, ["run", str(workflow_file), "-i", str(photos),
+                                           "-o", str(tmp_path / "out"), "--cluster", name])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(
+        rf"error: cluster profile '{name}' \(.*\): worker job 42 ended \({commands['state']}\) "
+        rf"before its worker connected to the scheduler; {tmp_path}/{commands['log']} ends: "
+        r"/var/spool/jobs/42\.SC: line 12: /opt/envs/dagflow/bin/python: No such file or "
+        r"directory", line), line
+    assert "Traceback" not in result.output
+    assert (tmp_path / "cancelled").read_text().split() == ["42"]
+    assert not list((tmp_path / "out").rglob("*.png"))
+
+
+@pytest.mark.timeout(60)
+def test_submit_follow_says_why_the_driver_could_not_start_the_cluster(
+        monkeypatch, workflow_file, photos, tmp_path):
+    """`dagflow submit --follow` of a run whose worker jobs cannot be submitted (no sbatch
+    here): the run is interrupted before any item, and the follow ends with the driver's
+    error line (as `dagflow run` prints it) and exit code 4."""
+    pytest.importorskip("dask_jobqueue")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no sbatch
+    monkeypatch.setenv("DAGFLOW_DASHBOARD_ADDRESS", "127.0.0.1:0")
+    monkeypatch.setenv("DAGFLOW_SLURM_INTERFACE", "lo")
+    result = CliRunner().invoke(main, ["submit", str(workflow_file), "-i", str(photos),
+                                       "-o", str(tmp_path / "out"), "--cluster", "slurm",
+                                       "--follow"])
+    assert result.exit_code == 4, result.output
+    last = result.stdout.strip().splitlines()[-1]
+    assert last.startswith("error: cluster profile 'slurm' (") and last.endswith(
+        "the first worker job could not be submitted: 'sbatch' was not found on PATH: is "
+        "this a login node of the batch system, with its commands installed?"), last
 
 
 def test_cluster_profiles_cli(tmp_path):

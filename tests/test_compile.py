@@ -141,8 +141,8 @@ def test_executes_on_the_synchronous_scheduler_with_per_item_isolation(tmp_path)
     assert counts.get(("gray", "ok"), 0) == sum(h > 6 for h in heights.values())
     assert counts.get(("gray", "skipped"), 0) == sum(h <= 6 for h in heights.values()) + 0
     (failure,) = [f for s in summaries for f in s.failures]
-    assert failure["node_id"] == "src" and failure["error_class"] == "bug"
-    assert "synthetic failure" in failure["error_message"]
+    assert failure.node_id == "src" and failure.error_class == "bug"
+    assert "synthetic failure" in failure.error_message
 
 
 @pytest.mark.parametrize("checkpoint, monitoring, where", [
@@ -186,33 +186,49 @@ def test_one_part_per_chunk_holds_records_and_metrics(tmp_path, checkpoint, moni
         assert rows["megapixels"].notna().sum() >= 9
 
 
-def test_records_are_tuples_in_schema_order(tmp_path):
-    from dagflow.execute import _record, as_dict
-    from dagflow.recovery.checkpoint import RECORD_SCHEMA, record_columns
+def test_one_record_type_in_schema_order(tmp_path):
+    """Every record is a :class:`Record` built by one function: by keyword anywhere, by
+    position on the item loop's short path, transposed into the schema's columns."""
+    from dagflow.recovery.records import (
+        RECORD_SCHEMA,
+        Record,
+        new_record,
+        ok_record,
+        output_record,
+        record_columns,
+    )
 
+    assert list(Record._fields) == RECORD_SCHEMA.names
     task = node_tasks(dag())["blur"]
     ctx = context(tmp_path)
     item = items(1)[0]
-    record = _record(ctx, task, item, "failed", "tcp://w", error_class="bug",
-                     error_type="ValueError", error_message="m", reason="r", attempts=2,
-                     duration_s=0.5, cpu_s=0.25, started=1.0, device="cpu-fallback",
-                     degraded=True, output_path="/o", width=3, height=4)
-    as_row = as_dict(record)
-    assert list(as_row) == RECORD_SCHEMA.names
+    record = new_record(ctx, task, item, "failed", worker="tcp://w", error_class="bug",
+                        error_type="ValueError", error_message="m", reason="r", attempts=2,
+                        duration_s=0.5, cpu_s=0.25, started=1.0, device="cpu-fallback",
+                        degraded=True, output_path="o.png", width=3, height=4,
+                        attempt_log=[{"error": "OSError: x", "delay_s": 0.2}])
+    as_row = record._asdict()
     assert as_row == {
         "run_id": "r1", "item_id": 0, "item_key": "k0", "input_path": "/in/img0.png",
         "rel": "img0.png", "node_id": "blur", "node_key": task.key, "op": "gaussian",
         "status": "failed", "error_class": "bug", "error_type": "ValueError",
         "error_message": "m", "reason": "r", "attempts": 2, "duration_s": 0.5,
         "cpu_s": 0.25, "started": 1.0, "worker": "tcp://w", "device": "cpu-fallback",
-        "output_path": "/o", "width": 3, "height": 4, "degraded": True}
+        "output_path": "o.png", "width": 3, "height": 4, "degraded": True,
+        "output_size": None, "output_mtime_ns": None, "output_hash": None,
+        "attempt_log": [{"error": "OSError: x", "delay_s": 0.2}]}
     assert record_columns([record, record]) == record_columns([as_row, as_row])
     # a success's record, built by position on the item loop's short path, is the same
-    from dagflow.execute import _ok_record
-
-    assert _ok_record(ctx, task, item, "tcp://w", 2, 0.5, 0.25, 1.0, "gpu", True, "/o", 3, 4) == \
-        _record(ctx, task, item, "ok", "tcp://w", attempts=2, duration_s=0.5, cpu_s=0.25,
-                started=1.0, device="gpu", degraded=True, output_path="/o", width=3, height=4)
+    ok = ok_record(ctx, task, item, "tcp://w", 2, 0.5, 0.25, 1.0, "gpu", True, 3, 4)
+    assert Record._make(ok) == new_record(
+        ctx, task, item, "ok", worker="tcp://w", attempts=2, duration_s=0.5, cpu_s=0.25,
+        started=1.0, device="gpu", degraded=True, width=3, height=4)
+    ok = output_record(ctx, task, item, "tcp://w", 2, 0.5, 0.25, 1.0, "gpu", True, 3, 4,
+                       ("o.png", 10, 20, "ab"))
+    assert Record._make(ok) == new_record(ctx, task, item, "ok", worker="tcp://w", attempts=2,
+                            duration_s=0.5, cpu_s=0.25, started=1.0, device="gpu",
+                            degraded=True, output_path="o.png", width=3, height=4,
+                            output_size=10, output_mtime_ns=20, output_hash="ab")
 
 
 def test_node_keys_change_with_params_and_upstream():

@@ -164,18 +164,7 @@ def test_the_scheduler_plugin_never_imports_bokeh():
     assert not within(imports("dagflow.monitor.plugin"), "bokeh")
 
 
-# Two cycles inside runtime on main, each removed on its own branch: when a fix merges,
-# its two modules XPASS (strict), and their marks go.
-_KNOWN_CYCLES = {
-    "dagflow.runtime.plan": "plan and run import each other (runloop removes it)",
-    "dagflow.runtime.run": "plan and run import each other (runloop removes it)",
-}
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=_KNOWN_CYCLES[n]))
-    if n in _KNOWN_CYCLES else n
-    for n in sorted(within(MODULES, "dagflow.runtime") - PACKAGES)])
+@pytest.mark.parametrize("name", sorted(within(MODULES, "dagflow.runtime") - PACKAGES))
 def test_no_import_cycle_inside_runtime(name):
     on_cycles = [c for c in cycles(import_graph(within(MODULES, "dagflow.runtime")))
                  if name in c]

@@ -50,7 +50,11 @@ def test_thumbnails_end_to_end_in_process(photos_with_bad, tmp_path, client):
     assert broken[0]["error_class"] == "bad_input" or any(
         r["error_class"] == "bad_input" for r in broken)
     ok = [r for r in rows if r["status"] == "ok" and r["node_id"] == "save"]
-    assert len(ok) == 12 and all(os.path.exists(r["output_path"]) for r in ok)
+    # outputs are recorded relative to the output root, with what proves them
+    assert len(ok) == 12 and all(not os.path.isabs(r["output_path"]) for r in ok)
+    assert all((out / r["output_path"]).stat().st_size == r["output_size"]
+               and (out / r["output_path"]).stat().st_mtime_ns == r["output_mtime_ns"]
+               and r["output_hash"] is None for r in ok)
     assert all(r["worker"] and r["duration_s"] >= 0 for r in ok)
     quarantine = pq.read_table(result.run_dir / "quarantine.parquet").to_pylist()
     assert {os.path.basename(q["input_path"]) for q in quarantine} == {"broken.jpg", "empty.png"}

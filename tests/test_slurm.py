@@ -6,20 +6,25 @@ variables.
 behind; the batch script runs a workflow whose exit code becomes the job's; a worker
 job cancelled mid-run loses no item; workers leave before their job's time limit,
 finish what they run, hand their results over, and are replaced; a submission Slurm
-refuses stops the run at once with what sbatch said. Marked `slurm`; every test skips,
-saying why, where no such Slurm runs.
+refuses stops the run at once with what sbatch said; a job Slurm accepted whose worker
+never connects (no Python on the node, a prologue that fails) stops the run when the
+job ends, quoting its error log; a job held in the queue is waited for, the run saying
+so and why. Marked `slurm`; every test skips, saying why, where no such Slurm runs.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import subprocess
 from pathlib import Path
 
 import dask.config
 import pyarrow.dataset as ds
 import pytest
+import yaml
 from _processes import BIN, WORKFLOW
 from _slurm import executions, job_state, squeue, unavailable, wait_until
 from click.testing import CliRunner
@@ -242,3 +247,127 @@ def test_a_submission_slurm_refuses_stops_the_run_naming_what_sbatch_said(
     assert said in line
     assert not list((tmp_path / "out").rglob("*.png"))
     assert no_worker_jobs()
+
+
+def changed_profile(tmp_path: Path, name: str, **options) -> Path:
+    """The shipped slurm profile with ``options`` changed, written as ``name``.yaml."""
+    data = yaml.safe_load((ROOT / "cluster-configs" / "slurm.yaml").read_text())
+    data["options"].update(options)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def failed_job(line: str, profile: str, state: str) -> tuple[str, str, str]:
+    """The job, its log and the log's last lines from the run's error line."""
+    found = re.fullmatch(
+        rf"error: cluster profile '{profile}' \(.*?\): worker job (\d+) ended \({state}\) "
+        r"before its worker connected to the scheduler; (\S+) ends: (.*)", line)
+    assert found, line
+    return found.group(1), found.group(2), found.group(3)
+
+
+@pytest.mark.timeout(120)  # the run would wait for ever for a worker that cannot start
+def test_a_worker_job_whose_python_is_missing_stops_the_run_naming_the_job_and_its_error(
+        sized, photos, tmp_path):
+    """The real command: Slurm runs the job, whose `python -m dask worker` is not there;
+    the run stops with exit code 2 once the job has ended, in one line naming the job,
+    its state and exit code, and quoting its error log (Slurm's slurm-<id>.out)."""
+    profile = changed_profile(tmp_path, "nopython", python="/nonexistent/bin/python")
+    (tmp_path / "thumbs.yaml").write_text(WORKFLOW)
+    done = subprocess.run(
+        [str(BIN / "dagflow"), "run", "thumbs.yaml", "-i", str(photos), "-o", "out",
+         "--cluster", str(profile)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=100,
+        env={**os.environ, "DASK_DAGFLOW__CLUSTER__JOB_POLL_INTERVAL": "1"})
+    assert done.returncode == 2, done.stderr
+    line = done.stderr.strip().splitlines()[-1]
+    job, log, said = failed_job(line, "nopython", "FAILED, exit code 127")
+    assert log == str(tmp_path / f"slurm-{job}.out")
+    assert said.endswith("/nonexistent/bin/python: No such file or directory")
+    assert "Traceback" not in done.stderr
+    state = job_state(job)
+    assert (state["JobState"], state["ExitCode"]) == ("FAILED", "127:0")
+    assert not list((tmp_path / "out").rglob("*.png"))
+    wait_until(no_worker_jobs, 30, "the worker jobs to leave the queue")
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_prologue_stops_the_run_quoting_the_jobs_error_log(sized, photos, tmp_path):
+    """A job script prologue that fails (an environment missing on the node): exit code
+    2, the job's own error file in the profile's log_directory quoted."""
+    logs = tmp_path / "logs"
+    profile = changed_profile(tmp_path, "noenv", log_directory=str(logs), job_script_prologue=[
+        "echo 'activate: no environment /shared/envs/dagflow on this node' >&2", "exit 1"])
+    (tmp_path / "thumbs.yaml").write_text(WORKFLOW)
+    with dask.config.set({"dagflow.cluster.job-poll-interval": 1}):
+        result = CliRunner().invoke(main, ["run", str(tmp_path / "thumbs.yaml"), "-i",
+                                           str(photos), "-o", str(tmp_path / "out"),
+                                           "--cluster", str(profile)])
+    assert result.exit_code == 2, result.output
+    job, log, said = failed_job(result.stderr.strip().splitlines()[-1], "noenv",
+                                "FAILED, exit code 1")
+    assert log == str(logs / f"{WORKER_JOBS}-{job}.err")
+    assert said == "activate: no environment /shared/envs/dagflow on this node"
+    assert not list((tmp_path / "out").rglob("*.png"))
+    wait_until(no_worker_jobs, 30, "the worker jobs to leave the queue")
+
+
+@pytest.mark.timeout(150)
+def test_a_held_worker_job_is_waited_for_saying_why_and_the_run_goes_on_once_released(
+        sized, photos, tmp_path, caplog):
+    """Worker jobs held in the queue (sbatch --hold): no error, the run says once that it
+    waits, for which jobs and why (Slurm's reason, JobHeldUser); released, they run and
+    the run completes."""
+    queued = re.compile(r"cluster profile 'slurm' \(.*?\): the run waits for \d+ worker "
+                        r"jobs? queued in Slurm: (.*)")
+    with dask.config.set({"dagflow.cluster.job-poll-interval": 0.5}), \
+            caplog.at_level(logging.WARNING, logger="dagflow.runtime.jobqueue"), \
+            cluster_from_profile("slurm", job_extra_directives=["--hold"],
+                                 log_directory=str(tmp_path / "logs")) as cluster:
+        handle = dagflow.run(logged_workflow("slurm_slow", log=tmp_path / "executions.log",
+                                             seconds=0, while_exists=tmp_path / "no"),
+                             photos, tmp_path / "out", cluster=cluster, wait=False)
+        said = wait_until(lambda: [m for r in caplog.records
+                                   if (m := queued.fullmatch(r.getMessage()))], 60,
+                          "the run to say that it waits for queued jobs")
+        named = dict(re.findall(r"(\d+) \((\w+)\)", said[0].group(1)))
+        held = {j["id"] for j in squeue(WORKER_JOBS) if j["state"] == "PENDING"}
+        assert named and set(named) <= held and set(named.values()) == {"JobHeldUser"}
+        assert not handle.done() and not jobs_seen(tmp_path / "executions.log")
+        subprocess.run(["scontrol", "release", ",".join(sorted(held))], check=True, timeout=30)
+        result = handle.result(timeout=120)
+        assert len([r for r in caplog.records if queued.fullmatch(r.getMessage())]) == 1
+    assert (result.succeeded, result.failed) == (12, 0)
+    assert jobs_seen(tmp_path / "executions.log") <= held
+    wait_until(no_worker_jobs, 30, "the worker jobs to leave the queue")
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_job_running_without_its_worker_past_the_timeout_stops_the_run(
+        sized, photos, tmp_path):
+    """A job that runs but whose worker does not connect (here its prologue waits; on a
+    real cluster, a worker that cannot reach the scheduler): after
+    dagflow.cluster.worker-connect-timeout the run stops, exit code 2, naming the job and
+    quoting its error log; the job is cancelled with the cluster."""
+    logs = tmp_path / "logs"
+    profile = changed_profile(tmp_path, "stuck", log_directory=str(logs), job_script_prologue=[
+        "echo 'waiting for /shared/envs to be mounted' >&2", "sleep 300"])
+    (tmp_path / "thumbs.yaml").write_text(WORKFLOW)
+    with dask.config.set({"dagflow.cluster.job-poll-interval": 0.5,
+                          "dagflow.cluster.worker-connect-timeout": 3}):
+        result = CliRunner().invoke(main, ["run", str(tmp_path / "thumbs.yaml"), "-i",
+                                           str(photos), "-o", str(tmp_path / "out"),
+                                           "--cluster", str(profile)])
+    assert result.exit_code == 2, result.output
+    line = result.stderr.strip().splitlines()[-1]
+    found = re.fullmatch(
+        r"error: cluster profile 'stuck' \(.*?\): worker job (\d+) has been running for \d+ s "
+        r"and its worker has not connected to the scheduler \(dagflow\.cluster\."
+        r"worker-connect-timeout: 3 s\); (\S+) ends: waiting for /shared/envs to be mounted",
+        line)
+    assert found, line
+    job, log = found.groups()
+    assert log == str(logs / f"{WORKER_JOBS}-{job}.err")
+    wait_until(no_worker_jobs, 30, "the worker jobs to leave the queue")
+    assert job_state(job)["JobState"] == "CANCELLED"

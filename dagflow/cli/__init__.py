@@ -2,8 +2,9 @@
 
 Exit codes: 0 every item succeeded; 1 the run finished but some items failed; 2 invalid
 workflow, configuration or usage, outputs that would collide, an output directory another
-run holds, or no scheduler at the address given (nothing ran); 3 a
-circuit breaker stopped the run; 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what
+run holds, a cluster that could not start, or no scheduler at the address given (nothing
+ran); 3 a circuit breaker stopped the run; 5 the output directory or the run's state could
+not be written (read-only, disk full); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM): what
 finished is recorded and the same command resumes the rest.
 """
 
@@ -23,9 +24,15 @@ from dagflow.exceptions import (
     InputError,
     OutputError,
     OutputLockedError,
+    StorageError,
     WorkflowValidationError,
 )
-from dagflow.runtime.result import EXIT_INTERRUPTED, EXIT_INVALID, EXIT_TERMINATED
+from dagflow.runtime.result import (
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_STORAGE,
+    EXIT_TERMINATED,
+)
 from dagflow.runtime.signals import Terminated, sigterm_as_interrupt
 
 __all__ = ["main"]
@@ -38,7 +45,8 @@ def _fail_invalid(exc: Exception) -> None:
 
 class _Group(click.Group):
     """Turns dagflow's validation errors (and an unreachable scheduler) into exit code 2
-    with a clean message, an interrupt into 130 and SIGTERM into 143."""
+    with a clean message, storage that cannot be written into 5, an interrupt into 130
+    and SIGTERM into 143."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -47,6 +55,10 @@ class _Group(click.Group):
         except (WorkflowValidationError, ConfigError, InputError, OutputError,
                 OutputLockedError, ClusterUnreachableError, ClusterStartError) as exc:
             _fail_invalid(exc)
+        except StorageError as exc:
+            click.echo(f"error: {exc}; what finished is recorded: once the storage is "
+                       "fixed, the same command resumes the rest", err=True)
+            sys.exit(EXIT_STORAGE)
         except KeyboardInterrupt as exc:  # not click's "Aborted!" and 1 (failed items)
             what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
             click.echo(f"{what}: what finished is recorded; the same command resumes the "

@@ -27,7 +27,11 @@ from dagflow.workflow.conditions import Condition
 from dagflow.workflow.node import Node
 from dagflow.workflow.workflow import Workflow
 
-__all__ = ["Chunk", "NodeTask", "RunContext", "node_tasks"]
+__all__ = ["SKIP_KEY", "Chunk", "NodeTask", "RunContext", "node_tasks"]
+
+#: The item field naming the nodes an item skips in this run: done by an earlier run,
+#: and needed by none of the nodes it runs (see :mod:`dagflow.runtime.selection`).
+SKIP_KEY = "skip"
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class NodeTask:
     leaf: bool = False
     #: Consecutive failures (not bad input) after which the rest of a chunk is not run.
     breaker_failures: int = 10
+    #: The node's place in the workflow's topological order (0 for the first).
+    position: int = 0
     spec: OpSpec | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -77,10 +83,16 @@ class RunContext:
 
     run_id: str
     run_dir: str
+    #: Absolute: outputs are written here, and recorded relative to it.
     output_dir: str
     state_dir: str
     workflow: str
     checkpoint: bool = True
+    #: Record each output's digest as well as its size and time (``output_hash``).
+    hash_outputs: bool = False
+    #: Nodes in the workflow: a chunk's cells in the in-flight table
+    #: (:mod:`dagflow.recovery.inflight`), one per node.
+    nodes: int = 0
 
 
 class Chunk:
@@ -92,12 +104,21 @@ class Chunk:
     worker copies those bytes instead of unpickling and pickling every item again.
     """
 
-    __slots__ = ("_blob", "_items", "index")
+    __slots__ = ("_blob", "_items", "_skips", "index")
 
     def __init__(self, index: int, items: Sequence[Mapping[str, Any]]) -> None:
         self.index = index
         self._items: tuple[Mapping[str, Any], ...] | None = tuple(items)
         self._blob: bytes | None = None
+        self._skips: dict[int, frozenset[str]] | None = None
+
+    @property
+    def skips(self) -> dict[int, frozenset[str]]:
+        """The nodes each item skips (:data:`SKIP_KEY`), by item id; read once per chunk
+        (its tasks on one worker share the chunk), empty for most chunks."""
+        if self._skips is None:
+            self._skips = {i["item_id"]: i[SKIP_KEY] for i in self.items if SKIP_KEY in i}
+        return self._skips
 
     @property
     def items(self) -> tuple[Mapping[str, Any], ...]:
@@ -127,7 +148,7 @@ class Chunk:
 def _chunk_from_pickle(index: int, blob: bytes) -> Chunk:
     """A chunk from its pickled items, left unpickled until used (see :class:`Chunk`)."""
     chunk = Chunk.__new__(Chunk)
-    chunk.index, chunk._items, chunk._blob = index, None, blob
+    chunk.index, chunk._items, chunk._blob, chunk._skips = index, None, blob, None
     return chunk
 
 
@@ -177,6 +198,7 @@ def node_tasks(workflow: Workflow, *, max_pixels: int | None = None) -> dict[str
             policy=RetryPolicy.from_config(node.retry, retry_defaults),
             timeout=node.timeout if node.timeout is not None else default_timeout,
             when=node.when, device=node.device, leaf=not children.get(node.id),
-            breaker_failures=int(config.get("breaker.failures")), spec=spec,
+            breaker_failures=int(config.get("breaker.failures")), position=len(out),
+            spec=spec,
         )
     return out

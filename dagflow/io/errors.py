@@ -311,17 +311,17 @@ def storage_error(exc: BaseException, url: str, *, action: str = "read",
         text = redact_text(str(raw), options)
         label = f"{code}: {text}" if code and not text.startswith(code) else text
         if code in _NO_BUCKET_CODES:
-            return StorageError("no_bucket", where, f"no such bucket or container ({label}); "
-                                "create it or correct the URL")
+            return StorageError(where, f"no such bucket or container ({label}); "
+                                "create it or correct the URL", reason="no_bucket")
         if code in _CREDENTIAL_CODES or status == 401 or names & _CREDENTIAL_CLASSES:
-            return StorageError("credentials", where, f"credentials missing or refused "
-                                f"({label}); set them in the environment, a profile, or "
-                                "dagflow.storage.options")
+            return StorageError(where, f"credentials missing or refused ({label}); set them "
+                                "in the environment, a profile, or dagflow.storage.options",
+                                reason="credentials")
         if code in _DENIED_CODES or status == 403:
             if action == "read":
                 return BadInputError("unreadable", f"{where}: access denied ({label})")
-            return StorageError("access_denied", where, f"access denied for {action} "
-                                f"({label}); check the credentials' permissions")
+            return StorageError(where, f"access denied for {action} ({label}); check the "
+                                "credentials' permissions", reason="access_denied")
         if code in _TRANSIENT_CODES or status in _TRANSIENT_STATUSES:
             return TransientError(errno.EBUSY, label, where)
         if names & _NETWORK_CLASSES or isinstance(current, TimeoutError | ConnectionError):

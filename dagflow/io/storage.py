@@ -172,10 +172,10 @@ def _filesystem_class(protocol: str, where: str) -> type[AbstractFileSystem]:
         return fsspec.get_filesystem_class(protocol)
     except ImportError as exc:
         need = _PACKAGES.get(protocol) or str(exc)
-        raise StorageError("protocol", where, f"{protocol}:// needs {need}") from None
+        raise StorageError(where, f"{protocol}:// needs {need}", reason="protocol") from None
     except ValueError:
-        raise StorageError("protocol", where, f"unknown protocol {protocol!r} (no fsspec "
-                           "implementation of that name is registered)") from None
+        raise StorageError(where, f"unknown protocol {protocol!r} (no fsspec implementation "
+                           "of that name is registered)", reason="protocol") from None
 
 
 def filesystem(url: str, storage_options: Mapping[str, Any] | None = None
@@ -205,11 +205,11 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None
     """
     where = redact_url(url)
     if has_userinfo(url):
-        raise StorageError("credentials_in_url", where, "credentials in a URL are refused "
-                           "(they would be written to records and logs): set them in the "
-                           "environment, a profile, or dagflow.storage.options")
+        raise StorageError(where, "credentials in a URL are refused (they would be written "
+                           "to records and logs): set them in the environment, a profile, "
+                           "or dagflow.storage.options", reason="credentials_in_url")
     if "::" in url:
-        raise StorageError("unsupported", where, "chained URLs are not supported")
+        raise StorageError(where, "chained URLs are not supported", reason="unsupported")
     protocol = protocol_of(url) or "file"
     cls = _filesystem_class(protocol, where)
     kwargs = {**cls._get_kwargs_from_urls(url), **resolve_options(protocol, storage_options)}
@@ -219,8 +219,8 @@ def filesystem(url: str, storage_options: Mapping[str, Any] | None = None
         failure = storage_error(exc, url, action="list", options=kwargs)
         if failure is not None:
             raise failure from exc
-        raise StorageError("unsupported", where, f"cannot set up the {protocol}:// "
-                           f"filesystem: {type(exc).__name__}") from exc
+        raise StorageError(where, f"cannot set up the {protocol}:// "
+                           f"filesystem: {type(exc).__name__}", reason="unsupported") from exc
     return fs, cls._strip_protocol(url)
 
 
@@ -288,8 +288,8 @@ def _check_bucket(fs: AbstractFileSystem, path: str, url: str) -> None:
         logger.debug("could not check the bucket of %s", redact_url(url), exc_info=True)
         return
     if not exists:
-        raise StorageError("no_bucket", redact_url(url), f"no such bucket or container "
-                           f"{bucket!r}; create it or correct the URL")
+        raise StorageError(redact_url(url), f"no such bucket or container "
+                           f"{bucket!r}; create it or correct the URL", reason="no_bucket")
 
 
 def stat(url: str, storage_options: Mapping[str, Any] | None = None, *,

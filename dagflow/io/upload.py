@@ -239,9 +239,9 @@ def write_output(target: str | os.PathLike[str], content: Content, *,
 
 
 def _refused(url: str, what: str) -> StorageError:
-    return StorageError("unsupported", redact_url(url), f"{protocol_of(url) or 'file'}:// "
+    return StorageError(redact_url(url), f"{protocol_of(url) or 'file'}:// "
                         f"gives no {what} here (dagflow knows it on s3://, local files and "
-                        "memory://)")
+                        "memory://)", reason="unsupported")
 
 
 def put_if_absent(url: str, data: bytes, *,

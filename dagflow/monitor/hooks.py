@@ -327,7 +327,10 @@ def metric_columns(ctx: Any,
         elif kind == "sink":
             out_path = outputs[i] if outputs else None
             if out_path and not (state_dir and os.fspath(out_path).startswith(state_dir)):
-                bytes_out[i] = _size(out_path)
+                # recorded relative to the output root, with its size
+                sizes_out = cols.get("output_size")
+                bytes_out[i] = sizes_out[i] if sizes_out and sizes_out[i] is not None else \
+                    _size(os.path.join(getattr(ctx, "output_dir", ""), out_path))
     cols["bytes_in"], cols["bytes_out"] = bytes_in, bytes_out
     if n:  # once per chunk, on its first row (nulls cost next to nothing in Parquet)
         before, now = interval_counters()

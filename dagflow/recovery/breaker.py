@@ -6,9 +6,13 @@ within ``window`` seconds it *opens* and no more items are sent to its node; aft
 it again while a failure opens it for good in this run. Bad inputs do not count: one
 corrupt image says nothing about the health of a node, a full disk does.
 
-The runtime keeps one breaker per node on the client; inside a task a node also stops
-after ``failures`` consecutive failures, so that a dead storage target costs one chunk's
-worth of attempts, not a million.
+The runtime keeps one breaker per node on the client. Its failures reach it as chunks
+finish, a while after they happened, so each worker process also stops a node after
+``failures`` consecutive failures of its own (:func:`consecutive_failures`), without
+waiting for the client: a dead storage target costs a few attempts per worker, not a
+million. Once the client's breaker of a node opens, every worker is told
+(:func:`open_nodes`, set by the run loop's worker plugin): no further item reaches that
+node, in the tasks already running as in those still queued.
 """
 
 from __future__ import annotations
@@ -18,9 +22,35 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-__all__ = ["BreakerSettings", "CircuitBreaker", "counts_against_breaker"]
+__all__ = ["CLOSED", "HALF_OPEN", "OPEN", "BreakerSettings", "CircuitBreaker",
+           "consecutive_failures", "counts_against_breaker", "open_nodes"]
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half-open"
+
+#: In a worker process: per run id, the nodes whose breaker is open on the run's client.
+_OPEN_NODES: dict[str, set[str]] = {}
+
+
+#: In a worker process: per run id and node, its consecutive failures in this process.
+_CONSECUTIVE: dict[tuple[str, str], list[int]] = {}
+
+
+def consecutive_failures(run_id: str, node: str) -> list[int]:
+    """This process's count of consecutive failures of ``node`` in run ``run_id``: a
+    one-element list that every task of the node in this process shares and updates."""
+    count = _CONSECUTIVE.get((run_id, node))
+    if count is None:
+        count = _CONSECUTIVE.setdefault((run_id, node), [0])
+    return count
+
+
+def open_nodes(run_id: str) -> set[str]:
+    """The nodes of run ``run_id`` that no item may reach (a set changed in place, so
+    that a task holding it sees a breaker open mid-chunk)."""
+    nodes = _OPEN_NODES.get(run_id)
+    if nodes is None:
+        nodes = _OPEN_NODES.setdefault(run_id, set())
+    return nodes
 
 
 def counts_against_breaker(error_class: str | None) -> bool:
@@ -95,6 +125,12 @@ class CircuitBreaker:
         if self.state == HALF_OPEN:
             self._failures.clear()
             self._move(CLOSED, "the probe succeeded")
+
+    def probe_inconclusive(self) -> None:
+        """The probe never reached the node (it failed upstream): open again, ready to
+        let the next item probe at once."""
+        if self.state == HALF_OPEN:
+            self._move(OPEN, "the probe did not reach the node")
 
     def ready_to_probe(self) -> bool:
         """An open breaker whose cool-down is over turns half-open and allows one probe."""

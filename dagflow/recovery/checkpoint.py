@@ -12,62 +12,29 @@ that cannot be read is reported and its items simply run again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-__all__ = ["RECORD_SCHEMA", "Checkpoint", "empty_table", "load_done", "read_records",
-           "record_columns", "write_part", "write_records"]
+from dagflow.recovery import faults
+from dagflow.recovery.records import RECORD_SCHEMA, Record, record_columns
+
+__all__ = ["RECORD_SCHEMA", "Checkpoint", "OutputProof", "check_output", "empty_table",
+           "load_done", "output_digest", "read_records", "record_columns", "write_part",
+           "write_records"]
 
 logger = logging.getLogger(__name__)
 
-RECORD_SCHEMA = pa.schema([
-    ("run_id", pa.string()),
-    ("item_id", pa.int64()),
-    ("item_key", pa.string()),
-    ("input_path", pa.string()),
-    ("rel", pa.string()),
-    ("node_id", pa.string()),
-    ("node_key", pa.string()),
-    ("op", pa.string()),
-    ("status", pa.string()),
-    ("error_class", pa.string()),
-    ("error_type", pa.string()),
-    ("error_message", pa.string()),
-    ("reason", pa.string()),
-    ("attempts", pa.int32()),
-    ("duration_s", pa.float64()),
-    ("cpu_s", pa.float64()),
-    ("started", pa.float64()),
-    ("worker", pa.string()),
-    ("device", pa.string()),
-    ("output_path", pa.string()),
-    ("width", pa.int64()),
-    ("height", pa.int64()),
-    # the item ran on the CPU although its node asked for the GPU (device cpu-fallback)
-    ("degraded", pa.bool_()),
-])
-
 #: Statuses that count as finished for resume: the item need not run that node again.
 DONE_STATUSES = frozenset({"ok", "skipped"})
-
-
-def record_columns(rows: Sequence[Mapping[str, Any] | Sequence[Any]]) -> dict[str, list[Any]]:
-    """Records as columns named after :data:`RECORD_SCHEMA`.
-
-    ``rows`` are dicts (a missing field is ``None``) or tuples in the schema's order (the
-    worker's records: transposed in C, not value by value).
-    """
-    names = RECORD_SCHEMA.names
-    if rows and not isinstance(rows[0], Mapping):
-        return dict(zip(names, map(list, zip(*rows, strict=True)), strict=True))
-    return {name: [r.get(name) for r in rows] for name in names}  # type: ignore[union-attr]
 
 
 def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]],
@@ -91,6 +58,7 @@ def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]
         # nothing filters parts by their statistics: both cost 40 % of the write
         pq.write_table(table, tmp, compression="zstd", use_dictionary=False,
                        write_statistics=False)
+        faults.reached("in-part", path.name)
     return path
 
 
@@ -116,31 +84,106 @@ def _column(values: Sequence[Any], type_: pa.DataType) -> pa.Array:
     return pa.array(values, type=type_)
 
 
-def write_records(path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]]) -> Path:
+def write_records(path: str | os.PathLike[str],
+                  rows: Sequence[Record | Mapping[str, Any]]) -> Path:
     """Write ``rows`` as one Parquet part at ``path``, atomically."""
     return write_part(path, record_columns(rows), RECORD_SCHEMA)
 
 
 def record_parts(state_dir: str | os.PathLike[str]) -> list[Path]:
-    """Every record part under a state directory, oldest run first."""
-    return sorted(Path(state_dir).glob("runs/*/records/part-*.parquet"))
+    """Every record part under a state directory, oldest run first (by when each run
+    started: run ids sort by the second only, and a chosen id not at all), each run's
+    parts in chunk order."""
+    runs = sorted({p.parent.parent for p in Path(state_dir).glob("runs/*/records/part-*")},
+                  key=lambda run: (_started(run), run.name))
+    return [p for run in runs for p in sorted((run / "records").glob("part-*.parquet"))]
+
+
+def _started(run_dir: Path) -> float:
+    """When a run started: its event log's first event (else its directory's time)."""
+    try:
+        with open(run_dir / "events.jsonl", encoding="utf-8") as f:
+            return float(json.loads(f.readline())["t"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:
+            return run_dir.stat().st_mtime
+        except OSError:
+            return 0.0
 
 
 def read_records(paths: Iterable[str | os.PathLike[str]],
                  columns: Sequence[str] | None = None) -> tuple[pa.Table, list[Path]]:
     """Read record parts; returns the table and the parts that could not be read."""
+    schema = RECORD_SCHEMA if columns is None else pa.schema(
+        [RECORD_SCHEMA.field(c) for c in columns])
     tables, bad = [], []
     for p in paths:
         try:
-            tables.append(pq.read_table(p, columns=list(columns) if columns else None))
+            tables.append(_read_part(p, schema if columns is not None else None))
         except Exception as e:
             logger.warning("checkpoint part %s is unreadable (%s); its items will run again", p, e)
             bad.append(Path(p))
-    schema = RECORD_SCHEMA if columns is None else pa.schema(
-        [RECORD_SCHEMA.field(c) for c in columns])
     if not tables:
         return empty_table(schema), bad
     return pa.concat_tables(tables, promote_options="default"), bad
+
+
+def _read_part(path: str | os.PathLike[str], schema: pa.Schema | None) -> pa.Table:
+    """One part, whole, or ``schema``'s columns of it: a column the part lacks (written
+    by an earlier version) is read as nulls."""
+    if schema is None:
+        return pq.read_table(path)
+    part = pq.ParquetFile(path)
+    present = set(part.schema_arrow.names)
+    table = part.read(columns=[name for name in schema.names if name in present])
+    for column in schema:
+        if column.name not in present:
+            table = table.append_column(column, pa.nulls(table.num_rows, column.type))
+    return table.select(schema.names)
+
+
+class OutputProof(NamedTuple):
+    """What a record says about its output: the path (relative to the output root),
+    its size and modification time, and its digest when one was asked for (``None``
+    for what an earlier version recorded)."""
+
+    path: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    digest: str | None = None
+
+
+def output_digest(path: str | os.PathLike[str]) -> str:
+    """The BLAKE2b digest (hex, 16 bytes) of a file's content."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, lambda: hashlib.blake2b(digest_size=16)).hexdigest()
+
+
+def check_output(root: str | os.PathLike[str], proof: OutputProof) -> str | None:
+    """``None`` when the output ``proof`` describes is still there as written, else
+    what happened to it (``missing``, ``changed: ...``).
+
+    Size and modification time decide; a recorded digest settles a file whose time
+    changed but whose content did not (copied back, touched).
+    """
+    path = os.path.join(root, proof.path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError as exc:
+        return f"unreadable: {exc.strerror or exc}"
+    if proof.size is None or (st.st_size == proof.size and st.st_mtime_ns == proof.mtime_ns):
+        return None
+    if proof.digest is not None and os.path.isfile(path):
+        try:
+            if output_digest(path) == proof.digest:
+                return None
+        except OSError:
+            pass
+    if st.st_size != proof.size:
+        return f"changed: {st.st_size} bytes, {proof.size} when recorded"
+    return "changed: modified since it was recorded"
 
 
 @dataclass
@@ -154,37 +197,40 @@ class Checkpoint:
     failed
         ``(item key, node key)`` pairs whose latest record is a failure, with its class.
     outputs
-        Output path of each done sink or aggregate record.
+        What proves the output of each done sink or aggregate record.
     corrupt_parts
         Parts that could not be read (their items run again).
     """
 
     done: set[tuple[str, str]] = field(default_factory=set)
     failed: dict[tuple[str, str], str] = field(default_factory=dict)
-    outputs: dict[tuple[str, str], str] = field(default_factory=dict)
+    outputs: dict[tuple[str, str], OutputProof] = field(default_factory=dict)
     corrupt_parts: list[Path] = field(default_factory=list)
 
     def is_done(self, item_key: str, node_key: str) -> bool:
         return (item_key, node_key) in self.done
 
 
+_DONE_COLUMNS = ["item_key", "node_key", "status", "error_class", "output_path",
+                 "output_size", "output_mtime_ns", "output_hash"]
+
+
 def load_done(state_dir: str | os.PathLike[str]) -> Checkpoint:
     """Read every record part under ``state_dir``; the latest record per key wins."""
-    columns = ["item_key", "node_key", "status", "error_class", "output_path"]
-    table, bad = read_records(record_parts(state_dir), columns)
+    table, bad = read_records(record_parts(state_dir), _DONE_COLUMNS)
     cp = Checkpoint(corrupt_parts=bad)
     if table.num_rows == 0:
         return cp
     # parts are read run by run in run-id (time) order, so later rows are later records
     data = table.to_pydict()
-    for ik, nk, status, cls, out in zip(data["item_key"], data["node_key"], data["status"],
-                                        data["error_class"], data["output_path"], strict=True):
+    for ik, nk, status, cls, out, size, mtime, digest in zip(
+            *(data[c] for c in _DONE_COLUMNS), strict=True):
         key = (ik, nk)
         if status in DONE_STATUSES:
             cp.done.add(key)
             cp.failed.pop(key, None)
             if out:
-                cp.outputs[key] = out
+                cp.outputs[key] = OutputProof(out, size, mtime, digest)
         elif status in ("failed", "upstream_failed"):
             cp.done.discard(key)
             cp.failed[key] = cls or status

@@ -27,6 +27,9 @@ __all__ = ["ERROR_CLASSES", "Outcome", "RetryPolicy", "call_with_policy", "class
 
 ERROR_CLASSES = ("transient", "bad_input", "resource", "lost_worker", "timeout", "bug")
 
+#: The storage refuses the write: full, over quota, read-only, not allowed.
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
 _TRANSIENT_ERRNOS = {
     errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
     errno.ECONNABORTED, errno.EPIPE, errno.ESTALE, errno.EHOSTUNREACH, errno.ENETUNREACH,
@@ -115,8 +118,8 @@ def classify(exc: BaseException, policy: RetryPolicy | None = None) -> str:
         return "transient"
     if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
         return "transient"
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "resource"  # a full disk or quota: the storage target, not the image
+    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS:
+        return "resource"  # a full, read-only or forbidden storage target, not the image
     if "OutOfMemory" in type(exc).__name__:  # cupy's and other allocators' OOM errors
         return "resource"
     return "bug"
@@ -133,6 +136,9 @@ class Outcome:
     duration_s: float = 0.0
     #: CPU time of the thread that ran the op: far below ``duration_s`` means waiting (I/O).
     cpu_s: float = 0.0
+    #: Each failed attempt of an item tried more than once: ``{"error", "delay_s"}``
+    #: (the record's ``attempt_log``); ``None`` for an item tried once.
+    log: list[dict[str, Any]] | None = None
 
 
 def call_with_policy(
@@ -204,12 +210,17 @@ def retry_after(
     if it is transient, else (or when the attempts run out) the failed :class:`Outcome`."""
     wall, thread_cpu = time.perf_counter, time.thread_time
     attempt = 1
+    log: list[dict[str, Any]] = []
     while True:
         error_class = classify(exc, policy)
         if error_class != "transient" or attempt >= policy.attempts:
+            if log:  # tried more than once: every attempt is kept
+                log.append({"error": _describe(exc), "delay_s": None})
             return Outcome(error=exc, error_class=error_class, attempts=attempt,
-                           duration_s=wall() - start, cpu_s=cpu)
-        sleep(policy.backoff(attempt))
+                           duration_s=wall() - start, cpu_s=cpu, log=log or None)
+        delay = policy.backoff(attempt)
+        log.append({"error": _describe(exc), "delay_s": round(delay, 6)})
+        sleep(delay)
         attempt += 1
         if restart is not None:  # a new attempt: its deadline counts from now
             restart()
@@ -221,7 +232,12 @@ def retry_after(
             exc = next_exc
         else:
             cpu += thread_cpu() - begun
-            return Outcome(value, None, None, attempt, wall() - start, cpu)
+            return Outcome(value, None, None, attempt, wall() - start, cpu, log)
+
+
+def _describe(exc: BaseException) -> str:
+    """An attempt's error for the record: ``Type: message``, at most 500 characters."""
+    return f"{type(exc).__name__}: {exc}"[:500]
 
 
 def as_transient(exc: BaseException) -> TransientError:

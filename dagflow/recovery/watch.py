@@ -5,7 +5,9 @@ a deadline can only be kept by not waiting for it. :func:`run_watched` runs the 
 a chunk's items in one helper thread while the calling thread (the Dask task's) sleeps
 until the current item's deadline. An item that overruns is abandoned with its thread:
 the caller records its timeout and goes on with the next item in a fresh helper thread;
-whatever the abandoned thread produces later is discarded.
+whatever the abandoned thread produces later is discarded. The abandoned threads still
+running when the loop ends are returned: the caller decides what becomes of a process
+that holds them (dagflow replaces the worker, :mod:`dagflow.recovery.recycle`).
 
 One hand-over per chunk instead of one per item: handing every call to another thread and
 back cost about 90 microseconds of CPU per item (two thread switches and the GIL passing
@@ -56,7 +58,7 @@ def run_watched(
     commit: Callable[[T, R], None],
     on_timeout: Callable[[T, float], None],
     timeout: float | None,
-) -> None:
+) -> list[threading.Thread]:
     """``commit(item, step(item, restart))`` for each item in order, each within ``timeout``.
 
     Parameters
@@ -76,6 +78,12 @@ def run_watched(
         Seconds per item (per attempt, with ``restart``); ``None`` runs the loop in the
         calling thread with no deadline.
 
+    Returns
+    -------
+    list of threading.Thread
+        The threads of items that overran their deadline and were still running when
+        the loop ended (empty when none overran).
+
     Raises
     ------
     BaseException
@@ -87,16 +95,19 @@ def run_watched(
     >>> out = []
     >>> run_watched([1, 2, 3], lambda x, restart: x * 10, lambda x, r: out.append(r),
     ...             lambda x, s: out.append("timeout"), timeout=5.0)
+    []
     >>> out
     [10, 20, 30]
     """
     if timeout is None:
         for item in items:
             commit(item, step(item, _no_restart))
-        return
+        return []
     if not items:
-        return
+        return []
     watch = _Watch()
+    threads: list[threading.Thread] = []
+    abandoned: list[threading.Thread] = []
     context = contextvars.copy_context()  # ops may ask for their worker (a context var)
 
     def loop(generation: int, start: int) -> None:
@@ -118,8 +129,10 @@ def run_watched(
                     watch.finished.set()
 
     def spawn(generation: int, start: int) -> None:
-        threading.Thread(target=context.copy().run, args=(loop, generation, start),
-                         name="dagflow-items", daemon=True).start()
+        thread = threading.Thread(target=context.copy().run, args=(loop, generation, start),
+                                  name="dagflow-items", daemon=True)
+        threads.append(thread)
+        thread.start()
 
     spawn(0, 0)
     while True:
@@ -135,6 +148,7 @@ def run_watched(
                 continue
             index = watch.index
             watch.generation += 1  # the running thread is abandoned
+            abandoned.append(threads[-1])
             on_timeout(items[index], elapsed)
             watch.index, watch.since = index + 1, time.monotonic()
             if index + 1 == len(items):
@@ -143,3 +157,4 @@ def run_watched(
         spawn(generation, index + 1)
     if watch.error is not None:
         raise watch.error
+    return [t for t in abandoned if t.is_alive()]

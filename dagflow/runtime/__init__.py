@@ -7,15 +7,18 @@ from dagflow.runtime.result import (
     EXIT_FAILED_ITEMS,
     EXIT_INVALID,
     EXIT_OK,
+    EXIT_STORAGE,
     RunResult,
 )
-from dagflow.runtime.run import RunHandle, load_workflow, run, select_items
+from dagflow.runtime.run import RunHandle, run
+from dagflow.runtime.selection import load_workflow, select_items
 
 __all__ = [
     "EXIT_BREAKER",
     "EXIT_FAILED_ITEMS",
     "EXIT_INVALID",
     "EXIT_OK",
+    "EXIT_STORAGE",
     "BatchPlan",
     "RunHandle",
     "RunResult",

@@ -328,7 +328,10 @@ def cluster_from_profile(name_or_file: str | os.PathLike[str] | Profile,
     A dask-jobqueue cluster submits its first worker job here, and the batch system's
     answer is waited for (:mod:`dagflow.runtime.jobqueue`): a refused job (``sbatch``
     missing, an unknown partition or account) fails at once instead of being retried
-    for ever.
+    for ever. While the block runs, its worker jobs (Slurm, PBS, LSF) are watched until
+    their workers connect: one that ends (or runs past
+    ``dagflow.cluster.worker-connect-timeout``) without its worker, while no worker serves
+    the run, stops the run; queued jobs are said to be waited for.
 
     Parameters
     ----------
@@ -346,12 +349,14 @@ def cluster_from_profile(name_or_file: str | os.PathLike[str] | Profile,
     ConfigError
         The class cannot be imported, or rejects an option.
     ClusterStartError
-        The cluster failed to start, or the batch system refused its first worker job.
+        The cluster failed to start, the batch system refused its first worker job, or
+        a worker job ended without its worker connecting (raised when the block ends,
+        which the cancelled tasks make it do).
     """
     profile = name_or_file if isinstance(name_or_file, Profile) else load_profile(name_or_file)
     where = f"cluster profile {profile.name!r} ({profile.path})"
     options = profile.resolved_options(**overrides)
-    watch = None
+    watch = jobs = None
     if profile.is_local:
         factory: Any = start_local_cluster
     elif profile.is_cuda:
@@ -361,7 +366,8 @@ def cluster_from_profile(name_or_file: str | os.PathLike[str] | Profile,
         job_cls = getattr(factory, "job_cls", None)  # a dask-jobqueue cluster
         if job_cls is not None and "job_cls" not in options:
             watch = jobqueue.SubmissionWatch(jobqueue.submission_command(job_cls))
-            options["job_cls"] = jobqueue.job_class(job_cls, watch)
+            jobs = jobqueue.worker_jobs(job_cls, where=where)
+            options["job_cls"] = jobqueue.job_class(job_cls, watch, jobs)
     try:
         cluster = factory(**options)
     except TypeError as exc:
@@ -375,6 +381,8 @@ def cluster_from_profile(name_or_file: str | os.PathLike[str] | Profile,
         if watch is not None:
             stack.enter_context(jobqueue.quiet_failed_submission(watch))
         stack.callback(cluster.close)
+        if jobs is not None:
+            stack.enter_context(jobs.watching(cluster))
         if watch is not None:
             jobqueue.submit_first_job(cluster, watch, where=where)
         _apply_scaling(profile, cluster)

@@ -44,17 +44,19 @@ import math
 import os
 import secrets
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from dagflow import config
 from dagflow.compile import Chunk, NodeTask, choose_chunk_size
+from dagflow.compile.chunking import taper
 from dagflow.exceptions import ConfigError
-from dagflow.execute import ChunkSummary
+from dagflow.execute import ChunkSummary, item_summary
 from dagflow.inputs import fill_fingerprint
 from dagflow.ops.dispatch import resolve_device
+from dagflow.recovery.records import Record, new_record
 from dagflow.resources import (
     MemoryModel,
     Resources,
@@ -204,6 +206,8 @@ class Batch:
     refused: list[tuple[Mapping[str, Any], str, int, int, str]]
     tiled: list[Mapping[str, Any]]
     plan: BatchPlan
+    #: Threads to taper the run's last chunks for (the chunk size is "auto"), or 0.
+    taper_threads: int = 0
     #: each chunk's task peaks per node, by :func:`_chunk_key`
     _peaks: dict[tuple[int, int], dict[str, int]] = field(default_factory=dict, repr=False)
 
@@ -236,23 +240,13 @@ class Batch:
             out.setdefault(nid, {}).update(res.annotations())
         return out
 
-    def attach(self, runner: Any) -> None:
-        """Make ``runner`` (the run loop) chunk and annotate as decided here."""
-        runner.annotations = self.annotations(runner.annotations)
-        runner.chunk_annotations = self.chunk_annotations
-        runner.make_chunks = self.make_chunks
-
-    def settle_oversize(self, ctx: Any, client: Any, runner: Any) -> Iterator[ChunkSummary]:
-        """Record the refused items and process the tiled ones, one summary per item.
-
-        Each gets a records part of its own, numbered after the run's chunks."""
-        for item, node, peak, limit, why in self.refused:
-            index, runner.next_index = runner.next_index, runner.next_index + 1
-            yield refuse(ctx, self.tasks, item, node, peak, limit, why, index)
-        for item in self.tiled:
-            index, runner.next_index = runner.next_index, runner.next_index + 1
-            logger.info("processing %s tiled (larger than any worker's budget)", item["path"])
-            yield run_tiled_item(ctx, self.tasks, item, client, index)
+    def run_chunks(self) -> list[Chunk]:
+        """The chunks a run submits: the plan's, the last ones tapered (smaller and
+        smaller, so that the threads finish together) when the size is automatic."""
+        chunks = self.make_chunks(self.items, self.chunk_size)
+        if self.taper_threads and chunks:
+            chunks = taper(chunks, self.taper_threads)
+        return chunks
 
     def chunk_annotations(self, task: NodeTask, chunk: Chunk) -> dict[str, Any]:
         """``MEMORY`` for ``task`` over ``chunk``: its estimate, at most the largest budget."""
@@ -411,7 +405,8 @@ def prepare_batch(
     for k, e in enumerate(model.estimates({}) or ()):  # the default, for each unknown item
         megapixels[k] += unknown * e.megapixels
     size = config.resolve(chunk_size, "chunk-size")
-    if size == "auto":
+    auto = size == "auto"
+    if auto:
         # the megapixels an item goes through, all nodes together, on average
         per_item = math.fsum(megapixels) / len(runnable) if runnable else None
         size = choose_chunk_size(len(runnable), capacity.threads,
@@ -434,7 +429,7 @@ def prepare_batch(
     batch = Batch(tasks=dict(tasks), model=model, items=runnable, chunk_size=size,
                   task_limit=task_limit, capacity=capacity, annotate_memory=annotate,
                   node_resources=node_resources, refused=refused, tiled=tiled,
-                  plan=None)  # type: ignore[arg-type]
+                  plan=None, taper_threads=capacity.threads if auto else 0)  # type: ignore[arg-type]
     chunks = batch.make_chunks(runnable, size)  # within the task limit
     peaks = _largest_tasks(model, chunks, batch._peaks)
     largest = max(peaks.values(), default=0)
@@ -636,21 +631,16 @@ def _condition_runs(tasks: Mapping[str, NodeTask], model: MemoryModel,
 # --------------------------------------------------------------------------- outside the graph
 
 
-def _rows_base(ctx: Any, task: NodeTask, item: Mapping[str, Any]) -> dict[str, Any]:
+def _records(ctx: Any, tasks: Sequence[NodeTask], item: Mapping[str, Any], first: str,
+             **failure: Any) -> list[Record]:
+    """The records of an item that failed at its first node ``first`` (``failure``: its
+    error fields), ``upstream_failed`` at every node after."""
     fill_fingerprint(item)  # type: ignore[arg-type]  # a first run defers it to here
-    return {"run_id": ctx.run_id, "item_id": item["item_id"], "item_key": item["key"],
-            "input_path": item["path"], "rel": item["rel"], "node_id": task.id,
-            "node_key": task.key, "op": task.op, "status": "ok", "error_class": None,
-            "error_type": None, "error_message": None, "reason": None, "attempts": 0,
-            "duration_s": 0.0, "started": time.time(), "worker": None, "device": None,
-            "output_path": None, "width": None, "height": None, "degraded": False}
-
-
-def _summary(ctx: Any, index: int, item: Mapping[str, Any], rows: list[dict[str, Any]],
-             status: str) -> ChunkSummary:
-    from dagflow.execute import item_summary
-
-    return item_summary(ctx, index, item, rows, status)
+    started = time.time()
+    return [new_record(ctx, task, item, "failed", started=started, **failure)
+            if task.id == first else
+            new_record(ctx, task, item, "upstream_failed", started=started)
+            for task in tasks]
 
 
 def refuse(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any], node: str,
@@ -658,22 +648,17 @@ def refuse(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any], nod
     """Record an item refused before decoding: ``bad_input`` / ``oversize`` at its source
     node (where it would have been decoded), ``upstream_failed`` after it; the message
     names the node whose estimate is too large, the estimate and the limit."""
-    rows = []
-    for i, task in enumerate(tasks.values()):
-        row = _rows_base(ctx, task, item)
-        if i == 0:
-            row.update(status="failed", error_class="bad_input", error_type="OversizeError",
-                       reason="oversize", error_message=f"oversize: {why}"[:2000])
-        else:
-            row["status"] = "upstream_failed"
-        rows.append(row)
-    return _summary(ctx, index, item, rows, "failed")
+    ordered = list(tasks.values())
+    records = _records(ctx, ordered, item, ordered[0].id, error_class="bad_input",
+                       error_type="OversizeError", reason="oversize",
+                       error_message=f"oversize: {why}"[:2000])
+    return item_summary(ctx, index, item, records, "failed")
 
 
 def run_tiled_item(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, Any],
                    client: Any, index: int) -> ChunkSummary:
     """Process an oversize TIFF tiled on the cluster and record it like any item."""
-    from dagflow.execute import _sink_dest
+    from dagflow.execute import _sink_dest, output_proof
     from dagflow.recovery.policy import classify
     from dagflow.tiled import run_tiled
 
@@ -687,33 +672,28 @@ def run_tiled_item(ctx: Any, tasks: Mapping[str, NodeTask], item: Mapping[str, A
     except Exception as exc:
         logger.warning("tiled processing of %s failed: %s: %s", item["path"],
                        type(exc).__name__, exc)
-        rows = []
-        for i, task in enumerate(ordered):
-            row = _rows_base(ctx, task, item)
-            if i == 0:
-                row.update(status="failed", error_class=classify(exc),
+        # its worker died under it: Dask gave up on a task of the tiled graph
+        error_class = "lost_worker" if type(exc).__name__ == "KilledWorker" else classify(exc)
+        records = _records(ctx, ordered, item, ordered[0].id, error_class=error_class,
                            error_type=type(exc).__name__, reason=getattr(exc, "reason", None),
-                           error_message=(str(exc) or type(exc).__name__)[:2000], attempts=1,
-                           started=started)
-            else:
-                row["status"] = "upstream_failed"
-            rows.append(row)
-        return _summary(ctx, index, item, rows, "failed")
-    rows = []
+                           error_message=(str(exc) or type(exc).__name__)[:2000], attempts=1)
+        return item_summary(ctx, index, item, records, "failed")
+    fill_fingerprint(item)  # type: ignore[arg-type]
+    records = []
     for task in ordered:
-        row = _rows_base(ctx, task, item)
-        row.update(attempts=1, started=started, device="cpu")
-        if task.id in outcome.skipped:
-            row["status"] = "skipped"
-        else:
-            size = outcome.sizes.get(task.id)
-            if size:
-                row["width"], row["height"] = size
-            if task.kind == "sink":
-                row.update(output_path=outcome.output_path, duration_s=outcome.duration_s)
-        rows.append(row)
+        fields: dict[str, Any] = {"attempts": 1, "started": started, "device": "cpu"}
+        size = outcome.sizes.get(task.id)
+        if size:
+            fields["width"], fields["height"] = size
+        if task.kind == "sink" and outcome.output_path:
+            path, out_size, mtime, digest = output_proof(ctx, outcome.output_path)
+            fields.update(output_path=path, output_size=out_size, output_mtime_ns=mtime,
+                          output_hash=digest, duration_s=outcome.duration_s)
+        status = "skipped" if task.id in outcome.skipped else "ok"
+        records.append(new_record(ctx, task, item, status, **(fields if status == "ok" else
+                                                               {"started": started})))
     skipped = bool(outcome.skipped) and ordered[-1].id in outcome.skipped
-    return _summary(ctx, index, item, rows, "skipped" if skipped else "succeeded")
+    return item_summary(ctx, index, item, records, "skipped" if skipped else "succeeded")
 
 
 def compare(result: Any, batch_plan: BatchPlan, run_dir: str | os.PathLike[str]) -> dict:
@@ -777,19 +757,20 @@ def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
     from dagflow.recovery.checkpoint import Checkpoint, load_done
     from dagflow.runtime.capacity import cluster_capacity, local_capacity
     from dagflow.runtime.collisions import check_outputs
-    from dagflow.runtime.run import load_workflow, run_inputs, select_items
+    from dagflow.runtime.selection import load_workflow, run_inputs, select_items
 
     config.validate_config()  # the configuration in force, environment variables included
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
-    output = Path(output)
+    output = Path(os.path.abspath(output))
     input_set = run_inputs(wf, inputs, output, resume or retry_failed)  # as run() does
     check_outputs(wf, input_set.items, output)  # no two writers of one output file
     tasks = node_tasks(wf)
     state_dir = output / config.get("state-dir")
     previous = load_done(state_dir) if (resume or retry_failed) and state_dir.exists() \
         else Checkpoint()
-    to_run, done = select_items(input_set.items, tasks, previous, retry_failed=retry_failed)
+    to_run, done = select_items(input_set.items, tasks, previous, retry_failed=retry_failed,
+                                output=output)
     remote = (client is not None or scheduler_file is not None
               or cluster not in (None, "local")
               or (cluster is None and _dask_scheduler_address() is not None))

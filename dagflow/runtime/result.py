@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["EXIT_BREAKER", "EXIT_FAILED_ITEMS", "EXIT_INTERRUPTED", "EXIT_INVALID", "EXIT_OK",
-           "EXIT_TERMINATED", "RunResult"]
+           "EXIT_STORAGE", "EXIT_TERMINATED", "RunResult"]
 
 #: Every item succeeded (or was skipped by a condition or already done).
 EXIT_OK = 0
@@ -23,6 +23,9 @@ EXIT_FAILED_ITEMS = 1
 EXIT_INVALID = 2
 #: A circuit breaker opened and the run stopped early; re-run to finish the rest.
 EXIT_BREAKER = 3
+#: The output directory or the run's state could not be written (read-only, disk full):
+#: the run stopped, what finished is recorded; fix the storage and re-run to resume.
+EXIT_STORAGE = 5
 #: Interrupted (Ctrl-C, SIGINT): what finished is recorded; re-run to finish the rest.
 EXIT_INTERRUPTED = 130
 #: Terminated (SIGTERM, as batch systems end a job): the same, by the shell's convention.
@@ -51,7 +54,8 @@ class RunResult:
     node_seconds
         Per node id, the seconds its op ran, summed over the items of this run.
     failures
-        Records of failed items (up to a bound; all are in the records).
+        Records of failed items as dicts by column (up to a bound; all are in the
+        records).
     aggregates
         Output path of each aggregate node.
     errors
@@ -102,6 +106,31 @@ class RunResult:
     own_cpu_s: dict[str, float] = field(
         default_factory=lambda: {"checkpoint": 0.0, "monitoring": 0.0})
 
+    #: Most failed records a result keeps (all are in the records parts).
+    MAX_FAILURES = 1000
+
+    def add(self, summary: Any) -> int:
+        """Count a finished chunk's :class:`~dagflow.execute.ChunkSummary` in; returns
+        its failed items. Its ``not_run`` items are not counted: the run loop knows
+        whether they run again before the run ends (:attr:`not_run` is set then)."""
+        failed = 0
+        self.succeeded += summary.items - len(summary.item_status)
+        for status in summary.item_status.values():
+            if status == "failed":
+                failed += 1
+            if status != "not_run":
+                setattr(self, status, getattr(self, status) + 1)
+        for (node, status), n in summary.counts.items():
+            counts = self.nodes.setdefault(node, {})
+            counts[status] = counts.get(status, 0) + n
+        for node, seconds in summary.seconds.items():
+            self.node_seconds[node] = self.node_seconds.get(node, 0.0) + seconds
+        for feature, seconds in summary.own_cpu_s.items():
+            self.own_cpu_s[feature] = self.own_cpu_s.get(feature, 0.0) + seconds
+        room = max(0, self.MAX_FAILURES - len(self.failures))
+        self.failures.extend(r._asdict() for r in summary.failures[:room])
+        return failed
+
     @property
     def exit_code(self) -> int:
         """The CLI's exit code for this result (see the README)."""
@@ -127,7 +156,11 @@ class RunResult:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def records(self) -> pd.DataFrame:
-        """Every record of this run (one row per item and node) as a DataFrame."""
+        """Every record of this run (one row per item and node) as a DataFrame.
+
+        ``output_path`` is given absolute here, resolved against the output directory
+        (the records parts keep it relative to it).
+        """
         import pyarrow.dataset as ds
 
         from dagflow.recovery.checkpoint import RECORD_SCHEMA
@@ -136,7 +169,11 @@ class RunResult:
         if not records_dir.exists():
             return RECORD_SCHEMA.empty_table().to_pandas()
         dataset = ds.dataset(records_dir, format="parquet", schema=RECORD_SCHEMA)
-        return dataset.to_table().to_pandas()
+        df = dataset.to_table().to_pandas()
+        root = os.fspath(self.output_dir)
+        df["output_path"] = [os.path.join(root, p) if isinstance(p, str) else p
+                             for p in df["output_path"]]
+        return df
 
     def item_outcomes(self) -> pd.DataFrame:
         """One row per item of this run: its path and its worst status across nodes."""

@@ -25,6 +25,7 @@ This module owns the driver's files and process; the run itself is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -42,10 +43,11 @@ from typing import Any
 import dask.config
 
 from dagflow import config
-from dagflow.exceptions import ConfigError, DagflowError, InputError
+from dagflow.exceptions import ConfigError, DagflowError, InputError, StorageError
 from dagflow.io.atomic import atomic_write
 from dagflow.recovery.events import EventLog, read_events
 from dagflow.runtime.lock import check_unlocked
+from dagflow.runtime.result import EXIT_STORAGE
 from dagflow.runtime.signals import sigterm_as_interrupt
 from dagflow.runtime.statedir import check_state_dir
 
@@ -56,6 +58,9 @@ logger = logging.getLogger(__name__)
 SPEC_FILE = "submit.json"
 DRIVER_FILE = "driver.json"
 LOG_FILE = "driver.log"
+
+#: States of a run that has ended (see :class:`~dagflow.recovery.status.RunStatus`).
+_ENDED = ("finished", "failed", "interrupted")
 
 _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 #: Dask settings the driver needs to reach the same scheduler the same way.
@@ -299,8 +304,9 @@ def follow(run_dir: str | os.PathLike[str], *, interval: float | None = None,
     Returns
     -------
     int
-        0, 1 or 3 as for ``dagflow run`` when the run finished; 2 when its driver failed
-        before the run started; 4 when the run was interrupted or its driver died.
+        0, 1 or 3 as for ``dagflow run`` when the run finished, 5 when its storage
+        failed; 2 when its driver failed before the run started; 4 when the run was
+        interrupted or its driver died.
     """
     from dagflow.recovery.status import run_status
 
@@ -312,32 +318,50 @@ def follow(run_dir: str | os.PathLike[str], *, interval: float | None = None,
         status = run_status(run_dir)
         info = driver_info(run_dir)
         line = (f"{status.state}: {status.done} done, {status.failed} failed, "
-                f"{status.pending} pending of {status.to_run}")
+                f"{status.not_run} not run, {status.pending} pending of {status.to_run}")
         if line != last:
             echo(line)
             last = line
-        if status.state in ("finished", "interrupted"):
+        if status.state in _ENDED:
             break
         alive = _driver_alive(info)
         if alive is False:
             # the driver may have written its last event just before exiting
             status = run_status(run_dir)
-            if status.state not in ("finished", "interrupted"):
+            if status.state not in _ENDED:
                 echo(f"the driver (pid {info.get('pid')}) ended without finishing the run; "
                      f"see {run_dir / LOG_FILE}")
+                _echo_driver_error(run_dir, echo)
                 return 2 if status.state == "unknown" else 4
             break
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"run {run_dir.name} still going after {timeout} s")
         time.sleep(interval)
     echo(str(status))
+    if status.state == "failed":
+        return EXIT_STORAGE
     if status.state != "finished":
+        _echo_driver_error(run_dir, echo)
         return 4
     try:
         with open(run_dir / "summary.json", encoding="utf-8") as f:
             return int(json.load(f).get("exit_code", 0))
     except (FileNotFoundError, json.JSONDecodeError, ValueError):
         return 4
+
+
+def _echo_driver_error(run_dir: Path, echo: Callable[[str], None], wait: float = 10.0) -> None:
+    """Say the error the driver ended with (``error: ...``, as ``dagflow run`` says it),
+    once ``driver.json`` has it: the driver writes it just after the run's last event."""
+    deadline = time.monotonic() + wait
+    info = driver_info(run_dir)
+    while "exit_code" not in info and _driver_alive(info) is not False \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+        info = driver_info(run_dir)
+    error = info.get("error") or {}
+    if error:
+        echo(f"error: {error.get('message') or error.get('type')}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -371,10 +395,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BaseException as exc:
         traceback.print_exc()
         error = {"type": type(exc).__name__, "message": str(exc)}
-        code = 2 if isinstance(exc, DagflowError) and not _run_started(run_dir) else 4
+        if isinstance(exc, StorageError):
+            code = EXIT_STORAGE
+        else:
+            code = 2 if isinstance(exc, DagflowError) and not _run_started(run_dir) else 4
         if not _run_started(run_dir):
             # failed before the run opened its event log: say so there, for `status`
-            with EventLog(run_dir / "events.jsonl") as events:
+            with contextlib.suppress(DagflowError, OSError), \
+                    EventLog(run_dir / "events.jsonl") as events:
                 events.emit("run_interrupted", error=repr(exc))
         if not isinstance(exc, Exception):
             raise
