@@ -188,6 +188,27 @@ def _without_gc(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _any_remote(specs: Sequence[Any]) -> bool:
+    from dagflow.io.storage import is_remote
+
+    return any(is_remote(os.fspath(spec)) for spec in specs)
+
+
+def _resolve_urls(specs: list[str], exclude: Any) -> InputSet:
+    """Inputs on a store (:func:`dagflow.io.listing.list_images`): fingerprinted from
+    the listing, relative to the prefix they were found under."""
+    from dagflow.io.listing import list_images
+
+    root, found = list_images(specs, exclude=os.fspath(exclude) if exclude else None)
+    items = []
+    for url, st in found:
+        mtime = -1 if st.mtime_ns is None else st.mtime_ns
+        rel = url[len(root):] if url.startswith(root) else url.rsplit("/", 1)[-1]
+        items.append({"item_id": len(items), "path": url, "rel": rel, "size": st.size,
+                      "mtime_ns": mtime, "key": item_key(url, st.size, mtime)})
+    return InputSet(root, items, ", ".join(specs))  # type: ignore[arg-type]
+
+
 @_without_gc
 def resolve_inputs(
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -228,6 +249,8 @@ def resolve_inputs(
     specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if not specs:
         raise InputError("no inputs given")
+    if any("://" in os.fspath(spec) for spec in specs) and _any_remote(specs):
+        return _resolve_urls([os.fspath(spec) for spec in specs], exclude)
     paths: list[str | Path] = []
     extras: list[dict[str, Any]] = []
     known: dict[str, tuple[int, int]] = {}  # (size, mtime) read while scanning

@@ -130,13 +130,38 @@ def put_object(url: str, content: Content, *, storage_options: Mapping[str, Any]
                                   **_content_type(key))["ETag"]
             fs.invalidate_cache(path)
             logger.debug("put %s (%d bytes)", redact_url(url), len(data))
-            return ObjectStat(len(data), etag.strip('"'), None)
+            return _remember(url, ObjectStat(len(data), etag.strip('"'), None))
         if protocol in _WHOLE_PUT:
             fs.pipe_file(path, data)
         else:
             _put_by_rename(fs, path, data)
     logger.debug("put %s (%d bytes)", redact_url(url), len(data))
-    return stat(url, storage_options) or ObjectStat(len(data), None, None)
+    return _remember(url, stat(url, storage_options) or ObjectStat(len(data), None, None))
+
+
+#: What this process wrote last to each object (:func:`written`), at most this many.
+_WRITTEN: dict[str, ObjectStat] = {}
+_WRITTEN_MAX = 4096
+
+
+def _remember(url: str, written: ObjectStat) -> ObjectStat:
+    if len(_WRITTEN) >= _WRITTEN_MAX:
+        _WRITTEN.clear()
+    _WRITTEN[url] = written
+    return written
+
+
+def written(url: str, storage_options: Mapping[str, Any] | None = None) -> ObjectStat | None:
+    """Size and ETag of the object at ``url`` as this process wrote it last (no request),
+    else as the store has it (one ``HEAD``); ``None`` when there is none.
+
+    What an output's record keeps, so that a resume can tell the object is still the
+    one written.
+    """
+    known = _WRITTEN.pop(url, None)
+    if known is not None:
+        return known
+    return stat(url, storage_options, missing_ok=True)
 
 
 def _content_type(key: str) -> dict[str, str]:

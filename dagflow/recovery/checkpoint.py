@@ -166,6 +166,11 @@ def check_output(root: str | os.PathLike[str], proof: OutputProof) -> str | None
     Size and modification time decide; a recorded digest settles a file whose time
     changed but whose content did not (copied back, touched).
     """
+    if "://" in os.fspath(root):  # a store's URL (file:// aside)
+        from dagflow.io.storage import is_remote
+
+        if is_remote(root):
+            return check_object(root, proof)
     path = os.path.join(root, proof.path)
     try:
         st = os.stat(path)
@@ -184,6 +189,44 @@ def check_output(root: str | os.PathLike[str], proof: OutputProof) -> str | None
     if st.st_size != proof.size:
         return f"changed: {st.st_size} bytes, {proof.size} when recorded"
     return "changed: modified since it was recorded"
+
+
+#: How a record keeps an object's ETag in its digest column (a local file's digest is
+#: the hex of its BLAKE2b).
+ETAG_PREFIX = "etag:"
+
+
+def object_proof(url: str) -> tuple[int | None, None, str | None]:
+    """Size, (no) modification time and ``etag:<ETag>`` of an output on a store, as its
+    record keeps them."""
+    from dagflow.io.upload import written
+
+    found = written(url)
+    if found is None:
+        return None, None, None
+    return found.size, None, f"{ETAG_PREFIX}{found.etag}" if found.etag else None
+
+
+def check_object(root: str, proof: OutputProof) -> str | None:
+    """:func:`check_output` for an output on a store: its size and its ETag decide."""
+    from dagflow.exceptions import DagflowError
+    from dagflow.io.storage import join, stat
+
+    try:
+        found = stat(join(root, proof.path), missing_ok=True)
+    except DagflowError as exc:
+        return f"unreadable: {exc}"
+    if found is None:
+        return "missing"
+    if proof.size is None:
+        return None
+    if found.size != proof.size:
+        return f"changed: {found.size} bytes, {proof.size} when recorded"
+    recorded = proof.digest[len(ETAG_PREFIX):] \
+        if proof.digest and proof.digest.startswith(ETAG_PREFIX) else None
+    if recorded and found.etag and found.etag != recorded:
+        return "changed: not the object written (another ETag)"
+    return None
 
 
 @dataclass
