@@ -3,28 +3,40 @@ inputs and output, against moto's S3 server on 127.0.0.1 (``_s3.py``).
 
 Workers list, read and write the objects themselves; the run's state (records, events,
 quarantine, summary) is uploaded under ``<output>/_dagflow/``; a second run resumes from
-it, checking each output's size and ETag; the output's lock is an object made by a
-conditional write.
+it, checking each output's size and ETag; ``status``, ``report`` and ``--retry-failed``
+work on the store's output; the output's lock is an object made by a conditional write;
+a missing bucket or refused credentials stop the run in one line before it starts.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import os
+import socket
 
 import dask
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from _s3 import KEY, SECRET, s3_fixture, s3_server_fixture  # noqa: F401 - fixtures
+from click.testing import CliRunner
 from PIL import Image as PILImage
 
 import dagflow
 from dagflow import Node, Workflow
+from dagflow.cli import main
+from dagflow.exceptions import OutputLockedError, StorageError
+from dagflow.runtime.result import EXIT_STORAGE
 
 THUMBS = Workflow("thumbs", [
     Node("load", "load"),
     Node("small", "resize", {"long_side": 32}, after="load"),
     Node("save", "save", {"format": "png"}, after="small"),
 ])
+WORKFLOW_YAML = THUMBS.to_yaml()
+INPUTS = ["in/img1.jpg", "in/img2.jpg", "in/img4.jpg", "in/img5.jpg", "in/sub/img0.jpg",
+          "in/sub/img3.jpg"]
 
 
 def jpeg(seed: int, size=(48, 32)) -> bytes:
@@ -36,20 +48,151 @@ def jpeg(seed: int, size=(48, 32)) -> bytes:
 
 
 @pytest.fixture
-def store(s3):
-    """The bucket, with six photos under ``in/`` (two in ``in/sub/``) and a broken one,
-    and dagflow's storage options pointing at it."""
+def store(s3, client):
+    """The bucket, with six photos under ``in/`` (two in ``in/sub/``) and a broken one;
+    dagflow's storage options and its scheduler address pointing at the test's."""
     for i in range(6):
         s3.put(f"in/{'sub/' if i % 3 == 0 else ''}img{i}.jpg", jpeg(i))
     s3.put("in/broken.jpg", b"\xff\xd8\xff\xe0 not really a jpeg")
-    with dask.config.set({"dagflow.storage.options": {"s3": s3.options}}):
+    with dask.config.set({"dagflow.storage.options": {"s3": s3.options},
+                          "dagflow.storage.state-push-interval": 0.2,
+                          "scheduler-address": client.scheduler.address}):
         yield s3
 
 
-def test_run_from_a_store_to_a_store_and_resume(store, client):
+def keys(s3) -> list[str]:
+    """Every object of the bucket."""
+    return s3.keys()
+
+
+def state_objects(s3) -> dict[str, bytes]:
+    return {k: s3.get(k) for k in keys(s3) if k.startswith("out/_dagflow/")}
+
+
+def records(s3) -> list[dict]:
+    rows = []
+    for key in keys(s3):
+        if key.startswith("out/_dagflow/runs/") and "/records/part-" in key:
+            rows.extend(pq.read_table(io.BytesIO(s3.get(key))).to_pylist())
+    return rows
+
+
+def etag(s3, key: str) -> str:
+    return s3.server.client().head_object(Bucket=s3.bucket, Key=key)["ETag"].strip('"')
+
+
+def test_a_run_from_a_store_to_a_store_resumes_checking_size_and_etag(store):
     out = store.url("out")
-    result = dagflow.run(THUMBS, store.url("in/"), out, client=client, progress=False)
+    result = dagflow.run(THUMBS, store.url("in/"), out, progress=False)
     assert (result.items, result.succeeded, result.failed) == (7, 6, 1)
-    print(store.keys())
-    again = dagflow.run(THUMBS, store.url("in/"), out, client=client, progress=False)
-    assert again.executed == 0, again
+    assert str(result.run_dir) == f"{out}/_dagflow/runs/{result.run_id}"
+    # the outputs are objects, mirroring the input tree
+    outputs = [k for k in keys(store) if k.startswith("out/") and "_dagflow" not in k]
+    assert outputs == sorted(k.replace("in/", "out/").replace(".jpg", ".png") for k in INPUTS)
+    assert max(PILImage.open(io.BytesIO(store.get("out/sub/img3.png"))).size) == 32
+    # the state is on the store: records (output paths relative to the output, with
+    # the object's size and ETag), events, quarantine, summary; the lock is given back
+    run = f"out/_dagflow/runs/{result.run_id}/"
+    state = state_objects(store)
+    for name in ("events.jsonl", "summary.json", "quarantine.parquet", "workflow.yaml"):
+        assert run + name in state, name
+    assert "out/_dagflow/lock" not in keys(store)
+    saved = {r["output_path"]: r for r in records(store) if r["node_id"] == "save"
+             and r["status"] == "ok"}
+    assert sorted(saved) == sorted(k[3:].replace(".jpg", ".png") for k in INPUTS)
+    assert saved["sub/img0.png"]["output_hash"] == f"etag:{etag(store, 'out/sub/img0.png')}"
+    assert saved["sub/img0.png"]["output_size"] == len(store.get("out/sub/img0.png"))
+    quarantine = pq.read_table(io.BytesIO(state[run + "quarantine.parquet"])).to_pylist()
+    assert [q["input_path"] for q in quarantine] == [store.url("in/broken.jpg")]
+    # no credential anywhere in the state
+    for key, data in state.items():
+        assert KEY.encode() not in data and SECRET.encode() not in data, key
+
+    again = dagflow.run(THUMBS, store.url("in/"), out, progress=False)
+    assert (again.executed, again.already_done) == (0, 7)
+
+    # an output replaced (another ETag, same size) or deleted runs its item again
+    replaced = bytearray(store.get("out/img1.png"))
+    replaced[-20] ^= 0xFF
+    store.put("out/img1.png", bytes(replaced))
+    store.server.client().delete_object(Bucket=store.bucket, Key="out/sub/img3.png")
+    third = dagflow.run(THUMBS, store.url("in/"), out, progress=False)
+    assert third.executed == 2 and third.succeeded == 2
+    assert "out/sub/img3.png" in keys(store)
+
+
+def test_cli_run_status_report_and_retry_failed_on_a_store(store, tmp_path):
+    workflow = tmp_path / "thumbs.yaml"
+    workflow.write_text(WORKFLOW_YAML)
+    args = ["run", str(workflow), "-i", store.url("in/"), "-o", store.url("out/"), "--json"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 1, first.output
+    summary = json.loads(first.stdout)
+    assert (summary["succeeded"], summary["failed"]) == (6, 1)
+
+    shown = CliRunner().invoke(main, ["status", store.url("out"), "--json"])
+    assert shown.exit_code == 0, shown.output
+    status = json.loads(shown.stdout)
+    assert (status["state"], status["done"], status["failed"], status["quarantined"]) == \
+        ("finished", 6, 1, 1)
+    assert status["outputs_changed"] == [] and status["lock"] is None
+    assert status["run_dir"] == summary["run_dir"] == \
+        f"{store.url('out')}/_dagflow/runs/{status['run_id']}"
+
+    analysis = CliRunner().invoke(main, ["report", summary["run_dir"], "--json"])
+    assert analysis.exit_code == 0, analysis.output
+    assert json.loads(analysis.stdout)["run"]["items"] == 7
+
+    retried = CliRunner().invoke(main, [*args, "--retry-failed"])  # the failed item only
+    assert retried.exit_code == 1, retried.output
+    assert (json.loads(retried.stdout)["executed"], json.loads(retried.stdout)["failed"]) \
+        == (1, 1)
+    store.put("in/broken.jpg", jpeg(99))  # repaired: a new input, and only it runs
+    resumed = CliRunner().invoke(main, args)
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads(resumed.stdout)["executed"] == 1
+    assert "out/broken.png" in keys(store)
+    shown = CliRunner().invoke(main, ["status", store.url("out"), "--json"])
+    assert json.loads(shown.stdout)["failed"] == 0
+
+
+def test_one_run_per_output_on_a_store_and_a_dead_runs_lock_is_taken_over(store):
+    lock = "out/_dagflow/lock"
+    holder = {"run_id": "other", "pid": os.getpid(), "host": socket.gethostname(),
+              "since": 0, "token": "x"}
+    from dagflow.runtime.lock import _boot_id, _pid_namespace, _process_started
+
+    holder.update(process_started=_process_started(os.getpid()), boot_id=_boot_id(),
+                  pid_namespace=_pid_namespace())
+    store.put(lock, json.dumps(holder).encode())
+    with pytest.raises(OutputLockedError, match="run other") as refused:
+        dagflow.run(THUMBS, store.url("in/"), store.url("out"), progress=False)
+    assert "dagflow/lock" in str(refused.value)
+    assert [k for k in keys(store) if k.startswith("out/")] == [lock]  # nothing ran
+
+    # the same holder, whose process is gone (a pid no process has): stale, taken over
+    store.put(lock, json.dumps({**holder, "pid": 2**22 + 17}).encode())
+    result = dagflow.run(THUMBS, store.url("in/"), store.url("out"), progress=False)
+    assert result.succeeded == 6 and lock not in keys(store)
+
+
+def test_a_missing_bucket_or_refused_credentials_stop_the_run_before_it_starts(
+        store, tmp_path):
+    workflow = tmp_path / "thumbs.yaml"
+    workflow.write_text(WORKFLOW_YAML)
+    missing = CliRunner().invoke(main, ["run", str(workflow), "-i", store.url("in/"),
+                                        "-o", "s3://no-such-bucket-dagflow/out"])
+    assert missing.exit_code == EXIT_STORAGE, missing.output
+    assert "no such bucket" in missing.stderr and len(missing.stderr.splitlines()) == 1
+
+    wrong = {**store.options, "secret": "not-the-secret"}
+    store.server.require_auth(True)
+    try:
+        with dask.config.set({"dagflow.storage.options": {"s3": wrong}}), \
+                pytest.raises(StorageError) as refused:
+            dagflow.run(THUMBS, store.url("in/"), store.url("out"), progress=False)
+    finally:
+        store.server.require_auth(False)
+    assert refused.value.reason == "credentials"
+    assert "not-the-secret" not in str(refused.value)
+    assert not any(k.startswith("out/") for k in keys(store))

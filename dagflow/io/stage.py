@@ -40,9 +40,10 @@ logger = logging.getLogger(__name__)
 
 #: The file in a staged directory that names the store it is a copy of.
 MARK = ".dagflow-store"
-#: Files of the state never uploaded: the in-flight table is shared memory of one run,
-#: read by nobody else.
-_LOCAL_ONLY = frozenset({"inflight.bin", MARK})
+#: Files of the state never copied either way: the in-flight table is shared memory of
+#: one run, read by nobody else; the lock object is its run's (``StoreLock``), and local
+#: lock files have no meaning on a store.
+_LOCAL_ONLY = frozenset({"inflight.bin", MARK, "lock", "lock.guard"})
 
 
 def output_location(output: str | os.PathLike[str]) -> str | Path:
@@ -189,16 +190,19 @@ class StagedState:
 
     def close(self, *, push: bool = True) -> None:
         """Stop the pushing thread, upload what is left (unless ``push`` is false), and
-        remove the local copy."""
+        remove the local copy (kept, and said where, when the upload fails)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        try:
-            if push:
+        if push:
+            try:
                 self.push()
-        finally:
-            shutil.rmtree(self.root, ignore_errors=True)
+            except BaseException:
+                logger.error("the run's state could not be uploaded to %s: its local copy "
+                             "is kept in %s", redact_url(self.url), self.root)
+                raise
+        shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> StagedState:
         return self

@@ -20,15 +20,17 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from dagflow import config
 from dagflow.io.redact import redact_url
 from dagflow.io.stage import StagedState
 from dagflow.io.storage import is_remote
 from dagflow.io.upload import abort_pending_uploads
-from dagflow.runtime.storelock import StoreLock
+from dagflow.runtime.storelock import StoreLock, read_store_holder
 
-__all__ = ["remote_run_dir", "staged_view", "store_output"]
+__all__ = ["remote_path", "remote_run_dir", "run_status_and_lock", "staged_view",
+           "store_output"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +62,10 @@ def store_output(output: str, run_id: str, *, wait: bool | float | None = None
             stage.start_pushing()
             yield stage.root
         except BaseException:
-            stage.close()  # what the run recorded before it stopped is uploaded
+            try:
+                stage.close()  # what the run recorded before it stopped is uploaded
+            except Exception as exc:  # never hide how the run ended
+                logger.error("%s", exc)
             raise
         stage.close()
     finally:
@@ -72,11 +77,20 @@ def remote_run_dir(output: str, run_id: str) -> str:
     return f"{output.rstrip('/')}/{config.get('state-dir')}/runs/{run_id}"
 
 
+def _split(url: str) -> tuple[str, str]:
+    """An output's URL, and the run id when ``url`` names one of its run directories."""
+    marker = f"/{config.get('state-dir')}/runs/"
+    output, _, run = url.rstrip("/").partition(marker)
+    return output, run
+
+
 @contextlib.contextmanager
-def staged_view(path: str | os.PathLike[str]) -> Iterator[Path]:
+def staged_view(path: str | os.PathLike[str], *, write_back: bool = False
+                ) -> Iterator[Path]:
     """``path`` as a local directory to read a run's state from: itself when local;
     for an output on a store (or one of its run directories), a copy of its state,
-    removed afterwards.
+    removed afterwards (what was written into it uploaded first with ``write_back``:
+    a report).
 
     Raises
     ------
@@ -87,13 +101,49 @@ def staged_view(path: str | os.PathLike[str]) -> Iterator[Path]:
     if not is_remote(text):
         yield Path(text)
         return
-    text = text.rstrip("/")
+    output, run = _split(text)
     state_dir = str(config.get("state-dir"))
-    marker = f"/{state_dir}/runs/"
-    output, _, run = text.partition(marker)
     stage = StagedState(output, state_dir)
+    ok = False
     try:
         stage.pull()
         yield stage.root / state_dir / "runs" / run if run else stage.root
+        ok = True
     finally:
-        stage.close(push=False)
+        stage.close(push=write_back and ok)
+
+
+def remote_path(url: str, local: Path, path: str | os.PathLike[str]) -> str:
+    """Where ``path``, a file of :func:`staged_view`'s copy ``local`` of ``url``, is on
+    the store (``path`` itself when it lies outside the copy)."""
+    output, run = _split(url)
+    root = local.parents[2] if run else local
+    try:
+        relative = Path(path).relative_to(root)
+    except ValueError:
+        return os.fspath(path)
+    return f"{output}/{relative.as_posix()}"
+
+
+def run_status_and_lock(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any] | None]:
+    """``dagflow status``'s figures for a run directory or an output, local or on a
+    store: the :class:`~dagflow.recovery.status.RunStatus` (its ``run_dir`` the run's
+    URL for a store) and who holds the output's lock (``None``: nobody)."""
+    from dagflow.recovery.status import run_status
+    from dagflow.runtime.lock import describe_holder, holder_alive, lock_status
+
+    text = os.fspath(path)
+    if not is_remote(text):
+        return run_status(text), lock_status(text)
+    with staged_view(text) as local:
+        state = run_status(local)
+    output, _ = _split(text)
+    state.run_dir = remote_run_dir(output, state.run_id)
+    found = read_store_holder(output)
+    if found is None:
+        return state, None
+    holder = found[0]
+    shown = {k: v for k, v in holder.items() if k != "token"}
+    return state, {**shown, "alive": holder_alive(holder),
+                   "description": describe_holder(holder),
+                   "path": redact_url(f"{output}/{config.get('state-dir')}/lock")}
