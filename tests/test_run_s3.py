@@ -13,7 +13,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import dask
 import numpy as np
@@ -196,3 +200,41 @@ def test_a_missing_bucket_or_refused_credentials_stop_the_run_before_it_starts(
     assert refused.value.reason == "credentials"
     assert "not-the-secret" not in str(refused.value)
     assert not any(k.startswith("out/") for k in keys(store))
+
+
+def test_a_driver_killed_mid_run_is_resumed_from_the_store(store, tmp_path):
+    """The driver and its embedded cluster die at once right after taking in a records
+    part (``DAGFLOW_FAULT``), leaving its lock object; the same command takes the dead
+    run's lock over and finishes, every output once, and a third run has nothing to do."""
+    store.server.client().delete_object(Bucket=store.bucket, Key="in/broken.jpg")
+    for i in range(6, 12):
+        store.put(f"in/more/img{i}.jpg", jpeg(i, size=(160, 120)))
+    workflow = tmp_path / "thumbs.yaml"
+    workflow.write_text(WORKFLOW_YAML)
+    dagflow_bin = str(Path(sys.executable).parent / "dagflow")
+    config = tmp_path / "dagflow.yaml"
+    config.write_text(json.dumps({"dagflow": {
+        "storage": {"options": {"s3": store.options}, "state-push-interval": 0.1},
+        "cluster": {"n-workers": 1, "threads-per-worker": 2}}}))
+    env = {k: v for k, v in os.environ.items() if k != "DASK_SCHEDULER_ADDRESS"}
+    env["DASK_CONFIG"] = str(tmp_path)
+
+    def cli(fault: str | None = None) -> subprocess.CompletedProcess:
+        args = [dagflow_bin, "run", str(workflow), "-i", store.url("in/"),
+                "-o", store.url("out"), "--json", "--chunk-size", "2"]
+        extra = {"DAGFLOW_FAULT": f"after-part:{fault}"} if fault else {}
+        return subprocess.run(args, capture_output=True, text=True, env={**env, **extra},
+                              timeout=120, start_new_session=True)
+
+    crashed = cli("part-0000003.parquet")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert "out/_dagflow/lock" in keys(store)  # the dead run's
+    resumed = cli()
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert summary["executed"] + summary["already_done"] == 12
+    outputs = [k for k in keys(store) if k.startswith("out/") and "_dagflow" not in k]
+    assert len(outputs) == 12 and store.uploads() == []
+    assert "out/_dagflow/lock" not in keys(store)
+    again = dagflow.run(THUMBS, store.url("in/"), store.url("out"), progress=False)
+    assert (again.executed, again.already_done) == (0, 12)
