@@ -238,3 +238,26 @@ def test_a_driver_killed_mid_run_is_resumed_from_the_store(store, tmp_path):
     assert "out/_dagflow/lock" not in keys(store)
     again = dagflow.run(THUMBS, store.url("in/"), store.url("out"), progress=False)
     assert (again.executed, again.already_done) == (0, 12)
+
+
+def test_plan_of_a_run_into_a_store_reads_its_records(store):
+    """``dagflow plan`` (and ``run --dry-run``) into an output on a store: what earlier
+    runs finished there is read from the store's records."""
+    from dagflow.runtime.plan import plan
+
+    out = store.url("out")
+    assert plan(THUMBS, store.url("in/"), out).to_run == 7
+    dagflow.run(THUMBS, store.url("in/"), out, progress=False)
+    store.put("in/new.jpg", jpeg(42))
+    again = plan(THUMBS, store.url("in/"), out)
+    assert (again.to_run, again.already_done) == (1, 7)
+
+
+def test_submit_into_a_store_is_refused_before_anything_starts(tmp_path):
+    from dagflow.exceptions import ConfigError
+    from dagflow.runtime.submit import submit
+
+    workflow = tmp_path / "thumbs.yaml"
+    workflow.write_text(WORKFLOW_YAML)
+    with pytest.raises(ConfigError, match="not supported yet"):
+        submit(workflow, str(tmp_path), "s3://bucket/out", cluster="tcp://127.0.0.1:9")

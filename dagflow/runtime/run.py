@@ -367,7 +367,7 @@ def _run_on(c: Client, wf: Workflow, tasks: dict[str, NodeTask], ctx: RunContext
     batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
                           items=len(input_set.items), already_done=already_done,
                           chunk_size=config.resolve(chunk_size, "chunk-size"),
-                          output=ctx.output_dir, client=c)
+                          output=os.path.dirname(ctx.state_dir), client=c)  # its history
     result.chunk_size, result.chunks = batch.chunk_size, len(batch.run_chunks())
     events.emit("batch_planned", chunks=batch.plan.chunks, chunk_size=batch.chunk_size,
                 tiled=len(batch.tiled), refused=len(batch.refused),
