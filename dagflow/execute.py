@@ -510,6 +510,10 @@ def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],
         from dagflow.monitor.store import PART_SCHEMA
 
         part = os.fspath(Path(ctx.run_dir, "records", f"part-{index:07d}.parquet"))
+        if is_remote(ctx.output_dir):  # on a machine without the run's local copy: the store
+            from dagflow.io.stage import part_location
+
+            part = part_location(ctx.output_dir, ctx.state_dir, ctx.run_id, part)
         try:
             write_part(part, columns, PART_SCHEMA)
         except OSError as exc:

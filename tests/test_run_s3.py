@@ -261,3 +261,50 @@ def test_submit_into_a_store_is_refused_before_anything_starts(tmp_path):
     workflow.write_text(WORKFLOW_YAML)
     with pytest.raises(ConfigError, match="not supported yet"):
         submit(workflow, str(tmp_path), "s3://bucket/out", cluster="tcp://127.0.0.1:9")
+
+
+@pytest.fixture
+def worker_elsewhere(store):
+    """A scheduler in this process and one ``dask worker`` process that does not see
+    this machine's /tmp (its own mount namespace, a tmpfs over /tmp): a worker on another
+    machine, as far as the run's local copy of its state goes."""
+    import shutil
+
+    from distributed import Client, LocalCluster
+
+    if shutil.which("unshare") is None or subprocess.run(
+            ["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        pytest.skip("needs unshare -m (root in a container) for a worker without our /tmp")
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
+                      scheduler_port=0,
+                      dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
+        dask_bin = str(Path(sys.executable).parent / "dask")
+        command = (f"mount -t tmpfs tmpfs /tmp && exec {dask_bin} worker "
+                   f"{cluster.scheduler_address} --nthreads 2 --no-nanny "
+                   "--host 127.0.0.1 --dashboard-address 127.0.0.1:0 "
+                   "--local-directory /tmp/w")
+        # its configuration from the environment: it sees no file under our /tmp
+        env = {**os.environ, "DASK_DAGFLOW__STORAGE__OPTIONS": repr({"s3": store.options})}
+        worker = subprocess.Popen(["unshare", "-m", "sh", "-c", command], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            c.wait_for_workers(1, timeout=60)
+            yield c
+        finally:
+            worker.terminate()
+            worker.wait(timeout=30)
+
+
+def test_workers_that_do_not_see_the_drivers_copy_write_records_to_the_store(
+        store, worker_elsewhere):
+    out = store.url("out")
+    result = dagflow.run(THUMBS, store.url("in/"), out, client=worker_elsewhere,
+                         progress=False, chunk_size=2)
+    assert (result.succeeded, result.failed, result.quarantined) == (6, 1, 1)
+    parts = [k for k in keys(store) if "/records/part-" in k]
+    assert len(parts) == result.chunks
+    quarantine = f"out/_dagflow/runs/{result.run_id}/quarantine.parquet"
+    assert pq.read_table(io.BytesIO(store.get(quarantine))).num_rows == 1
+    again = dagflow.run(THUMBS, store.url("in/"), out, client=worker_elsewhere,
+                        progress=False)
+    assert (again.executed, again.already_done) == (0, 7)

@@ -14,8 +14,10 @@ state code works on a local directory, the outputs go to the store.
 The staged directory holds a mark naming the store's URL (:func:`store_of`), so that
 what checks outputs against records (``dagflow status``) checks them on the store.
 
-Workers write their chunks' record parts into the staged directory themselves, so they
-must see the driver's disk: the embedded cluster, or workers on the driver's machine.
+Workers write their chunks' record parts into the staged directory where they see it
+(the embedded cluster, workers on the driver's machine), and straight to the store
+elsewhere (:func:`part_location`); the driver fetches those (:func:`fetch_run_records`)
+before it reads the run's records at its end.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ from dagflow.io.redact import redact_url
 from dagflow.io.storage import as_local, filesystem, is_remote, list_objects
 from dagflow.io.upload import put_object
 
-__all__ = ["MARK", "StagedState", "output_location", "store_of"]
+__all__ = ["MARK", "StagedState", "fetch_run_records", "output_location", "part_location",
+           "store_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,30 @@ MARK = ".dagflow-store"
 #: one run, read by nobody else; the lock object is its run's (``StoreLock``), and local
 #: lock files have no meaning on a store.
 _LOCAL_ONLY = frozenset({"inflight.bin", MARK, "lock", "lock.guard"})
+
+
+#: The staged copies in use in this process, by their local state directory.
+_ACTIVE: dict[str, StagedState] = {}
+
+
+def part_location(output: str, state_dir: str, run_id: str, part: str) -> str:
+    """Where a worker writes a records part ``part`` (a path in the run's local copy
+    ``state_dir``): there when this machine sees the copy, else the part's object on
+    the store ``output``."""
+    if os.path.isdir(os.path.dirname(part)):
+        return part
+    name = os.path.basename(part)
+    return f"{output}/{os.path.basename(state_dir)}/runs/{run_id}/records/{name}"
+
+
+def fetch_run_records(state_dir: str | os.PathLike[str], run_id: str) -> int:
+    """Download the records parts of run ``run_id`` that workers wrote straight to the
+    store into the local copy ``state_dir`` (nothing for a state that is not a copy);
+    returns the parts fetched."""
+    stage = _ACTIVE.get(os.fspath(state_dir))
+    if stage is None:
+        return 0
+    return stage.pull(f"runs/{run_id}/records", missing_only=True)
 
 
 def output_location(output: str | os.PathLike[str]) -> str | Path:
@@ -101,14 +128,15 @@ class StagedState:
         self._push_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        _ACTIVE[os.fspath(self.local_state)] = self
 
     @property
     def local_state(self) -> Path:
         return self.root / self.state_dir
 
-    def pull(self, under: str = "") -> int:
+    def pull(self, under: str = "", *, missing_only: bool = False) -> int:
         """Download the state (or its ``under`` sub-directory) from the store; returns
-        the objects copied.
+        the objects copied (only those the copy lacks with ``missing_only``).
 
         Raises
         ------
@@ -127,9 +155,13 @@ class StagedState:
             if os.path.basename(relative) in _LOCAL_ONLY or ".." in relative.split("/"):
                 continue
             target = self.root / relative
+            if missing_only and target.exists():
+                continue
             target.parent.mkdir(parents=True, exist_ok=True)
             remote.append(filesystem(object_url, self.options)[1])
             local.append(os.fspath(target))
+        if not local:
+            return 0
         from dagflow.io.errors import storage_errors
 
         with storage_errors(prefix, action="read", options=self.options):
@@ -192,6 +224,7 @@ class StagedState:
         """Stop the pushing thread, upload what is left (unless ``push`` is false), and
         remove the local copy (kept, and said where, when the upload fails)."""
         self._stop.set()
+        _ACTIVE.pop(os.fspath(self.local_state), None)
         if self._thread is not None:
             self._thread.join()
             self._thread = None

@@ -49,6 +49,8 @@ def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]
     fields = [f for f in schema if f.name in columns]
     table = pa.table([_column(columns[f.name], f.type) for f in fields],
                      schema=pa.schema(fields))
+    if isinstance(path, str) and "://" in path:  # an object: one PUT, whole or not at all
+        return _put_part(path, table)  # type: ignore[return-value]
     path = Path(path)
     # not flushed to the disk: a part lost to a power cut (or torn by it, and so
     # unreadable) only makes its chunk run again, and the outputs it claims were made
@@ -60,6 +62,18 @@ def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]
                        write_statistics=False)
         faults.reached("in-part", path.name)
     return path
+
+
+def _put_part(url: str, table: pa.Table) -> str:
+    import io
+
+    from dagflow.io.upload import put_object
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=False,
+                   write_statistics=False)
+    put_object(url, buffer.getvalue())
+    return url
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

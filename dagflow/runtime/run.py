@@ -37,7 +37,7 @@ from dagflow.compile import NodeTask, RunContext, node_tasks
 from dagflow.exceptions import StorageError
 from dagflow.inputs import InputSet
 from dagflow.io.atomic import atomic_write, find_temporaries
-from dagflow.io.stage import output_location
+from dagflow.io.stage import fetch_run_records, output_location
 from dagflow.monitor import hooks
 from dagflow.recovery.checkpoint import Checkpoint, load_done
 from dagflow.recovery.events import EventLog
@@ -383,6 +383,7 @@ def _run_on(c: Client, wf: Workflow, tasks: dict[str, NodeTask], ctx: RunContext
         runner.run()
     finally:
         runner.finish()
+    fetch_run_records(ctx.state_dir, ctx.run_id)  # those written on a store by workers
     if any(t.kind == "aggregate" for t in batch.tasks.values()):
         runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
     result.duration_s = time.perf_counter() - start
