@@ -112,6 +112,8 @@ def safe_join(root: PathArg, relative: PathArg) -> Path:
 
 
 def _remote(root: PathArg) -> bool:
+    if not isinstance(root, str) or "://" not in root:  # a local path: most calls, kept fast
+        return False
     from dagflow.io.storage import is_remote
 
     return is_remote(root)
