@@ -308,3 +308,12 @@ def test_workers_that_do_not_see_the_drivers_copy_write_records_to_the_store(
     again = dagflow.run(THUMBS, store.url("in/"), out, client=worker_elsewhere,
                         progress=False)
     assert (again.executed, again.already_done) == (0, 7)
+
+
+def test_an_aggregate_into_a_store_is_refused_before_anything_starts(store):
+    from dagflow.exceptions import ConfigError
+
+    with_stats = Workflow("stats", [Node("load", "load"), Node("st", "stats", after="load")])
+    with pytest.raises(ConfigError, match=r"aggregate nodes \(st\)"):
+        dagflow.run(with_stats, store.url("in/"), store.url("out"), progress=False)
+    assert not any(k.startswith("out/") for k in keys(store))

@@ -254,8 +254,9 @@ def _run(wf: Workflow, input_set: InputSet, output: Path | str, *,
     """The run, holding its output directory's lock (one run per output directory),
     in a state directory that is not a symlink."""
     if isinstance(output, str):  # a store's URL: its lock, its state staged locally
-        from dagflow.runtime.storeoutput import remote_run_dir, store_output
+        from dagflow.runtime.storeoutput import check_store_run, remote_run_dir, store_output
 
+        check_store_run(wf, output)
         run_id = run_id or new_run_id()
         with store_output(output, run_id) as state_root:
             result = _run_locked(wf, input_set, output, state_root=state_root,

@@ -29,10 +29,28 @@ from dagflow.io.storage import is_remote
 from dagflow.io.upload import abort_pending_uploads
 from dagflow.runtime.storelock import StoreLock, read_store_holder
 
-__all__ = ["remote_path", "remote_run_dir", "run_status_and_lock", "staged_view",
+__all__ = ["check_store_run", "remote_path", "remote_run_dir", "run_status_and_lock", "staged_view",
            "store_output"]
 
 logger = logging.getLogger(__name__)
+
+
+def check_store_run(workflow: Any, output: str) -> None:
+    """Refuse, before anything starts, what a run into a store cannot do yet.
+
+    Raises
+    ------
+    ConfigError
+        The workflow has an aggregate node: its partials and its output are local files.
+    """
+    from dagflow.exceptions import ConfigError
+    from dagflow.ops.registry import get_op
+
+    aggregates = [n.id for n in workflow.nodes if get_op(n.op).kind == "aggregate"]
+    if aggregates:
+        raise ConfigError(f"aggregate nodes ({', '.join(aggregates)}) cannot write into an "
+                          f"output on a store ({redact_url(output)}) yet: write this "
+                          "workflow's output to a local or shared directory")
 
 
 @contextlib.contextmanager
