@@ -112,8 +112,13 @@ def test_a_run_from_a_store_to_a_store_resumes_checking_size_and_etag(store):
     for key, data in state.items():
         assert KEY.encode() not in data and SECRET.encode() not in data, key
 
+    store.proxy.clear()
     again = dagflow.run(THUMBS, store.url("in/"), out, progress=False)
     assert (again.executed, again.already_done) == (0, 7)
+    # the six outputs are checked from one listing of the output, not one HEAD each
+    outputs_headed = [r for r in store.proxy.requests
+                      if r.method == "HEAD" and r.key.endswith(".png")]
+    assert outputs_headed == []
 
     # an output replaced (another ETag, same size) or deleted runs its item again
     replaced = bytearray(store.get("out/img1.png"))

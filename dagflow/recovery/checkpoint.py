@@ -221,13 +221,30 @@ def object_proof(url: str) -> tuple[int | None, None, str | None]:
     return found.size, None, f"{ETAG_PREFIX}{found.etag}" if found.etag else None
 
 
+#: The objects under each store's output root, listed once per check of what earlier
+#: runs wrote (:func:`load_done` forgets them): one listing request per thousand outputs
+#: instead of a ``HEAD`` per output.
+_LISTED: dict[str, dict[str, Any]] = {}
+
+
+def _listed(root: str) -> dict[str, Any]:
+    from dagflow.io.storage import list_objects
+
+    listing = _LISTED.get(root)
+    if listing is None:
+        cut = len(root.rstrip("/")) + 1
+        listing = {url[cut:]: found for url, found in list_objects(root.rstrip("/") + "/")}
+        _LISTED[root] = listing
+    return listing
+
+
 def check_object(root: str, proof: OutputProof) -> str | None:
     """:func:`check_output` for an output on a store: its size and its ETag decide."""
     from dagflow.exceptions import DagflowError
-    from dagflow.io.storage import join, stat
+    from dagflow.io.atomic import clean_parts
 
     try:
-        found = stat(join(root, proof.path), missing_ok=True)
+        found = _listed(root).get("/".join(clean_parts(proof.path)))
     except DagflowError as exc:
         return f"unreadable: {exc}"
     if found is None:
@@ -274,6 +291,7 @@ _DONE_COLUMNS = ["item_key", "node_key", "status", "error_class", "output_path",
 
 def load_done(state_dir: str | os.PathLike[str]) -> Checkpoint:
     """Read every record part under ``state_dir``; the latest record per key wins."""
+    _LISTED.clear()  # what is on a store is listed again when asked
     table, bad = read_records(record_parts(state_dir), _DONE_COLUMNS)
     cp = Checkpoint(corrupt_parts=bad)
     if table.num_rows == 0:
