@@ -108,6 +108,13 @@ def test_a_run_from_a_store_to_a_store_resumes_checking_size_and_etag(store):
     assert saved["sub/img0.png"]["output_size"] == len(store.get("out/sub/img0.png"))
     quarantine = pq.read_table(io.BytesIO(state[run + "quarantine.parquet"])).to_pylist()
     assert [q["input_path"] for q in quarantine] == [store.url("in/broken.jpg")]
+    # the result reads its records, analysis and report from the store
+    frame = result.records()
+    assert len(frame) == 7 * 3 and f"{out}/sub/img0.png" in set(frame["output_path"])
+    assert result.analysis().to_dict()["run"]["items"] == 7
+    assert result.report() == f"{result.run_dir}/report.html"
+    assert f"{run}report.html" in keys(store)
+    state = state_objects(store)
     # no credential anywhere in the state
     for key, data in state.items():
         assert KEY.encode() not in data and SECRET.encode() not in data, key

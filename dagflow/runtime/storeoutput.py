@@ -29,8 +29,15 @@ from dagflow.io.storage import is_remote
 from dagflow.io.upload import abort_pending_uploads
 from dagflow.runtime.storelock import StoreLock, read_store_holder
 
-__all__ = ["check_store_run", "remote_path", "remote_run_dir", "run_status_and_lock", "staged_view",
-           "store_output"]
+__all__ = [
+    "check_store_run",
+    "remote_path",
+    "remote_run_dir",
+    "run_status_and_lock",
+    "staged_view",
+    "store_output",
+    "store_records",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +148,20 @@ def remote_path(url: str, local: Path, path: str | os.PathLike[str]) -> str:
     except ValueError:
         return os.fspath(path)
     return f"{output}/{relative.as_posix()}"
+
+
+def store_records(run_url: str, schema: Any) -> Any:
+    """The records parts of a run on a store as a ``pyarrow.dataset.Dataset`` read
+    through fsspec (an empty one when it has none)."""
+    import pyarrow.dataset as ds
+
+    from dagflow.io.storage import filesystem, list_objects
+
+    parts = [url for url, _ in list_objects(f"{run_url.rstrip('/')}/records/")
+             if url.endswith(".parquet")]
+    fs, _ = filesystem(run_url)
+    return ds.dataset([filesystem(url)[1] for url in parts], format="parquet",
+                      schema=schema, filesystem=fs)
 
 
 def run_status_and_lock(path: str | os.PathLike[str]) -> tuple[Any, dict[str, Any] | None]:
