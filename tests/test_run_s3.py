@@ -329,3 +329,21 @@ def test_an_aggregate_into_a_store_is_refused_before_anything_starts(store):
     with pytest.raises(ConfigError, match=r"aggregate nodes \(st\)"):
         dagflow.run(with_stats, store.url("in/"), store.url("out"), progress=False)
     assert not any(k.startswith("out/") for k in keys(store))
+
+
+@pytest.mark.parametrize("heads", [64, 0], ids=["head-each", "one-listing"])
+def test_a_manifest_of_objects_on_a_store(store, tmp_path, monkeypatch, heads):
+    """A local manifest whose ``path`` column holds URLs: its objects are the inputs,
+    fingerprinted by a HEAD each or, for many, one listing; one that is not there is a
+    recorded failure, not a refused run."""
+    from dagflow.io import listing
+
+    monkeypatch.setattr(listing.stat_objects, "__kwdefaults__", {"heads": heads})
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text("path\n" + "".join(f"{store.url(k)}\n" for k in INPUTS[:3])
+                        + f"{store.url('in/gone.jpg')}\n")
+    result = dagflow.run(THUMBS, manifest, store.url("out"), progress=False)
+    assert (result.items, result.succeeded, result.failed) == (4, 3, 1)
+    assert result.item_outcomes()["error_class"].tolist().count("bad_input") == 1
+    assert sorted(k for k in keys(store) if k.endswith(".png")) == \
+        ["out/img1.png", "out/img2.png", "out/img4.png"]

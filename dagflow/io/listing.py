@@ -16,7 +16,7 @@ from dagflow.io.formats import IMAGE_EXTENSIONS
 from dagflow.io.redact import redact_url
 from dagflow.io.storage import ObjectStat, is_remote, list_objects, stat
 
-__all__ = ["list_images"]
+__all__ = ["common_prefix", "list_images", "stat_objects"]
 
 _GLOB_CHARS = frozenset("*?[")
 
@@ -94,6 +94,34 @@ def list_images(specs: Sequence[str], *, exclude: str | None = None
                          f"(looked for {', '.join(sorted(IMAGE_EXTENSIONS))})")
     root = bases[0] if len(set(bases)) == 1 else _common_prefix(bases)
     return root, sorted(found.items())
+
+
+def common_prefix(bases: Sequence[str]) -> str:
+    """The deepest prefix (ending in ``/``) common to every URL of ``bases``.
+
+    Examples
+    --------
+    >>> common_prefix(["s3://b/in/a/x.jpg", "s3://b/in/y.jpg"])
+    's3://b/in/'
+    """
+    return _common_prefix([b[:b.rfind("/") + 1] for b in bases])
+
+
+def stat_objects(urls: Sequence[str], *, heads: int = 64) -> dict[str, ObjectStat]:
+    """The stat of each object of ``urls`` that is there: a ``HEAD`` each for a few,
+    one listing of their common prefix for more (one request per thousand objects).
+
+    Raises
+    ------
+    StorageError
+        No such bucket; credentials missing or refused.
+    """
+    if len(urls) <= heads:
+        found = {url: one for url in urls if (one := _object(url)) is not None}
+    else:
+        wanted = set(urls)
+        found = {url: one for url, one in list_objects(common_prefix(urls)) if url in wanted}
+    return found
 
 
 def _common_prefix(bases: Sequence[str]) -> str:
