@@ -207,6 +207,17 @@ def run(images: int = 400, repeat: int = 3, quick: bool = False,
             t0 = time.perf_counter()
             results.append(measure(kind, repeat, quick, Path(tmp)))
             print(f"  {kind}: {time.perf_counter() - t0:.0f} s", flush=True)
+    summarize(results)
+    payload = {"results": results}
+    if not quick:
+        payload["effects_file"] = os.fspath(_write_effects(results))
+        print(f"\nmeasured effects written to {payload['effects_file']}", flush=True)
+    save_results("advice", payload)
+    return payload
+
+
+def summarize(results: list[dict[str, Any]]) -> None:
+    """Print the table of ``results`` (as :func:`run` measured them)."""
     rows = []
     for r in results:
         if not r["fired"]:
@@ -224,9 +235,3 @@ def run(images: int = 400, repeat: int = 3, quick: bool = False,
     slower = [r["kind"] for r in results if r.get("fired") and r["change"] >= 0]
     if slower:
         print(f"\nDEFECT: {', '.join(slower)} made the runs no faster", flush=True)
-    payload = {"results": results}
-    if not quick:
-        payload["effects_file"] = os.fspath(_write_effects(results))
-        print(f"\nmeasured effects written to {payload['effects_file']}", flush=True)
-    save_results("advice", payload)
-    return payload

@@ -234,6 +234,13 @@ def run(images: int = 400, repeat: int = 1, quick: bool = False,
                 results.append(out)
                 print(f"  {name} (repetition {r + 1}/{repeat}): {time.perf_counter() - t0:.0f} s",
                       flush=True)
+    payload = summarize(results, images, repeat)
+    save_results("prediction", payload)
+    return payload
+
+
+def summarize(results: list[dict[str, Any]], images: int, repeat: int) -> dict[str, Any]:
+    """Print the tables of ``results`` (as :func:`run` measured them); the payload to save."""
     rows = []
     for res in results:
         for n in res["nodes"]:
@@ -281,5 +288,4 @@ def run(images: int = 400, repeat: int = 1, quick: bool = False,
                "worst_node_error": worst_node, "worst_total_error": worst_total,
                "worst_total_noise": worst_noise, "worst_cpu_node_error": worst_cpu_node,
                "worst_cpu_total_error": worst_cpu_total}
-    save_results("prediction", payload)
     return payload

@@ -35,6 +35,7 @@ EXPORTED = [
     "ResourceError",
     "RunHandle",
     "RunResult",
+    "StorageError",
     "TransientError",
     "UnknownOpError",
     "UnsafeStateError",

@@ -289,12 +289,19 @@ def test_run_annotates_memory_and_workers_advertise_it(tmp_path):
     assert "estimated peak" in str(result)
 
 
-def test_gpu_nodes_fall_back_to_cpu_and_are_recorded_degraded(tmp_path, client):
+def test_gpu_nodes_fall_back_to_cpu_and_are_recorded_degraded(tmp_path, client,
+                                                             monkeypatch):
+    from dagflow.ops import dispatch
+
+    # the workers are threads of this process: no GPU for them, on any machine
+    monkeypatch.setattr(dispatch, "gpu_problem", lambda: "no GPU in this test")
     _write_pngs(tmp_path / "in", 3, (64, 48))
     wf = Workflow("g", [Node("load", "load"),
                         Node("blur", "gaussian", {"sigma": 1.0}, after="load", device="gpu"),
                         Node("save", "save", {"format": "png"}, after="blur")])
-    result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=client, progress=False)
+    with dask.config.set({"dagflow.resources.detect-gpu": False}):
+        result = dagflow.run(wf, tmp_path / "in", tmp_path / "out", client=client,
+                             progress=False)
     assert result.succeeded == 3 and result.failed == 0
     rows = ds.dataset(result.run_dir / "records").to_table().to_pylist()
     blur = [r for r in rows if r["node_id"] == "blur"]
