@@ -23,7 +23,9 @@
     │   └── PartialDataError (TypeError)         an aggregate op's partial that is not data
     ├── CircuitOpenError                         a node's breaker is open; the run stopped early
     └── StorageError                             the output directory or the run's state
-                                                 cannot be written (read-only, disk full)
+                                                 cannot be written (read-only, disk full),
+                                                 or a store cannot be used (no such bucket,
+                                                 bad credentials, its package missing)
 
 Item errors carry an ``error_class`` (``bad_input``, ``transient``, ``timeout``,
 ``resource``) that goes into the item's record; any other exception raised by an op is
@@ -271,24 +273,34 @@ class CircuitOpenError(DagflowError):
 
 
 class StorageError(DagflowError):
-    """dagflow cannot write where it must: the output directory or the run's state.
+    """dagflow cannot use the storage it must: the output directory or the run's state, or
+    an object store (``s3://``, ``gs://``...).
 
     A read-only output directory, a full disk or quota: the run stops at once (no item
     can be recorded), claims nothing it could not record, and the same command resumes
-    once the storage is fixed.
+    once the storage is fixed. A store that cannot be used as asked (no such bucket,
+    credentials missing or refused) is not one item's fault either: never retried, and a
+    run checks its stores before anything starts.
 
     Parameters
     ----------
     path
-        The file or directory that could not be written.
+        The file, directory or URL (any credentials already removed from it).
     error
-        The operating system's error, as text (``[Errno 28] No space left on device``).
+        What went wrong, as text (``[Errno 28] No space left on device``).
+    reason
+        ``write`` (the default: the operating system refused a write), ``no_bucket``,
+        ``credentials`` (missing, invalid or expired), ``access_denied``,
+        ``credentials_in_url`` (refused: give them in the storage options or the
+        environment), ``protocol`` (its package is not installed, or unknown) or
+        ``unsupported`` (the store cannot do what is asked, e.g. a conditional write).
     """
 
-    def __init__(self, path: str, error: str) -> None:
+    def __init__(self, path: str, error: str, reason: str = "write") -> None:
         self.path = str(path)
         self.error = str(error)
-        super().__init__(self.path, self.error)
+        self.reason = reason
+        super().__init__(self.path, self.error, reason)
 
     @classmethod
     def from_os_error(cls, exc: OSError, path: object = None) -> StorageError:
@@ -298,4 +310,6 @@ class StorageError(DagflowError):
         return cls(str(where), text)
 
     def __str__(self) -> str:
-        return f"cannot write {self.path}: {self.error}"
+        if self.reason == "write":
+            return f"cannot write {self.path}: {self.error}"
+        return f"{self.path}: {self.error}"

@@ -44,6 +44,7 @@ from dagflow.compile.spec import Chunk, NodeTask, RunContext
 from dagflow.exceptions import BadInputError, StorageError
 from dagflow.image import Image
 from dagflow.inputs import fill_fingerprint
+from dagflow.io.storage import is_remote
 from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
 from dagflow.recovery import inflight
@@ -154,6 +155,10 @@ def output_proof(ctx: RunContext, written: Any) -> tuple[str, int | None, int | 
     path = os.fspath(written)
     root = ctx.output_dir + os.sep
     rel = path[len(root):] if path.startswith(root) else path
+    if is_remote(path):  # an object: its size and ETag
+        from dagflow.recovery.checkpoint import object_proof
+
+        return rel, *object_proof(path)
     try:
         st = os.stat(path)
     except OSError:
@@ -505,6 +510,10 @@ def write_chunk(ctx: RunContext, index: int, columns: Mapping[str, list[Any]],
         from dagflow.monitor.store import PART_SCHEMA
 
         part = os.fspath(Path(ctx.run_dir, "records", f"part-{index:07d}.parquet"))
+        if is_remote(ctx.output_dir):  # on a machine without the run's local copy: the store
+            from dagflow.io.stage import part_location
+
+            part = part_location(ctx.output_dir, ctx.state_dir, ctx.run_id, part)
         try:
             write_part(part, columns, PART_SCHEMA)
         except OSError as exc:

@@ -156,7 +156,9 @@ def _read_manifest(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     # an absolute base: the joined paths are then already what abspath would make them
     base, isabs = os.path.abspath(path.parent), os.path.isabs
     prefix = base.rstrip(os.sep) + os.sep
-    paths = [p if isabs(p) else prefix + p for p in table.column("path").to_pylist()]
+    paths = table.column("path").to_pylist()
+    if not (paths and isinstance(paths[0], str) and "://" in paths[0]):  # URLs: as they are
+        paths = [p if isabs(p) else prefix + p for p in paths]
     extra_cols = [c for c in (*_HEADER_COLUMNS, "size", "mtime_ns") if c in table.column_names]
     if not extra_cols:
         return paths, [{} for _ in paths]
@@ -186,6 +188,46 @@ def _without_gc(func: Callable[..., Any]) -> Callable[..., Any]:
                 gc.enable()
 
     return wrapper
+
+
+def _any_remote(specs: Sequence[Any]) -> bool:
+    from dagflow.io.storage import is_remote
+
+    return any(is_remote(os.fspath(spec)) for spec in specs)
+
+
+def _resolve_urls(specs: list[str], exclude: Any) -> InputSet:
+    """Inputs on a store (:func:`dagflow.io.listing.list_images`): fingerprinted from
+    the listing, relative to the prefix they were found under."""
+    from dagflow.io.listing import list_images
+
+    root, found = list_images(specs, exclude=os.fspath(exclude) if exclude else None)
+    items = []
+    for url, st in found:
+        mtime = -1 if st.mtime_ns is None else st.mtime_ns
+        rel = url[len(root):] if url.startswith(root) else url.rsplit("/", 1)[-1]
+        items.append({"item_id": len(items), "path": url, "rel": rel, "size": st.size,
+                      "mtime_ns": mtime, "key": item_key(url, st.size, mtime)})
+    return InputSet(root, items, ", ".join(specs))  # type: ignore[arg-type]
+
+
+def _manifest_urls(urls: list[str], extras: list[dict[str, Any]],
+                   description: str) -> InputSet:
+    """A manifest's objects on a store, fingerprinted from their stats
+    (:func:`dagflow.io.listing.stat_objects`), each relative to the prefix common to all
+    of them; one that is not there is an item that fails as a missing file does."""
+    from dagflow.io.listing import common_prefix, stat_objects
+
+    stats = stat_objects(urls)
+    root = common_prefix(urls)
+    items = []
+    for url, extra in dict(zip(urls, extras, strict=True)).items():
+        st = stats.get(url)  # one that is not there fails when it is read, recorded
+        size = -1 if st is None else st.size
+        mtime = -1 if st is None or st.mtime_ns is None else st.mtime_ns
+        items.append({**extra, "item_id": len(items), "path": url, "rel": url[len(root):],
+                      "size": size, "mtime_ns": mtime, "key": item_key(url, size, mtime)})
+    return InputSet(root, items, description)  # type: ignore[arg-type]
 
 
 @_without_gc
@@ -228,6 +270,8 @@ def resolve_inputs(
     specs = [inputs] if isinstance(inputs, str | os.PathLike) else list(inputs)
     if not specs:
         raise InputError("no inputs given")
+    if any("://" in os.fspath(spec) for spec in specs) and _any_remote(specs):
+        return _resolve_urls([os.fspath(spec) for spec in specs], exclude)
     paths: list[str | Path] = []
     extras: list[dict[str, Any]] = []
     known: dict[str, tuple[int, int]] = {}  # (size, mtime) read while scanning
@@ -263,6 +307,8 @@ def resolve_inputs(
             continue
         elif p.is_file() and p.suffix.lower() in (".csv", ".parquet"):
             found, manifest_extras = _read_manifest(p)
+            if len(specs) == 1 and found and "://" in found[0]:  # objects on a store
+                return _manifest_urls(found, manifest_extras, text)
             extras.extend([{}] * (len(paths) - len(extras)))
             extras.extend(manifest_extras)
             roots.append(p.parent)

@@ -17,6 +17,7 @@ from typing import Any
 
 import click
 
+from dagflow.cli.location import RunLocation
 from dagflow.exceptions import (
     ClusterStartError,
     ClusterUnreachableError,
@@ -165,6 +166,10 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
     sys.exit(result.exit_code)
 
 
+#: A run directory or an output directory: a local one that exists, or a store's URL.
+RUN_LOCATION = RunLocation(click.Path(exists=True, file_okay=False))
+
+
 @main.command()
 @click.argument("workflow", type=click.Path(exists=True, dir_okay=False))
 def validate(workflow: str) -> None:
@@ -210,7 +215,7 @@ def sample_data(directory: str, photos: int, seed: int) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("run_dir", type=RUN_LOCATION)
 @click.option("--json", "as_json", is_flag=True)
 def status(run_dir: str, as_json: bool) -> None:
     """Reconstruct a run's state from its event log and records (also after a crash).
@@ -218,11 +223,10 @@ def status(run_dir: str, as_json: bool) -> None:
     RUN_DIR is a run directory (<output>/_dagflow/runs/<run id>) or an output directory
     (its latest run).
     """
-    from dagflow.recovery.status import run_status
-    from dagflow.runtime.lock import lock_status
+    from dagflow.runtime.storeoutput import run_status_and_lock
 
-    state = run_status(run_dir)
-    lock = lock_status(run_dir)  # which run holds the output directory, if any
+    # and which run holds the output directory, if any
+    state, lock = run_status_and_lock(run_dir)
     if as_json:
         click.echo(json.dumps({**state.to_dict(), "lock": lock}, indent=2, default=str))
         return

@@ -9,9 +9,16 @@
 * :func:`atomic_write`, :func:`atomic_path`, :func:`safe_join`, :func:`find_temporaries`
   -- output files that appear whole or not at all, under their root.
 
+Each of them takes a URL of any installed fsspec protocol (``s3://``, ``gs://``,
+``az://``, ``memory://``) as well as a local path: :mod:`dagflow.io.storage` resolves
+filesystems, stats, lists and reads by ranges, :mod:`dagflow.io.upload` writes objects
+whole or not at all (no rename on a store), :mod:`dagflow.io.redact` keeps credentials
+out of what is logged and recorded.
+
 Formats are recognised by content, never by suffix. Failures end in
-:class:`~dagflow.exceptions.BadInputError` (with a ``reason``) or
-:class:`~dagflow.exceptions.TransientError`. This package imports nothing from the
+:class:`~dagflow.exceptions.BadInputError` (with a ``reason``),
+:class:`~dagflow.exceptions.TransientError` or, for a store that cannot be used,
+:class:`~dagflow.exceptions.StorageError`. This package imports nothing from the
 workflow, compile or runtime layers.
 """
 

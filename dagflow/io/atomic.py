@@ -104,9 +104,19 @@ def safe_join(root: PathArg, relative: PathArg) -> Path:
     dagflow.exceptions.BadInputError: unsafe_path: '../etc/passwd' contains a '..' component
     """
     parts = clean_parts(relative)
+    if _remote(root):  # an object's name under a store's prefix: no symlink to cross
+        return "/".join([os.fspath(root).rstrip("/"), *parts])  # type: ignore[return-value]
     root_path = Path(root)
     _refuse_symlinks(root_path, parts)
     return root_path.joinpath(*parts)
+
+
+def _remote(root: PathArg) -> bool:
+    if not isinstance(root, str) or "://" not in root:  # a local path: most calls, kept fast
+        return False
+    from dagflow.io.storage import is_remote
+
+    return is_remote(root)
 
 
 def clean_parts(relative: PathArg) -> list[str]:

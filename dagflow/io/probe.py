@@ -8,6 +8,12 @@ its markers (:mod:`dagflow.io.jpeg_header`) and, when that cannot tell, Pillow's
 ``asarray``); for WebP, a small RIFF chunk walker (Pillow's WebP ``open`` would allocate
 the whole canvas).
 
+An object on a store (``s3://``, any fsspec URL: :mod:`dagflow.io.storage`) is probed the
+same way through ranged reads: one request for its size, one for its first
+``dagflow.storage.probe-bytes`` (64 KiB), and more only where the header lies further
+in (a TIFF whose tags follow its pixels); the object is never fetched whole (but for a
+GIF, whose frames are counted by walking its blocks).
+
 This module owns the header readers shared with :mod:`dagflow.io.read`
 (:func:`open_source`, :func:`open_pillow`, :func:`pillow_layout`, :func:`tiff_layout`,
 :func:`webp_header`); it never decodes pixels.
@@ -19,7 +25,7 @@ import logging
 import os
 import stat
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from os import PathLike
 from typing import IO, Any
@@ -41,6 +47,7 @@ __all__ = [
     "open_source",
     "pillow_layout",
     "probe_header",
+    "read_header",
     "tiff_layout",
     "webp_header",
 ]
@@ -106,7 +113,8 @@ _CIELAB, _ICCLAB = 8, 9
 _TIFF_JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 
 
-def probe_header(path: str | PathLike[str]) -> dict[str, Any]:
+def probe_header(path: str | PathLike[str], *,
+                 storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Read an image's header: size, layout, orientation and frame count.
 
     Never decodes pixel data, so it is cheap on huge images and safe on decompression
@@ -115,7 +123,11 @@ def probe_header(path: str | PathLike[str]) -> dict[str, Any]:
     Parameters
     ----------
     path
-        The image file. Its format is recognised by content, not by suffix.
+        The image file, or the URL of an object (``s3://bucket/a.jpg``: read by ranged
+        requests of its first kilobytes). Its format is recognised by content, not by
+        suffix.
+    storage_options
+        For a URL: storage options over ``dagflow.storage.options``.
 
     Returns
     -------
@@ -134,30 +146,46 @@ def probe_header(path: str | PathLike[str]) -> dict[str, Any]:
         ``missing``, ``not_a_file``, ``unreadable``, ``empty_file``, ``unidentified``,
         ``truncated``, ``corrupt`` or ``unsupported_mode``.
     TransientError
-        For a retryable I/O error (``EIO``, ``ETIMEDOUT``, ``ESTALE``...).
+        For a retryable I/O error (``EIO``, ``ETIMEDOUT``, ``ESTALE``; a throttled or
+        failing store).
+    StorageError
+        For a URL: no such bucket, credentials missing or refused.
     """
-    with open_source(path) as (fp, fmt, size_bytes), decoder_errors(path):
-        if fmt == "tiff":
-            import tifffile
-
-            with tifffile.TiffFile(fp) as tif:
-                header = tiff_layout(tif)
-        elif fmt == "webp":
-            header = webp_header(fp)
-        elif fmt == "jpeg" and (fast := jpeg_header(fp.read(_JPEG_HEADER_BYTES))) is not None:
-            header = fast
-        else:
-            im = open_pillow(fp, fmt, path)
-            channels, dtype = pillow_layout(im, fmt)
-            header = {
-                "width": im.size[0],
-                "height": im.size[1],
-                "channels": channels,
-                "dtype": dtype,
-                "orientation": exif_orientation(im.info.get("exif")),
-                "frames": count_frames(im),
-            }
+    with open_source(path, storage_options) as (fp, fmt, size_bytes), decoder_errors(path):
+        header = read_header(fp, fmt, path)
     return _finish(header, path, fmt, size_bytes)
+
+
+def read_header(fp: IO[bytes], fmt: str, path: Any) -> dict[str, Any]:
+    """The header fields of an open image (:func:`open_source`), without decoding it.
+
+    Call inside :func:`dagflow.io.errors.decoder_errors`.
+
+    Returns
+    -------
+    dict
+        ``width``, ``height``, ``channels``, ``dtype``, ``orientation``, ``frames`` (and,
+        for a TIFF, what :func:`tiff_layout` adds).
+    """
+    if fmt == "tiff":
+        import tifffile
+
+        with tifffile.TiffFile(fp) as tif:
+            return tiff_layout(tif)
+    if fmt == "webp":
+        return webp_header(fp)
+    if fmt == "jpeg" and (fast := jpeg_header(fp.read(_JPEG_HEADER_BYTES))) is not None:
+        return fast
+    im = open_pillow(fp, fmt, path)
+    channels, dtype = pillow_layout(im, fmt)
+    return {
+        "width": im.size[0],
+        "height": im.size[1],
+        "channels": channels,
+        "dtype": dtype,
+        "orientation": exif_orientation(im.info.get("exif")),
+        "frames": count_frames(im),
+    }
 
 
 def _finish(header: dict[str, Any], path: Any, fmt: str, size_bytes: int) -> dict[str, Any]:
@@ -180,18 +208,23 @@ def _finish(header: dict[str, Any], path: Any, fmt: str, size_bytes: int) -> dic
 
 
 @contextmanager
-def open_source(path: str | PathLike[str]) -> Iterator[tuple[IO[bytes], str, int]]:
-    """Open an image file for reading and recognise its format by content.
+def open_source(path: str | PathLike[str], storage_options: Mapping[str, Any] | None = None,
+                ) -> Iterator[tuple[IO[bytes], str, int]]:
+    """Open an image file or object for reading and recognise its format by content.
 
     Parameters
     ----------
     path
-        The file.
+        The file, or an object's URL (any fsspec protocol; ``file://`` is a local file).
+    storage_options
+        For a URL: storage options over ``dagflow.storage.options``.
 
     Yields
     ------
     (file, format, size_bytes)
-        A binary file positioned at 0, the sniffed format and the file size.
+        A binary file positioned at 0, the sniffed format and the file size. For a URL
+        the file is a :class:`dagflow.io.storage.RangedFile`: reads are ranged
+        requests, and only its first block has been fetched.
 
     Raises
     ------
@@ -199,7 +232,16 @@ def open_source(path: str | PathLike[str]) -> Iterator[tuple[IO[bytes], str, int
         ``missing``, ``not_a_file``, ``unreadable``, ``empty_file`` or ``unidentified``.
     TransientError
         For a retryable I/O error.
+    StorageError
+        For a URL: no such bucket, credentials missing or refused.
     """
+    from dagflow.io import storage
+
+    if storage.is_remote(path):
+        with _open_object(os.fspath(path), storage_options) as opened:
+            yield opened
+        return
+    path = storage.as_local(path)
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -218,14 +260,37 @@ def open_source(path: str | PathLike[str]) -> Iterator[tuple[IO[bytes], str, int
             fp.seek(0)
         except OSError as exc:
             raise os_error(exc, path) from exc
-        fmt = sniff_format(head)
-        if fmt is None:
-            raise BadInputError(
-                "unidentified",
-                f"{path}: content is not a JPEG, PNG, WebP, TIFF, GIF or BMP image "
-                f"(starts with {head[:8]!r})",
-            )
-        yield fp, fmt, st.st_size
+        yield fp, _sniff(head, path), st.st_size
+
+
+def _sniff(head: bytes, path: Any) -> str:
+    fmt = sniff_format(head)
+    if fmt is None:
+        raise BadInputError(
+            "unidentified",
+            f"{path}: content is not a JPEG, PNG, WebP, TIFF, GIF or BMP image "
+            f"(starts with {head[:8]!r})",
+        )
+    return fmt
+
+
+@contextmanager
+def _open_object(url: str, storage_options: Mapping[str, Any] | None
+                 ) -> Iterator[tuple[IO[bytes], str, int]]:
+    from dagflow import config
+    from dagflow.io import storage
+    from dagflow.io.redact import redact_url
+
+    st = storage.stat(url, storage_options)
+    assert st is not None
+    if st.size == 0:
+        raise BadInputError("empty_file", f"{redact_url(url)} is empty (0 bytes)")
+    fs, inner = storage.filesystem(url, storage_options)
+    block = int(config.get("storage.probe-bytes", storage.DEFAULT_PROBE_BYTES))
+    with storage.RangedFile(fs, inner, st.size, url, block_size=block) as fp:
+        head = fp.read(SNIFF_BYTES)
+        fp.seek(0)
+        yield fp, _sniff(head, redact_url(url)), st.size
 
 
 def open_pillow(fp: IO[bytes], fmt: str, path: Any) -> PILImageFile.ImageFile:

@@ -17,6 +17,12 @@
    RGB/RGBA; CMYK -> RGB; 1-bit -> 0/255; 16 bits kept);
 5. applies the EXIF orientation exactly once, with numpy flips and transposes.
 
+An object on a store (``s3://``, any fsspec URL) is read in at most three requests: its
+size, its first ``dagflow.storage.probe-bytes`` (64 KiB) -- whose header is checked
+against ``max_pixels`` (and a TIFF's page against its byte limit) before anything more
+is fetched -- and the rest of it in one ranged request; it is then decoded from memory
+exactly as a local file is.
+
 Truncated, corrupt or unrecognised files end in a :class:`BadInputError` with a reason
 (never a grey-filled image: Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set);
 retryable storage errors end in :class:`TransientError`.
@@ -26,7 +32,9 @@ This module owns decoding; headers live in :mod:`dagflow.io.probe`.
 
 from __future__ import annotations
 
+import io
 import logging
+from collections.abc import Mapping
 from os import PathLike
 from typing import IO, Any
 
@@ -47,9 +55,11 @@ from dagflow.io.probe import (
     open_pillow,
     open_source,
     pillow_layout,
+    read_header,
     tiff_layout,
     webp_header,
 )
+from dagflow.io.storage import RangedFile
 
 __all__ = ["DEFAULT_MAX_PIXELS", "read_image"]
 
@@ -77,13 +87,15 @@ def read_image(
     auto_orient: bool = True,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     reduce_to: int | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Image:
     """Read an image file into ``(y, x, c)`` pixels and metadata.
 
     Parameters
     ----------
     path
-        The file; its format is recognised by content (JPEG, PNG, WebP, TIFF, GIF, BMP).
+        The file, or an object's URL (``s3://bucket/a.jpg``, any fsspec protocol); its
+        format is recognised by content (JPEG, PNG, WebP, TIFF, GIF, BMP).
     auto_orient
         Apply the EXIF orientation so the pixels are upright (exactly once).
     max_pixels
@@ -93,6 +105,8 @@ def read_image(
         The long side the image will be reduced to downstream. A JPEG is then decoded
         at 1/2, 1/4 or 1/8 scale in the DCT domain, as small as possible while its long
         side stays >= ``reduce_to``; other formats ignore it.
+    storage_options
+        For a URL: storage options over ``dagflow.storage.options``.
 
     Returns
     -------
@@ -111,7 +125,10 @@ def read_image(
         ``missing``, ``not_a_file``, ``unreadable``, ``empty_file``, ``unidentified``,
         ``truncated``, ``corrupt``, ``unsupported_mode`` or ``unsupported_codec``.
     TransientError
-        A retryable storage error (``EIO``, ``ETIMEDOUT``, ``ECONNRESET``, ``ESTALE``...).
+        A retryable storage error (``EIO``, ``ETIMEDOUT``, ``ECONNRESET``, ``ESTALE``...;
+        a throttled or failing store).
+    StorageError
+        For a URL: no such bucket, credentials missing or refused.
     ResourceError
         The decoder ran out of memory.
 
@@ -132,7 +149,10 @@ def read_image(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set by another library: "
             "truncated images may decode as grey"
         )
-    with open_source(path) as (fp, fmt, _size_bytes), decoder_errors(path):
+    with open_source(path, storage_options) as (fp, fmt, _size_bytes), decoder_errors(path):
+        if isinstance(fp, RangedFile):  # an object: its header is checked before the body
+            _check_header(read_header(fp, fmt, path), fmt, max_pixels, path)
+            fp = io.BytesIO(fp.read_all())
         if fmt == "tiff":
             data, info = _read_tiff(fp, path, max_pixels, _size_bytes)
         else:
@@ -167,6 +187,24 @@ def _check_pixels(width: int, height: int, max_pixels: int | None, path: Any) ->
         raise OversizeError(
             f"{path}: {width}x{height} = {width * height:,} pixels exceeds the limit of "
             f"{max_pixels:,} pixels (raise max_pixels to read it)"
+        )
+
+
+def _check_header(header: dict[str, Any], fmt: str, max_pixels: int | None, path: Any) -> None:
+    """Refuse, from its header alone, an image the decoder would refuse after reading it."""
+    _check_pixels(header["width"], header["height"], max_pixels, path)
+    if fmt == "tiff":
+        nbytes = (header["width"] * header["height"] * header["samples"]
+                  * np.dtype(header["source_dtype"]).itemsize)
+        _check_tiff_bytes(nbytes, max_pixels, path)
+
+
+def _check_tiff_bytes(nbytes: int, max_pixels: int | None, path: Any) -> None:
+    if max_pixels is not None and nbytes > max_pixels * _TIFF_BYTES_PER_PIXEL:
+        raise OversizeError(
+            f"{path}: the first TIFF page holds {nbytes:,} bytes, more than "
+            f"{max_pixels * _TIFF_BYTES_PER_PIXEL:,} ({_TIFF_BYTES_PER_PIXEL} per "
+            "allowed pixel)"
         )
 
 
@@ -338,12 +376,7 @@ def _read_tiff(
         _check_pixels(header["width"], header["height"], max_pixels, path)
         page = tif.pages.first
         nbytes = int(np.prod(page.shape)) * np.dtype(header["source_dtype"]).itemsize
-        if max_pixels is not None and nbytes > max_pixels * _TIFF_BYTES_PER_PIXEL:
-            raise OversizeError(
-                f"{path}: the first TIFF page holds {nbytes:,} bytes, more than "
-                f"{max_pixels * _TIFF_BYTES_PER_PIXEL:,} ({_TIFF_BYTES_PER_PIXEL} per "
-                "allowed pixel)"
-            )
+        _check_tiff_bytes(nbytes, max_pixels, path)
         _check_tiff_extent(page, size_bytes, path)
         try:
             raw = page.asarray(maxworkers=1)

@@ -19,15 +19,19 @@ smaller files than Pillow's default and several times faster), Pillow for WebP, 
 tifffile for TIFF.
 
 Every file is written through :func:`dagflow.io.atomic.atomic_write`, so a crash never
-leaves a half-written image under its final name.
+leaves a half-written image under its final name. An object (``s3://``, any fsspec URL)
+is encoded in memory and uploaded by :func:`dagflow.io.upload.put_object`: one PUT, or a
+multipart upload completed only at the end; it appears whole or not at all.
 
-This module owns encoding; paths and atomicity live in :mod:`dagflow.io.atomic`.
+This module owns encoding; paths and atomicity live in :mod:`dagflow.io.atomic` and
+:mod:`dagflow.io.upload`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Mapping
 from os import PathLike
 from typing import Any, BinaryIO
 
@@ -39,6 +43,8 @@ from dagflow.image import Image, as_image
 from dagflow.io.atomic import atomic_write
 from dagflow.io.errors import TRANSIENT_ERRNOS
 from dagflow.io.formats import WRITE_FORMATS, format_from_suffix, normalize_format
+from dagflow.io.redact import redact_url
+from dagflow.io.storage import as_local, is_remote
 
 __all__ = ["to_uint8", "to_uint16", "write_image"]
 
@@ -59,6 +65,7 @@ def write_image(
     lossless: bool = False,
     tile: tuple[int, int] | None = None,
     bigtiff: bool | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> str:
     """Encode an image and write it atomically.
 
@@ -68,7 +75,8 @@ def write_image(
         An :class:`Image` (or an array / ``xarray.DataArray``, coerced) with 1 to 4
         channels (TIFF: any number).
     path
-        The output file. Missing parent directories are created.
+        The output file (missing parent directories are created), or an object's URL
+        (``s3://bucket/out/a.png``, any fsspec protocol).
     format
         ``jpeg`` (``jpg``), ``png``, ``webp`` or ``tiff`` (``tif``); by default from
         the suffix of ``path``.
@@ -84,6 +92,8 @@ def write_image(
         TIFF tile shape ``(height, width)``, multiples of 16; default strips.
     bigtiff
         Force (``True``) or forbid (``False``) BigTIFF; default: when the data needs it.
+    storage_options
+        For a URL: storage options over ``dagflow.storage.options``.
 
     Returns
     -------
@@ -98,8 +108,10 @@ def write_image(
         ``unsupported_mode`` for pixels the format cannot hold (e.g. ``int32`` to PNG,
         5 channels to JPEG); ``unsafe_path`` when ``path`` is a symlink.
     TransientError
-        A retryable storage error while writing (``EIO``, ``ETIMEDOUT``, ``ESTALE``...);
-        nothing is left at ``path``.
+        A retryable storage error while writing (``EIO``, ``ETIMEDOUT``, ``ESTALE``...; a
+        throttled or failing store); nothing is left at ``path``.
+    StorageError
+        For a URL: no such bucket, credentials missing or refused, access denied.
 
     Examples
     --------
@@ -137,8 +149,15 @@ def write_image(
         tile=tile,
         bigtiff=bigtiff,
     )
+    if is_remote(path):
+        from dagflow.io.upload import put_object
+
+        put_object(os.fspath(path), write_fn, storage_options=storage_options)
+        logger.debug("wrote %s (%s, %s %s)", redact_url(os.fspath(path)), fmt, data.shape,
+                     data.dtype)
+        return os.fspath(path)
     try:
-        atomic_write(path, write_fn)
+        atomic_write(as_local(path), write_fn)
     except OSError as exc:
         if exc.errno in TRANSIENT_ERRNOS and not isinstance(exc, TransientError):
             raise TransientError(exc.errno, exc.strerror or str(exc), str(path)) from exc

@@ -148,10 +148,11 @@ def save(
         The path written: ``dest`` plus the format's suffix.
     """
     from dagflow.io import write_image
+    from dagflow.io.storage import is_remote
 
     path = dest + SUFFIXES[format]
     parent = os.path.dirname(path)
-    if parent:
+    if parent and not is_remote(path):  # a store has no directories to make
         os.makedirs(parent, exist_ok=True)
     write_image(image, path, format=format, quality=quality, compression=compression,
                 lossless=lossless, tile=tile)

@@ -49,6 +49,8 @@ def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]
     fields = [f for f in schema if f.name in columns]
     table = pa.table([_column(columns[f.name], f.type) for f in fields],
                      schema=pa.schema(fields))
+    if isinstance(path, str) and "://" in path:  # an object: one PUT, whole or not at all
+        return _put_part(path, table)  # type: ignore[return-value]
     path = Path(path)
     # not flushed to the disk: a part lost to a power cut (or torn by it, and so
     # unreadable) only makes its chunk run again, and the outputs it claims were made
@@ -60,6 +62,18 @@ def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]
                        write_statistics=False)
         faults.reached("in-part", path.name)
     return path
+
+
+def _put_part(url: str, table: pa.Table) -> str:
+    import io
+
+    from dagflow.io.upload import put_object
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", use_dictionary=False,
+                   write_statistics=False)
+    put_object(url, buffer.getvalue())
+    return url
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:
@@ -166,6 +180,11 @@ def check_output(root: str | os.PathLike[str], proof: OutputProof) -> str | None
     Size and modification time decide; a recorded digest settles a file whose time
     changed but whose content did not (copied back, touched).
     """
+    if "://" in os.fspath(root):  # a store's URL (file:// aside)
+        from dagflow.io.storage import is_remote
+
+        if is_remote(root):
+            return check_object(root, proof)
     path = os.path.join(root, proof.path)
     try:
         st = os.stat(path)
@@ -184,6 +203,61 @@ def check_output(root: str | os.PathLike[str], proof: OutputProof) -> str | None
     if st.st_size != proof.size:
         return f"changed: {st.st_size} bytes, {proof.size} when recorded"
     return "changed: modified since it was recorded"
+
+
+#: How a record keeps an object's ETag in its digest column (a local file's digest is
+#: the hex of its BLAKE2b).
+ETAG_PREFIX = "etag:"
+
+
+def object_proof(url: str) -> tuple[int | None, None, str | None]:
+    """Size, (no) modification time and ``etag:<ETag>`` of an output on a store, as its
+    record keeps them."""
+    from dagflow.io.upload import written
+
+    found = written(url)
+    if found is None:
+        return None, None, None
+    return found.size, None, f"{ETAG_PREFIX}{found.etag}" if found.etag else None
+
+
+#: The objects under each store's output root, listed once per check of what earlier
+#: runs wrote (:func:`load_done` forgets them): one listing request per thousand outputs
+#: instead of a ``HEAD`` per output.
+_LISTED: dict[str, dict[str, Any]] = {}
+
+
+def _listed(root: str) -> dict[str, Any]:
+    from dagflow.io.storage import list_objects
+
+    listing = _LISTED.get(root)
+    if listing is None:
+        cut = len(root.rstrip("/")) + 1
+        listing = {url[cut:]: found for url, found in list_objects(root.rstrip("/") + "/")}
+        _LISTED[root] = listing
+    return listing
+
+
+def check_object(root: str, proof: OutputProof) -> str | None:
+    """:func:`check_output` for an output on a store: its size and its ETag decide."""
+    from dagflow.exceptions import DagflowError
+    from dagflow.io.atomic import clean_parts
+
+    try:
+        found = _listed(root).get("/".join(clean_parts(proof.path)))
+    except DagflowError as exc:
+        return f"unreadable: {exc}"
+    if found is None:
+        return "missing"
+    if proof.size is None:
+        return None
+    if found.size != proof.size:
+        return f"changed: {found.size} bytes, {proof.size} when recorded"
+    recorded = proof.digest[len(ETAG_PREFIX):] \
+        if proof.digest and proof.digest.startswith(ETAG_PREFIX) else None
+    if recorded and found.etag and found.etag != recorded:
+        return "changed: not the object written (another ETag)"
+    return None
 
 
 @dataclass
@@ -217,6 +291,7 @@ _DONE_COLUMNS = ["item_key", "node_key", "status", "error_class", "output_path",
 
 def load_done(state_dir: str | os.PathLike[str]) -> Checkpoint:
     """Read every record part under ``state_dir``; the latest record per key wins."""
+    _LISTED.clear()  # what is on a store is listed again when asked
     table, bad = read_records(record_parts(state_dir), _DONE_COLUMNS)
     cp = Checkpoint(corrupt_parts=bad)
     if table.num_rows == 0:

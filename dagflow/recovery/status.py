@@ -115,6 +115,7 @@ def run_status(run_dir: str | os.PathLike[str]) -> RunStatus:
     """Rebuild the state of a run: ``run_dir`` is its run directory, or the output
     directory it wrote into (its latest run; see :func:`find_run_dir`)."""
     from dagflow.io.atomic import find_temporaries
+    from dagflow.io.stage import store_of
 
     run_dir = find_run_dir(run_dir)
     events = list(read_events(run_dir / "events.jsonl"))
@@ -144,11 +145,13 @@ def run_status(run_dir: str | os.PathLike[str]) -> RunStatus:
         status.inconsistencies.append(f"unreadable records part {p}")
     _count_items(status, table.to_pylist(), ended=state != "running or died")
     output_dir = run_dir.parent.parent.parent
-    status.outputs_changed = outputs_changed(output_dir, run_dir.parent.parent)
+    store = store_of(output_dir)  # a store's output, of which this is a local copy
+    status.outputs_changed = outputs_changed(store or output_dir, run_dir.parent.parent)
     for tmp in find_temporaries(output_dir):
         status.inconsistencies.append(f"temporary file left behind: {tmp}")
-    status.inconsistencies.extend(
-        f"output without a record: {p}" for p in outputs_without_records(output_dir, run_dir))
+    if store is None:  # a store's outputs are not listed for strays (yet)
+        status.inconsistencies.extend(f"output without a record: {p}"
+                                      for p in outputs_without_records(output_dir, run_dir))
     return status
 
 
@@ -188,7 +191,7 @@ def _count_items(status: RunStatus, rows: list[dict[str, Any]], *, ended: bool) 
                        for _, r in sorted(failures.items())[:SHOWN_FAILURES]]
 
 
-def outputs_changed(output_dir: Path, state_dir: Path) -> list[tuple[str, str]]:
+def outputs_changed(output_dir: Path | str, state_dir: Path) -> list[tuple[str, str]]:
     """The outputs that every run's records claim and that are missing or changed since
     (a resume runs their items again), with what happened to each."""
     checkpoint = load_done(state_dir)

@@ -754,39 +754,42 @@ def plan(workflow: Any, inputs: Any, output: str | os.PathLike[str], *,
         oversize), chunk size, peak memory per task and per worker, estimated seconds.
     """
     from dagflow.compile import node_tasks
+    from dagflow.io.stage import output_location
     from dagflow.recovery.checkpoint import Checkpoint, load_done
     from dagflow.runtime.capacity import cluster_capacity, local_capacity
     from dagflow.runtime.collisions import check_outputs
     from dagflow.runtime.selection import load_workflow, run_inputs, select_items
+    from dagflow.runtime.storeoutput import staged_view
 
     config.validate_config()  # the configuration in force, environment variables included
     wf = load_workflow(workflow)
     check_chunk_size(chunk_size)
-    output = Path(os.path.abspath(output))
+    output = output_location(output)  # a store's URL stays one
     input_set = run_inputs(wf, inputs, output, resume or retry_failed)  # as run() does
     check_outputs(wf, input_set.items, output)  # no two writers of one output file
     tasks = node_tasks(wf)
-    state_dir = output / config.get("state-dir")
-    previous = load_done(state_dir) if (resume or retry_failed) and state_dir.exists() \
-        else Checkpoint()
-    to_run, done = select_items(input_set.items, tasks, previous, retry_failed=retry_failed,
-                                output=output)
-    remote = (client is not None or scheduler_file is not None
-              or cluster not in (None, "local")
-              or (cluster is None and _dask_scheduler_address() is not None))
-    if remote:
-        from dagflow.runtime.cluster import connect
+    with staged_view(output) as state_root:  # a store's output: a local copy of its state
+        state_dir = state_root / config.get("state-dir")
+        previous = load_done(state_dir) if (resume or retry_failed) and state_dir.exists() \
+            else Checkpoint()
+        to_run, done = select_items(input_set.items, tasks, previous,
+                                    retry_failed=retry_failed, output=output)
+        remote = (client is not None or scheduler_file is not None
+                  or cluster not in (None, "local")
+                  or (cluster is None and _dask_scheduler_address() is not None))
+        if remote:
+            from dagflow.runtime.cluster import connect
 
-        with connect(client, cluster=cluster, scheduler_file=scheduler_file) as c:
-            capacity = cluster_capacity(c)
-            if not capacity.has_memory:
-                capacity = _assumed_budgets(capacity)
-    else:
-        capacity = local_capacity(local_options)
-    batch = prepare_batch(wf, tasks, [dict(i) for i in to_run], capacity,
-                          items=len(input_set.items), already_done=done,
-                          chunk_size=chunk_size, output=output, history_dir=history_dir,
-                          conditions=True)
+            with connect(client, cluster=cluster, scheduler_file=scheduler_file) as c:
+                capacity = cluster_capacity(c)
+                if not capacity.has_memory:
+                    capacity = _assumed_budgets(capacity)
+        else:
+            capacity = local_capacity(local_options)
+        batch = prepare_batch(wf, tasks, [dict(i) for i in to_run], capacity,
+                              items=len(input_set.items), already_done=done,
+                              chunk_size=chunk_size, output=state_root,
+                              history_dir=history_dir, conditions=True)
     return batch.plan
 
 

@@ -165,10 +165,15 @@ class RunResult:
 
         from dagflow.recovery.checkpoint import RECORD_SCHEMA
 
-        records_dir = self.run_dir / "records"
-        if not records_dir.exists():
-            return RECORD_SCHEMA.empty_table().to_pandas()
-        dataset = ds.dataset(records_dir, format="parquet", schema=RECORD_SCHEMA)
+        if isinstance(self.run_dir, str):  # a run into a store: its records there
+            from dagflow.runtime.storeoutput import store_records
+
+            dataset = store_records(self.run_dir, RECORD_SCHEMA)
+        else:
+            records_dir = self.run_dir / "records"
+            if not records_dir.exists():
+                return RECORD_SCHEMA.empty_table().to_pandas()
+            dataset = ds.dataset(records_dir, format="parquet", schema=RECORD_SCHEMA)
         df = dataset.to_table().to_pandas()
         root = os.fspath(self.output_dir)
         df["output_path"] = [os.path.join(root, p) if isinstance(p, str) else p
@@ -190,14 +195,22 @@ class RunResult:
         The same figures as data: :meth:`analysis`.
         """
         from dagflow.monitor.report import write_report
+        from dagflow.runtime.storeoutput import remote_path, staged_view
 
-        return write_report(self.run_dir, path)
+        # a run into a store: read from a local copy, the report uploaded beside the run's
+        with staged_view(self.run_dir, write_back=path is None) as local:
+            written = write_report(local, path)
+        if local == Path(self.run_dir):
+            return written
+        return remote_path(os.fspath(self.run_dir), local, written)  # type: ignore[return-value]
 
     def analysis(self) -> Any:
         """This run's analysis (:class:`dagflow.monitor.analysis.RunAnalysis`), for notebooks."""
         from dagflow.monitor.analysis import analyze
+        from dagflow.runtime.storeoutput import staged_view
 
-        return analyze(self.run_dir)
+        with staged_view(self.run_dir) as local:  # a run into a store: a local copy
+            return analyze(local)
 
     def __str__(self) -> str:
         lines = [

@@ -37,6 +37,7 @@ from dagflow.compile import NodeTask, RunContext, node_tasks
 from dagflow.exceptions import StorageError
 from dagflow.inputs import InputSet
 from dagflow.io.atomic import atomic_write, find_temporaries
+from dagflow.io.stage import fetch_run_records, output_location
 from dagflow.monitor import hooks
 from dagflow.recovery.checkpoint import Checkpoint, load_done
 from dagflow.recovery.events import EventLog
@@ -177,7 +178,7 @@ def run(
     check_chunk_size(chunk_size)
     if client is None and cluster in (None, "local") and scheduler_file is None:
         resolve_local_sizes(local_options)  # the embedded cluster's, before anything
-    output = Path(os.path.abspath(output))
+    output = output_location(output)  # a store's URL stays one
     input_set = run_inputs(wf, inputs, output, resume or retry_failed)
     check_outputs(wf, input_set.items, output)  # no two writers of one output file
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
@@ -248,10 +249,20 @@ def _cluster_closed_quietly(cm: Any, events: EventLog) -> Iterator[Client]:
             events.emit("cluster_close_failed", error=repr(exc)[:500])
 
 
-def _run(wf: Workflow, input_set: InputSet, output: Path, *, run_id: str | None = None,
-         **options: Any) -> RunResult:
+def _run(wf: Workflow, input_set: InputSet, output: Path | str, *,
+         run_id: str | None = None, **options: Any) -> RunResult:
     """The run, holding its output directory's lock (one run per output directory),
     in a state directory that is not a symlink."""
+    if isinstance(output, str):  # a store's URL: its lock, its state staged locally
+        from dagflow.runtime.storeoutput import check_store_run, remote_run_dir, store_output
+
+        check_store_run(wf, output)
+        run_id = run_id or new_run_id()
+        with store_output(output, run_id) as state_root:
+            result = _run_locked(wf, input_set, output, state_root=state_root,
+                                 run_id=run_id, **options)
+        result.run_dir = remote_run_dir(output, run_id)  # type: ignore[assignment]
+        return result
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -264,22 +275,25 @@ def _run(wf: Workflow, input_set: InputSet, output: Path, *, run_id: str | None 
     except OSError as exc:  # a read-only or full output directory
         raise StorageError.from_os_error(exc, output) from None
     try:
-        return _run_locked(wf, input_set, output, run_id=run_id, **options)
+        return _run_locked(wf, input_set, output, state_root=output, run_id=run_id,
+                           **options)
     finally:
         lock.release()
 
 
-def _run_locked(wf: Workflow, input_set: InputSet, output: Path, *, client, cluster,
-                scheduler_file, chunk_size, resume, retry_failed, checkpoint, progress,
-                local_options, handle: RunHandle | None = None, run_id: str) -> RunResult:
+def _run_locked(wf: Workflow, input_set: InputSet, output: Path | str, *, state_root: Path,
+                client, cluster, scheduler_file, chunk_size, resume, retry_failed,
+                checkpoint, progress, local_options, handle: RunHandle | None = None,
+                run_id: str) -> RunResult:
+    # state_root holds the state directory: the output directory, or a store's local copy
     start = time.perf_counter()
     try:
-        state_dir, run_dir = _prepare_run_dir(output, run_id, wf, input_set)
+        state_dir, run_dir = _prepare_run_dir(state_root, run_id, wf, input_set)
         events = EventLog(run_dir / "events.jsonl")
     except OSError as exc:
         raise StorageError.from_os_error(exc, output) from None
     tasks = node_tasks(wf)
-    for leftover in find_temporaries(output):
+    for leftover in find_temporaries(state_root):
         logger.info("removing a temporary file left by an interrupted run: %s", leftover)
         leftover.unlink(missing_ok=True)
     ctx = RunContext(run_id=run_id, run_dir=os.fspath(run_dir), output_dir=os.fspath(output),
@@ -329,7 +343,7 @@ def _run_locked(wf: Workflow, input_set: InputSet, output: Path, *, client, clus
         finally:
             bar.close()
         try:
-            _finish(runner, result, output, run_dir, events, start)
+            _finish(runner, result, state_root, run_dir, events, start)
         except OSError as exc:
             raise StorageError.from_os_error(exc, run_dir) from None
     return result
@@ -354,7 +368,7 @@ def _run_on(c: Client, wf: Workflow, tasks: dict[str, NodeTask], ctx: RunContext
     batch = prepare_batch(wf, tasks, to_run, prepare_cluster(c, wf),
                           items=len(input_set.items), already_done=already_done,
                           chunk_size=config.resolve(chunk_size, "chunk-size"),
-                          output=ctx.output_dir, client=c)
+                          output=os.path.dirname(ctx.state_dir), client=c)  # its history
     result.chunk_size, result.chunks = batch.chunk_size, len(batch.run_chunks())
     events.emit("batch_planned", chunks=batch.plan.chunks, chunk_size=batch.chunk_size,
                 tiled=len(batch.tiled), refused=len(batch.refused),
@@ -370,6 +384,7 @@ def _run_on(c: Client, wf: Workflow, tasks: dict[str, NodeTask], ctx: RunContext
         runner.run()
     finally:
         runner.finish()
+    fetch_run_records(ctx.state_dir, ctx.run_id)  # those written on a store by workers
     if any(t.kind == "aggregate" for t in batch.tasks.values()):
         runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
     result.duration_s = time.perf_counter() - start

@@ -27,6 +27,7 @@ from dagflow import config
 from dagflow.compile import NodeTask
 from dagflow.compile.spec import SKIP_KEY
 from dagflow.inputs import InputSet, resolve_inputs
+from dagflow.io.storage import is_remote
 from dagflow.ops.registry import get_op
 from dagflow.recovery.checkpoint import Checkpoint, check_output, record_parts
 from dagflow.workflow import Workflow
@@ -48,7 +49,7 @@ def load_workflow(workflow: WorkflowLike) -> Workflow:
     return workflow.validate()
 
 
-def run_inputs(workflow: Workflow, inputs: Any, output: Path, resume: bool) -> InputSet:
+def run_inputs(workflow: Workflow, inputs: Any, output: Path | str, resume: bool) -> InputSet:
     """``inputs`` resolved for a run of ``workflow`` into ``output`` (``run`` and ``plan``
     alike): the output directory left out, fingerprints read only where
     :func:`fingerprints_needed` says so; an :class:`InputSet` is taken as it is."""
@@ -58,7 +59,7 @@ def run_inputs(workflow: Workflow, inputs: Any, output: Path, resume: bool) -> I
                           defer_fingerprint=not fingerprints_needed(workflow, output, resume))
 
 
-def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
+def fingerprints_needed(workflow: Workflow, output: Path | str, resume: bool) -> bool:
     """Whether a run must read its inputs' fingerprints before it starts.
 
     It must when it resumes or retries into an ``output`` that holds records (to compare
@@ -69,6 +70,8 @@ def fingerprints_needed(workflow: Workflow, output: Path, resume: bool) -> bool:
     """
     if any(get_op(n.op).kind == "aggregate" for n in workflow.nodes):
         return True
+    if is_remote(output):  # a store's URL: its records are read once it is locked
+        return resume
     return resume and bool(record_parts(output / config.get("state-dir")))
 
 
@@ -111,7 +114,7 @@ def select_items(
     """
     if not retry_failed and not checkpoint.done and not checkpoint.failed:
         return list(items), 0  # nothing on record (a first run): every item runs
-    root = os.path.abspath(output)
+    root = os.fspath(output) if is_remote(output) else os.path.abspath(output)
     upstream = _ancestors(tasks)
     every = frozenset(tasks)
     checked = [(nid, t.key, t.kind in _WITH_OUTPUT) for nid, t in tasks.items()]

@@ -189,6 +189,12 @@ def submit(
     from dagflow.runtime.run import load_workflow, new_run_id
 
     config.validate_config()
+    if "://" in os.fspath(output) and not os.fspath(output).startswith("file://"):
+        from dagflow.io.redact import redact_url
+
+        raise ConfigError(f"dagflow submit into an output on a store "
+                          f"({redact_url(os.fspath(output))}) is not supported yet: use "
+                          "dagflow run where the driver can run")
     workflow = os.path.abspath(os.fspath(workflow))
     load_workflow(Path(workflow))
     run_id = run_id or new_run_id()
