@@ -156,3 +156,21 @@ def test_the_latest_record_is_the_latest_run_s_whatever_its_id(photos, tmp_path,
     remade = run(THUMBS, photos, out, client, run_id="aa-second")
     assert remade.executed == 1
     assert run(THUMBS, photos, out, client).executed == 0
+
+
+def test_the_latest_run_is_the_one_that_started_last_whatever_its_id_or_file_times(
+        photos, tmp_path, client):
+    """``dagflow status`` and ``dagflow report`` of an output take its latest run by when
+    the runs started: neither the id (sorted by the second, then at random) nor the event
+    log's modification time (a state fetched from a store: the time of the copy)."""
+    from dagflow.monitor.analysis import find_run_dir as report_run
+    from dagflow.recovery.status import find_run_dir as status_run
+
+    out = tmp_path / "out"
+    run(THUMBS, photos, out, client, run_id="zz-first")
+    run(THUMBS, photos, out, client, run_id="aa-second")
+    runs = out / "_dagflow" / "runs"
+    later = (runs / "aa-second" / "events.jsonl").stat().st_mtime_ns + 10**9
+    os.utime(runs / "zz-first" / "events.jsonl", ns=(later, later))
+    assert status_run(out).name == report_run(out).name == "aa-second"
+    assert run_status(out).run_id == "aa-second"

@@ -37,15 +37,15 @@ def find_run_dir(path: str | os.PathLike[str]) -> Path:
     """``path`` if it is a run directory, else the latest run under an output directory
     (or under a state directory)."""
     from dagflow import config
+    from dagflow.recovery.events import latest_run_dir
 
     path = Path(path)
     if (path / "records").is_dir() or (path / "metrics").is_dir():
         return path
     for runs in (path / str(config.get("state-dir")) / "runs", path / "runs"):
-        if runs.is_dir():
-            found = sorted(p for p in runs.iterdir() if p.is_dir())
-            if found:
-                return found[-1]
+        latest = latest_run_dir(runs)
+        if latest is not None:
+            return latest
     return path
 
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from dagflow.exceptions import StorageError
 
-__all__ = ["EventLog", "read_events"]
+__all__ = ["EventLog", "latest_run_dir", "read_events", "started_at"]
 
 #: Bytes kept reserved on the disk beyond the log's end.
 RESERVE = 64 * 1024
@@ -114,3 +114,28 @@ def read_events(path: str | os.PathLike[str]) -> Iterator[dict[str, Any]]:
                     continue
     except FileNotFoundError:
         return
+
+
+def started_at(run_dir: str | os.PathLike[str]) -> float | None:
+    """When the run of ``run_dir`` started (its first event's time); ``None`` without one.
+
+    The order of runs, for "the latest run": a file's modification time says when it was
+    last copied (a run's state fetched from a store), and two run ids of one second sort
+    by their random part.
+    """
+    for event in read_events(Path(run_dir) / "events.jsonl"):
+        t = event.get("t")
+        return float(t) if isinstance(t, int | float) else None
+    return None
+
+
+def latest_run_dir(runs: str | os.PathLike[str]) -> Path | None:
+    """The run directory under ``runs`` that started last; ``None`` when there is none.
+
+    Runs without an event log come first, by name (a run id begins with its start time).
+    """
+    runs = Path(runs)
+    found = [p for p in runs.iterdir() if p.is_dir()] if runs.is_dir() else []
+    if not found:
+        return None
+    return max(found, key=lambda p: (started_at(p) or 0.0, p.name))

@@ -20,7 +20,7 @@ from typing import Any
 from dagflow import config
 from dagflow.exceptions import InputError
 from dagflow.recovery.checkpoint import check_output, load_done, read_records, record_parts
-from dagflow.recovery.events import read_events
+from dagflow.recovery.events import read_events, started_at
 
 __all__ = ["RunStatus", "find_run_dir", "run_status"]
 
@@ -108,7 +108,7 @@ def find_run_dir(path: str | os.PathLike[str]) -> Path:
         raise InputError(f"{path} is neither a run directory (no events.jsonl in it) nor an "
                          f"output directory with runs (nothing in {runs}): give the output "
                          "directory of a run, or one of its run directories")
-    return max(logs, key=lambda log: log.stat().st_mtime_ns).parent
+    return max((log.parent for log in logs), key=lambda d: (started_at(d) or 0.0, d.name))
 
 
 def run_status(run_dir: str | os.PathLike[str]) -> RunStatus:
