@@ -160,3 +160,37 @@ def test_help_imports_nothing_heavy():
                           timeout=60)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout, done.stdout
+
+
+def test_run_prints_its_summary_before_writing_its_report(workflow_file, photos, tmp_path,
+                                                          client, monkeypatch):
+    """The summary (and so the exit code) comes first; the report after it, still
+    written by the command where README says."""
+    import click
+    import dask
+
+    import dagflow.monitor.report as report_module
+
+    order: list[tuple[str, str]] = []
+    echo, write_report = click.echo, report_module.write_report
+
+    def recording_echo(message=None, *args, **kwargs):
+        order.append(("echo", str(message)))
+        return echo(message, *args, **kwargs)
+
+    def recording_report(*args, **kwargs):
+        order.append(("report", ""))
+        return write_report(*args, **kwargs)
+
+    monkeypatch.setattr(click, "echo", recording_echo)
+    monkeypatch.setattr(report_module, "write_report", recording_report)
+    out = tmp_path / "out"
+    with dask.config.set({"dagflow.monitor.report": "cli"}):
+        result = CliRunner().invoke(main, ["run", str(workflow_file), "-i", str(photos),
+                                           "-o", str(out), "--cluster",
+                                           client.scheduler.address])
+    assert result.exit_code == 0, result.output
+    summary = next(i for i, (kind, text) in enumerate(order)
+                   if kind == "echo" and "run directory:" in text)
+    assert [kind for kind, _ in order].index("report") > summary, order
+    assert len(list(out.glob("_dagflow/runs/*/report.html"))) == 1

@@ -149,9 +149,10 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
 
     from dagflow import config
 
-    # the command writes the run's report at its end unless configured not to
+    # the command writes the run's report unless configured not to: after the summary,
+    # off the run's critical path (the cluster is closed, the exit code known)
     report = config.get("monitor.report") in (True, "cli")
-    with dask.config.set({"dagflow.monitor.report": report, **lock_settings(wait_for_lock)}):
+    with dask.config.set({"dagflow.monitor.report": False, **lock_settings(wait_for_lock)}):
         result = run_workflow(
             workflow, list(inputs), output, cluster=cluster, scheduler_file=scheduler_file,
             chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
@@ -162,7 +163,24 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
         click.echo(result.to_json())
     else:
         click.echo(str(result))
+    sys.stdout.flush()
+    if report:
+        _write_report(result)
     sys.exit(result.exit_code)
+
+
+def _write_report(result: Any) -> None:
+    """The run's ``report.html``, written after its summary; a report that cannot be
+    written is a warning, never the run's exit code."""
+    from dagflow.monitor.analysis import analyze
+    from dagflow.monitor.report import write_report
+
+    try:
+        write_report(result.run_dir, analysis=analyze(result.run_dir,
+                                                      duration_s=result.duration_s))
+    except Exception as exc:
+        click.echo(f"warning: could not write the run report: {type(exc).__name__}: {exc}; "
+                   f"'dagflow report {result.run_dir}' writes it", err=True)
 
 
 @main.command()
