@@ -906,3 +906,24 @@ def test_dashboard_address_null_switches_the_dashboard_off_and_binds_no_fixed_po
             urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
             assert reply.read() == b"ok"
+
+
+def _imported(*names: str) -> dict[str, bool]:
+    return {name: name in sys.modules for name in names}
+
+
+@pytest.mark.slow
+def test_embedded_workers_import_what_chunks_need_as_they_start():
+    """dagflow.cluster.worker-preload: the ops, codecs and Parquet are imported before
+    any task or plugin reaches the worker (not on its first chunk); false leaves them."""
+    from distributed import Client
+
+    from dagflow.runtime.cluster import start_local_cluster
+
+    wanted = ("dagflow.ops", "dagflow.execute", "dagflow.recovery.checkpoint", "cv2")
+    for preload in (True, False):
+        with dask.config.set({"dagflow.cluster.worker-preload": preload}), \
+                start_local_cluster(n_workers=1, threads_per_worker=1) as cluster, \
+                Client(cluster) as client:
+            (found,) = client.run(_imported, *wanted).values()
+        assert found == dict.fromkeys(wanted, preload), (preload, found)

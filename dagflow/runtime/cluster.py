@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,7 +31,8 @@ from dagflow.exceptions import ClusterStartError, ClusterUnreachableError, Confi
 from dagflow.runtime import jobqueue
 from dagflow.runtime.profiles import Profile, load_profile
 
-__all__ = ["check_local_sizes", "cluster_dask_config", "cluster_from_profile", "connect",
+__all__ = ["LocalClusterStart", "check_local_sizes", "cluster_dask_config",
+           "cluster_from_profile", "connect",
            "dashboard_link", "dashboard_options", "refuse_while_bootstrapping",
            "resolve_local_sizes", "start_cuda_cluster", "start_local_cluster"]
 
@@ -221,6 +223,8 @@ def start_local_cluster(
     preloads = [preloads] if isinstance(preloads, str) else list(preloads)
     if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.signals)
         preloads.append("dagflow.runtime.signals")
+        if config.get("cluster.worker-preload") is not False:
+            preloads.append("dagflow.runtime.worker_preload")  # ops, codecs, Parquet
     try:
         with dask.config.set({**cluster_dask_config(),
                               "distributed.nanny.pre-spawn-environ": spawn_env,
@@ -404,6 +408,58 @@ def _apply_scaling(profile: Profile, cluster: Any) -> None:
             cluster.scale(int(profile.scale))
 
 
+class LocalClusterStart:
+    """The embedded ``LocalCluster``, started in a background thread.
+
+    Its worker processes start (and import what chunks need,
+    :mod:`dagflow.runtime.worker_preload`) while the driver lists the inputs and plans
+    the run; :meth:`result` waits for it. A run that fails before it uses the cluster
+    calls :meth:`close`, which waits for the start to end and closes what started: the
+    run's own error is the one raised, as if no cluster had been started.
+
+    Parameters
+    ----------
+    local_options
+        Keyword arguments for :func:`start_local_cluster`.
+    """
+
+    def __init__(self, local_options: Mapping[str, Any] | None = None) -> None:
+        self._options = dict(local_options or {})
+        self._cluster: LocalCluster | None = None
+        self._error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._start, name="dagflow-cluster-start",
+                                        daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._cluster = start_local_cluster(**self._options)
+        except BaseException as exc:  # raised where the run uses the cluster
+            self._error = exc
+
+    def result(self) -> LocalCluster:
+        """The started cluster (its closing is the caller's); what the start raised,
+        raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._cluster is not None
+        self._taken = True
+        return self._cluster
+
+    def close(self) -> None:
+        """Wait for the start to end; close the cluster unless :meth:`result` handed it
+        out. Raises nothing: the caller is already failing for its own reason."""
+        self._thread.join()
+        if self._cluster is not None and not self._taken:
+            try:
+                self._cluster.close()
+            except Exception as exc:
+                logger.warning("the cluster did not close cleanly: %s: %s",
+                               type(exc).__name__, exc)
+
+
 def dashboard_link(client: Client) -> str | None:
     """The dashboard URL of the client's scheduler, if it has one."""
     try:
@@ -431,6 +487,7 @@ def connect(
     cluster: str | Any | None = None,
     scheduler_file: str | os.PathLike[str] | None = None,
     local_options: Mapping[str, Any] | None = None,
+    starting: LocalClusterStart | None = None,
 ) -> Iterator[Client]:
     """A client for the run, closing what this call started.
 
@@ -445,9 +502,16 @@ def connect(
         A scheduler file written by ``dask scheduler --scheduler-file``.
     local_options
         Keyword arguments for :func:`start_local_cluster`.
+    starting
+        The embedded cluster, already starting (``cluster`` and ``scheduler_file`` are
+        then ignored): this call waits for it and closes it.
     """
     if client is not None:
         yield client
+        return
+    if starting is not None:
+        with starting.result() as lc, Client(lc) as c:
+            yield c
         return
     address = None
     if isinstance(cluster, str) and "://" in cluster:
