@@ -13,12 +13,17 @@ every repetition; the medians are compared.
 Also measured, alternated the same way: dagflow's fixed cost (the same command on 8
 images, where the images cost almost nothing), and ``dagflow --help`` beside
 ``python -c pass`` (the interpreter's own start-up).
+
+``DAGFLOW_COLD_COMPARE=DIR`` adds the same three dagflow commands run with another
+dagflow source tree first on ``PYTHONPATH`` (a checkout of an earlier commit, say), in the
+same alternation: a before/after in one run.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -102,14 +107,30 @@ def _environment() -> dict[str, str]:
 
 
 def _timed(argv: list[str], env: dict[str, str], *, expect: int = 0) -> dict[str, Any]:
-    """Run ``argv`` as a fresh process; its wall time (and its output's last line)."""
+    """Run ``argv`` as a fresh process: its wall time, and when its first line of output
+    came (``dagflow run``'s summary)."""
     t0 = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True)
+    with subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        first_s = time.perf_counter() - t0
+        out = first + proc.stdout.read()
+        err = proc.stderr.read()
+        code = proc.wait()
     seconds = time.perf_counter() - t0
-    if done.returncode != expect:
-        raise RuntimeError(f"{' '.join(argv)} exited {done.returncode}:\n"
-                           f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return {"seconds": seconds}
+    if code != expect:
+        raise RuntimeError(f"{' '.join(argv)} exited {code}:\n{out[-2000:]}\n{err[-2000:]}")
+    return {"seconds": seconds, "first_output_s": first_s}
+
+
+def _source(env: dict[str, str]) -> str:
+    """Where the measured ``dagflow`` command imports dagflow from, and its commit."""
+    where = subprocess.run([sys.executable, "-c", "import dagflow; print(dagflow.__file__)"],
+                           env=env, capture_output=True, text=True, cwd="/").stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True, cwd=Path(where).parent).stdout.strip()
+    return f"{where} ({commit or 'not a git checkout'})"
 
 
 def _fresh(path: Path) -> str:
@@ -137,39 +158,65 @@ def run(images: int = 480, repeat: int = 3, quick: bool = False, workers: int | 
     print(f"cold: {images} images, {n} processes, {repeat} repetitions, load "
           f"{load_average():.1f}", flush=True)
 
-    def cli(inputs: Path, out: str) -> dict[str, Any]:
+    def cli(inputs: Path, out: str, environ: dict[str, str] = env) -> dict[str, Any]:
         return _timed([dagflow, "run", os.fspath(workflow), "-i", os.fspath(inputs), "-o",
-                       _fresh(work / out), "--no-progress"], env)
+                       _fresh(work / out), "--no-progress"], environ)
 
     def pillow_pool() -> dict[str, Any]:
         out = _fresh(work / "pillow-out")
         os.makedirs(out)
         return _timed([python, os.fspath(script), os.fspath(source), out, str(n)], env)
 
-    calls = {
+    commands = {
         "dagflow run": lambda: cli(source, "dagflow-out"),
         "pillow-draft pool script": pillow_pool,
         f"dagflow run, {FIXED_IMAGES} images": lambda: cli(few, "dagflow-few"),
         "dagflow --help": lambda: _timed([dagflow, "--help"], env),
         "python -c pass": lambda: _timed([python, "-c", "pass"], env),
     }
+    compare = os.environ.get("DAGFLOW_COLD_COMPARE")
+    if compare:
+        other = {**env, "PYTHONPATH": os.pathsep.join(
+            p for p in (compare, env.get("PYTHONPATH")) if p)}
+        commands.update({
+            "dagflow run [compare]": lambda: cli(source, "dagflow-out", other),
+            f"dagflow run, {FIXED_IMAGES} images [compare]":
+                lambda: cli(few, "dagflow-few", other),
+            "dagflow --help [compare]": lambda: _timed([dagflow, "--help"], other),
+        })
+    summaries: dict[str, list[float]] = {name: [] for name in commands}
+
+    def recording(name: str) -> Any:
+        def call() -> dict[str, Any]:
+            out = commands[name]()
+            summaries[name].append(out.pop("first_output_s"))
+            return out
+        return call
+
+    calls = {name: recording(name) for name in commands}
     load_before = load_average()
     # one untimed run of each first: the page cache holds the images and the packages
     measured = interleaved(calls, repeat, warmup=list(calls),
                            log=lambda s: print(s, flush=True))
     load_after = load_average()
+    for name, values in summaries.items():
+        measured[name].extra["first_output_s"] = values[1:]  # the warm-up's left out
     med = {k: m.median for k, m in measured.items()}
+    summary_at = {k: statistics.median(v[1:]) for k, v in summaries.items() if v[1:]}
     dagflow_rate = images / med["dagflow run"]
     pool_rate = images / med["pillow-draft pool script"]
     ratio = dagflow_rate / pool_rate
     fixed = med[f"dagflow run, {FIXED_IMAGES} images"]
-    rows = [[name, f"{m.median:.2f}", f"{m.spread:.0%}",
+    rows = [[name, f"{m.median:.2f}",
+             f"{summary_at[name]:.2f}" if name.startswith("dagflow run") else "",
+             f"{m.spread:.0%}",
              f"{images / m.median:.1f}" if name in ("dagflow run", "pillow-draft pool script")
              else ""]
             for name, m in measured.items()]
     print_table(f"Cold: fresh processes, {images} x 2048x1536 JPEG -> 512 px, Gaussian 1.5, "
                 f"JPEG 85; {n} processes; median of {repeat}",
-                ["command", "median s", "spread", "images/s"], rows)
+                ["command", "median s (to exit)", "summary printed at (s)", "spread",
+                 "images/s"], rows)
     targets = [
         ["`dagflow run` ÷ the Pillow-draft pool script (throughput), target >= 1.0",
          fmt_ratio(ratio)],
@@ -179,8 +226,17 @@ def run(images: int = 480, repeat: int = 3, quick: bool = False, workers: int | 
         ["`dagflow --help` - `python -c pass` (s)",
          f"{med['dagflow --help'] - med['python -c pass']:.2f}"],
     ]
+    if compare:
+        targets += [
+            ["[compare] `dagflow run` ÷ the Pillow-draft pool script",
+             fmt_ratio(med["pillow-draft pool script"] / med["dagflow run [compare]"])],
+            [f"[compare] `dagflow run` on {FIXED_IMAGES} images (s)",
+             f"{med[f'dagflow run, {FIXED_IMAGES} images [compare]']:.2f}"],
+            ["[compare] `dagflow --help` (s)", f"{med['dagflow --help [compare]']:.2f}"],
+        ]
     print_table("Targets", ["measure", "value"], targets)
-    payload = {"images": images, "processes": n, "repeat": repeat,
+    payload = {"images": images, "processes": n, "repeat": repeat, "dagflow": _source(env),
+               "compare": _source(other) if compare else None,
                "load": [load_before, load_after],
                "summary": {"ratio": ratio, "fixed_cost_s": fixed,
                            "help_s": med["dagflow --help"],
