@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks import common
 from benchmarks.common import (
     DATA,
     fmt_ratio,
@@ -176,6 +177,7 @@ def run(images: int = 480, repeat: int = 3, quick: bool = False, workers: int | 
     }
     compare = os.environ.get("DAGFLOW_COLD_COMPARE")
     if compare:
+        common.COMMAND = f"DAGFLOW_COLD_COMPARE={compare} {common.COMMAND}"
         other = {**env, "PYTHONPATH": os.pathsep.join(
             p for p in (compare, env.get("PYTHONPATH")) if p)}
         commands.update({
