@@ -181,13 +181,13 @@ def _exit(code: int) -> None:
     if getattr(sys.modules.get("__main__"), "main", None) is not main:
         sys.exit(code)
     import atexit
+    import contextlib
     import os
 
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
-        stream.flush()
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe, as at exit
+            stream.flush()
     os._exit(code)
 
 
