@@ -134,6 +134,8 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
         n_workers: int | None, threads_per_worker: int | None,
         memory_limit: str | None) -> None:
     """Run WORKFLOW (a YAML file) over the inputs."""
+    if not dry_run:
+        _start_workers_early(cluster, scheduler_file)
     from dagflow.runtime import run as run_workflow
 
     if dry_run:
@@ -169,6 +171,30 @@ def run(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int | N
     _exit(result.exit_code)
 
 
+def _is_program() -> bool:
+    """Whether this process is the ``dagflow`` program (not ``dask dagflow``, a test's
+    runner or a caller's process): its only run is this command's, and it ends with it."""
+    return getattr(sys.modules.get("__main__"), "main", None) is main
+
+
+def _start_workers_early(cluster: str | None, scheduler_file: str | None) -> None:
+    """For the embedded cluster, once the configuration is known to be valid: start the
+    process its workers will be forked from, importing what they need while this one
+    imports and plans (:func:`dagflow.runtime.cluster.start_worker_forkserver`). As the
+    ``dagflow`` program only: the forkserver is the process's, for its every cluster."""
+    import dask.config
+
+    from dagflow.config import validate_config
+
+    validate_config()  # an invalid configuration starts nothing
+    if not _is_program() or cluster not in (None, "local") or scheduler_file is not None or (
+            cluster is None and dask.config.get("scheduler-address", None)):
+        return
+    from dagflow.runtime.cluster import start_worker_forkserver
+
+    start_worker_forkserver()
+
+
 def _exit(code: int) -> None:
     """End the command with ``code``; as the ``dagflow`` program, without the
     interpreter's finalization.
@@ -178,7 +204,7 @@ def _exit(code: int) -> None:
     exit handlers run (logging, multiprocessing, Dask), then the process ends. Elsewhere
     (``dask dagflow``, a test's runner, a caller's process) it is ``sys.exit``.
     """
-    if getattr(sys.modules.get("__main__"), "main", None) is not main:
+    if not _is_program():
         sys.exit(code)
     import atexit
     import contextlib
