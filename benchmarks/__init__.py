@@ -10,6 +10,8 @@ which ``python -m benchmarks.readme`` writes ``benchmarks/README.md``.
 =================  =====================================================================
 ``thumbnails``     the thumbnail workload: dagflow vs OpenCV, Pillow, simplejpeg and
                    pyvips pools, and the per-core decode limit
+``cold``           ``dagflow run`` as a fresh process against a fresh Pillow-draft pool
+                   script; dagflow's fixed cost; ``dagflow --help``
 ``microscopy``     16-bit TIFF -> normalize -> Gaussian -> 8-bit PNG: dagflow vs a
                    tifffile + OpenCV/scipy pool
 ``overhead``       a no-op workflow over many items: dagflow's cost per item

@@ -16,7 +16,7 @@ from typing import Any
 
 __all__ = ["main"]
 
-BENCHMARKS = ("thumbnails", "microscopy", "overhead", "planning", "safety", "memory",
+BENCHMARKS = ("thumbnails", "cold", "microscopy", "overhead", "planning", "safety", "memory",
               "large-image", "gpu", "env", "prediction", "advice")
 
 #: Benchmarks owned by other modules that may not exist yet: name -> (module, what it needs).
@@ -86,6 +86,11 @@ def _run_one(name: str, args: argparse.Namespace) -> Any:
         variants = tuple(v.strip() for v in args.variants.split(",")) if args.variants else None
         return thumbnails.run(images=args.images or quick.get("images") or 480, repeat=repeat,
                               variants=variants, workers=args.workers)
+    if name == "cold":
+        from benchmarks import cold
+
+        return cold.run(images=args.images or 480, repeat=repeat, quick=args.quick,
+                        workers=args.workers)
     if name == "microscopy":
         from benchmarks import microscopy
 

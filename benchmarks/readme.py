@@ -55,6 +55,9 @@ BENCHMARKS = [
      "process), dagflow's kernels in the same pool, dagflow on a warm cluster; the "
      "per-core limit (1/4-scale decode alone); CPU per stage; outputs against an exact "
      "reference", "`thumbnails.py`, `kernels.py`"),
+    ("cold", "`dagflow run` as a fresh process (imports, its cluster, its report) on the "
+     "thumbnail workload against a fresh Pillow-draft `ProcessPoolExecutor` script; "
+     "dagflow's fixed cost (the command on 8 images); `dagflow --help`", "`cold.py`"),
     ("microscopy", "16-bit 2048x2048 TIFFs -> normalize -> Gaussian 2 -> 8-bit PNG: "
      "tifffile + OpenCV, tifffile + scipy, dagflow's kernels, dagflow; CPU per stage; "
      "outputs against a float64 reference", "`microscopy.py`"),

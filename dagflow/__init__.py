@@ -17,37 +17,36 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from dagflow import config as config
-from dagflow.exceptions import (
-    BadInputError,
-    CircuitOpenError,
-    ClusterStartError,
-    ClusterUnreachableError,
-    ConfigError,
-    DagflowError,
-    InputError,
-    ItemError,
-    ItemTimeoutError,
-    OutputCollisionError,
-    OutputError,
-    OutputLockedError,
-    OversizeError,
-    PartialDataError,
-    ResourceError,
-    StorageError,
-    TransientError,
-    UnknownOpError,
-    UnsafeStateError,
-    WorkflowValidationError,
-)
-from dagflow.image import Image
-from dagflow.inputs import InputSet, resolve_inputs
-from dagflow.ops.registry import Param, get_op, list_ops, register_op
-from dagflow.workflow import Condition, Node, Workflow
-
 if TYPE_CHECKING:
+    from dagflow import config as config
+    from dagflow.exceptions import (
+        BadInputError,
+        CircuitOpenError,
+        ClusterStartError,
+        ClusterUnreachableError,
+        ConfigError,
+        DagflowError,
+        InputError,
+        ItemError,
+        ItemTimeoutError,
+        OutputCollisionError,
+        OutputError,
+        OutputLockedError,
+        OversizeError,
+        PartialDataError,
+        ResourceError,
+        StorageError,
+        TransientError,
+        UnknownOpError,
+        UnsafeStateError,
+        WorkflowValidationError,
+    )
+    from dagflow.image import Image
+    from dagflow.inputs import InputSet, resolve_inputs
     from dagflow.io.lazy import open_image
+    from dagflow.ops.registry import Param, get_op, list_ops, register_op
     from dagflow.runtime import RunHandle, RunResult, run
+    from dagflow.workflow import Condition, Node, Workflow
 
 __version__ = "0.1.0"
 
@@ -89,16 +88,38 @@ __all__ = [
     "run",
 ]
 
-# The runtime imports distributed; load it on first use so that `dagflow validate` and
-# workflow code stay light.
-# open_image (a large TIFF as a lazy xarray.DataArray) imports dask and xarray.
-_LAZY = {"run": "dagflow.runtime", "RunResult": "dagflow.runtime", "RunHandle": "dagflow.runtime",
-         "open_image": "dagflow.io.lazy"}
+# Every name is imported on first use: `import dagflow` (and so `dagflow --help`, and
+# every worker process, which imports the command's module again) costs nothing until a
+# name is used. The runtime imports distributed, the ops numpy, scipy and OpenCV, the
+# configuration Dask; open_image (a large TIFF as a lazy xarray.DataArray) dask and xarray.
+_LAZY = {
+    **dict.fromkeys(
+        ["BadInputError", "CircuitOpenError", "ClusterStartError", "ClusterUnreachableError",
+         "ConfigError", "DagflowError", "InputError", "ItemError", "ItemTimeoutError",
+         "OutputCollisionError", "OutputError", "OutputLockedError", "OversizeError",
+         "PartialDataError", "ResourceError", "StorageError", "TransientError", "UnknownOpError",
+         "UnsafeStateError", "WorkflowValidationError"], "dagflow.exceptions"),
+    "Image": "dagflow.image",
+    "InputSet": "dagflow.inputs", "resolve_inputs": "dagflow.inputs",
+    "Param": "dagflow.ops.registry", "get_op": "dagflow.ops.registry",
+    "list_ops": "dagflow.ops.registry", "register_op": "dagflow.ops.registry",
+    "Condition": "dagflow.workflow", "Node": "dagflow.workflow", "Workflow": "dagflow.workflow",
+    "run": "dagflow.runtime", "RunResult": "dagflow.runtime", "RunHandle": "dagflow.runtime",
+    "open_image": "dagflow.io.lazy",
+}
 
 
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
+    import importlib
 
-        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "config":
+        return importlib.import_module("dagflow.config")
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # found once
+        return value
     raise AttributeError(f"module 'dagflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, "config"})

@@ -127,3 +127,70 @@ def test_sample_data_and_status(tmp_path):
     result = runner.invoke(main, ["sample-data", str(tmp_path / "s"), "--photos", "2"])
     assert result.exit_code == 0, result.output
     assert len([p for p in (tmp_path / "s").rglob("*") if p.is_file()]) >= 10
+
+
+#: What the command line must not import before a subcommand needs it (its start-up is
+#: every command's, and every embedded worker's: a spawned worker imports the command's
+#: module again).
+HEAVY = ("dask", "distributed", "numpy", "scipy", "PIL", "cv2", "pyarrow", "yaml",
+         "dagflow.ops", "dagflow.config", "dagflow.runtime.run")
+
+
+def test_help_imports_nothing_heavy():
+    """``dagflow --help`` and ``dagflow run --help`` load click and the command modules,
+    not Dask, numpy or the ops; a lazy name still resolves when used."""
+    probe = (
+        "import sys\n"
+        "from dagflow.cli import main\n"
+        "for args in (['--help'], ['run', '--help'], ['report', '--help']):\n"
+        "    try:\n"
+        "        main(args)\n"
+        "    except SystemExit as exc:\n"
+        "        assert exc.code == 0, exc.code\n"
+        f"heavy = [m for m in {HEAVY!r} if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+        "import dagflow\n"
+        "from dagflow.runtime import run, plan\n"
+        "import dagflow.runtime.run, dagflow.runtime.plan\n"
+        "from dagflow.runtime import run as again\n"
+        "assert dagflow.run is run is again and callable(plan), (run, plan)\n"
+        "assert dagflow.Workflow.__name__ == 'Workflow' and dagflow.config.get('state-dir')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout, done.stdout
+
+
+def test_run_prints_its_summary_before_writing_its_report(workflow_file, photos, tmp_path,
+                                                          client, monkeypatch):
+    """The summary (and so the exit code) comes first; the report after it, still
+    written by the command where README says."""
+    import click
+    import dask
+
+    import dagflow.monitor.report as report_module
+
+    order: list[tuple[str, str]] = []
+    echo, write_report = click.echo, report_module.write_report
+
+    def recording_echo(message=None, *args, **kwargs):
+        order.append(("echo", str(message)))
+        return echo(message, *args, **kwargs)
+
+    def recording_report(*args, **kwargs):
+        order.append(("report", ""))
+        return write_report(*args, **kwargs)
+
+    monkeypatch.setattr(click, "echo", recording_echo)
+    monkeypatch.setattr(report_module, "write_report", recording_report)
+    out = tmp_path / "out"
+    with dask.config.set({"dagflow.monitor.report": "cli"}):
+        result = CliRunner().invoke(main, ["run", str(workflow_file), "-i", str(photos),
+                                           "-o", str(out), "--cluster",
+                                           client.scheduler.address])
+    assert result.exit_code == 0, result.output
+    summary = next(i for i, (kind, text) in enumerate(order)
+                   if kind == "echo" and "run directory:" in text)
+    assert [kind for kind, _ in order].index("report") > summary, order
+    assert len(list(out.glob("_dagflow/runs/*/report.html"))) == 1

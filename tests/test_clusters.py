@@ -906,3 +906,76 @@ def test_dashboard_address_null_switches_the_dashboard_off_and_binds_no_fixed_po
             urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as reply:
             assert reply.read() == b"ok"
+
+
+def _imported(*names: str) -> dict[str, bool]:
+    return {name: name in sys.modules for name in names}
+
+
+@pytest.mark.slow
+def test_embedded_workers_import_what_chunks_need_as_they_start():
+    """dagflow.cluster.worker-preload: the ops, codecs and Parquet are imported before
+    any task or plugin reaches the worker (not on its first chunk); false leaves them."""
+    from distributed import Client
+
+    from dagflow.runtime.cluster import start_local_cluster
+
+    wanted = ("dagflow.ops", "dagflow.execute", "dagflow.recovery.checkpoint", "cv2")
+    for preload in (True, False):
+        with dask.config.set({"dagflow.cluster.worker-preload": preload}), \
+                start_local_cluster(n_workers=1, threads_per_worker=1) as cluster, \
+                Client(cluster) as client:
+            (found,) = client.run(_imported, *wanted).values()
+        assert found == dict.fromkeys(wanted, preload), (preload, found)
+
+
+FORKED_WORKERS = '''
+import os, sys
+from multiprocessing import forkserver
+
+from distributed import Client
+
+from dagflow.runtime.cluster import start_local_cluster, start_worker_forkserver
+
+
+def at_start():
+    with open("/proc/self/environ", "rb") as f:  # as the process started: what glibc read
+        env = dict(e.split(b"=", 1) for e in f.read().split(bytes(1)) if b"=" in e)
+    return {"parent": os.getppid(), "preloaded": "dagflow.ops" in sys.modules,
+            "malloc": env.get(b"MALLOC_MMAP_THRESHOLD_", b"").decode(),
+            "omp": env.get(b"OMP_NUM_THREADS", b"").decode(),
+            "seed": env.get(b"PYTHONHASHSEED", b"").decode()}
+
+
+if __name__ == "__main__":
+    assert start_worker_forkserver() and "MALLOC_MMAP_THRESHOLD_" not in os.environ
+    with start_local_cluster(n_workers=2, threads_per_worker=1) as cluster:
+        with Client(cluster) as client:
+            found = list(client.run(at_start).values())
+            assert client.submit(sum, [1, 2]).result() == 3
+    print("SERVER", forkserver._forkserver._forkserver_pid, "WORKERS", found)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/environ")
+def test_workers_fork_from_the_preloaded_server_in_the_workers_environment(tmp_path):
+    """`dagflow run` starts the forkserver first: the embedded cluster's workers are its
+    forks, with the ops imported and, from their first instruction, the environment a
+    nanny gives a spawned worker (glibc's MALLOC_* from dagflow.cluster.worker-env,
+    OMP_NUM_THREADS, Dask's hash seed); the command's own environment is left alone."""
+    script = tmp_path / "forked.py"
+    script.write_text(FORKED_WORKERS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env={k: v for k, v in os.environ.items()
+                                            if not k.startswith(("MALLOC_", "PYTHONHASHSEED"))})
+    assert done.returncode == 0, done.stderr
+    line = next(x for x in done.stdout.splitlines() if x.startswith("SERVER"))
+    server, workers = line.split(" WORKERS ")
+    found = eval(workers)  # the repr of a list of dicts of str, int and bool
+    assert len(found) == 2
+    threshold = str(dask.config.get("dagflow.cluster.worker-env")["MALLOC_MMAP_THRESHOLD_"])
+    for worker in found:
+        assert worker["parent"] == int(server.split()[1])
+        assert worker["preloaded"] is True
+        assert (worker["malloc"], worker["omp"], worker["seed"]) == (threshold, "1", "6640")

@@ -356,3 +356,38 @@ def test_a_first_run_leaves_fingerprints_to_its_tasks_and_the_next_run_matches_t
     assert (again.executed, again.already_done) == (0, 12)
     stats = Workflow("s", [Node("load", "load"), Node("stats", "stats", after="load")])
     assert fingerprints_needed(stats, tmp_path / "empty", resume=True)
+
+
+@pytest.mark.slow
+def test_an_error_while_the_cluster_starts_closes_it_and_is_the_one_raised(tmp_path,
+                                                                          monkeypatch):
+    """The embedded cluster starts in the background while the run is planned: a run
+    stopped before it uses the cluster (here: no inputs) closes it, worker processes
+    included, and raises its own error, nothing written."""
+    import psutil
+    from distributed.core import Status
+
+    import dagflow.runtime.cluster as cluster_module
+
+    started, workers = [], []
+    start = cluster_module.start_local_cluster
+
+    def recording(**kwargs):
+        started.append(start(**kwargs))
+        workers.extend(psutil.Process(nanny.process.pid)
+                       for nanny in started[-1].workers.values())
+        return started[-1]
+
+    monkeypatch.setattr(cluster_module, "start_local_cluster", recording)
+    (tmp_path / "in").mkdir()
+    with pytest.raises(dagflow.InputError, match="no images found"):
+        dagflow.run(THUMBS, tmp_path / "in", tmp_path / "out", progress=False,
+                    local_options={"n_workers": 1, "threads_per_worker": 1})
+    assert len(started) == 1 and started[0].status == Status.closed
+    assert len(workers) == 1
+    assert not [w for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(dagflow.WorkflowValidationError):  # before any cluster starts
+        dagflow.run(Workflow("w", [Node("load", "load"), Node("x", "resize", after="load")]),
+                    tmp_path / "in", tmp_path / "out", progress=False)
+    assert len(started) == 1

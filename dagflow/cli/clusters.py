@@ -14,8 +14,6 @@ import sys
 from typing import Any
 
 import click
-import dask.config
-import yaml
 
 from dagflow.cli import (
     _local_options,
@@ -60,6 +58,8 @@ def submit(workflow: str, inputs: tuple[str, ...], output: str, chunk_size: int 
     dashboard, or --follow. With --follow the exit code is the run's (0, 1, 3), 2 when
     the driver failed before the run started, 4 when the run did not finish.
     """
+    import dask.config
+
     from dagflow.runtime.submit import follow as follow_run
     from dagflow.runtime.submit import submit as submit_run
 
@@ -138,6 +138,9 @@ def config_group() -> None:
 def config_show() -> None:
     """Print the dagflow configuration in force, as YAML."""
     import dask.config
+    import yaml
+
+    import dagflow.config  # noqa: F401  (dagflow's defaults, in Dask's configuration)
 
     click.echo(yaml.safe_dump({"dagflow": dask.config.get("dagflow")}, sort_keys=False),
                nl=False)

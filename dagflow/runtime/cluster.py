@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,9 +31,10 @@ from dagflow.exceptions import ClusterStartError, ClusterUnreachableError, Confi
 from dagflow.runtime import jobqueue
 from dagflow.runtime.profiles import Profile, load_profile
 
-__all__ = ["check_local_sizes", "cluster_dask_config", "cluster_from_profile", "connect",
-           "dashboard_link", "dashboard_options", "refuse_while_bootstrapping",
-           "resolve_local_sizes", "start_cuda_cluster", "start_local_cluster"]
+__all__ = ["LocalClusterStart", "check_local_sizes", "cluster_dask_config",
+           "cluster_from_profile", "connect", "dashboard_link", "dashboard_options",
+           "refuse_while_bootstrapping", "resolve_local_sizes", "start_cuda_cluster",
+           "start_local_cluster", "start_worker_forkserver"]
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +164,68 @@ def dashboard_options(host: str | None) -> dict[str, Any]:
             "scheduler_kwargs": {"dashboard": False}}
 
 
+#: What the worker processes of the embedded cluster import before anything else.
+WORKER_MODULES = ["distributed", "dagflow.runtime.signals", "dagflow.runtime.worker_preload"]
+#: Whether :func:`start_worker_forkserver` started this process's forkserver.
+_forkserver = False
+
+
+def _spawn_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
+    """What a nanny puts in its worker's environment before the process starts (Dask's
+    ``pre-spawn-environ`` and hash seed), with ``worker_env`` over it."""
+    spawn = {str(k): str(v) for k, v in
+             (dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}).items()}
+    spawn.setdefault("PYTHONHASHSEED", os.environ.get("PYTHONHASHSEED") or "6640")
+    return {**spawn, **worker_env}
+
+
+def start_worker_forkserver() -> bool:
+    """Start, now, the process that the embedded cluster's workers will be forked from,
+    importing what they need (:data:`WORKER_MODULES`) while this process goes on.
+
+    ``dagflow run`` calls it first thing: the server imports Dask and the ops on another
+    core while the command imports and plans, and each worker then starts as a fork of
+    it, its imports done, instead of a fresh interpreter importing them all (about a
+    second on two cores). It starts with the environment a nanny gives its workers
+    before they start (``OMP_NUM_THREADS``, the hash seed, ``dagflow.cluster.worker-env``:
+    glibc reads ``MALLOC_*`` only when a process starts). Workers restarted later are
+    spawned as usual.
+
+    Returns
+    -------
+    bool
+        Whether the forkserver is this process's and the next
+        :func:`start_local_cluster` forks its workers from it: not where forkserver is
+        not available (Windows), a forkserver already runs, the worker preload is off,
+        or ``distributed.worker.multiprocessing-method`` is not Dask's default.
+    """
+    global _forkserver
+    if _forkserver:
+        return True
+    from multiprocessing import forkserver
+
+    if ("forkserver" not in multiprocessing.get_all_start_methods()
+            or config.get("cluster.worker-preload") is False
+            or dask.config.get("distributed.worker.multiprocessing-method") != "spawn"
+            or getattr(forkserver._forkserver, "_forkserver_pid", None) is not None):
+        return False
+    env = _spawn_environment({str(k): str(v) for k, v in
+                              (config.get("cluster.worker-env") or {}).items()})
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        multiprocessing.set_forkserver_preload(WORKER_MODULES)
+        forkserver.ensure_running()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    _forkserver = True
+    return True
+
+
 def start_local_cluster(
     *,
     n_workers: int | None = None,
@@ -215,14 +279,20 @@ def start_local_cluster(
     worker_env = dict(options.get("env") or {}) if processes else {}
     spawn_env = {**(dask.config.get("distributed.nanny.pre-spawn-environ", None) or {}),
                  **worker_env}
+    # workers forked from the forkserver `dagflow run` started, in the environment it
+    # started with: the configured one, unless this cluster asks for another
+    fork = {"distributed.worker.multiprocessing-method": "forkserver"} \
+        if processes and _forkserver and "env" not in kwargs else {}
     saved = {k: os.environ.get(k) for k in worker_env}
     os.environ.update(worker_env)
     preloads = dask.config.get("distributed.worker.preload", None) or []
     preloads = [preloads] if isinstance(preloads, str) else list(preloads)
     if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.signals)
         preloads.append("dagflow.runtime.signals")
+        if config.get("cluster.worker-preload") is not False:
+            preloads.append("dagflow.runtime.worker_preload")  # ops, codecs, Parquet
     try:
-        with dask.config.set({**cluster_dask_config(),
+        with dask.config.set({**cluster_dask_config(), **fork,
                               "distributed.nanny.pre-spawn-environ": spawn_env,
                               "distributed.worker.preload": preloads}):
             if processes and "config" not in options:
@@ -404,6 +474,58 @@ def _apply_scaling(profile: Profile, cluster: Any) -> None:
             cluster.scale(int(profile.scale))
 
 
+class LocalClusterStart:
+    """The embedded ``LocalCluster``, started in a background thread.
+
+    Its worker processes start (and import what chunks need,
+    :mod:`dagflow.runtime.worker_preload`) while the driver lists the inputs and plans
+    the run; :meth:`result` waits for it. A run that fails before it uses the cluster
+    calls :meth:`close`, which waits for the start to end and closes what started: the
+    run's own error is the one raised, as if no cluster had been started.
+
+    Parameters
+    ----------
+    local_options
+        Keyword arguments for :func:`start_local_cluster`.
+    """
+
+    def __init__(self, local_options: Mapping[str, Any] | None = None) -> None:
+        self._options = dict(local_options or {})
+        self._cluster: LocalCluster | None = None
+        self._error: BaseException | None = None
+        self._taken = False
+        self._thread = threading.Thread(target=self._start, name="dagflow-cluster-start",
+                                        daemon=True)
+        self._thread.start()
+
+    def _start(self) -> None:
+        try:
+            self._cluster = start_local_cluster(**self._options)
+        except BaseException as exc:  # raised where the run uses the cluster
+            self._error = exc
+
+    def result(self) -> LocalCluster:
+        """The started cluster (its closing is the caller's); what the start raised,
+        raised here."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._cluster is not None
+        self._taken = True
+        return self._cluster
+
+    def close(self) -> None:
+        """Wait for the start to end; close the cluster unless :meth:`result` handed it
+        out. Raises nothing: the caller is already failing for its own reason."""
+        self._thread.join()
+        if self._cluster is not None and not self._taken:
+            try:
+                self._cluster.close()
+            except Exception as exc:
+                logger.warning("the cluster did not close cleanly: %s: %s",
+                               type(exc).__name__, exc)
+
+
 def dashboard_link(client: Client) -> str | None:
     """The dashboard URL of the client's scheduler, if it has one."""
     try:
@@ -431,6 +553,7 @@ def connect(
     cluster: str | Any | None = None,
     scheduler_file: str | os.PathLike[str] | None = None,
     local_options: Mapping[str, Any] | None = None,
+    starting: LocalClusterStart | None = None,
 ) -> Iterator[Client]:
     """A client for the run, closing what this call started.
 
@@ -445,9 +568,16 @@ def connect(
         A scheduler file written by ``dask scheduler --scheduler-file``.
     local_options
         Keyword arguments for :func:`start_local_cluster`.
+    starting
+        The embedded cluster, already starting (``cluster`` and ``scheduler_file`` are
+        then ignored): this call waits for it and closes it.
     """
     if client is not None:
         yield client
+        return
+    if starting is not None:
+        with starting.result() as lc, Client(lc) as c:
+            yield c
         return
     address = None
     if isinstance(cluster, str) and "://" in cluster:

@@ -45,6 +45,7 @@ from dagflow.recovery.inflight import TABLE
 from dagflow.runtime import signals
 from dagflow.runtime.capacity import prepare_cluster
 from dagflow.runtime.cluster import (
+    LocalClusterStart,
     connect,
     dashboard_link,
     refuse_while_bootstrapping,
@@ -179,15 +180,40 @@ def run(
     if client is None and cluster in (None, "local") and scheduler_file is None:
         resolve_local_sizes(local_options)  # the embedded cluster's, before anything
     output = output_location(output)  # a store's URL stays one
-    input_set = run_inputs(wf, inputs, output, resume or retry_failed)
-    check_outputs(wf, input_set.items, output)  # no two writers of one output file
     options = dict(client=client, cluster=cluster, scheduler_file=scheduler_file,
                    chunk_size=chunk_size, resume=resume, retry_failed=retry_failed,
                    checkpoint=checkpoint, local_options=local_options, run_id=run_id)
     if not wait:
+        input_set = run_inputs(wf, inputs, output, resume or retry_failed)
+        check_outputs(wf, input_set.items, output)  # no two writers of one output file
         return RunHandle(lambda handle: _run(wf, input_set, output, progress=False,
                                              handle=handle, **options))
-    return _run(wf, input_set, output, progress=progress, **options)
+    with _embedded_cluster_starting(client, cluster, scheduler_file, local_options) as starting:
+        input_set = run_inputs(wf, inputs, output, resume or retry_failed)
+        check_outputs(wf, input_set.items, output)
+        return _run(wf, input_set, output, progress=progress, starting=starting, **options)
+
+
+@contextlib.contextmanager
+def _embedded_cluster_starting(client: Any, cluster: Any, scheduler_file: Any,
+                               local_options: Mapping[str, Any] | None
+                               ) -> Iterator[LocalClusterStart | None]:
+    """The embedded cluster, starting in the background while the run is planned (the
+    workflow and the configuration are valid by then); ``None`` for any other cluster.
+
+    Whatever stops the run before it takes the cluster (no inputs, colliding outputs, a
+    locked output directory, Ctrl-C) closes it on the way out, and is what is raised.
+    """
+    if not (client is None and scheduler_file is None and cluster in (None, "local")
+            and not (cluster is None and dask.config.get("scheduler-address", None))):
+        yield None
+        return
+    with _local_cluster_kept():  # from before its nannies set the spawn environment
+        starting = LocalClusterStart(local_options)
+        try:
+            yield starting
+        finally:
+            starting.close()  # a no-op once the run has taken (and closed) it
 
 
 def _local(client: Any, cluster: Any, scheduler_file: Any) -> bool:
@@ -284,7 +310,7 @@ def _run(wf: Workflow, input_set: InputSet, output: Path | str, *,
 def _run_locked(wf: Workflow, input_set: InputSet, output: Path | str, *, state_root: Path,
                 client, cluster, scheduler_file, chunk_size, resume, retry_failed,
                 checkpoint, progress, local_options, handle: RunHandle | None = None,
-                run_id: str) -> RunResult:
+                run_id: str, starting: LocalClusterStart | None = None) -> RunResult:
     # state_root holds the state directory: the output directory, or a store's local copy
     start = time.perf_counter()
     try:
@@ -329,7 +355,8 @@ def _run_locked(wf: Workflow, input_set: InputSet, output: Path | str, *, state_
         try:
             with _cluster_closed_quietly(connect(client, cluster=cluster,
                                                  scheduler_file=scheduler_file,
-                                                 local_options=local_options), events) as c:
+                                                 local_options=local_options,
+                                                 starting=starting), events) as c:
                 runner = _run_on(c, wf, tasks, ctx, to_run, input_set, result, events, bar,
                                  chunk_size=chunk_size, already_done=already_done,
                                  handle=handle, start=start)
