@@ -221,12 +221,8 @@ def _exit(code: int) -> None:
 def _write_report(result: Any) -> None:
     """The run's ``report.html``, written after its summary; a report that cannot be
     written is a warning, never the run's exit code."""
-    from dagflow.monitor.analysis import analyze
-    from dagflow.monitor.report import write_report
-
     try:
-        write_report(result.run_dir, analysis=analyze(result.run_dir,
-                                                      duration_s=result.duration_s))
+        result.report()  # a run into a store: uploaded beside the run's records
     except Exception as exc:
         click.echo(f"warning: could not write the run report: {type(exc).__name__}: {exc}; "
                    f"'dagflow report {result.run_dir}' writes it", err=True)

@@ -199,7 +199,7 @@ class RunResult:
 
         # a run into a store: read from a local copy, the report uploaded beside the run's
         with staged_view(self.run_dir, write_back=path is None) as local:
-            written = write_report(local, path)
+            written = write_report(local, path, duration_s=self.duration_s)
         if local == Path(self.run_dir):
             return written
         return remote_path(os.fspath(self.run_dir), local, written)  # type: ignore[return-value]
