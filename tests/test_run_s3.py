@@ -141,10 +141,13 @@ def test_cli_run_status_report_and_retry_failed_on_a_store(store, tmp_path):
     workflow = tmp_path / "thumbs.yaml"
     workflow.write_text(WORKFLOW_YAML)
     args = ["run", str(workflow), "-i", store.url("in/"), "-o", store.url("out/"), "--json"]
-    first = CliRunner().invoke(main, args)
+    with dask.config.set({"dagflow.monitor.report": "cli"}):  # the suite's default: off
+        first = CliRunner().invoke(main, args)
     assert first.exit_code == 1, first.output
     summary = json.loads(first.stdout)
     assert (summary["succeeded"], summary["failed"]) == (6, 1)
+    run_key = summary["run_dir"].removeprefix(store.url(""))
+    assert f"{run_key}/report.html" in keys(store)  # written after the summary, uploaded
 
     shown = CliRunner().invoke(main, ["status", store.url("out"), "--json"])
     assert shown.exit_code == 0, shown.output
