@@ -78,6 +78,18 @@ def test_report_written_at_the_end_of_a_run(two_runs):
     assert "bad_input" in html  # the broken file, in errors and retries
 
 
+def test_a_resume_that_runs_nothing_has_its_report(two_runs, client):
+    """A third run into the finished output executes nothing: its analysis and report
+    are still written (no item ran, so no node has a time to show)."""
+    out = two_runs[0].run_dir.parents[2]
+    with dask.config.set(MONITOR_ON):
+        third = dagflow.run(WORKFLOW, out.parent / "in", out, client=client)
+    assert third.executed == 0
+    assert analyze(third.run_dir).run["items"] == 0
+    html = (third.run_dir / "report.html").read_text()
+    assert_self_contained(html)
+
+
 def test_json_percentiles_equal_numpy_on_the_records(two_runs):
     first, _ = two_runs
     result = CliRunner().invoke(main, ["report", str(first.run_dir), "--json"])

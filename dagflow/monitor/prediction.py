@@ -192,7 +192,10 @@ def item_units(rows: Any, nodes: Mapping[str, Mapping[str, Any]]) -> Any:
     out["out_mp"] = mp.loc[ran.index].to_numpy()
     kinds = {str(n): v.get("kind") for n, v in nodes.items()}
     parents = {str(n): (list(v.get("parents") or []) or [None])[0] for n, v in nodes.items()}
-    out["parent"] = [parents.get(n) or "" for n in out["node_id"]]
+    # strings whatever the rows (an empty list would make a float column: a resume that
+    # ran nothing)
+    out["parent"] = pd.Series([parents.get(n) or "" for n in out["node_id"]],
+                              index=out.index, dtype=object)
     parent_mp = table.rename(columns={"node_id": "parent", "out_mp": "in_mp"})
     parent_mp = parent_mp.drop_duplicates(["item_id", "parent"], keep="last")
     out = out.merge(parent_mp, on=["item_id", "parent"], how="left")
