@@ -279,25 +279,31 @@ def test_submit_into_a_store_is_refused_before_anything_starts(tmp_path):
 
 
 @pytest.fixture
-def worker_elsewhere(store):
+def worker_elsewhere(store, tmp_path, monkeypatch):
     """A scheduler in this process and one ``dask worker`` process that does not see
-    this machine's /tmp (its own mount namespace, a tmpfs over /tmp): a worker on another
-    machine, as far as the run's local copy of its state goes."""
+    this process's temporary directory, where the run keeps the local copy of its state
+    (its own mount namespace, a tmpfs over that directory): a worker on another machine,
+    as far as that copy goes. Only that directory is hidden: the checkout and its
+    environment may live under /tmp too."""
     import shutil
+    import tempfile
 
     from distributed import Client, LocalCluster
 
     if shutil.which("unshare") is None or subprocess.run(
             ["unshare", "-m", "true"], capture_output=True).returncode != 0:
         pytest.skip("needs unshare -m (root in a container) for a worker without our /tmp")
+    ours = tmp_path / "driver-tmp"
+    ours.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(ours))  # the state's copy goes here
     with LocalCluster(n_workers=0, processes=False, protocol="tcp", host="127.0.0.1",
                       scheduler_port=0,
                       dashboard_address="127.0.0.1:0") as cluster, Client(cluster) as c:
         dask_bin = str(Path(sys.executable).parent / "dask")
-        command = (f"mount -t tmpfs tmpfs /tmp && exec {dask_bin} worker "
+        command = (f"mount -t tmpfs tmpfs {ours} && exec {dask_bin} worker "
                    f"{cluster.scheduler_address} --nthreads 2 --no-nanny "
                    "--host 127.0.0.1 --dashboard-address 127.0.0.1:0 "
-                   "--local-directory /tmp/w")
+                   f"--local-directory {ours}/w")
         # its configuration from the environment: it sees no file under our /tmp
         env = {**os.environ, "DASK_DAGFLOW__STORAGE__OPTIONS": repr({"s3": store.options})}
         worker = subprocess.Popen(["unshare", "-m", "sh", "-c", command], env=env,
