@@ -272,7 +272,7 @@ TEST_ENVIRONMENT = {
 @pytest.fixture(scope="session", name="s3_server")
 def s3_server_fixture() -> Iterator[S3Server]:
     """moto's S3 server, for the whole session."""
-    pytest.importorskip("moto.server", reason="needs moto with flask and flask-cors (the test extra)")
+    pytest.importorskip("moto.server", reason="needs moto, flask and flask-cors (test extra)")
     pytest.importorskip("s3fs", reason="needs s3fs (the s3 and test extras)")
     saved = {name: os.environ.get(name) for name in TEST_ENVIRONMENT}
     os.environ.update(TEST_ENVIRONMENT)
