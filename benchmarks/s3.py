@@ -8,6 +8,8 @@ embedded ``LocalCluster`` twice per repetition, in turn:
 ``local``  inputs and output on the local disk (the paths, as ``thumbnails``)
 ``s3``     inputs listed from ``s3://<bucket>/in/``, outputs and the run's
            state written under a fresh ``s3://<bucket>/out/<n>/``
+``s3-hf``  the same with ``dagflow.storage.whole-read-bytes`` 0 on the workers
+           (``s3-header-first``: each input's header block, then the rest)
 =========  ==================================================================
 
 The S3 API is moto's standalone server, in a process of its own on a free port of
@@ -169,10 +171,10 @@ def _options(endpoint: str) -> dict[str, Any]:
         "endpoint_url": endpoint, "client_kwargs": {"region_name": "us-east-1"}}}}
 
 
-def _set_options(endpoint: str) -> None:
+def _set_config(values: dict[str, Any]) -> None:
     import dask
 
-    dask.config.set(_options(endpoint))  # for good, in a worker that ends with the run
+    dask.config.set(values)  # for good, in a worker that ends with the benchmark
 
 
 def _upload(endpoint: str, files: list[Path]) -> None:
@@ -237,26 +239,37 @@ def run(images: int = 160, repeat: int = 3, quick: bool = False, **_: Any) -> di
             assert result.succeeded == images, result
             return {"seconds": seconds}
 
-        def s3() -> dict[str, Any]:
+        def s3(name: str = "s3") -> dict[str, Any]:
             out = f"s3://{BUCKET}/out/{next(runs)}/"
             cpu0 = server.cpu()
             t0 = time.perf_counter()
             result = dagflow.run(workflow, source, out, client=client, progress=False)
             seconds = time.perf_counter() - t0
             assert result.succeeded == images, result
-            info.setdefault("server_cpu_s", []).append(server.cpu() - cpu0)
+            info.setdefault("server_cpu_s", {}).setdefault(name, []).append(server.cpu() - cpu0)
             return {"seconds": seconds}
+
+        whole = dask.config.get("dagflow.storage.whole-read-bytes")
+
+        def s3_header_first() -> dict[str, Any]:
+            # read_image's other path: each input's header block, then the rest
+            client.run(_set_config, {"dagflow.storage.whole-read-bytes": 0})
+            try:
+                return s3("s3-header-first")
+            finally:
+                client.run(_set_config, {"dagflow.storage.whole-read-bytes": whole})
 
         def log(line: str) -> None:
             info["loads"].append(load_average())
             print(line, flush=True)
 
         load_before = load_average()
-        measured = interleaved({"local": local, "s3": s3}, repeat, log=log)
+        measured = interleaved({"local": local, "s3": s3, "s3-header-first": s3_header_first},
+                               repeat, log=log)
         load_after = load_average()
         # one more run through the recording proxy: what went over the wire. The workers
         # took their configuration when they started: point theirs at the proxy too.
-        client.run(_set_options, server.proxy)
+        client.run(_set_config, _options(server.proxy))
         with dask.config.set(_options(server.proxy)):
             counted = f"s3://{BUCKET}/out/counted/"
             result = dagflow.run(workflow, source, counted, client=client, progress=False)
@@ -272,19 +285,21 @@ def _report(measured: dict[str, Any], wire: dict[str, Any], info: dict[str, Any]
     import statistics
 
     local, s3 = measured["local"], measured["s3"]
-    server_cpu = statistics.median(info.get("server_cpu_s") or [float("nan")])
+    server = {name: statistics.median(values)
+              for name, values in (info.get("server_cpu_s") or {}).items()}
+    server_cpu = server.get("s3", float("nan"))
     ratio = local.median / s3.median
     cores = os.cpu_count() or 1
     rows = []
-    for m in (local, s3):
+    for m in measured.values():
         rows.append([m.name, f"{m.median:.2f}", f"{images / m.median:.1f}",
                      fmt_ratio(local.median / m.median), f"{m.cpu / images * 1e3:.1f}",
-                     f"{server_cpu / images * 1e3:.1f}" if m is s3 else "0",
-                     f"{m.spread:.0%}"])
+                     f"{server.get(m.name, 0) / images * 1e3:.1f}", f"{m.spread:.0%}"])
     print_table(f"Thumbnails from and to S3 (moto, own process) against local files: "
                 f"{images} x 2048x1536 JPEG; {workers} workers on {cores} cores, which the "
-                f"S3 server shares; median of {repeat}",
-                ["variant", "median s", "images/s", "s3 ÷ local (throughput)",
+                f"S3 server shares; median of {repeat}; s3-header-first: "
+                f"whole-read-bytes 0 (each input's header block, then the rest)",
+                ["variant", "median s", "images/s", "÷ local (throughput)",
                  "CPU ms/image (all processes)", "of which the S3 server", "spread"], rows)
     extra_wall = (s3.median - local.median) / images * 1e3
     summary = [
@@ -297,6 +312,9 @@ def _report(measured: dict[str, Any], wire: dict[str, Any], info: dict[str, Any]
          f"{server_cpu / images * 1e3:.1f}"],
         ["s3 ÷ local were the server's CPU elsewhere (by CPU, indicative)",
          fmt_ratio(local.cpu / max(s3.cpu - server_cpu, 1e-9))],
+        ["s3 ÷ s3-header-first (one GET per input instead of two)",
+         fmt_ratio(measured["s3-header-first"].median / s3.median)
+         if "s3-header-first" in measured else "n/a"],
         ["load average (1 min): before, during (max), after",
          f"{loads[0]:.1f}, {max(info['loads'] or [0]):.1f}, {loads[1]:.1f}"],
     ]
