@@ -12,6 +12,8 @@ which ``python -m benchmarks.readme`` writes ``benchmarks/README.md``.
                    pyvips pools, and the per-core decode limit
 ``cold``           ``dagflow run`` as a fresh process against a fresh Pillow-draft pool
                    script; dagflow's fixed cost; ``dagflow --help``
+``s3``             the thumbnail workload from and to a local S3 server (moto, its own
+                   process) against local files; requests and bytes per image
 ``microscopy``     16-bit TIFF -> normalize -> Gaussian -> 8-bit PNG: dagflow vs a
                    tifffile + OpenCV/scipy pool
 ``overhead``       a no-op workflow over many items: dagflow's cost per item

@@ -16,8 +16,8 @@ from typing import Any
 
 __all__ = ["main"]
 
-BENCHMARKS = ("thumbnails", "cold", "microscopy", "overhead", "planning", "safety", "memory",
-              "large-image", "gpu", "env", "prediction", "advice")
+BENCHMARKS = ("thumbnails", "cold", "s3", "microscopy", "overhead", "planning", "safety",
+              "memory", "large-image", "gpu", "env", "prediction", "advice")
 
 #: Benchmarks owned by other modules that may not exist yet: name -> (module, what it needs).
 OPTIONAL = {
@@ -46,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
                         "'env', which is run on request)")
     p.add_argument("--quick", action="store_true",
                    help="small workloads (80 images, 10,000 items, 100,000 planned items)")
-    p.add_argument("--images", type=int, help="images for thumbnails (default 480), safety, "
-                   "memory (400), microscopy (64 scans)")
+    p.add_argument("--images", type=int, help="images for thumbnails (default 480), s3 "
+                   "(160), safety, memory (400), microscopy (64 scans)")
     p.add_argument("--items", type=int, help="items for the no-op workload (overhead: "
                    "100,000; safety: 20,000)")
     p.add_argument("--planning-items", type=int, default=None,
@@ -91,6 +91,11 @@ def _run_one(name: str, args: argparse.Namespace) -> Any:
 
         return cold.run(images=args.images or 480, repeat=repeat, quick=args.quick,
                         workers=args.workers)
+    if name == "s3":
+        from benchmarks import s3
+
+        return s3.run(images=args.images or (24 if args.quick else 160), repeat=repeat,
+                      quick=args.quick)
     if name == "microscopy":
         from benchmarks import microscopy
 

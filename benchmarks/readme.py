@@ -58,6 +58,10 @@ BENCHMARKS = [
     ("cold", "`dagflow run` as a fresh process (imports, its cluster, its report) on the "
      "thumbnail workload against a fresh Pillow-draft `ProcessPoolExecutor` script; "
      "dagflow's fixed cost (the command on 8 images); `dagflow --help`", "`cold.py`"),
+    ("s3", "the thumbnail workload with its inputs listed from and its outputs and state "
+     "written to `s3://` (moto's S3 server in its own process on 127.0.0.1, sharing the "
+     "cores) against the same run on local files, alternated; requests and bytes per "
+     "image by kind through a recording proxy", "`s3.py`"),
     ("microscopy", "16-bit 2048x2048 TIFFs -> normalize -> Gaussian 2 -> 8-bit PNG: "
      "tifffile + OpenCV, tifffile + scipy, dagflow's kernels, dagflow; CPU per stage; "
      "outputs against a float64 reference", "`microscopy.py`"),

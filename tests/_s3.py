@@ -53,6 +53,7 @@ class Request:
     range: tuple[int, int | None] | None  # inclusive first and last byte asked for
     status: int = 0
     sent: int = 0  # body bytes sent back
+    received: int = 0  # body bytes the client sent
     failed: str = ""  # how the proxy failed it, if it did
 
     @property
@@ -113,6 +114,7 @@ class Proxy:
                 asked = (int(match[1]), int(match[2]) if match[2] else None) if match else None
                 request = Request(self.command, path, query, asked)
                 body = self._body()
+                request.received = len(body)
                 with proxy._lock:
                     proxy.requests.append(request)
                 fault = proxy._take_fault(request)

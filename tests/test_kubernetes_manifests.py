@@ -331,23 +331,65 @@ def test_the_dask_job_runs_the_entry_point_the_slurm_batch_script_runs():
 
 def test_data_lives_on_one_shared_volume_mounted_alike_everywhere():
     """Workers read inputs and write outputs themselves, and the run's driver writes the
-    run directory: every pod mounts the same ReadWriteMany claim at the same path, and
-    the DaskJob's inputs and outputs are on it."""
+    run directory: every pod of the interactive cluster mounts the same ReadWriteMany
+    claim at the same path."""
     [claim] = [d for d in load_all(K8S / "data-volume.yaml")
                if d["kind"] == "PersistentVolumeClaim"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
     name = claim["metadata"]["name"]
     [cluster] = load_all(K8S / "dask-cluster.yaml")
-    job = {d["kind"]: d for d in load_all(K8S / "dask-job.yaml")}["DaskJob"]
     [group] = load_all(K8S / "dask-worker-group.yaml")
     pods = [(cluster["spec"]["worker"]["spec"], "worker"),
-            (job["spec"]["cluster"]["spec"]["worker"]["spec"], "worker"),
-            (job["spec"]["job"]["spec"], "job"), (group["spec"]["worker"]["spec"], "worker")]
+            (group["spec"]["worker"]["spec"], "worker")]
     for pod, container in pods:
         assert mounts(pod, container).get("/data") == name, (container, mounts(pod, container))
-    args = containers(job["spec"]["job"]["spec"])["job"]["args"]
+
+
+#: The storage settings a pod of the DaskJob must have from the Secret.
+S3_ENV = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+          "DASK_DAGFLOW__STORAGE__OPTIONS__S3__ENDPOINT_URL"}
+
+
+def test_the_dask_job_reads_and_writes_object_storage_with_credentials_from_a_secret():
+    """The DaskJob's inputs and output are s3:// URLs and no pod of it mounts a volume
+    for data; the job pod (which lists and writes the run's state) and every worker
+    (which read and write the objects) take the credentials and the endpoint from one
+    Secret, by reference: no value of them is written in the manifest. The endpoint's
+    variable is the one Dask's configuration reads as dagflow's
+    ``storage.options.s3.endpoint_url``."""
+    import dask.config
+
+    from dagflow.io.storage import resolve_options
+
+    docs = load_all(K8S / "dask-job.yaml")
+    assert {d["kind"] for d in docs} == {"ConfigMap", "DaskJob"}  # no Secret shipped
+    job = next(d for d in docs if d["kind"] == "DaskJob")
+    runner = containers(job["spec"]["job"]["spec"])["job"]
+    args = runner["args"]
     for flag in ("--input", "--output"):
-        assert args[args.index(flag) + 1].startswith("/data/")
+        assert args[args.index(flag) + 1].startswith("s3://"), args
+    pods = {"job": (job["spec"]["job"]["spec"], "job"),
+            "worker": (job["spec"]["cluster"]["spec"]["worker"]["spec"], "worker")}
+    secrets = set()
+    for role, (pod, name) in pods.items():
+        assert not any("persistentVolumeClaim" in v for v in pod.get("volumes", [])), role
+        assert "/data" not in mounts(pod, name), role
+        env = {e["name"]: e for e in containers(pod)[name].get("env", [])}
+        assert set(env) >= S3_ENV, (role, sorted(env))
+        for variable in S3_ENV:
+            assert "value" not in env[variable], (role, variable)  # referenced, not inlined
+            ref = env[variable]["valueFrom"]["secretKeyRef"]
+            secrets.add(ref["name"])
+        assert env["DASK_DAGFLOW__STORAGE__OPTIONS__S3__ENDPOINT_URL"]["valueFrom"][
+            "secretKeyRef"].get("optional") is True  # AWS S3 needs no endpoint
+        assert not containers(pod)[name].get("envFrom"), role
+    assert len(secrets) == 1
+    # what the endpoint's variable becomes in dagflow's configuration
+    endpoint = "http://minio.storage:9000"
+    collected = dask.config.collect_env({"DASK_DAGFLOW__STORAGE__OPTIONS__S3__ENDPOINT_URL":
+                                         endpoint})
+    with dask.config.set(collected):
+        assert resolve_options("s3")["endpoint_url"] == endpoint
 
 
 def test_the_worker_group_joins_the_cluster_and_the_profile_finds_its_spec():

@@ -106,11 +106,13 @@ def test_a_header_is_probed_from_the_first_kilobytes(s3, tmp_path, fmt):
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "tiff", "tiff-tags-last", "webp"])
 def test_an_object_reads_as_its_file_does_each_byte_fetched_once(s3, tmp_path, fmt):
+    """With whole reads off: the header's block, then the rest in one request."""
     name, make = FORMATS[fmt]
     data = make()
     (tmp_path / name).write_bytes(data)
     url = s3.put(f"in/{name}", data)
-    image = read_image(url, storage_options=s3.options, reduce_to=400)
+    with dask.config.set({"dagflow.storage.whole-read-bytes": 0}):
+        image = read_image(url, storage_options=s3.options, reduce_to=400)
     local = read_image(tmp_path / name, reduce_to=400)
     np.testing.assert_array_equal(image.data, local.data)
     assert {**image.meta, "path": None} == {**local.meta, "path": None}
@@ -122,8 +124,52 @@ def test_an_object_reads_as_its_file_does_each_byte_fetched_once(s3, tmp_path, f
         assert len(reads) == 2 and reads[1].range == (PROBE_BYTES, len(data) - 1)
 
 
+@pytest.mark.parametrize("fmt", ["jpeg", "png", "tiff", "tiff-tags-last", "webp"])
+def test_a_small_object_read_whole_is_fetched_by_one_request(s3, tmp_path, fmt):
+    """Up to ``whole-read-bytes``, read_image fetches the object with one GET after its
+    HEAD (not its header's block, then the rest), and decodes the same pixels; one byte
+    larger, the header's block comes first."""
+    name, make = FORMATS[fmt]
+    data = make()
+    assert len(data) > 4 * PROBE_BYTES
+    (tmp_path / name).write_bytes(data)
+    url = s3.put(f"in/{name}", data)
+    local = read_image(tmp_path / name, reduce_to=400)
+    with dask.config.set({"dagflow.storage.whole-read-bytes": len(data)}):
+        image = read_image(url, storage_options=s3.options, reduce_to=400)
+    np.testing.assert_array_equal(image.data, local.data)
+    assert {**image.meta, "path": None} == {**local.meta, "path": None}
+    assert [(r.method, r.range) for r in s3.proxy.requests] == \
+        [("HEAD", None), ("GET", (0, len(data) - 1))]
+    assert s3.proxy.reads(f"in/{name}")[0].sent == len(data)
+    s3.proxy.clear()
+    with dask.config.set({"dagflow.storage.whole-read-bytes": len(data) - 1}):
+        read_image(url, storage_options=s3.options, reduce_to=400)
+    assert s3.proxy.reads(f"in/{name}")[0].range == (0, PROBE_BYTES - 1)
+
+
+def test_a_small_oversize_object_is_refused_before_it_is_decoded(s3, monkeypatch):
+    """Fetched whole, its header is still checked first: the decoder never runs."""
+    import dagflow.io.read as reader
+
+    data = encoded(photo(1200, 900), "JPEG", quality=80)
+    assert len(data) <= 2**20
+    url = s3.put("in/small-but-wide.jpg", data)
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(reader, "_read_jpeg", no_decoding)
+    monkeypatch.setattr(reader, "_read_pillow", no_decoding)
+    with pytest.raises(OversizeError, match="1,080,000 pixels"):
+        read_image(url, storage_options=s3.options, max_pixels=1_000_000)
+    assert [r.range for r in s3.proxy.reads("in/small-but-wide.jpg")] == \
+        [(0, len(data) - 1)]
+
+
 def test_an_oversize_image_is_refused_before_its_body_is_fetched(s3):
     data = encoded(photo(2000, 1500), "JPEG", quality=95)
+    assert len(data) > 2**20  # above whole-read-bytes: its header first
     url = s3.put("in/big.jpg", data)
     with pytest.raises(OversizeError, match="3,000,000 pixels"):
         read_image(url, storage_options=s3.options, max_pixels=1_000_000)

@@ -209,7 +209,7 @@ def _finish(header: dict[str, Any], path: Any, fmt: str, size_bytes: int) -> dic
 
 @contextmanager
 def open_source(path: str | PathLike[str], storage_options: Mapping[str, Any] | None = None,
-                ) -> Iterator[tuple[IO[bytes], str, int]]:
+                *, whole_up_to: int = 0) -> Iterator[tuple[IO[bytes], str, int]]:
     """Open an image file or object for reading and recognise its format by content.
 
     Parameters
@@ -218,13 +218,18 @@ def open_source(path: str | PathLike[str], storage_options: Mapping[str, Any] | 
         The file, or an object's URL (any fsspec protocol; ``file://`` is a local file).
     storage_options
         For a URL: storage options over ``dagflow.storage.options``.
+    whole_up_to
+        For a URL: an object of at most this many bytes is fetched whole by the first
+        request (for a caller that reads it all: one request instead of a header's,
+        then the rest's).
 
     Yields
     ------
     (file, format, size_bytes)
         A binary file positioned at 0, the sniffed format and the file size. For a URL
         the file is a :class:`dagflow.io.storage.RangedFile`: reads are ranged
-        requests, and only its first block has been fetched.
+        requests, and only its first block (or, up to ``whole_up_to`` bytes, all of it)
+        has been fetched.
 
     Raises
     ------
@@ -238,7 +243,7 @@ def open_source(path: str | PathLike[str], storage_options: Mapping[str, Any] | 
     from dagflow.io import storage
 
     if storage.is_remote(path):
-        with _open_object(os.fspath(path), storage_options) as opened:
+        with _open_object(os.fspath(path), storage_options, whole_up_to) as opened:
             yield opened
         return
     path = storage.as_local(path)
@@ -275,7 +280,7 @@ def _sniff(head: bytes, path: Any) -> str:
 
 
 @contextmanager
-def _open_object(url: str, storage_options: Mapping[str, Any] | None
+def _open_object(url: str, storage_options: Mapping[str, Any] | None, whole_up_to: int = 0
                  ) -> Iterator[tuple[IO[bytes], str, int]]:
     from dagflow import config
     from dagflow.io import storage
@@ -287,6 +292,8 @@ def _open_object(url: str, storage_options: Mapping[str, Any] | None
         raise BadInputError("empty_file", f"{redact_url(url)} is empty (0 bytes)")
     fs, inner = storage.filesystem(url, storage_options)
     block = int(config.get("storage.probe-bytes", storage.DEFAULT_PROBE_BYTES))
+    if st.size <= whole_up_to:
+        block = max(block, st.size)  # the first request fetches it all
     with storage.RangedFile(fs, inner, st.size, url, block_size=block) as fp:
         head = fp.read(SNIFF_BYTES)
         fp.seek(0)

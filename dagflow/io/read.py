@@ -20,8 +20,11 @@
 An object on a store (``s3://``, any fsspec URL) is read in at most three requests: its
 size, its first ``dagflow.storage.probe-bytes`` (64 KiB) -- whose header is checked
 against ``max_pixels`` (and a TIFF's page against its byte limit) before anything more
-is fetched -- and the rest of it in one ranged request; it is then decoded from memory
-exactly as a local file is.
+is fetched -- and the rest of it in one ranged request; an object of at most
+``dagflow.storage.whole-read-bytes`` (1 MiB) is fetched whole by one request instead
+(its header is still checked before anything is decoded: a request saved costs more
+than the bytes a refusal would). It is then decoded from memory exactly as a local
+file is.
 
 Truncated, corrupt or unrecognised files end in a :class:`BadInputError` with a reason
 (never a grey-filled image: Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set);
@@ -59,7 +62,7 @@ from dagflow.io.probe import (
     tiff_layout,
     webp_header,
 )
-from dagflow.io.storage import RangedFile
+from dagflow.io.storage import RangedFile, is_url
 
 __all__ = ["DEFAULT_MAX_PIXELS", "read_image"]
 
@@ -149,7 +152,9 @@ def read_image(
             "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is set by another library: "
             "truncated images may decode as grey"
         )
-    with open_source(path, storage_options) as (fp, fmt, _size_bytes), decoder_errors(path):
+    whole_up_to = _whole_read_bytes() if is_url(path) else 0
+    with open_source(path, storage_options, whole_up_to=whole_up_to) as (fp, fmt, _size_bytes), \
+            decoder_errors(path):
         if isinstance(fp, RangedFile):  # an object: its header is checked before the body
             _check_header(read_header(fp, fmt, path), fmt, max_pixels, path)
             fp = io.BytesIO(fp.read_all())
@@ -180,6 +185,12 @@ def read_image(
         "extension_mismatch": mismatch,
     }
     return Image(data, meta)
+
+
+def _whole_read_bytes() -> int:
+    from dagflow import config
+
+    return int(config.get("storage.whole-read-bytes", 0))
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None, path: Any) -> None:
