@@ -29,6 +29,7 @@ from distributed import Client, LocalCluster
 from dagflow import config
 from dagflow.exceptions import ClusterStartError, ClusterUnreachableError, ConfigError
 from dagflow.runtime import jobqueue
+from dagflow.runtime.environ import environment
 from dagflow.runtime.profiles import Profile, load_profile
 
 __all__ = ["LocalClusterStart", "check_local_sizes", "cluster_dask_config",
@@ -211,17 +212,9 @@ def start_worker_forkserver() -> bool:
         return False
     env = _spawn_environment({str(k): str(v) for k, v in
                               (config.get("cluster.worker-env") or {}).items()})
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with environment(env):
         multiprocessing.set_forkserver_preload(WORKER_MODULES)
         forkserver.ensure_running()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     _forkserver = True
     return True
 
@@ -283,29 +276,20 @@ def start_local_cluster(
     # started with: the configured one, unless this cluster asks for another
     fork = {"distributed.worker.multiprocessing-method": "forkserver"} \
         if processes and _forkserver and "env" not in kwargs else {}
-    saved = {k: os.environ.get(k) for k in worker_env}
-    os.environ.update(worker_env)
     preloads = dask.config.get("distributed.worker.preload", None) or []
     preloads = [preloads] if isinstance(preloads, str) else list(preloads)
     if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.signals)
         preloads.append("dagflow.runtime.signals")
         if config.get("cluster.worker-preload") is not False:
             preloads.append("dagflow.runtime.worker_preload")  # ops, codecs, Parquet
-    try:
-        with dask.config.set({**cluster_dask_config(), **fork,
-                              "distributed.nanny.pre-spawn-environ": spawn_env,
-                              "distributed.worker.preload": preloads}):
-            if processes and "config" not in options:
-                # a nanny keeps references into the global configuration, and would
-                # restart its worker with whatever it says then: it gets a copy
-                options["config"] = copy.deepcopy(dask.config.config)
-            cluster = LocalCluster(**options)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with environment(worker_env), dask.config.set({
+            **cluster_dask_config(), **fork, "distributed.nanny.pre-spawn-environ": spawn_env,
+            "distributed.worker.preload": preloads}):
+        if processes and "config" not in options:
+            # a nanny keeps references into the global configuration, and would restart
+            # its worker with whatever it says then: it gets a copy
+            options["config"] = copy.deepcopy(dask.config.config)
+        cluster = LocalCluster(**options)
     logger.info("started a local cluster: %s, dashboard %s", cluster.scheduler_address,
                 cluster.dashboard_link)
     return cluster

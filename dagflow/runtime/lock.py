@@ -48,7 +48,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +56,7 @@ from typing import Any
 from dagflow.exceptions import OutputLockedError
 
 __all__ = ["LOCK_FILE", "OutputLock", "check_unlocked", "describe_holder", "holder_alive",
-           "lock_status", "read_holder"]
+           "lock_status", "read_holder", "wait_to_take"]
 
 logger = logging.getLogger(__name__)
 
@@ -350,6 +350,27 @@ class _Settings:
                    None if stale is None else float(stale))
 
 
+def wait_to_take(take: Callable[[], dict[str, Any] | None], settings: _Settings,
+                 message: Callable[[dict[str, Any]], str], output: str) -> None:
+    """Call ``take`` until it takes a lock (returns ``None`` rather than the holder),
+    waiting as ``settings`` say and saying once whom for.
+
+    Raises
+    ------
+    OutputLockedError
+        With ``message(holder)``, when the lock is not to be waited for (or no longer).
+    """
+    deadline = None if settings.wait is None else time.monotonic() + settings.wait
+    said = False
+    while (holder := take()) is not None:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise OutputLockedError(message(holder), holder)
+        if not said:
+            logger.warning("waiting for %s to finish with %s", describe_holder(holder), output)
+            said = True
+        time.sleep(settings.poll)
+
+
 class OutputLock:
     """The lock of one output directory, held by one run; a context manager.
 
@@ -396,20 +417,7 @@ class OutputLock:
             Naming the holder, when it is held and not to be waited for (or no longer).
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        waiting = self.settings.wait
-        deadline = None if waiting is None else time.monotonic() + waiting
-        said = False
-        while True:
-            holder = self._try()
-            if holder is None:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                raise OutputLockedError(self._message(holder), holder)
-            if not said:
-                logger.warning("waiting for %s to finish with %s", describe_holder(holder),
-                               self.output)
-                said = True
-            time.sleep(self.settings.poll)
+        wait_to_take(self._try, self.settings, self._message, str(self.output))
         self.held = True
         if self.settings.heartbeat > 0:
             self._beat = threading.Thread(target=self._heartbeat, daemon=True,

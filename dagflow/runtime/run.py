@@ -52,6 +52,7 @@ from dagflow.runtime.cluster import (
     resolve_local_sizes,
 )
 from dagflow.runtime.collisions import check_outputs
+from dagflow.runtime.environ import environment
 from dagflow.runtime.handle import RunHandle
 from dagflow.runtime.lock import OutputLock
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
@@ -245,16 +246,9 @@ def _local_cluster_kept() -> Iterator[None]:
     keys = {str(k) for k in (dask.config.get("distributed.nanny.pre-spawn-environ", None)
                              or {})}
     keys |= {str(k) for k in (config.get("cluster.worker-env") or {})}
-    saved = {k: os.environ.get(k) for k in keys}
-    try:
-        with dask.config.set({"distributed.deploy.lost-worker-timeout": "30 days"}):
-            yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with environment(keep=keys), \
+            dask.config.set({"distributed.deploy.lost-worker-timeout": "30 days"}):
+        yield
 
 
 @contextlib.contextmanager

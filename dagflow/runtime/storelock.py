@@ -25,11 +25,17 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from dagflow.exceptions import OutputLockedError
 from dagflow.io.redact import redact_url
 from dagflow.io.storage import ObjectStat, read_range, stat
 from dagflow.io.upload import delete_if_match, put_if_absent, put_if_match
-from dagflow.runtime.lock import LOCK_FILE, _identity, _Settings, describe_holder, holder_alive
+from dagflow.runtime.lock import (
+    LOCK_FILE,
+    _identity,
+    _Settings,
+    describe_holder,
+    holder_alive,
+    wait_to_take,
+)
 
 __all__ = ["StoreLock", "read_store_holder"]
 
@@ -103,20 +109,7 @@ class StoreLock:
         OutputLockedError
             Naming the holder, when it is held and not to be waited for (or no longer).
         """
-        waiting = self.settings.wait
-        deadline = None if waiting is None else time.monotonic() + waiting
-        said = False
-        while True:
-            holder = self._try()
-            if holder is None:
-                break
-            if deadline is not None and time.monotonic() >= deadline:
-                raise OutputLockedError(self._message(holder), holder)
-            if not said:
-                logger.warning("waiting for %s to finish with %s", describe_holder(holder),
-                               redact_url(self.output))
-                said = True
-            time.sleep(self.settings.poll)
+        wait_to_take(self._try, self.settings, self._message, redact_url(self.output))
         if self.settings.heartbeat > 0:
             self._beat = threading.Thread(target=self._heartbeat, daemon=True,
                                           name="dagflow-store-lock-heartbeat")
