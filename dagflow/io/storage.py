@@ -379,6 +379,9 @@ def list_objects(url: str, storage_options: Mapping[str, Any] | None = None, *,
     """
     fs, path = filesystem(url, storage_options)
     with storage_errors(url, action="list", options=storage_options):
+        # a listing is of the store now, not of this process's cache of an earlier one
+        fixed = min((i for i, ch in enumerate(path) if ch in _GLOB_CHARS), default=len(path))
+        fs.invalidate_cache(path[:fixed].rsplit("/", 1)[0] if fixed < len(path) else path)
         try:
             if any(ch in _GLOB_CHARS for ch in path):
                 found = fs.glob(path, detail=True)

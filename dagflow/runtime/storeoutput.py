@@ -157,9 +157,12 @@ def store_records(run_url: str, schema: Any) -> Any:
 
     from dagflow.io.storage import filesystem, list_objects
 
-    parts = [url for url, _ in list_objects(f"{run_url.rstrip('/')}/records/")
-             if url.endswith(".parquet")]
-    fs, _ = filesystem(run_url)
+    records = f"{run_url.rstrip('/')}/records"
+    fs, path = filesystem(records)
+    # pyarrow opens each part after fsspec's isfile(), which answers from a listing of
+    # the folder cached during the run, before its last parts were written
+    fs.invalidate_cache(path)
+    parts = [url for url, _ in list_objects(f"{records}/") if url.endswith(".parquet")]
     return ds.dataset([filesystem(url)[1] for url in parts], format="parquet",
                       schema=schema, filesystem=fs)
 
