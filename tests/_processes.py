@@ -18,14 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+from _workflows import THUMBS_YAML
+
 BIN = Path(sys.executable).parent
-WORKFLOW = """\
-name: thumbs
-nodes:
-  - {id: load, op: load}
-  - {id: small, op: resize, after: [load], params: {long_side: 32}}
-  - {id: save, op: save, after: [small], params: {format: png}}
-"""
+#: the workflow file the process tests run
+WORKFLOW = THUMBS_YAML
 
 
 def dask_command() -> list[str]:

@@ -378,7 +378,10 @@ def _check_poison_run(result, out: Path, items: int, error_class: str) -> None:
     assert result.succeeded == items - 1 and result.failed == 1
     assert len(list(out.rglob("*.png"))) == items - 1
     events = (result.run_dir / "events.jsonl").read_text().splitlines()
-    assert 1 <= sum('"event": "worker_died"' in e for e in events) <= 3
+    # every death is in the log: the item's chunk, then the item alone (the memory kill
+    # may be seen once if the nanny's restart races the second); never a death per item
+    deaths = sum('"event": "worker_died"' in e for e in events)
+    assert 1 <= deaths <= 3, deaths
 
 
 @pytest.mark.slow

@@ -9,22 +9,13 @@ from pathlib import Path
 import dask
 import pyarrow.dataset as ds
 import pytest
+from _workflows import THUMBS, run
 from click.testing import CliRunner
 
 import dagflow
 from dagflow import Node, Workflow
 from dagflow.cli import main
 from dagflow.recovery.status import run_status
-
-THUMBS = Workflow("thumbs", [
-    Node("load", "load"),
-    Node("small", "resize", {"long_side": 32}, after="load"),
-    Node("save", "save", {"format": "png"}, after="small"),
-])
-
-
-def run(wf, inputs, out, client, **kw):
-    return dagflow.run(wf, inputs, out, client=client, progress=False, **kw)
 
 
 def records(result) -> list[dict]:

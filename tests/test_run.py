@@ -11,22 +11,13 @@ import numpy as np
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from _workflows import THUMBS, run
 from PIL import Image as PILImage
 
 import dagflow
 from dagflow import Node, Workflow
 from dagflow.io import read_image
 from dagflow.recovery.checkpoint import RECORD_SCHEMA
-
-THUMBS = Workflow("thumbs", [
-    Node("load", "load"),
-    Node("small", "resize", {"long_side": 32}, after="load"),
-    Node("save", "save", {"format": "png"}, after="small"),
-])
-
-
-def run(wf, inputs, out, client, **kw):
-    return dagflow.run(wf, inputs, out, client=client, progress=False, **kw)
 
 
 def test_thumbnails_end_to_end_in_process(photos_with_bad, tmp_path, client):

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from _workflows import THUMBS_YAML as WORKFLOW
 from click.testing import CliRunner
 
 import dagflow
@@ -24,14 +25,6 @@ from dagflow.exceptions import StorageError
 from dagflow.io.atomic import find_temporaries
 from dagflow.recovery.checkpoint import check_output, load_done
 from dagflow.recovery.events import read_events
-
-WORKFLOW = """\
-name: thumbs
-nodes:
-  - {id: load, op: load}
-  - {id: small, op: resize, after: [load], params: {long_side: 32}}
-  - {id: save, op: save, after: [small], params: {format: png}}
-"""
 
 
 @contextlib.contextmanager
