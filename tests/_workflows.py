@@ -13,15 +13,6 @@ THUMBS = Workflow("thumbs", [
     Node("save", "save", {"format": "png"}, after="small"),
 ])
 
-#: :data:`THUMBS` as a workflow file, for the command line.
-THUMBS_YAML = """\
-name: thumbs
-nodes:
-  - {id: load, op: load}
-  - {id: small, op: resize, after: [load], params: {long_side: 32}}
-  - {id: save, op: save, after: [small], params: {format: png}}
-"""
-
 
 def run(wf: Workflow, inputs: Any, out: Any, client: Any, **kw: Any) -> Any:
     """``dagflow.run`` on ``client``, without a progress bar."""

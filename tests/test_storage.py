@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _workflows import THUMBS_YAML as WORKFLOW
+from _processes import WORKFLOW
 from click.testing import CliRunner
 
 import dagflow
