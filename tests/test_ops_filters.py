@@ -16,7 +16,9 @@ from scipy import ndimage
 from dagflow.image import Image
 from dagflow.ops import filter_depth, get_op
 from dagflow.ops.filters import (
-    FIXED_POINT_BITS,
+    MAX_8_BIT_ERROR,
+    _fixed_point_blur,
+    fixed_point_bits,
     fixed_point_error,
     fixed_point_gaussian,
     fixed_point_kernel,
@@ -35,12 +37,14 @@ SIGMAS_8 = [(0.3, 4.0), (0.6, 4.0), (1.0, 4.0), (1.5, 4.0), (2.0, 4.0), (2.5, 3.
 BOTH = [(np.uint8, 8), (np.uint16, 16)]
 
 
-def integer_gaussian(arr: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
-    """OpenCV's fixed-point Gaussian written out for the dtype's weights (8 fraction
-    bits for 8-bit images, 16 for 16-bit): the row pass as exact int64 sums over the
+def integer_gaussian(arr: np.ndarray, sigma: float, truncate: float,
+                     bits: int | None = None) -> np.ndarray:
+    """OpenCV's fixed-point Gaussian written out for weights of ``bits`` fraction bits
+    (by default those gaussian_array chooses): the row pass as exact int64 sums over the
     reflected image (numpy's ``symmetric`` padding), keeping all its fraction bits, the
     column pass the same, one rounding half up."""
-    bits = FIXED_POINT_BITS[arr.dtype.name]
+    if bits is None:
+        bits = fixed_point_bits(arr.dtype.name, sigma, truncate)
     k = fixed_point_kernel(sigma, truncate, bits=bits)
     r = len(k) // 2
     h, w = arr.shape[:2]
@@ -53,7 +57,7 @@ def integer_gaussian(arr: np.ndarray, sigma: float, truncate: float) -> np.ndarr
 def bound(dtype, sigma: float, truncate: float) -> float:
     """The derived distance from the float64 Gaussian, in levels, on a full-range input:
     the final rounding plus the weights' rounding times the range."""
-    bits = FIXED_POINT_BITS[np.dtype(dtype).name]
+    bits = fixed_point_bits(np.dtype(dtype).name, sigma, truncate)
     return 0.5 + fixed_point_error(sigma, truncate, bits=bits) * np.iinfo(dtype).max
 
 
@@ -79,16 +83,31 @@ def test_gaussian_is_exactly_its_integer_arithmetic(dtype, sigma, truncate):
     ((17, 13, 2), True), ((11, 9, 5), False), ((1, 1, 3), False), ((2, 3, 1), False),
     ((1, 40, 3), False), ((40, 1, 4), True), ((3, 5, 3), False)])
 def test_8_bit_gaussian_is_opencvs_8_bit_arithmetic(sigma, truncate, shape, alpha):
-    """8-bit images go through OpenCV's own 8-bit path (8-bit weights): every pixel is
-    the integer model's, whatever the sigma, the shape (smaller than the kernel too),
-    the channels (OpenCV's 1, 3 and 4, more split into planes) or an alpha channel."""
+    """OpenCV's own 8-bit path (8-bit weights) is the integer model's, pixel for pixel,
+    whatever the sigma, the shape (smaller than the kernel too), the channels (OpenCV's
+    1, 3 and 4, more split into planes); and gaussian_array is the model with the
+    weights it chooses, an alpha channel kept."""
     arr = RNG.integers(0, 256, shape, dtype=np.uint8)
+    colour = shape[2] - 1 if alpha else shape[2]
+    if colour:
+        np.testing.assert_array_equal(
+            _fixed_point_blur(arr[:, :, :colour], sigma, truncate, bits=8),
+            integer_gaussian(arr[:, :, :colour], sigma, truncate, bits=8))
     out = gaussian_array(arr, sigma, truncate, alpha=alpha)
     assert out.dtype == np.uint8 and out.shape == arr.shape
-    colour = shape[2] - 1 if alpha else shape[2]
     np.testing.assert_array_equal(out[:, :, :colour],
                                   integer_gaussian(arr[:, :, :colour], sigma, truncate))
     np.testing.assert_array_equal(out[:, :, colour:], arr[:, :, colour:])
+
+
+@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS_8)
+def test_8_bit_images_take_8_bit_weights_only_within_the_promised_error(sigma, truncate):
+    """8-bit weights where their bound keeps within MAX_8_BIT_ERROR levels, else 16-bit:
+    an 8-bit result is never further than that from the float64 Gaussian."""
+    own = 0.5 + fixed_point_error(sigma, truncate, bits=8) * 255
+    bits = fixed_point_bits("uint8", sigma, truncate)
+    assert bits == (8 if own <= MAX_8_BIT_ERROR else 16)
+    assert bound(np.uint8, sigma, truncate) <= MAX_8_BIT_ERROR
 
 
 @pytest.mark.parametrize(("dtype", "bits"), BOTH)
@@ -100,7 +119,8 @@ def test_the_shared_model_is_the_integer_arithmetic(dtype, bits, sigma, truncate
     arr = RNG.integers(0, np.iinfo(dtype).max + 1, (*shape, 1), dtype=dtype)
     out = fixed_point_gaussian(arr[:, :, 0], sigma, truncate, bits=bits)
     assert out.dtype == dtype
-    np.testing.assert_array_equal(out, integer_gaussian(arr, sigma, truncate)[:, :, 0])
+    np.testing.assert_array_equal(out,
+                                  integer_gaussian(arr, sigma, truncate, bits)[:, :, 0])
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 9, 3), (7, 1, 1), (2, 3, 4), (5, 6, 5),
@@ -113,9 +133,9 @@ def test_gaussian_on_images_smaller_than_its_kernel(shape, dtype):
     np.testing.assert_array_equal(out, integer_gaussian(arr, 2.0, 4.0))
 
 
-@pytest.mark.parametrize(("dtype", "bits"), BOTH)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 @pytest.mark.parametrize(("sigma", "truncate"), SIGMAS_8)
-def test_gaussian_is_within_the_derived_bound_of_float64(dtype, bits, sigma, truncate):
+def test_gaussian_is_within_the_derived_bound_of_float64(dtype, sigma, truncate):
     """Rounding (half a level) plus the weights' rounding times the input's range, on
     noise and on the input that reaches the weights' part of it: the pixels at the
     dtype's top where the fixed-point kernel outweighs the float64 one."""
@@ -124,6 +144,7 @@ def test_gaussian_is_within_the_derived_bound_of_float64(dtype, bits, sigma, tru
     np.testing.assert_allclose(gaussian_array(arr, sigma, truncate),
                                float_gaussian(arr, sigma, truncate), rtol=0,
                                atol=bound(dtype, sigma, truncate) + 1e-9 * top)
+    bits = fixed_point_bits(np.dtype(dtype).name, sigma, truncate)
     k = fixed_point_kernel(sigma, truncate, bits=bits) / 2.0 ** bits
     exact = gaussian_weights(sigma, truncate)
     n = len(k)

@@ -36,7 +36,12 @@ sigma 1, 4.1 at sigma 2, and grows with the kernel's length (15 at sigma 9, trun
 That is a worst case, reached by an image whose pixels follow the signs of the weights'
 rounding errors; on photo-like images the differences stay under a level, on uniform
 noise under two. The 8-bit path is OpenCV's own (what ``cv2.GaussianBlur`` gives its
-users), about twice as fast as filtering 8-bit values as 16-bit ones.
+users), about twice as fast as filtering 8-bit values as 16-bit ones, and it is taken
+where its bound is at most :data:`MAX_8_BIT_ERROR` (2.5 levels: at the default truncate,
+sigma 1 and 1.5 among others, not 1.2 or 2: the weights' rounding errors do not grow
+evenly with sigma); elsewhere, 8-bit values are filtered with the 16-bit weights
+(:func:`fixed_point_bits` decides, for the CPU and the GPU alike). So an 8-bit result
+is always within 2.5 levels of the float64 Gaussian.
 
 :func:`fixed_point_gaussian` is the same arithmetic for any array library with scipy's
 ``ndimage.correlate1d``: two passes of 1-D correlations with the integer weights, on
@@ -80,7 +85,9 @@ from dagflow.ops.tiling import overlap
 
 __all__ = [
     "FIXED_POINT_BITS",
+    "MAX_8_BIT_ERROR",
     "filter_depth",
+    "fixed_point_bits",
     "fixed_point_error",
     "fixed_point_gaussian",
     "fixed_point_kernel",
@@ -98,6 +105,9 @@ __all__ = [
 #: 8 for 8-bit images (its ``ufixedpoint16``: 8.8 fixed point), 16 for 16-bit ones
 #: (``ufixedpoint32``: 16.16).
 FIXED_POINT_BITS: Mapping[str, int] = MappingProxyType({"uint8": 8, "uint16": 16})
+#: The most levels an 8-bit result may be from the float64 Gaussian (its bound, on any
+#: input): OpenCV's 8-bit weights where they keep within it, 16-bit weights elsewhere.
+MAX_8_BIT_ERROR = 2.5
 
 _MODE = "reflect"
 
@@ -187,6 +197,27 @@ def fixed_point_error(sigma: float, truncate: float = 4.0, *, bits: int) -> floa
     return float(0.5 * np.abs(np.outer(fixed, fixed) - np.outer(exact, exact)).sum())
 
 
+@lru_cache(maxsize=64)
+def fixed_point_bits(dtype: str, sigma: float, truncate: float = 4.0) -> int:
+    """Fraction bits of the weights :func:`gaussian_array` uses for ``dtype`` samples.
+
+    16 for 16-bit images; for 8-bit images, OpenCV's own 8 where the result stays within
+    :data:`MAX_8_BIT_ERROR` levels of the float64 Gaussian on any input, else 16 (the
+    8-bit values filtered as 16-bit ones: slower, within 0.51 levels).
+
+    Examples
+    --------
+    >>> fixed_point_bits("uint8", 1.5), fixed_point_bits("uint8", 2.0)
+    (8, 16)
+    >>> fixed_point_bits("uint16", 1.5)
+    16
+    """
+    bits = FIXED_POINT_BITS[str(dtype)]
+    if bits == 8 and 0.5 + fixed_point_error(sigma, truncate, bits=8) * 255 > MAX_8_BIT_ERROR:
+        return 16
+    return bits
+
+
 def fixed_point_gaussian(plane: Any, sigma: float, truncate: float = 4.0, *, bits: int,
                          xp: ModuleType = np, ndimage: ModuleType = ndimage) -> Any:
     """OpenCV's bit-exact Gaussian of one channel, for numpy or cupy arrays.
@@ -246,14 +277,24 @@ def _with_alpha(arr: np.ndarray, colour: np.ndarray, alpha: bool) -> np.ndarray:
     return out
 
 
-def _fixed_point_blur(values: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
+def _fixed_point_blur(values: np.ndarray, sigma: float, truncate: float, *,
+                      bits: int | None = None) -> np.ndarray:
     """OpenCV's bit-exact Gaussian of ``uint8`` or ``uint16`` ``values`` (y, x, c), in
-    their own dtype (its 8-bit path for 8-bit values, its 16-bit path for 16-bit)."""
+    their own dtype: with ``bits`` fraction bits to the weights (by default
+    :func:`fixed_point_bits`'s choice), its 8-bit path for 8 bits, its 16-bit path for
+    16 (8-bit values filtered as 16-bit ones, then narrowed: the weights sum to one, so
+    the result stays within 0..255)."""
+    if bits is None:
+        bits = fixed_point_bits(values.dtype.name, sigma, truncate)
+    if bits == 16 and values.dtype == np.uint8:
+        return _fixed_point_blur(values.astype(np.uint16), sigma, truncate,
+                                 bits=16).astype(np.uint8)
     cv = cv2()
     size = 2 * kernel_radius(sigma, truncate) + 1
     src = np.ascontiguousarray(values)
     if src.shape[2] > 4:  # OpenCV's channel limit is higher; planes keep it simple
-        return np.stack([_fixed_point_blur(src[:, :, c:c + 1], sigma, truncate)[:, :, 0]
+        return np.stack([_fixed_point_blur(src[:, :, c:c + 1], sigma, truncate,
+                                           bits=bits)[:, :, 0]
                          for c in range(src.shape[2])], axis=2)
     out = cv.GaussianBlur(src, (size, size), float(sigma), sigmaY=float(sigma),
                           borderType=cv.BORDER_REFLECT | cv.BORDER_ISOLATED,
@@ -274,9 +315,10 @@ def gaussian_array(
 ) -> np.ndarray:
     """Gaussian blur of each colour channel of ``arr`` (y, x, c).
 
-    8- and 16-bit images are filtered by OpenCV's bit-exact fixed point, with 8-bit
-    weights for 8-bit images and 16-bit weights for 16-bit ones: within
-    ``0.5 + fixed_point_error(sigma, truncate, bits=FIXED_POINT_BITS[dtype]) * range``
+    8- and 16-bit images are filtered by OpenCV's bit-exact fixed point, with the
+    weights' fraction bits of :func:`fixed_point_bits` (8-bit weights for 8-bit images
+    where they keep within :data:`MAX_8_BIT_ERROR` levels, else 16-bit weights): within
+    ``0.5 + fixed_point_error(sigma, truncate, bits=fixed_point_bits(...)) * range``
     levels of the float64 Gaussian (see the module's notes). Other dtypes are filtered
     in float64; integers are rounded to nearest and clipped.
 
@@ -449,10 +491,14 @@ def _fixed_point(header: Mapping[str, Any]) -> bool:
 def _gaussian_memory(header: Mapping[str, Any], params: Mapping[str, Any]) -> float:
     # input + output in the image's dtype, plus: 8/16-bit, the colour channels made
     # contiguous for OpenCV and its output, in the image's dtype (its row buffers are a
-    # few rows); other dtypes, one channel at a time, float64 values, the filtered plane
+    # few rows), twice over as 16-bit values for 8-bit images filtered with 16-bit
+    # weights; other dtypes, one channel at a time, float64 values, the filtered plane
     # and its rounding (24 bytes a pixel)
     if _fixed_point(header):
-        return decoded_bytes(header) * 4
+        dtype = str(header.get("dtype", "uint8"))
+        widened = dtype == "uint8" and fixed_point_bits(
+            dtype, float(params["sigma"]), float(params.get("truncate", 4.0))) == 16
+        return decoded_bytes(header) * (6 if widened else 4)
     return decoded_bytes(header) * 2 + plane_pixels(header) * 24
 
 
@@ -482,11 +528,12 @@ def gaussian(image: Image, *, sigma: float, truncate: float = 4.0) -> Image:
     """Gaussian blur of the colour channels; alpha and dtype are kept.
 
     8- and 16-bit images are blurred by OpenCV's bit-exact fixed-point Gaussian, with
-    weights in 1/256 for 8-bit images and 1/65536 for 16-bit ones: the same pixels on
-    every CPU (and on the GPU for 8-bit images), within
-    ``0.5 + fixed_point_error(sigma, truncate, bits=8 or 16) * range`` levels of the
-    float64 Gaussian (at sigma 1.5: 2.4 levels of a full-range 8-bit image at worst,
-    under a level on photo-like ones). Other dtypes are blurred in float64.
+    weights in 1/256 for 8-bit images (where that keeps within 2.5 levels, as at sigma 1
+    and 1.5; 1/65536 elsewhere) and 1/65536 for 16-bit ones: the same
+    pixels on every CPU (and on the GPU for 8-bit images), within
+    ``0.5 + fixed_point_error(sigma, truncate, bits=fixed_point_bits(...)) * range``
+    levels of the float64 Gaussian (8-bit images: 2.5 levels at worst, under a level
+    on photo-like ones). Other dtypes are blurred in float64.
 
     Parameters
     ----------

@@ -39,7 +39,7 @@ from dagflow.exceptions import BadInputError
 from dagflow.image import Image
 from dagflow.ops._common import dtype_max, level_to_dtype, require_dtype
 from dagflow.ops._resample import plan_axes
-from dagflow.ops.filters import fixed_point_gaussian
+from dagflow.ops.filters import fixed_point_bits, fixed_point_gaussian
 from dagflow.ops.intensity import _hist_bins, _percentiles_from_counts
 
 __all__ = [
@@ -91,8 +91,9 @@ def gaussian_array(arr: Any, sigma: float, truncate: float = 4.0, *,
     CPU's fixed-point arithmetic (the same pixels), others in float32."""
     require_dtype(arr, "gaussian")
     if arr.dtype == np.uint8:
+        bits = fixed_point_bits("uint8", sigma, truncate)
         return _apply_to_colour(arr, alpha, lambda plane: fixed_point_gaussian(
-            plane, sigma, truncate, bits=8, xp=cp, ndimage=cndi))
+            plane, sigma, truncate, bits=bits, xp=cp, ndimage=cndi))
 
     def blur(plane: Any) -> Any:
         out = cndi.gaussian_filter(plane, sigma, output=cp.float32, mode=_MODE,
