@@ -327,6 +327,35 @@ def test_a_writer_killed_mid_upload_leaves_no_object_and_resume_aborts_its_parts
     assert s3.uploads() == [] and s3.keys() == []
 
 
+def test_a_push_of_the_run_state_uploads_what_changed_and_again_what_failed(s3):
+    """A push uploads the changed files of the local copy of a run's state, each whole
+    and once; one that failed is uploaded by the next push, and only it."""
+    from dagflow.io.stage import StagedState
+
+    stage = StagedState(s3.url("out"), storage_options=no_client_retries(s3),
+                        push_interval=0)
+    try:
+        run = stage.local_state / "runs" / "r1"
+        run.mkdir(parents=True)
+        for i in range(6):
+            (run / f"part-{i}.parquet").write_bytes(bytes([i]) * 100)
+        s3.proxy.fail(1, match=lambda r: r.method == "PUT" and r.key.endswith("part-2.parquet"))
+        with pytest.raises(TransientError):
+            stage.push()
+        stored = s3.keys()
+        assert stored == [f"out/_dagflow/runs/r1/part-{i}.parquet" for i in (0, 1, 3, 4, 5)]
+        assert sorted(r.key for r in s3.proxy.requests) == \
+            [f"out/_dagflow/runs/r1/part-{i}.parquet" for i in range(6)]
+        s3.proxy.clear()
+        assert stage.push() == 1
+        assert [(r.method, r.key) for r in s3.proxy.requests] == \
+            [("PUT", "out/_dagflow/runs/r1/part-2.parquet")]
+        assert s3.get("out/_dagflow/runs/r1/part-2.parquet") == bytes([2]) * 100
+        assert stage.push() == 0
+    finally:
+        stage.close(push=False)
+
+
 def test_conditional_writes_make_a_lock_object(s3):
     url = s3.url("out/_dagflow/lock")
     first = put_if_absent(url, b'{"run": 1}', storage_options=s3.options)
