@@ -44,7 +44,7 @@ from dagflow.compile.spec import Chunk, NodeTask, RunContext
 from dagflow.exceptions import BadInputError, StorageError
 from dagflow.image import Image
 from dagflow.inputs import fill_fingerprint
-from dagflow.io.storage import is_remote
+from dagflow.io.storage import is_remote, listed_size
 from dagflow.monitor import hooks
 from dagflow.ops.dispatch import call
 from dagflow.recovery import inflight
@@ -178,17 +178,29 @@ def _invoke(task: NodeTask, ctx: RunContext, item: Mapping[str, Any], inputs: li
     params = task.op_params
     kind = spec.kind
     if kind == "source":
-        args: tuple[Any, ...] = (item["path"],)
-        if task.guards_pixels:
-            guard = item.get("guard_pixels")  # planned without its header: see plan.py
-            limit = params.get("max_pixels")
-            if guard and (limit is None or guard < limit):
-                return _guarded_source(spec, task, args, params, guard, used)
-    elif kind == "sink":
-        args = (inputs[0], _sink_dest(ctx, task, item))
-    else:
-        args = tuple(inputs)
+        path = item["path"]
+        if isinstance(path, str) and "://" in path:  # an object: its size as listed tells
+            # the reader whether its first request can fetch it whole
+            with listed_size(path, item.get("size")):
+                return _invoke_source(task, item, (path,), used)
+        return _invoke_source(task, item, (path,), used)
+    args = (inputs[0], _sink_dest(ctx, task, item)) if kind == "sink" else tuple(inputs)
     if task.device == "cpu":  # resolved on the client: nothing to choose per item
+        return spec.func(*args, **params)
+    return call(spec, task.device, args, params, used)
+
+
+def _invoke_source(task: NodeTask, item: Mapping[str, Any], args: tuple[Any, ...],
+                   used: dict[str, Any] | None) -> Any:
+    """A source op on one item, under the pixel guard of an item planned without its
+    header."""
+    spec, params = task.op_spec, task.op_params
+    if task.guards_pixels:
+        guard = item.get("guard_pixels")  # planned without its header: see plan.py
+        limit = params.get("max_pixels")
+        if guard and (limit is None or guard < limit):
+            return _guarded_source(spec, task, args, params, guard, used)
+    if task.device == "cpu":
         return spec.func(*args, **params)
     return call(spec, task.device, args, params, used)
 

@@ -324,6 +324,7 @@ def probe_headers(items: Sequence[dict[str, Any]], *, threads: int | None = None
         ``probed``, ``failed`` and ``missing`` (left without a header) counts.
     """
     from dagflow.io import probe_header
+    from dagflow.io.storage import is_remote
 
     threads = int(threads or config.get("resources.probe-threads"))
     limit = int(limit if limit is not None else config.get("resources.probe-limit"))
@@ -356,13 +357,15 @@ def probe_headers(items: Sequence[dict[str, Any]], *, threads: int | None = None
 
     # Threads pay only where the files are slow to reach (a network file system): on a
     # local disk the header walk is CPU work under the GIL and threads slow it down
-    # (1 thread: 70 us a file; 4: 160). A first batch, read in this thread, tells which.
-    first = lacking[:_PROBE_TRIAL]
+    # (1 thread: 70 us a file; 4: 160). A first batch, read in this thread, tells which;
+    # objects on a store are a request each, slow to reach by definition.
+    on_store = bool(lacking) and is_remote(lacking[0]["path"])
+    first = [] if on_store else lacking[:_PROBE_TRIAL]
     wall, cpu = time.perf_counter(), time.thread_time()
     failed += absorb(first, probe_batch(first))
     wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     rest = lacking[len(first):]
-    if rest and wall > _IO_BOUND * cpu and threads > 1:
+    if rest and (on_store or wall > _IO_BOUND * cpu) and threads > 1:
         # batches, not one future per file: a future costs about as much as a small
         # JPEG's header, and the threads would compete for the queue
         n_threads = max(1, min(threads, len(rest)))

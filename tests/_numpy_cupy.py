@@ -212,7 +212,7 @@ def _cupy(total_memory: int) -> dict[str, types.ModuleType]:
 
     ndimage = _module("cupyx.scipy.ndimage")
     for name in ("gaussian_filter", "median_filter", "uniform_filter", "convolve",
-                 "correlate"):
+                 "correlate", "correlate1d"):
         setattr(ndimage, name, _device_function(getattr(scipy.ndimage, name)))
     sparse = _module("cupyx.scipy.sparse")
     sparse.csr_matrix = _CsrMatrix

@@ -396,8 +396,27 @@ class _FailingWrites(io.FileIO):
         return super().write(bytes(data)[:8])
 
 
+def _short_writes(monkeypatch, fail_after: int | None) -> None:
+    """``os.write`` as a storage hiccup does it: at most 8 bytes a call, and EIO once
+    ``fail_after`` bytes of a file are in (never with ``None``)."""
+    from dagflow.io import atomic
+
+    real_write, written = os.write, {}
+
+    def write(fd, data):
+        if fail_after is not None and written.get(fd, 0) > fail_after:
+            raise OSError(errno.EIO, "Input/output error")
+        n = real_write(fd, bytes(data)[:8])
+        written[fd] = written.get(fd, 0) + n
+        return n
+
+    monkeypatch.setattr(atomic.os, "write", write)
+
+
 @pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif"])
 def test_transient_write_error(tmp_path, monkeypatch, suffix):
+    """Encoded bytes (JPEG, PNG) go to the file's descriptor, writers (WebP, TIFF) to a
+    file object: an EIO in either is a TransientError, and nothing is left behind."""
     from dagflow.io import atomic
 
     def failing_open(file, mode="r", *args, opener=None, **kwargs):
@@ -405,10 +424,17 @@ def test_transient_write_error(tmp_path, monkeypatch, suffix):
                                  buffer_size=8)
 
     monkeypatch.setattr(atomic, "open", failing_open, raising=False)
+    _short_writes(monkeypatch, fail_after=4)
     with pytest.raises(TransientError) as info:
         write_image(photo_like(64, 64), tmp_path / f"a{suffix}")
     assert info.value.errno == errno.EIO
     assert list(tmp_path.iterdir()) == []
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    content = bytes(range(256)) * 3
+    _short_writes(monkeypatch, fail_after=None)
+    assert atomic_write(tmp_path / "sub" / "a.bin", content).read_bytes() == content
 
 
 def test_umask_permissions(tmp_path):

@@ -16,8 +16,11 @@ from scipy import ndimage
 from dagflow.image import Image
 from dagflow.ops import filter_depth, get_op
 from dagflow.ops.filters import (
-    FIXED_POINT_BITS,
+    MAX_8_BIT_ERROR,
+    _fixed_point_blur,
+    fixed_point_bits,
     fixed_point_error,
+    fixed_point_gaussian,
     fixed_point_kernel,
     gaussian_array,
     gaussian_weights,
@@ -28,19 +31,34 @@ from dagflow.ops.filters import (
 
 RNG = np.random.default_rng(1)
 SIGMAS = [(0.6, 4.0), (1.5, 4.0), (2.5, 3.0), (9.0, 3.0)]
+#: Sigmas for the 8-bit path's model: below one pixel, the usual ones, long kernels.
+SIGMAS_8 = [(0.3, 4.0), (0.6, 4.0), (1.0, 4.0), (1.5, 4.0), (2.0, 4.0), (2.5, 3.0),
+            (5.0, 4.0), (9.0, 3.0), (20.0, 4.0)]
+BOTH = [(np.uint8, 8), (np.uint16, 16)]
 
 
-def integer_gaussian(arr: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
-    """The fixed-point Gaussian written out: exact int64 sums over the reflected image
-    (numpy's ``symmetric`` padding), both passes, one rounding half up."""
-    k = fixed_point_kernel(sigma, truncate)
+def integer_gaussian(arr: np.ndarray, sigma: float, truncate: float,
+                     bits: int | None = None) -> np.ndarray:
+    """OpenCV's fixed-point Gaussian written out for weights of ``bits`` fraction bits
+    (by default those gaussian_array chooses): the row pass as exact int64 sums over the
+    reflected image (numpy's ``symmetric`` padding), keeping all its fraction bits, the
+    column pass the same, one rounding half up."""
+    if bits is None:
+        bits = fixed_point_bits(arr.dtype.name, sigma, truncate)
+    k = fixed_point_kernel(sigma, truncate, bits=bits)
     r = len(k) // 2
     h, w = arr.shape[:2]
     padded = np.pad(arr.astype(np.int64), ((r, r), (r, r), (0, 0)), mode="symmetric")
     rows = sum(int(k[j]) * padded[:, j:j + w] for j in range(len(k)))
     total = sum(int(k[i]) * rows[i:i + h] for i in range(len(k)))
-    half = 1 << (2 * FIXED_POINT_BITS - 1)
-    return ((total + half) >> (2 * FIXED_POINT_BITS)).astype(arr.dtype)
+    return ((total + (1 << (2 * bits - 1))) >> (2 * bits)).astype(arr.dtype)
+
+
+def bound(dtype, sigma: float, truncate: float) -> float:
+    """The derived distance from the float64 Gaussian, in levels, on a full-range input:
+    the final rounding plus the weights' rounding times the range."""
+    bits = fixed_point_bits(np.dtype(dtype).name, sigma, truncate)
+    return 0.5 + fixed_point_error(sigma, truncate, bits=bits) * np.iinfo(dtype).max
 
 
 def float_gaussian(arr: np.ndarray, sigma: float, truncate: float) -> np.ndarray:
@@ -59,39 +77,101 @@ def test_gaussian_is_exactly_its_integer_arithmetic(dtype, sigma, truncate):
     np.testing.assert_array_equal(out, integer_gaussian(arr, sigma, truncate))
 
 
+@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS_8)
+@pytest.mark.parametrize(("shape", "alpha"), [
+    ((41, 53, 3), False), ((37, 29, 1), False), ((23, 31, 4), False), ((19, 27, 4), True),
+    ((17, 13, 2), True), ((11, 9, 5), False), ((1, 1, 3), False), ((2, 3, 1), False),
+    ((1, 40, 3), False), ((40, 1, 4), True), ((3, 5, 3), False)])
+def test_8_bit_gaussian_is_opencvs_8_bit_arithmetic(sigma, truncate, shape, alpha):
+    """OpenCV's own 8-bit path (8-bit weights) is the integer model's, pixel for pixel,
+    whatever the sigma, the shape (smaller than the kernel too), the channels (OpenCV's
+    1, 3 and 4, more split into planes); and gaussian_array is the model with the
+    weights it chooses, an alpha channel kept."""
+    arr = RNG.integers(0, 256, shape, dtype=np.uint8)
+    colour = shape[2] - 1 if alpha else shape[2]
+    if colour:
+        np.testing.assert_array_equal(
+            _fixed_point_blur(arr[:, :, :colour], sigma, truncate, bits=8),
+            integer_gaussian(arr[:, :, :colour], sigma, truncate, bits=8))
+    out = gaussian_array(arr, sigma, truncate, alpha=alpha)
+    assert out.dtype == np.uint8 and out.shape == arr.shape
+    np.testing.assert_array_equal(out[:, :, :colour],
+                                  integer_gaussian(arr[:, :, :colour], sigma, truncate))
+    np.testing.assert_array_equal(out[:, :, colour:], arr[:, :, colour:])
+
+
+@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS_8)
+def test_8_bit_images_take_8_bit_weights_only_within_the_promised_error(sigma, truncate):
+    """8-bit weights where their bound keeps within MAX_8_BIT_ERROR levels, else 16-bit:
+    an 8-bit result is never further than that from the float64 Gaussian."""
+    own = 0.5 + fixed_point_error(sigma, truncate, bits=8) * 255
+    bits = fixed_point_bits("uint8", sigma, truncate)
+    assert bits == (8 if own <= MAX_8_BIT_ERROR else 16)
+    assert bound(np.uint8, sigma, truncate) <= MAX_8_BIT_ERROR
+
+
+@pytest.mark.parametrize(("dtype", "bits"), BOTH)
+@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS_8)
+@pytest.mark.parametrize("shape", [(41, 53), (1, 1), (2, 7), (30, 1)])
+def test_the_shared_model_is_the_integer_arithmetic(dtype, bits, sigma, truncate, shape):
+    """fixed_point_gaussian (what the GPU runs, on cupy) sums in floats that hold every
+    partial sum exactly: its pixels are the int64 model's."""
+    arr = RNG.integers(0, np.iinfo(dtype).max + 1, (*shape, 1), dtype=dtype)
+    out = fixed_point_gaussian(arr[:, :, 0], sigma, truncate, bits=bits)
+    assert out.dtype == dtype
+    np.testing.assert_array_equal(out,
+                                  integer_gaussian(arr, sigma, truncate, bits)[:, :, 0])
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 1), (1, 9, 3), (7, 1, 1), (2, 3, 4), (5, 6, 5),
                                    (40, 3, 2)])
-def test_gaussian_on_images_smaller_than_its_kernel(shape):
-    arr = RNG.integers(0, 256, shape, dtype=np.uint8)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_gaussian_on_images_smaller_than_its_kernel(shape, dtype):
+    arr = RNG.integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
     out = gaussian_array(arr, 2.0)
     assert out.shape == arr.shape
     np.testing.assert_array_equal(out, integer_gaussian(arr, 2.0, 4.0))
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS)
+@pytest.mark.parametrize(("sigma", "truncate"), SIGMAS_8)
 def test_gaussian_is_within_the_derived_bound_of_float64(dtype, sigma, truncate):
-    """Rounding (half a level) plus the weights' rounding times the input's range."""
+    """Rounding (half a level) plus the weights' rounding times the input's range, on
+    noise and on the input that reaches the weights' part of it: the pixels at the
+    dtype's top where the fixed-point kernel outweighs the float64 one."""
     top = np.iinfo(dtype).max
     arr = RNG.integers(0, top + 1, (41, 53, 3), dtype=dtype)
-    out = gaussian_array(arr, sigma, truncate)
-    bound = 0.5 + fixed_point_error(sigma, truncate) * top
-    np.testing.assert_allclose(out, float_gaussian(arr, sigma, truncate), rtol=0,
-                               atol=bound + 1e-9 * top)
-    assert fixed_point_error(sigma, truncate) < 5e-4  # the weights' rounding is tiny
+    np.testing.assert_allclose(gaussian_array(arr, sigma, truncate),
+                               float_gaussian(arr, sigma, truncate), rtol=0,
+                               atol=bound(dtype, sigma, truncate) + 1e-9 * top)
+    bits = fixed_point_bits(np.dtype(dtype).name, sigma, truncate)
+    k = fixed_point_kernel(sigma, truncate, bits=bits) / 2.0 ** bits
+    exact = gaussian_weights(sigma, truncate)
+    n = len(k)
+    worst = ((np.outer(k, k) > np.outer(exact, exact)) * top).astype(dtype)[:, :, None]
+    out = gaussian_array(worst, sigma, truncate)[n // 2, n // 2, 0]  # its centre pixel
+    reference = float((np.outer(exact, exact) * worst[:, :, 0]).sum())
+    # within the bound, and reaching it but for the final rounding: the bound is tight
+    assert bound(dtype, sigma, truncate) - 1 - 1e-9 * top <= abs(int(out) - reference) \
+        <= bound(dtype, sigma, truncate) + 1e-9 * top
+    # each weight is within one unit of 2**-bits (error diffusion), so the kernels'
+    # distance is at most the kernel's length in units
+    assert fixed_point_error(sigma, truncate, bits=bits) <= n / 2.0 ** bits
 
 
-def test_fixed_point_weights_are_the_gaussians():
-    for sigma, truncate in SIGMAS:
-        k = fixed_point_kernel(sigma, truncate)
+@pytest.mark.parametrize(("dtype", "bits"), BOTH)
+def test_fixed_point_weights_are_the_gaussians(dtype, bits):
+    for sigma, truncate in SIGMAS_8:
+        k = fixed_point_kernel(sigma, truncate, bits=bits)
         assert len(k) == 2 * kernel_radius(sigma, truncate) + 1
-        assert int(k.sum()) == 1 << FIXED_POINT_BITS and (k == k[::-1]).all()
+        assert int(k.sum()) == 1 << bits and (k == k[::-1]).all() and (k >= 0).all()
         x = np.arange(-(len(k) // 2), len(k) // 2 + 1)
         exact = np.exp(-0.5 * (x / sigma) ** 2)
         exact /= exact.sum()
         np.testing.assert_allclose(gaussian_weights(sigma, truncate), exact, rtol=1e-12)
-        # error diffusion: each weight within one unit, the centre within a few
-        assert np.abs(k / 2.0 ** FIXED_POINT_BITS - exact).max() <= len(k) / 2.0 ** 16
+        # error diffusion: each weight within one unit (the carried error is at most
+        # half a unit, before and after it), the centre too (twice the last carry)
+        assert np.abs(k / 2.0 ** bits - exact).max() <= 1.0 / 2 ** bits + 1e-12
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int16, np.int32])
@@ -134,8 +214,7 @@ def test_gaussian_matches_explicit_sampled_kernel():
         for dx in range(2 * radius + 1):
             ref += k1[dy] * k1[dx] * padded[dy:dy + 30, dx:dx + 30]
     out = gaussian_array(arr, sigma, truncate)[:, :, 0]
-    np.testing.assert_allclose(out, ref, rtol=0,
-                               atol=0.5 + fixed_point_error(sigma, truncate) * 255 + 1e-9)
+    np.testing.assert_allclose(out, ref, rtol=0, atol=bound(np.uint8, sigma, truncate) + 1e-9)
 
 
 def test_gaussian_alpha_untouched():

@@ -10,6 +10,7 @@ a missing bucket or refused credentials stop the run in one line before it start
 
 from __future__ import annotations
 
+import collections
 import io
 import json
 import os
@@ -135,6 +136,42 @@ def test_a_run_from_a_store_to_a_store_resumes_checking_size_and_etag(store):
     third = dagflow.run(THUMBS, store.url("in/"), out, progress=False)
     assert third.executed == 2 and third.succeeded == 2
     assert "out/sub/img3.png" in keys(store)
+
+
+def _area(key: str) -> str:
+    if key.startswith("many/"):
+        return "inputs"
+    if key.startswith("out/_dagflow/"):
+        return "state"
+    return "outputs" if key.startswith("out/") else "bucket"
+
+
+def test_a_run_asks_the_store_once_per_input_and_output_and_a_few_times_per_chunk(store):
+    """Every request of a run from a store to a store, counted at the proxy: each input
+    read by one GET (small, as listed: fetched whole, with no HEAD and no header's block
+    before it) and a sample of them probed by one GET each before the run; each output
+    one PUT (its size and ETag for the record from the answer: no HEAD after it); the
+    run's state one PUT per chunk (its records part) and a few per run. The connections
+    are kept open, not one per image."""
+    n, chunk_size, sample = 24, 4, 4
+    for i in range(n):
+        store.put(f"many/img{i:02d}.jpg", jpeg(100 + i))
+    # only the run's last push of its state: the count does not depend on the timing
+    with dask.config.set({"dagflow.storage.state-push-interval": 0,
+                          "dagflow.resources.probe-store": sample}):
+        result = dagflow.run(THUMBS, store.url("many/"), store.url("out"), progress=False,
+                             chunk_size=chunk_size)
+    assert (result.succeeded, result.chunks) == (n, n // chunk_size)
+    seen = collections.Counter((r.method, _area(r.key)) for r in store.proxy.requests)
+    assert {k: v for k, v in seen.items() if k[1] == "inputs"} == {("GET", "inputs"): n + sample}
+    assert {k: v for k, v in seen.items() if k[1] == "outputs"} == {("PUT", "outputs"): n}
+    parts = [r for r in store.proxy.requests if "/records/part-" in r.key]
+    assert [r.method for r in parts] == ["PUT"] * result.chunks
+    # the lock (taken, given back), three listings (inputs, state, unfinished uploads)
+    # and the run's files at its end (events, summary, workflow, history, metrics): 14
+    per_run = sum(v for k, v in seen.items() if k[1] in ("state", "bucket")) - len(parts)
+    assert per_run <= 16, sorted(seen.items())
+    assert store.proxy.connections <= n // 2
 
 
 def test_cli_run_status_report_and_retry_failed_on_a_store(store, tmp_path):

@@ -26,7 +26,7 @@ from PIL import Image as PILImage
 from dagflow.exceptions import BadInputError, OversizeError, StorageError, TransientError
 from dagflow.image import Image
 from dagflow.io import open_image, probe_header, read_image, write_image
-from dagflow.io.storage import filesystem, list_objects, stat
+from dagflow.io.storage import filesystem, list_objects, listed_size, stat
 from dagflow.io.upload import (
     abort_pending_uploads,
     delete_if_match,
@@ -101,7 +101,8 @@ def test_a_header_is_probed_from_the_first_kilobytes(s3, tmp_path, fmt):
         assert len(reads) == 2 and fetched <= 2 * PROBE_BYTES
     else:
         assert len(reads) == 1 and fetched == PROBE_BYTES
-    assert [r.method for r in s3.proxy.requests] == ["HEAD"] + ["GET"] * len(reads)
+    # no HEAD first: the first ranged GET's answer gives the object's size
+    assert [r.method for r in s3.proxy.requests] == ["GET"] * len(reads)
 
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "tiff", "tiff-tags-last", "webp"])
@@ -126,30 +127,57 @@ def test_an_object_reads_as_its_file_does_each_byte_fetched_once(s3, tmp_path, f
 
 @pytest.mark.parametrize("fmt", ["jpeg", "png", "tiff", "tiff-tags-last", "webp"])
 def test_a_small_object_read_whole_is_fetched_by_one_request(s3, tmp_path, fmt):
-    """Up to ``whole-read-bytes``, read_image fetches the object with one GET after its
-    HEAD (not its header's block, then the rest), and decodes the same pixels; one byte
-    larger, the header's block comes first."""
+    """Up to ``whole-read-bytes`` as listed, read_image fetches the object with one GET
+    and nothing before it (not a HEAD, not its header's block, then the rest), and
+    decodes the same pixels; one byte larger, or of a size nobody listed, the header's
+    block comes first."""
     name, make = FORMATS[fmt]
     data = make()
     assert len(data) > 4 * PROBE_BYTES
     (tmp_path / name).write_bytes(data)
     url = s3.put(f"in/{name}", data)
     local = read_image(tmp_path / name, reduce_to=400)
-    with dask.config.set({"dagflow.storage.whole-read-bytes": len(data)}):
+    with dask.config.set({"dagflow.storage.whole-read-bytes": len(data)}), \
+            listed_size(url, len(data)):
         image = read_image(url, storage_options=s3.options, reduce_to=400)
     np.testing.assert_array_equal(image.data, local.data)
     assert {**image.meta, "path": None} == {**local.meta, "path": None}
-    assert [(r.method, r.range) for r in s3.proxy.requests] == \
-        [("HEAD", None), ("GET", (0, len(data) - 1))]
+    assert [(r.method, r.range) for r in s3.proxy.requests] == [("GET", (0, len(data) - 1))]
     assert s3.proxy.reads(f"in/{name}")[0].sent == len(data)
+    for whole, listed in ((len(data) - 1, len(data)), (len(data), None)):
+        s3.proxy.clear()
+        with dask.config.set({"dagflow.storage.whole-read-bytes": whole}), \
+                listed_size(url, listed):
+            read_image(url, storage_options=s3.options, reduce_to=400)
+        reads = s3.proxy.reads(f"in/{name}")
+        assert reads[0].range == (0, PROBE_BYTES - 1)
+        assert [r.method for r in s3.proxy.requests] == ["GET"] * len(reads)
+        assert sum(r.sent for r in reads) == len(data)
+
+
+def test_an_object_replaced_since_it_was_listed_reads_as_it_is_now(s3):
+    """The listed size only sets the first request's length: an object that grew since
+    reads whole all the same (the answer names its size), one that shrank reads as it is."""
+    small = encoded(photo(200, 150), "PNG")
+    large = encoded(photo(600, 450), "PNG")
+    assert PROBE_BYTES < len(small) < len(large) <= 2**20  # both read whole as listed
+    url = s3.put("in/changing.png", large)
+    with listed_size(url, len(small)):
+        grown = read_image(url, storage_options=s3.options)
+    assert grown.data.shape == (450, 600, 3)
+    assert [r.range for r in s3.proxy.reads("in/changing.png")] == \
+        [(0, len(small) - 1), (len(small), len(large) - 1)]
     s3.proxy.clear()
-    with dask.config.set({"dagflow.storage.whole-read-bytes": len(data) - 1}):
-        read_image(url, storage_options=s3.options, reduce_to=400)
-    assert s3.proxy.reads(f"in/{name}")[0].range == (0, PROBE_BYTES - 1)
+    url = s3.put("in/changing.png", small)
+    with listed_size(url, len(large)):
+        shrunk = read_image(url, storage_options=s3.options)
+    assert shrunk.data.shape == (150, 200, 3)
+    assert len(s3.proxy.requests) == 1
 
 
 def test_a_small_oversize_object_is_refused_before_it_is_decoded(s3, monkeypatch):
-    """Fetched whole, its header is still checked first: the decoder never runs."""
+    """Fetched whole (small, as listed), its header is still checked first: the decoder
+    never runs."""
     import dagflow.io.read as reader
 
     data = encoded(photo(1200, 900), "JPEG", quality=80)
@@ -161,7 +189,7 @@ def test_a_small_oversize_object_is_refused_before_it_is_decoded(s3, monkeypatch
 
     monkeypatch.setattr(reader, "_read_jpeg", no_decoding)
     monkeypatch.setattr(reader, "_read_pillow", no_decoding)
-    with pytest.raises(OversizeError, match="1,080,000 pixels"):
+    with pytest.raises(OversizeError, match="1,080,000 pixels"), listed_size(url, len(data)):
         read_image(url, storage_options=s3.options, max_pixels=1_000_000)
     assert [r.range for r in s3.proxy.reads("in/small-but-wide.jpg")] == \
         [(0, len(data) - 1)]
@@ -299,6 +327,35 @@ def test_a_writer_killed_mid_upload_leaves_no_object_and_resume_aborts_its_parts
     assert s3.uploads() == [] and s3.keys() == []
 
 
+def test_a_push_of_the_run_state_uploads_what_changed_and_again_what_failed(s3):
+    """A push uploads the changed files of the local copy of a run's state, each whole
+    and once; one that failed is uploaded by the next push, and only it."""
+    from dagflow.io.stage import StagedState
+
+    stage = StagedState(s3.url("out"), storage_options=no_client_retries(s3),
+                        push_interval=0)
+    try:
+        run = stage.local_state / "runs" / "r1"
+        run.mkdir(parents=True)
+        for i in range(6):
+            (run / f"part-{i}.parquet").write_bytes(bytes([i]) * 100)
+        s3.proxy.fail(1, match=lambda r: r.method == "PUT" and r.key.endswith("part-2.parquet"))
+        with pytest.raises(TransientError):
+            stage.push()
+        stored = s3.keys()
+        assert stored == [f"out/_dagflow/runs/r1/part-{i}.parquet" for i in (0, 1, 3, 4, 5)]
+        assert sorted(r.key for r in s3.proxy.requests) == \
+            [f"out/_dagflow/runs/r1/part-{i}.parquet" for i in range(6)]
+        s3.proxy.clear()
+        assert stage.push() == 1
+        assert [(r.method, r.key) for r in s3.proxy.requests] == \
+            [("PUT", "out/_dagflow/runs/r1/part-2.parquet")]
+        assert s3.get("out/_dagflow/runs/r1/part-2.parquet") == bytes([2]) * 100
+        assert stage.push() == 0
+    finally:
+        stage.close(push=False)
+
+
 def test_conditional_writes_make_a_lock_object(s3):
     url = s3.url("out/_dagflow/lock")
     first = put_if_absent(url, b'{"run": 1}', storage_options=s3.options)
@@ -357,7 +414,8 @@ def test_a_throttled_store_is_retried_with_backoff_and_succeeds(s3):
                                RetryPolicy(attempts=3, delay=0.01), sleep=lambda _: None)
     assert outcome.error is None and outcome.attempts == 3
     assert outcome.value.data.shape == (300, 400, 3)
-    assert [r.status for r in s3.proxy.requests[:3]] == [503, 503, 200]
+    # the third try's first request is the ranged GET of the header's block
+    assert [r.status for r in s3.proxy.requests[:3]] == [503, 503, 206]
     s3.proxy.fail(5, code="ServiceUnavailable")
     outcome = call_with_policy(lambda: read_image(url, storage_options=options),
                                RetryPolicy(attempts=3, delay=0.01), sleep=lambda _: None)
@@ -469,7 +527,8 @@ def test_a_worker_process_keeps_one_filesystem_and_its_connections(s3):
         counts = client.run(_instances_for, endpoint)
     assert [h["width"] for h in headers] == [64] * 24
     assert list(counts.values()) == [1]
-    assert len(s3.proxy.requests) >= 48 and s3.proxy.connections <= 4, s3.proxy.connections
+    assert len(s3.proxy.requests) == 24  # one ranged GET a probe
+    assert s3.proxy.connections <= 4, s3.proxy.connections
 
 
 def _instances_for(endpoint: str) -> int:

@@ -221,8 +221,30 @@ def _temporary(final: Path) -> Path:
     return final.with_name(f".{name}.{token}.tmp")
 
 
-def _opener(path: str, flags: int) -> int:
-    return os.open(path, flags | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0), 0o666)
+#: A new file for writing (``O_EXCL`` also refuses an existing symlink at the name).
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+#: Added to every temporary file's creation: never through a symlink, not inherited by
+#: child processes, no newline translation (Windows).
+_SAFE = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+
+
+def _create(path: str | Path, flags: int = _NEW) -> int:
+    """``os.open`` of a temporary file with :data:`_SAFE` added (also ``open``'s opener).
+
+    Missing parent directories are made on the way, and only then: writing into an
+    output directory that exists costs no ``mkdir``.
+    """
+    try:
+        return os.open(path, flags | _SAFE, 0o666)
+    except FileNotFoundError:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags | _SAFE, 0o666)
+
+
+def _write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        view = view[os.write(fd, view):]
 
 
 class _Deferred:
@@ -384,17 +406,22 @@ def atomic_write(
     >>> atomic_write(target, b"hello").read_bytes()
     b'hello'
     """
-    final = _prepare(path, root)
+    final = Path(path)
+    _check_final(final, root)
     tmp = _temporary(final)
     try:
-        # "x": O_CREAT | O_EXCL, which also refuses an existing symlink at the name.
-        with open(tmp, "xb", opener=_opener) as fh:
-            if isinstance(write_fn, bytes | bytearray | memoryview):
-                fh.write(write_fn)
-            else:
+        if isinstance(write_fn, bytes | bytearray | memoryview):
+            fd = _create(tmp)
+            try:  # straight to the descriptor: no file object for encoded bytes
+                _write_all(fd, write_fn)
+                _sync_file(fd, final)
+            finally:
+                os.close(fd)
+        else:  # a file object with its name, for writers that look at it (tifffile)
+            with open(tmp, "xb", opener=_create) as fh:
                 write_fn(fh)
-            fh.flush()
-            _sync_file(fh.fileno(), final)
+                fh.flush()
+                _sync_file(fh.fileno(), final)
         _replace(tmp, final, root)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -15,8 +15,9 @@ block's segments are read by offset and decoded with the page's own decoder).
 A TIFF on object storage (``s3://``, any fsspec URL) is read the same way, by ranged
 requests: its tags from the first kilobytes (:class:`dagflow.io.storage.RangedFile`), and
 for each block exactly the tiles (or strips) it overlaps, fetched concurrently
-(``cat_ranges``), never the whole object. A block checks the object's ETag first, as a
-local block checks the file's modification time.
+(``cat_ranges``), never the whole object. A block checks the object's ETag (on S3 from
+the answer to its first ranged request, which no ``HEAD`` precedes), as a local block
+checks the file's modification time.
 
 Blocks are aligned to the file's tiles (or strips) so that no segment is decoded twice
 for neighbouring blocks; the default block side is ``dagflow.resources.tile-chunk``
@@ -223,12 +224,11 @@ def _open_object(url: str, options: Mapping[str, Any] | None, etag: str | None
     from dagflow.io import storage
     from dagflow.io.errors import storage_errors
 
-    st = storage.stat(url, options)
-    assert st is not None
+    block = int(config.get("storage.probe-bytes", storage.DEFAULT_PROBE_BYTES))
+    head, st = storage.read_first(url, block, options)  # its ETag from the same answer
     if etag is not None and st.etag != etag:
         raise BadInputError("changed", f"{redact_url(url)} changed while it was being read")
     fs, path = storage.filesystem(url, options)
-    block = int(config.get("storage.probe-bytes", storage.DEFAULT_PROBE_BYTES))
 
     def fetch(ranges: Sequence[tuple[int, int]]) -> list[bytes]:
         if not ranges:
@@ -237,7 +237,7 @@ def _open_object(url: str, options: Mapping[str, Any] | None, etag: str | None
             return list(fs.cat_ranges([path] * len(ranges), [o for o, _ in ranges],
                                       [o + c for o, c in ranges], on_error="raise"))
 
-    with storage.RangedFile(fs, path, st.size, url, block_size=block) as fp:
+    with storage.RangedFile(fs, path, st.size, url, block_size=block, head=head) as fp:
         try:
             tif = tifffile.TiffFile(fp)
         except DagflowError:  # a ranged read that failed, already classified

@@ -9,10 +9,11 @@ its markers (:mod:`dagflow.io.jpeg_header`) and, when that cannot tell, Pillow's
 the whole canvas).
 
 An object on a store (``s3://``, any fsspec URL: :mod:`dagflow.io.storage`) is probed the
-same way through ranged reads: one request for its size, one for its first
-``dagflow.storage.probe-bytes`` (64 KiB), and more only where the header lies further
-in (a TIFF whose tags follow its pixels); the object is never fetched whole (but for a
-GIF, whose frames are counted by walking its blocks).
+same way through ranged reads: one request for its first ``dagflow.storage.probe-bytes``
+(64 KiB), whose answer on S3 also gives the object's size (elsewhere a request for its
+size comes first), and more only where the header lies further in (a TIFF whose tags
+follow its pixels); the object is never fetched whole (but for a GIF, whose frames are
+counted by walking its blocks).
 
 This module owns the header readers shared with :mod:`dagflow.io.read`
 (:func:`open_source`, :func:`open_pillow`, :func:`pillow_layout`, :func:`tiff_layout`,
@@ -219,9 +220,9 @@ def open_source(path: str | PathLike[str], storage_options: Mapping[str, Any] | 
     storage_options
         For a URL: storage options over ``dagflow.storage.options``.
     whole_up_to
-        For a URL: an object of at most this many bytes is fetched whole by the first
-        request (for a caller that reads it all: one request instead of a header's,
-        then the rest's).
+        For a URL: an object listed (:func:`dagflow.io.storage.listed_size`) at no more
+        than this many bytes is fetched whole by the first request (for a caller that
+        reads it all: one request instead of a header's, then the rest's).
 
     Yields
     ------
@@ -286,15 +287,15 @@ def _open_object(url: str, storage_options: Mapping[str, Any] | None, whole_up_t
     from dagflow.io import storage
     from dagflow.io.redact import redact_url
 
-    st = storage.stat(url, storage_options)
-    assert st is not None
+    block = int(config.get("storage.probe-bytes", storage.DEFAULT_PROBE_BYTES))
+    listed = storage.listed(url)
+    if listed is not None and listed <= whole_up_to:
+        block = max(block, listed)  # small, as listed: the first request fetches it all
+    head, st = storage.read_first(url, block, storage_options)
     if st.size == 0:
         raise BadInputError("empty_file", f"{redact_url(url)} is empty (0 bytes)")
     fs, inner = storage.filesystem(url, storage_options)
-    block = int(config.get("storage.probe-bytes", storage.DEFAULT_PROBE_BYTES))
-    if st.size <= whole_up_to:
-        block = max(block, st.size)  # the first request fetches it all
-    with storage.RangedFile(fs, inner, st.size, url, block_size=block) as fp:
+    with storage.RangedFile(fs, inner, st.size, url, block_size=block, head=head) as fp:
         head = fp.read(SNIFF_BYTES)
         fp.seek(0)
         yield fp, _sniff(head, redact_url(url)), st.size

@@ -17,14 +17,16 @@
    RGB/RGBA; CMYK -> RGB; 1-bit -> 0/255; 16 bits kept);
 5. applies the EXIF orientation exactly once, with numpy flips and transposes.
 
-An object on a store (``s3://``, any fsspec URL) is read in at most three requests: its
-size, its first ``dagflow.storage.probe-bytes`` (64 KiB) -- whose header is checked
-against ``max_pixels`` (and a TIFF's page against its byte limit) before anything more
-is fetched -- and the rest of it in one ranged request; an object of at most
-``dagflow.storage.whole-read-bytes`` (1 MiB) is fetched whole by one request instead
-(its header is still checked before anything is decoded: a request saved costs more
-than the bytes a refusal would). It is then decoded from memory exactly as a local
-file is.
+An object on a store (``s3://``, any fsspec URL) is read in at most two requests: its
+first ``dagflow.storage.probe-bytes`` (64 KiB) -- whose header is checked against
+``max_pixels`` (and a TIFF's page against its byte limit) before anything more is
+fetched -- and the rest of it in one ranged request (on S3 the first answer gives the
+object's size; elsewhere a request for its size comes first). An object listed
+(:func:`dagflow.io.storage.listed_size`: a run's inputs, from the listing that found
+them) at no more than ``dagflow.storage.whole-read-bytes`` (1 MiB) is fetched whole by
+its first request instead (its header is still checked before anything is decoded: a
+request saved costs more than the bytes a refusal would). It is then decoded from
+memory exactly as a local file is.
 
 Truncated, corrupt or unrecognised files end in a :class:`BadInputError` with a reason
 (never a grey-filled image: Pillow's ``LOAD_TRUNCATED_IMAGES`` is never set);

@@ -8,8 +8,9 @@ appends, memory-mapped tables. On a store none of that exists, so a run into
 uploads what the run writes there back as objects, each whole (one PUT), while the run
 goes on (every ``dagflow.storage.state-push-interval`` seconds: a run that dies loses at
 most that much of its records, and its items run again) and once more at its end. Each
-file is uploaded again only when it changed. Nothing else of dagflow needs to know: the
-state code works on a local directory, the outputs go to the store.
+file is uploaded again only when it changed, several at once (a run's end has a dozen
+or more: its last record parts, events, summary, metrics). Nothing else of dagflow
+needs to know: the state code works on a local directory, the outputs go to the store.
 
 The staged directory holds a mark naming the store's URL (:func:`store_of`), so that
 what checks outputs against records (``dagflow status``) checks them on the store.
@@ -17,7 +18,8 @@ what checks outputs against records (``dagflow status``) checks them on the stor
 Workers write their chunks' record parts into the staged directory where they see it
 (the embedded cluster, workers on the driver's machine), and straight to the store
 elsewhere (:func:`part_location`); the driver fetches those (:func:`fetch_run_records`)
-before it reads the run's records at its end.
+before it reads the run's records at its end, when a chunk's summary said its part went
+to the store (otherwise there is nothing to fetch, and no listing is asked for).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,9 @@ MARK = ".dagflow-store"
 #: lock files have no meaning on a store.
 _LOCAL_ONLY = frozenset({"inflight.bin", MARK, "lock", "lock.guard"})
 
+
+#: Objects a push uploads at once.
+_PUSH_CONCURRENCY = 8
 
 #: The staged copies in use in this process, by their local state directory.
 _ACTIVE: dict[str, StagedState] = {}
@@ -174,7 +180,8 @@ class StagedState:
 
     def push(self) -> int:
         """Upload every file of the local copy that is new or changed since it was last
-        uploaded (or downloaded); returns the files uploaded.
+        uploaded (or downloaded), up to ``_PUSH_CONCURRENCY`` at once, each whole (one
+        PUT); returns the files uploaded.
 
         Raises
         ------
@@ -182,7 +189,7 @@ class StagedState:
             From the store; what was not uploaded is tried again by the next push.
         """
         with self._push_lock:
-            sent = 0
+            changed = []
             for directory, _dirs, files in os.walk(self.local_state):
                 for name in sorted(files):
                     if name in _LOCAL_ONLY or TEMP_PATTERN.match(name):
@@ -191,17 +198,34 @@ class StagedState:
                     relative = os.path.relpath(path, self.root)
                     try:
                         st = os.stat(path)
-                        if self._sent.get(relative) == (st.st_size, st.st_mtime_ns):
-                            continue
-                        with open(path, "rb") as f:
-                            data = f.read()
                     except FileNotFoundError:  # replaced or removed meanwhile
                         continue
-                    put_object(f"{self.url}/{Path(relative).as_posix()}", data,
-                               storage_options=self.options)
-                    self._sent[relative] = (st.st_size, st.st_mtime_ns)
-                    sent += 1
-            return sent
+                    if self._sent.get(relative) != (st.st_size, st.st_mtime_ns):
+                        changed.append((relative, path))
+            if len(changed) <= 1:
+                return sum(self._upload(relative, path) for relative, path in changed)
+            # each object is a request of its own: they go together, not one by one
+            with ThreadPoolExecutor(min(len(changed), _PUSH_CONCURRENCY),
+                                    thread_name_prefix="dagflow-state-put") as pool:
+                futures = [pool.submit(self._upload, relative, path)
+                           for relative, path in changed]
+            failed = [f.exception() for f in futures if f.exception() is not None]
+            if failed:  # what was not uploaded is tried again by the next push
+                raise failed[0]
+            return sum(f.result() for f in futures)
+
+    def _upload(self, relative: str, path: str) -> bool:
+        """Upload one file of the copy as it is now; whether it was there to upload."""
+        try:
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:  # replaced or removed meanwhile
+            return False
+        put_object(f"{self.url}/{Path(relative).as_posix()}", data,
+                   storage_options=self.options)
+        self._sent[relative] = (st.st_size, st.st_mtime_ns)
+        return True
 
     def start_pushing(self) -> None:
         """Upload the changes every :attr:`push_interval` seconds, in a thread, until

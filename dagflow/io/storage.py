@@ -18,8 +18,10 @@ few operations the readers, writers and (later) the run state need:
   else its modification time), what verifies an output and fingerprints an input;
 * :func:`list_objects` -- the objects under a prefix (recursively) or matching a glob
   (``**`` included), each with its :class:`ObjectStat` from the listing itself;
-* :func:`read_range` and :class:`RangedFile` -- ranged reads, so that a header is probed
-  from the first kilobytes of an object instead of the whole of it;
+* :func:`read_first`, :func:`read_range` and :class:`RangedFile` -- ranged reads, so
+  that a header is probed from the first kilobytes of an object instead of the whole of
+  it; on S3 the first one also tells the object's size and ETag (no ``HEAD`` first), and
+  :func:`listed_size` lets it fetch an object a listing said is small whole;
 * :func:`join` -- an output location under a root, cleaned as
   :func:`dagflow.io.atomic.safe_join` cleans local ones.
 
@@ -39,7 +41,9 @@ import io
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -59,7 +63,9 @@ __all__ = [
     "is_url",
     "join",
     "list_objects",
+    "listed_size",
     "protocol_of",
+    "read_first",
     "read_range",
     "resolve_options",
     "stat",
@@ -76,6 +82,9 @@ _PACKAGES = {"s3": "s3fs (pip install 'dagflow[s3]')", "s3a": "s3fs (pip install
              "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs", "abfss": "adlfs",
              "adl": "adlfs"}
 _GLOB_CHARS = frozenset("*?[")
+#: Protocols whose ranged read answers with the object's size and ETag (S3's
+#: ``Content-Range``), so that no ``HEAD`` has to come first.
+_SIZED_READS = frozenset({"s3", "s3a"})
 
 #: Bytes of an object fetched by its first ranged read (a header probe reads no more).
 DEFAULT_PROBE_BYTES = 64 * 1024
@@ -415,6 +424,110 @@ def read_range(url: str, start: int, end: int | None,
         return fs.cat_file(path, start=start, end=end)
 
 
+#: What a listing said of the size of the object read in this context (:func:`listed_size`).
+_LISTED: ContextVar[tuple[str, int] | None] = ContextVar("dagflow_listed_size", default=None)
+
+
+@contextmanager
+def listed_size(url: str, size: int | None) -> Iterator[None]:
+    """Reads of ``url`` in this block may take ``size`` (what a listing said of the object)
+    as the length of their first request.
+
+    A reader that fetches objects up to some size whole (:func:`dagflow.io.read_image`)
+    then fetches a small one by one request, with no request for its size before it.
+    Nothing is trusted beyond that: the size, ETag and bytes are the store's answer's
+    (an object replaced since it was listed reads as it is now). ``None`` or a negative
+    size (unknown) sets nothing.
+
+    Examples
+    --------
+    >>> with listed_size("s3://bucket/a.jpg", 300_000):
+    ...     listed("s3://bucket/a.jpg"), listed("s3://bucket/b.jpg")
+    (300000, None)
+    """
+    if size is None or size < 0:
+        yield
+        return
+    token = _LISTED.set((url, int(size)))
+    try:
+        yield
+    finally:
+        _LISTED.reset(token)
+
+
+def listed(url: str) -> int | None:
+    """The size :func:`listed_size` gave for ``url`` in this context, else ``None``."""
+    known = _LISTED.get()
+    return known[1] if known is not None and known[0] == url else None
+
+
+def read_first(url: str, nbytes: int, storage_options: Mapping[str, Any] | None = None
+               ) -> tuple[bytes, ObjectStat]:
+    """The first ``nbytes`` of an object (all of it when it is smaller) and its stat.
+
+    On S3 one ranged ``GET``, whose answer names the object's size (``Content-Range``)
+    and ETag; elsewhere, and for what that answer cannot tell (an empty object, a missing
+    one, a prefix), a fresh :func:`stat` first, then a ranged read.
+
+    Raises
+    ------
+    BadInputError
+        ``missing``, ``not_a_file``, ``unreadable``.
+    StorageError, TransientError
+        As :func:`stat`.
+    """
+    if protocol_of(url) in _SIZED_READS and nbytes > 0:
+        fs, path = filesystem(url, storage_options)
+        with storage_errors(url, action="read", options=storage_options):
+            try:
+                found = _s3_first(fs, path, nbytes)
+            except OSError as exc:
+                if storage_error(exc, url) is not None:
+                    raise
+                # no such key (or a prefix), or an empty object (no byte 0 to range
+                # over): stat says which
+                found = None
+        if found is not None:
+            return found
+    st = stat(url, storage_options)
+    assert st is not None
+    if st.size == 0:
+        return b"", st
+    return read_range(url, 0, min(nbytes, st.size), storage_options), st
+
+
+def _s3_first(fs: AbstractFileSystem, path: str, nbytes: int
+              ) -> tuple[bytes, ObjectStat] | None:
+    """The first ``nbytes`` of an S3 object and its stat from the same answer (``None``
+    when the answer does not give the object's size)."""
+    from fsspec.asyn import sync
+
+    bucket, key, version = fs.split_path(path)
+    extra = {"VersionId": version} if version else {}
+
+    async def get() -> tuple[dict[str, Any], bytes]:
+        out = await fs._call_s3("get_object", Bucket=bucket, Key=key,
+                                Range=f"bytes=0-{nbytes - 1}", **extra)
+        body = out["Body"]
+        try:
+            return out, await body.read()
+        finally:
+            body.close()
+
+    out, data = sync(fs.loop, get)
+    ranged = out.get("ContentRange")
+    total = str(ranged or "").rpartition("/")[2]
+    if ranged is None:  # the whole object, unranged
+        size = len(data)
+    elif total.isdigit():
+        size = int(total)
+    else:
+        return None
+    etag = out.get("ETag")
+    return data, ObjectStat(size, str(etag).strip('"') if etag else None,
+                            _mtime_ns(out.get("LastModified")))
+
+
 def join(root: str, relative: str) -> str:
     """An output location ``relative`` under ``root``, a URL or a local directory.
 
@@ -456,16 +569,18 @@ class RangedFile(io.RawIOBase):
         The object's URL, for messages.
     block_size
         Bytes of the first request and least bytes of any other.
+    head
+        The object's first bytes, fetched already (:func:`read_first`): the first block.
     """
 
     def __init__(self, fs: AbstractFileSystem, path: str, size: int, url: str, *,
-                 block_size: int = DEFAULT_PROBE_BYTES) -> None:
+                 block_size: int = DEFAULT_PROBE_BYTES, head: bytes = b"") -> None:
         super().__init__()
         self._fs, self._path, self._size = fs, path, int(size)
         self.name = url
         self._block_size = max(1, int(block_size))
         self._pos = 0
-        self._head = b""  # [0, len(head)): the first block
+        self._head = bytes(head)  # [0, len(head)): the first block
         self._block_start, self._block = 0, b""  # the last other block
         #: Ranged requests made, and the bytes they returned.
         self.requests = 0

@@ -134,13 +134,13 @@ def write_image(
         data = data[:, :, None]
     if data.ndim != 3 or data.shape[0] == 0 or data.shape[1] == 0:
         raise BadInputError("unsupported_mode", f"cannot write pixels of shape {data.shape}")
-    encoders: dict[str, Callable[..., Callable[[BinaryIO], object]]] = {
+    encoders: dict[str, Callable[..., Callable[[BinaryIO], object] | bytes]] = {
         "jpeg": _jpeg,
         "png": _png,
         "webp": _webp,
         "tiff": _tiff,
     }
-    write_fn = encoders[fmt](
+    content = encoders[fmt](
         data,
         meta=img.meta,
         quality=int(quality),
@@ -152,12 +152,12 @@ def write_image(
     if is_remote(path):
         from dagflow.io.upload import put_object
 
-        put_object(os.fspath(path), write_fn, storage_options=storage_options)
+        put_object(os.fspath(path), content, storage_options=storage_options)
         logger.debug("wrote %s (%s, %s %s)", redact_url(os.fspath(path)), fmt, data.shape,
                      data.dtype)
         return os.fspath(path)
     try:
-        atomic_write(as_local(path), write_fn)
+        atomic_write(as_local(path), content)
     except OSError as exc:
         if exc.errno in TRANSIENT_ERRNOS and not isinstance(exc, TransientError):
             raise TransientError(exc.errno, exc.strerror or str(exc), str(path)) from exc
@@ -255,15 +255,14 @@ def _check_channels(data: np.ndarray, fmt: str) -> int:
     return channels
 
 
-def _jpeg(data: np.ndarray, *, quality: int, **_: Any) -> Callable[[BinaryIO], object]:
+def _jpeg(data: np.ndarray, *, quality: int, **_: Any) -> bytes:
     channels = _check_channels(data, "JPEG")
     pixels = to_uint8(data)
     if channels in (2, 4):  # JPEG has no alpha: drop it (not composited)
         pixels = pixels[:, :, : channels - 1]
     import imagecodecs
 
-    encoded = imagecodecs.jpeg8_encode(_planar(pixels), level=quality)
-    return lambda fh: fh.write(encoded)
+    return imagecodecs.jpeg8_encode(_planar(pixels), level=quality)
 
 
 def _webp(
@@ -279,9 +278,7 @@ def _webp(
     return lambda fh: im.save(fh, format="WEBP", quality=quality, lossless=lossless, exact=True)
 
 
-def _png(
-    data: np.ndarray, *, meta: dict[str, Any], compression: Any, **_: Any
-) -> Callable[[BinaryIO], object]:
+def _png(data: np.ndarray, *, meta: dict[str, Any], compression: Any, **_: Any) -> bytes:
     _check_channels(data, "PNG")
     if compression is None:
         level = 6
@@ -295,8 +292,7 @@ def _png(
     pixels = to_uint16(data) if sixteen else to_uint8(data)
     import imagecodecs
 
-    encoded = imagecodecs.png_encode(_planar(pixels), level=level, strategy=_PNG_STRATEGY_RLE)
-    return lambda fh: fh.write(encoded)
+    return imagecodecs.png_encode(_planar(pixels), level=level, strategy=_PNG_STRATEGY_RLE)
 
 
 def _tiff(

@@ -16,11 +16,13 @@ back, so the next node (or the sink) sees a numpy image as from the CPU.
 This module imports cupy at its top: it is imported only on a worker that runs a GPU
 node (or checks its GPU), never on a machine without cupy.
 
-Equal to the CPU within tolerance, not bit for bit: filters run in float32 on both
-sides (rounding may differ by one level); ``resize`` applies Pillow's Lanczos weights
-(:mod:`dagflow.ops._resample`) as sparse matrices, with Pillow's rounding between the
-passes for 8-bit images; ``median`` and the 8/16-bit ``normalize`` and ``convert`` are
-exact.
+Equal to the CPU within tolerance, not bit for bit, unless said: ``gaussian`` on 8-bit
+images is exact, the CPU's fixed-point arithmetic (OpenCV's 8-bit ``GaussianBlur``) run
+by :func:`dagflow.ops.filters.fixed_point_gaussian` on the device; on other dtypes, and
+``unsharp``, filters run in float32 (rounding may differ by one level); ``resize``
+applies Pillow's Lanczos weights (:mod:`dagflow.ops._resample`) as sparse matrices,
+with Pillow's rounding between the passes for 8-bit images; ``median`` and the
+8/16-bit ``normalize`` and ``convert`` are exact.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from dagflow.exceptions import BadInputError
 from dagflow.image import Image
 from dagflow.ops._common import dtype_max, level_to_dtype, require_dtype
 from dagflow.ops._resample import plan_axes
+from dagflow.ops.filters import fixed_point_bits, fixed_point_gaussian
 from dagflow.ops.intensity import _hist_bins, _percentiles_from_counts
 
 __all__ = [
@@ -84,8 +87,13 @@ def _apply_to_colour(arr: Any, alpha: bool, func: Callable[[Any], Any]) -> Any:
 
 def gaussian_array(arr: Any, sigma: float, truncate: float = 4.0, *,
                    alpha: bool = False) -> Any:
-    """:func:`dagflow.ops.filters.gaussian_array` on a cupy array."""
+    """:func:`dagflow.ops.filters.gaussian_array` on a cupy array: 8-bit channels by the
+    CPU's fixed-point arithmetic (the same pixels), others in float32."""
     require_dtype(arr, "gaussian")
+    if arr.dtype == np.uint8:
+        bits = fixed_point_bits("uint8", sigma, truncate)
+        return _apply_to_colour(arr, alpha, lambda plane: fixed_point_gaussian(
+            plane, sigma, truncate, bits=bits, xp=cp, ndimage=cndi))
 
     def blur(plane: Any) -> Any:
         out = cndi.gaussian_filter(plane, sigma, output=cp.float32, mode=_MODE,

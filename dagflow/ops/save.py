@@ -8,7 +8,6 @@ is written. A large image processed tiled is written as a tiled BigTIFF, band by
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -148,12 +147,8 @@ def save(
         The path written: ``dest`` plus the format's suffix.
     """
     from dagflow.io import write_image
-    from dagflow.io.storage import is_remote
 
-    path = dest + SUFFIXES[format]
-    parent = os.path.dirname(path)
-    if parent and not is_remote(path):  # a store has no directories to make
-        os.makedirs(parent, exist_ok=True)
+    path = dest + SUFFIXES[format]  # missing directories are made by the atomic write
     write_image(image, path, format=format, quality=quality, compression=compression,
                 lossless=lossless, tile=tile)
     return path

@@ -30,8 +30,9 @@ seconds per node, the workers' peak memory sampled by the monitor) in the run's 
 
 Header probing happens on the client, in a thread pool, for the items that lack a
 header and still have to run (none on a re-run of a finished batch); above
-``dagflow.resources.probe-limit`` items, a sample is probed and the rest are estimated
-from it (the decoder's pixel limit still guards those on the workers).
+``dagflow.resources.probe-limit`` items (``probe-store`` for objects on a store, whose
+every header costs a request), a sample is probed and the rest are estimated from it
+(a pixel limit from the sample, and the decoder's, guard those on the workers).
 """
 
 from __future__ import annotations
@@ -334,11 +335,13 @@ def prepare_batch(
     sampled = False
     if probe and to_run:
         lacking = sum(1 for item in to_run if not has_size(item))
-        over = lacking > int(config.get("resources.probe-limit"))
+        limit, sample = _probe_limits(to_run)
+        over = lacking > limit
         if over and client is not None and config.get("resources.probe-large") == "cluster":
             probed = probe_on_cluster(client, to_run)
         elif lacking:
-            probed = probe_headers(to_run)  # above the limit: a random sample
+            # above the limit: a random sample
+            probed = probe_headers(to_run, limit=limit, sample=sample)
             sampled = over
     budget = capacity.max_budget
     # has_size is asked once more here and once in the loop below, not once per step
@@ -445,6 +448,18 @@ def prepare_batch(
                             already_done, oversize_rows,
                             _history_dir(Path(output), history_dir), conditions, probed)
     return batch
+
+
+def _probe_limits(items: Sequence[Mapping[str, Any]]) -> tuple[int, int]:
+    """Items probed at most before a run, and the sample probed above that: for objects
+    on a store, whose every header is a request beside the one that reads the image,
+    ``dagflow.resources.probe-store`` for both."""
+    from dagflow.io.storage import is_remote
+
+    if is_remote(items[0].get("path")):
+        store = int(config.get("resources.probe-store"))
+        return store, store
+    return int(config.get("resources.probe-limit")), int(config.get("resources.probe-sample"))
 
 
 #: The item key that carries the pixel limit of an item planned without its header.

@@ -417,7 +417,8 @@ def _run_on(c: Client, wf: Workflow, tasks: dict[str, NodeTask], ctx: RunContext
         runner.run()
     finally:
         runner.finish()
-    fetch_run_records(ctx.state_dir, ctx.run_id)  # those written on a store by workers
+    if runner.parts_on_store:  # by workers that do not see this machine's copy
+        fetch_run_records(ctx.state_dir, ctx.run_id)
     if any(t.kind == "aggregate" for t in batch.tasks.values()):
         runner.reduce_aggregates(frozenset(i["key"] for i in input_set.items))
     result.duration_s = time.perf_counter() - start

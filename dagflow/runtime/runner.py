@@ -134,6 +134,9 @@ class Runner:
         self.futures: dict[int, Future] = {}
         self.outcomes: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.told = False  # the workers were told of breakers (a plugin to remove)
+        #: Whether a chunk's records part was written to a store by a worker that does
+        #: not see the run's local copy (:func:`dagflow.io.stage.part_location`).
+        self.parts_on_store = False
 
     # ------------------------------------------------------------------ the loop
 
@@ -240,6 +243,7 @@ class Runner:
         held = sum(1 for s in summary.item_status.values() if s == "not_run")
         self.progress.update(summary.items - held, failed)
         if summary.part is not None:
+            self.parts_on_store = self.parts_on_store or "://" in summary.part
             faults.reached("after-part", os.path.basename(summary.part))
 
     def _failed(self, index: int, exc: BaseException) -> None:
