@@ -944,7 +944,8 @@ def at_start():
     return {"parent": os.getppid(), "preloaded": "dagflow.ops" in sys.modules,
             "malloc": env.get(b"MALLOC_MMAP_THRESHOLD_", b"").decode(),
             "omp": env.get(b"OMP_NUM_THREADS", b"").decode(),
-            "seed": env.get(b"PYTHONHASHSEED", b"").decode()}
+            "seed": env.get(b"PYTHONHASHSEED", b"").decode(),
+            "late": os.environ.get("DAGFLOW_TEST_LATE", "")}
 
 
 if __name__ == "__main__":
@@ -954,6 +955,10 @@ if __name__ == "__main__":
             found = list(client.run(at_start).values())
             assert client.submit(sum, [1, 2]).result() == 3
     print("SERVER", forkserver._forkserver._forkserver_pid, "WORKERS", found)
+    os.environ["DAGFLOW_TEST_LATE"] = "set after the server started"
+    with start_local_cluster(n_workers=1, threads_per_worker=1) as cluster:
+        with Client(cluster) as client:
+            print("LATE", list(client.run(at_start).values()))
 '''
 
 
@@ -963,7 +968,8 @@ def test_workers_fork_from_the_preloaded_server_in_the_workers_environment(tmp_p
     """`dagflow run` starts the forkserver first: the embedded cluster's workers are its
     forks, with the ops imported and, from their first instruction, the environment a
     nanny gives a spawned worker (glibc's MALLOC_* from dagflow.cluster.worker-env,
-    OMP_NUM_THREADS, Dask's hash seed); the command's own environment is left alone."""
+    OMP_NUM_THREADS, Dask's hash seed); the command's own environment is left alone; a
+    cluster started after the environment changed spawns its workers, which see it."""
     script = tmp_path / "forked.py"
     script.write_text(FORKED_WORKERS)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
@@ -979,3 +985,7 @@ def test_workers_fork_from_the_preloaded_server_in_the_workers_environment(tmp_p
         assert worker["parent"] == int(server.split()[1])
         assert worker["preloaded"] is True
         assert (worker["malloc"], worker["omp"], worker["seed"]) == (threshold, "1", "6640")
+    # a cluster started once the environment changed spawns its workers: they see it
+    late = eval(next(x for x in done.stdout.splitlines() if x.startswith("LATE "))[5:])
+    assert [(w["parent"] == int(server.split()[1]), w["late"]) for w in late] == \
+        [(False, "set after the server started")]

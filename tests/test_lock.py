@@ -3,6 +3,7 @@ broken only on evidence (a process gone, a reboot, a heartbeat silent too long).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -80,6 +81,23 @@ def test_held_while_the_run_runs_then_released(tmp_path):
             assert text in message
         assert info.value.holder["run_id"] == "run-a"
     assert read_holder(tmp_path) is None
+
+
+def test_a_run_into_a_held_output_is_refused_before_its_cluster_starts(
+        tmp_path, photos, monkeypatch):
+    from _workflows import THUMBS
+
+    import dagflow
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster started for a run that is refused")
+
+    monkeypatch.setattr(importlib.import_module("dagflow.runtime.run"), "LocalClusterStart",
+                        no_cluster)
+    with OutputLock(tmp_path / "out", "run-a"), \
+            pytest.raises(OutputLockedError, match="is in use by run run-a"):
+        dagflow.run(THUMBS, photos, tmp_path / "out")
+    assert not (tmp_path / "out" / "_dagflow" / "runs").exists()  # no run directory
 
 
 def test_only_one_of_many_takes_it_at_once(tmp_path):

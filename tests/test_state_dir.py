@@ -3,6 +3,8 @@ before anything is written, as it refuses to write an output through one."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 from click.testing import CliRunner
 
@@ -18,7 +20,12 @@ STATS = Workflow("w", [Node("load", "load"), Node("stats", "stats", after="load"
 @pytest.mark.parametrize("link", ["_dagflow", "_dagflow/runs", "_dagflow/aggregates",
                                   "_dagflow/aggregates/stats", "_dagflow/runs/old-run"])
 def test_a_symlink_in_the_state_directory_is_refused_before_anything_is_written(
-        tmp_path, photos, link):
+        tmp_path, photos, link, monkeypatch):
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a cluster started for a run that is refused")
+
+    monkeypatch.setattr(importlib.import_module("dagflow.runtime.run"), "LocalClusterStart",
+                        no_cluster)
     out = tmp_path / "out"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -167,8 +167,16 @@ def dashboard_options(host: str | None) -> dict[str, Any]:
 
 #: What the worker processes of the embedded cluster import before anything else.
 WORKER_MODULES = ["distributed", "dagflow.runtime.signals", "dagflow.runtime.worker_preload"]
-#: Whether :func:`start_worker_forkserver` started this process's forkserver.
-_forkserver = False
+#: The environment this process's forkserver started with (its own, and what it gives
+#: its forks), when :func:`start_worker_forkserver` started it; else ``None``.
+_forkserver: tuple[dict[str, str], dict[str, str]] | None = None
+#: Variables that change while a process runs and mean nothing to its workers (pytest's
+#: name of the test running), left out of that comparison.
+_FORK_ENV_IGNORED = frozenset({"PYTEST_CURRENT_TEST"})
+
+
+def _own_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _FORK_ENV_IGNORED}
 
 
 def _spawn_environment(worker_env: Mapping[str, str]) -> dict[str, str]:
@@ -190,7 +198,9 @@ def start_worker_forkserver() -> bool:
     second on two cores). It starts with the environment a nanny gives its workers
     before they start (``OMP_NUM_THREADS``, the hash seed, ``dagflow.cluster.worker-env``:
     glibc reads ``MALLOC_*`` only when a process starts). Workers restarted later are
-    spawned as usual.
+    spawned as usual, and so are those of a cluster started once this process's
+    environment or ``dagflow.cluster.worker-env`` differ from what the server started
+    with (a fork would not see the change).
 
     Returns
     -------
@@ -201,7 +211,7 @@ def start_worker_forkserver() -> bool:
         or ``distributed.worker.multiprocessing-method`` is not Dask's default.
     """
     global _forkserver
-    if _forkserver:
+    if _forkserver is not None:
         return True
     from multiprocessing import forkserver
 
@@ -212,11 +222,22 @@ def start_worker_forkserver() -> bool:
         return False
     env = _spawn_environment({str(k): str(v) for k, v in
                               (config.get("cluster.worker-env") or {}).items()})
+    own = _own_environment()
     with environment(env):
         multiprocessing.set_forkserver_preload(WORKER_MODULES)
         forkserver.ensure_running()
-    _forkserver = True
+    _forkserver = (own, env)
     return True
+
+
+def _forks_match(worker_env: Mapping[str, str]) -> bool:
+    """Whether workers forked from this process's forkserver now would start as spawned
+    ones would: the server is this process's, and neither this process's environment
+    nor the workers' has changed since it started."""
+    if _forkserver is None:
+        return False
+    own, env = _forkserver
+    return own == _own_environment() and env == _spawn_environment(worker_env)
 
 
 def start_local_cluster(
@@ -275,7 +296,7 @@ def start_local_cluster(
     # workers forked from the forkserver `dagflow run` started, in the environment it
     # started with: the configured one, unless this cluster asks for another
     fork = {"distributed.worker.multiprocessing-method": "forkserver"} \
-        if processes and _forkserver and "env" not in kwargs else {}
+        if processes and "env" not in kwargs and _forks_match(worker_env) else {}
     preloads = dask.config.get("distributed.worker.preload", None) or []
     preloads = [preloads] if isinstance(preloads, str) else list(preloads)
     if processes:  # Ctrl-C is the driver's to handle (dagflow.runtime.signals)

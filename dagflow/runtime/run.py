@@ -54,7 +54,7 @@ from dagflow.runtime.cluster import (
 from dagflow.runtime.collisions import check_outputs
 from dagflow.runtime.environ import environment
 from dagflow.runtime.handle import RunHandle
-from dagflow.runtime.lock import OutputLock
+from dagflow.runtime.lock import OutputLock, check_unlocked
 from dagflow.runtime.plan import check_chunk_size, compare, prepare_batch
 from dagflow.runtime.result import RunResult
 from dagflow.runtime.runner import Progress, Runner
@@ -189,10 +189,22 @@ def run(
         check_outputs(wf, input_set.items, output)  # no two writers of one output file
         return RunHandle(lambda handle: _run(wf, input_set, output, progress=False,
                                              handle=handle, **options))
+    _refuse_early(output)
     with _embedded_cluster_starting(client, cluster, scheduler_file, local_options) as starting:
         input_set = run_inputs(wf, inputs, output, resume or retry_failed)
         check_outputs(wf, input_set.items, output)
         return _run(wf, input_set, output, progress=progress, starting=starting, **options)
+
+
+def _refuse_early(output: Path | str) -> None:
+    """Refuse a local output directory whose state directory is a symlink, or that
+    another run holds (and is not to be waited for), before a cluster starts for nothing.
+
+    :func:`_run` checks both again where it takes the lock: this only says it sooner.
+    """
+    if isinstance(output, Path):
+        check_state_dir(output, config.get("state-dir"))
+        check_unlocked(output, state_dir=config.get("state-dir"))
 
 
 @contextlib.contextmanager
