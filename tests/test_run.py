@@ -258,7 +258,8 @@ def test_resolved_paths_are_normal_and_absolute(tmp_path, monkeypatch):
 def test_the_first_submission_gives_each_worker_thread_two_chunks_the_rest_follows(
         photos, tmp_path, client):
     """Two chunks per worker thread go first, so that the workers start while the rest is
-    sent; the rest follows as chunks finish, every chunk once."""
+    sent, and one more each right behind them, in a graph of its own, before any chunk
+    has finished; the rest follows as chunks finish, every chunk once."""
     import json
 
     threads = sum(client.nthreads().values())
@@ -268,11 +269,14 @@ def test_the_first_submission_gives_each_worker_thread_two_chunks_the_rest_follo
               (result.run_dir / "events.jsonl").read_text().splitlines()]
     submitted = [e["chunks"] for e in events if e["event"] == "chunks_submitted"]
     assert submitted[0] == list(range(2 * threads))
+    assert submitted[1] == list(range(2 * threads, 3 * threads))  # the reserve
     assert sorted(c for chunks in submitted for c in chunks) == list(range(12))
     first_finished = next(i for i, e in enumerate(events) if e["event"] == "chunk_finished")
+    reserve = next(i for i, e in enumerate(events)
+                   if e["event"] == "chunks_submitted" and e["chunks"] == submitted[1])
     later = next(i for i, e in enumerate(events)
-                 if e["event"] == "chunks_submitted" and e["chunks"] != submitted[0])
-    assert later > first_finished
+                 if e["event"] == "chunks_submitted" and e["chunks"][0] >= 3 * threads)
+    assert reserve < first_finished < later
 
 
 def test_a_deferred_fingerprint_is_the_one_the_client_would_read(tmp_path):
