@@ -108,7 +108,8 @@ def write_table(path: str | os.PathLike[str], table: pa.Table) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, sync=False) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+        # LZ4: as small as zstd here, in half its time (a history file: 1.4 against 3 ms)
+        pq.write_table(table, tmp, compression="lz4")
     return path
 
 
