@@ -497,3 +497,28 @@ def test_unsynced_atomic_path_renames_without_flushing(tmp_path, monkeypatch):
     assert bad == [] and synced == []
     assert table.column("status").to_pylist() == ["ok", "failed"]
     assert table.column_names == ["item_id", "status"]  # the fields it was given
+
+
+def test_monitoring_files_are_written_whole_without_flushing(tmp_path, monkeypatch):
+    """A run's measurements (run.json, the scheduler's data, the history) are not its
+    state: written atomically, never fsynced; one that is unreadable reads as missing."""
+    import os as _os
+
+    import pyarrow as pa
+
+    from dagflow.io import atomic
+    from dagflow.monitor.store import read_json, read_table, write_json, write_table
+
+    synced = []
+    real_fsync = _os.fsync
+    monkeypatch.setattr(atomic.os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    write_json(tmp_path / "metrics" / "run.json", {"run_id": "r", "items": 3})
+    write_table(tmp_path / "history" / "run-r.parquet", pa.table({"node_id": ["load"]}))
+    assert synced == [] and atomic.find_temporaries(tmp_path) == []
+    assert read_json(tmp_path / "metrics" / "run.json") == {"run_id": "r", "items": 3}
+    assert read_table(tmp_path / "history" / "run-r.parquet").column("node_id").to_pylist() \
+        == ["load"]
+    (tmp_path / "metrics" / "torn.json").write_bytes(b'{"run_id": ')  # a power cut's
+    (tmp_path / "history" / "run-t.parquet").write_bytes(b"PAR1\x00")
+    assert read_json(tmp_path / "metrics" / "torn.json") is None
+    assert read_table(tmp_path / "history" / "run-t.parquet") is None

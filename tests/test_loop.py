@@ -78,6 +78,23 @@ def test_the_window_gives_the_first_chunks_then_tops_up_as_chunks_finish():
     assert loop.not_run() == [] and loop.stopped is None
 
 
+def test_the_reserve_follows_the_first_chunks_in_graphs_of_its_own():
+    """One more chunk per thread goes with the first submission, after the first ones
+    and never in their graphs, within the window; then nothing until a chunk is back."""
+    loop = RunLoop(chunks([4] * 20), breakers(), window=8, first=4, reserve=2,
+                   graph_items=8)
+    first = loop.next_graphs()
+    assert [[c.index for c in g] for g in first] == [[0, 1], [2, 3], [4, 5]]
+    assert sorted(loop.running) == [0, 1, 2, 3, 4, 5]
+    assert loop.next_graphs() == []
+    loop.finished(0, summary(first[0][0]))
+    assert [c.index for c in submitted(loop)] == [6, 7]  # the window is full again
+    small = RunLoop(chunks([4] * 3), breakers(), window=4, first=2, reserve=5)
+    assert [[c.index for c in g] for g in small.next_graphs()] == [[0, 1], [2]]
+    tight = RunLoop(chunks([4] * 6), breakers(), window=3, first=2, reserve=2)
+    assert [c.index for c in submitted(tight)] == [0, 1, 2]  # never beyond the window
+
+
 def test_a_chunk_that_fails_as_a_whole_is_split_down_to_single_items():
     loop = RunLoop(chunks([4]), breakers(), first=1)
     (chunk,) = submitted(loop)

@@ -224,3 +224,44 @@ def test_a_model_of_cpu_seconds_from_the_same_samples():
                                       out_mp)])
     assert prediction.history_fits(no_cpu, {"blur": ("gaussian", "transform")},
                                    measure="cpu_s") == {}
+
+
+def test_item_units_of_a_finished_run():
+    """Each ran row with its node's units: the image it made (megapixels, else width x
+    height), its first parent's (that item's last row there; none for a source, or a
+    node the plan lacks), a source's file bytes, and one first item per node and worker
+    process (a missing worker counted as its own); rows the op did not run are left out."""
+    nodes = {"load": {"kind": "source", "parents": []},
+             "small": {"kind": "transform", "parents": ["load"]},
+             "save": {"kind": "sink", "parents": ["small", "load"]}}
+    rows = pd.DataFrame({
+        "item_id": [1, 1, 2, 2, 1, 1, 2, 3, 3],
+        "node_id": ["load", "small", "load", "small", "load", "save", "save", "load", "extra"],
+        "status": ["ok", "ok", "ok", "failed", "ok", "ok", "upstream_failed", "ok", "ok"],
+        "duration_s": [0.5, 0.1, 0.4, np.nan, 0.6, 0.2, 0.0, 0.3, 0.05],
+        "started": [10.0, 11.0, 10.0, 12.0, 13.0, 12.0, 0.0, 10.0, 11.0],
+        "worker": ["a", "a", "b", "b", "a", "a", None, None, None],
+        "megapixels": [3.0, np.nan, 2.0, 0.5, 4.0, 0.25, np.nan, 1.0, np.nan],
+        "width": [0, 500, 0, 0, 0, 0, 0, 0, 100],
+        "height": [0, 500, 0, 0, 0, 0, 0, 0, 100],
+        "bytes_in": [900.0, np.nan, 800.0, np.nan, 950.0, np.nan, np.nan, 700.0, 5.0],
+    }, index=range(10, 19))
+    units = prediction.item_units(rows, nodes)
+    assert list(units.columns) == ["item_id", "node_id", "status", "duration_s", "started",
+                                   "worker", "out_mp", "in_mp", "bytes_in", "first"]
+    assert list(units.index) == list(range(8))  # the upstream_failed row left out
+    assert units["item_id"].tolist() == [1, 1, 2, 2, 1, 1, 3, 3]
+    np.testing.assert_array_equal(units["out_mp"], [3.0, 0.25, 2.0, 0.5, 4.0, 0.25, 1.0, 0.01])
+    # small's parent is load: item 1's last load row (4.0), item 2's (2.0); save's first
+    # parent is small; sources and the node the plan lacks have none
+    np.testing.assert_array_equal(units["in_mp"],
+                                  [np.nan, 4.0, np.nan, 2.0, np.nan, 0.25, np.nan, np.nan])
+    np.testing.assert_array_equal(units["bytes_in"],
+                                  [900.0, np.nan, 800.0, np.nan, 950.0, np.nan, 700.0, 5.0])
+    assert units["duration_s"].tolist()[3] == 0.0
+    # load on a: 10.0 (not 13.0); on b: 10.0; on no worker: item 3; small on a and b;
+    # save on a; extra on no worker
+    assert units["first"].tolist() == [True, True, True, True, False, True, True, True]
+    tied = rows.iloc[[0, 4]].assign(started=[10.0, 10.0])
+    assert prediction.item_units(tied, nodes)["first"].tolist() == [True, False]
+    assert prediction.item_units(rows.iloc[:0], nodes).empty

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 
 import dask
 import numpy as np
@@ -258,7 +259,8 @@ def test_resolved_paths_are_normal_and_absolute(tmp_path, monkeypatch):
 def test_the_first_submission_gives_each_worker_thread_two_chunks_the_rest_follows(
         photos, tmp_path, client):
     """Two chunks per worker thread go first, so that the workers start while the rest is
-    sent; the rest follows as chunks finish, every chunk once."""
+    sent, and one more each right behind them, in a graph of its own, before any chunk
+    has finished; the rest follows as chunks finish, every chunk once."""
     import json
 
     threads = sum(client.nthreads().values())
@@ -268,11 +270,42 @@ def test_the_first_submission_gives_each_worker_thread_two_chunks_the_rest_follo
               (result.run_dir / "events.jsonl").read_text().splitlines()]
     submitted = [e["chunks"] for e in events if e["event"] == "chunks_submitted"]
     assert submitted[0] == list(range(2 * threads))
+    assert submitted[1] == list(range(2 * threads, 3 * threads))  # the reserve
     assert sorted(c for chunks in submitted for c in chunks) == list(range(12))
     first_finished = next(i for i, e in enumerate(events) if e["event"] == "chunk_finished")
+    reserve = next(i for i, e in enumerate(events)
+                   if e["event"] == "chunks_submitted" and e["chunks"] == submitted[1])
     later = next(i for i, e in enumerate(events)
-                 if e["event"] == "chunks_submitted" and e["chunks"] != submitted[0])
-    assert later > first_finished
+                 if e["event"] == "chunks_submitted" and e["chunks"][0] >= 3 * threads)
+    assert reserve < first_finished < later
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="names fsynced files by /proc")
+def test_a_run_flushes_its_state_to_the_disk_and_not_its_measurements(photos, tmp_path,
+                                                                      client, monkeypatch):
+    """The summary and the event log are made durable; the run's copy of its workflow
+    and its monitoring files (the plan, the scheduler's data, the history) are written
+    whole but not flushed, nor are records parts (outputs are, by their sink tasks)."""
+    flushed: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:  # a file is flushed as its temporary, before its rename
+        flushed.append(re.sub(r"/\.([^/]+)\.[0-9a-f]+\.tmp$", r"/\1",
+                              os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    result = run(THUMBS, photos, tmp_path / "out", client)
+    assert result.succeeded == 12
+    run_dir = str(result.run_dir)
+    assert {run_dir + "/summary.json", run_dir + "/events.jsonl"} <= set(flushed)
+    state = str(tmp_path / "out" / "_dagflow")
+    assert (result.run_dir / "workflow.yaml").is_file()
+    assert (result.run_dir / "metrics" / "scheduler.json").is_file()
+    assert list((tmp_path / "out" / "_dagflow" / "history").glob("run-*.parquet"))
+    unflushed = [p for p in flushed if p.startswith(state) and (
+        "/metrics" in p or "/history" in p or "/records" in p or p.endswith("workflow.yaml"))]
+    assert unflushed == []
 
 
 def test_a_deferred_fingerprint_is_the_one_the_client_would_read(tmp_path):

@@ -276,6 +276,9 @@ def node_samples(rows: pd.DataFrame, plan: Mapping[str, Any]) -> dict[str, dict[
                     kind=kinds.get(node), first=sub["first"].to_numpy())
         if model is None:
             continue
+        # of all the node's items, before the sample
+        workers = int(sub["worker"].nunique()) if "worker" in sub else None
+        in_mp_total = float(sub["in_mp"].sum())
         if len(sub) > MAX_SAMPLES:
             firsts = sub[sub["first"]]
             others = sub[~sub["first"]]
@@ -284,9 +287,7 @@ def node_samples(rows: pd.DataFrame, plan: Mapping[str, Any]) -> dict[str, dict[
         out[node] = {
             "unit": model.unit, "fixed_s": model.fixed_s, "per_unit_s": model.per_unit_s,
             "spread": model.spread, "warmup_s": model.warmup_s,
-            "workers": int(units.loc[units["node_id"] == node, "worker"].nunique())
-            if "worker" in units else None,
-            "in_mp_total": float(units.loc[units["node_id"] == node, "in_mp"].sum()),
+            "workers": workers, "in_mp_total": in_mp_total,
             "sample_s": sub["duration_s"].astype(float).tolist(),
             "sample_cpu_s": _list(sub["cpu_s"]) if "cpu_s" in sub else None,
             "sample_in_mp": _list(sub["in_mp"]), "sample_out_mp": _list(sub["out_mp"]),

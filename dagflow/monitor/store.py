@@ -15,8 +15,11 @@
     What only the scheduler knew (resource samples per worker, queue depth, Dask task
     counts, breaker states, Dask's CPU / non-CPU seconds per node), written at the end.
 
-Every write goes through :func:`dagflow.io.atomic.atomic_path`. Nothing here imports
-Dask or Bokeh.
+Every write goes through :func:`dagflow.io.atomic.atomic_path`, and none is flushed to
+the disk: these files are what a run measured, not what it did (the records are), so
+one lost to a power cut, or torn by it, reads as missing (:func:`read_table`,
+:func:`read_json`) and costs that run's figures only, while each flush cost a run up to
+8 ms of its start or end (two journal commits). Nothing here imports Dask or Bokeh.
 """
 
 from __future__ import annotations
@@ -98,13 +101,15 @@ def metrics_dir(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def write_table(path: str | os.PathLike[str], table: pa.Table) -> Path:
-    """Write ``table`` as Parquet at ``path``, atomically."""
+    """Write ``table`` as Parquet at ``path``, atomically (not flushed to the disk: see the
+    module docstring)."""
     from dagflow.io.atomic import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd")
+    with atomic_path(path, sync=False) as tmp:
+        # LZ4: as small as zstd here, in half its time (a history file: 1.4 against 3 ms)
+        pq.write_table(table, tmp, compression="lz4")
     return path
 
 
@@ -175,9 +180,14 @@ def read_table(path: str | os.PathLike[str]) -> pa.Table | None:
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
-    from dagflow.io.atomic import atomic_write
+    """Write ``data`` as JSON at ``path``, atomically (not flushed to the disk: see the
+    module docstring)."""
+    from dagflow.io.atomic import atomic_path
 
-    return atomic_write(path, json.dumps(data, indent=1, default=str).encode())
+    path = Path(path)
+    with atomic_path(path, sync=False) as tmp:
+        tmp.write_bytes(json.dumps(data, indent=1, default=str).encode())
+    return path
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -36,6 +36,14 @@ logger = logging.getLogger(__name__)
 #: Statuses that count as finished for resume: the item need not run that node again.
 DONE_STATUSES = frozenset({"ok", "skipped"})
 
+#: How parts are written. LZ4 alone compresses the repeated values as well as
+#: dictionaries do (and as zstd does, within 4 %), and nothing filters parts by their
+#: statistics: dictionaries and statistics cost 40 % of the write, zstd over LZ4 twice
+#: its time (a part of 80 rows: 2.4 against 0.9 ms; of 4,000: 11.5 against 5.2), once
+#: per chunk on a worker. Parts written with zstd by earlier versions read the same.
+PART_OPTIONS: dict[str, Any] = {"compression": "lz4", "use_dictionary": False,
+                                "write_statistics": False}
+
 
 def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]],
                schema: pa.Schema) -> Path:
@@ -56,10 +64,7 @@ def write_part(path: str | os.PathLike[str], columns: Mapping[str, Sequence[Any]
     # unreadable) only makes its chunk run again, and the outputs it claims were made
     # durable before it was written (dagflow.io.atomic.deferred_sync)
     with atomic_path(path, sync=False) as tmp:
-        # zstd alone compresses the repeated values as well as dictionaries do, and
-        # nothing filters parts by their statistics: both cost 40 % of the write
-        pq.write_table(table, tmp, compression="zstd", use_dictionary=False,
-                       write_statistics=False)
+        pq.write_table(table, tmp, **PART_OPTIONS)
         faults.reached("in-part", path.name)
     return path
 
@@ -70,8 +75,7 @@ def _put_part(url: str, table: pa.Table) -> str:
     from dagflow.io.upload import put_object
 
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd", use_dictionary=False,
-                   write_statistics=False)
+    pq.write_table(table, buffer, **PART_OPTIONS)
     put_object(url, buffer.getvalue())
     return url
 

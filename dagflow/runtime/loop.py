@@ -3,8 +3,9 @@
 :class:`RunLoop` holds a run's chunks and decides, without touching a cluster:
 
 * the submission window (:meth:`~RunLoop.next_graphs`): at most ``window`` chunks in
-  flight; the first submission gives every worker thread two chunks, more follow as
-  chunks finish, in graphs of at most ``graph_items`` items;
+  flight; the first submission gives every worker thread two chunks, and one more each
+  in graphs of their own right behind them (``reserve``); more follow as chunks finish,
+  in graphs of at most ``graph_items`` items;
 * chunk splitting (:meth:`~RunLoop.failed`): a chunk whose task failed as a whole (an
   error that is no item's own) is split in two and resubmitted, down to single items;
 * suspect items (:meth:`~RunLoop.worker_lost`): an item that was running when its worker
@@ -93,6 +94,14 @@ class RunLoop:
         Most chunks in flight at once.
     first
         Chunks in the first submission (two per worker thread).
+    reserve
+        Chunks submitted right after the first ones, in graphs of their own (one per
+        worker thread). A thread runs its two first chunks side by side (it takes one's
+        next task while the scheduler sends it the other's), so they end together, no
+        earlier than the first chunk to come back, which sends the rest: without a
+        chunk in reserve every thread then waits while the rest is built, sent and
+        scheduled (0.07-0.17 s on a busy 2-core machine). In graphs of their own, they
+        do not delay the first tasks.
     graph_items
         Most items in one submitted graph.
     alone_tries
@@ -106,8 +115,9 @@ class RunLoop:
     MAX_INCONCLUSIVE = 3
 
     def __init__(self, chunks: Sequence[Chunk], breakers: Mapping[str, CircuitBreaker], *,
-                 window: int = 2000, first: int = 2, graph_items: int = 16384,
-                 alone_tries: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+                 window: int = 2000, first: int = 2, reserve: int = 0,
+                 graph_items: int = 16384, alone_tries: int = 1,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.pending: collections.deque[Chunk] = collections.deque(chunks)
         #: Submitted chunks not finished yet, by index.
         self.running: dict[int, Chunk] = {}
@@ -128,6 +138,7 @@ class RunLoop:
         self.window = max(1, int(window))
         self.batch = max(1, min(256, self.window // 4))
         self.first = max(1, min(self.window, int(first)))
+        self.reserve = max(0, min(self.window - self.first, int(reserve)))
         self.graph_items = max(1, int(graph_items))
         self.alone_tries = max(0, int(alone_tries))
         self.clock = clock
@@ -189,9 +200,11 @@ class RunLoop:
             self.pending.extendleft(self._chunk(g) for g in reversed(self.held))
             self.held.clear()
             self.recount = True
+        reserve: list[Chunk] = []
         if not self._started:
             self._started = True
             chunks = self._take(self.first)
+            reserve = self._take(self.reserve)  # in graphs of their own, after these
         elif self._outcomes and self.pending and \
                 self.window - len(self.running) >= min(self.batch, len(self.pending)):
             # more only once chunks have come back: the first graphs reach the workers
@@ -205,9 +218,9 @@ class RunLoop:
             chunk = self._chunk([suspect.item])
             self.alone[chunk.index] = suspect
             chunks = [chunk]
-        for chunk in chunks:
+        for chunk in (*chunks, *reserve):
             self.running[chunk.index] = chunk
-        return self._graphs(chunks)
+        return self._graphs(chunks) + self._graphs(reserve)
 
     def _take(self, n: int) -> list[Chunk]:
         return [self.pending.popleft() for _ in range(min(n, len(self.pending)))]

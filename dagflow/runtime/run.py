@@ -36,7 +36,7 @@ from dagflow import config
 from dagflow.compile import NodeTask, RunContext, node_tasks
 from dagflow.exceptions import StorageError
 from dagflow.inputs import InputSet
-from dagflow.io.atomic import atomic_write, find_temporaries
+from dagflow.io.atomic import atomic_path, atomic_write, find_temporaries
 from dagflow.io.stage import fetch_run_records, output_location
 from dagflow.monitor import hooks
 from dagflow.recovery.checkpoint import Checkpoint, load_done
@@ -84,7 +84,6 @@ def write_quarantine(run_dir: Path) -> int:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from dagflow.io.atomic import atomic_path
     from dagflow.recovery.checkpoint import read_records
 
     table, _ = read_records(sorted((run_dir / "records").glob("part-*.parquet")))
@@ -103,9 +102,13 @@ def _prepare_run_dir(output: Path, run_id: str, workflow: Workflow,
     run_dir = state_dir / "runs" / run_id
     (run_dir / "records").mkdir(parents=True, exist_ok=True)
     try:
-        atomic_write(run_dir / "workflow.yaml", workflow.to_yaml().encode())
+        name, text = "workflow.yaml", workflow.to_yaml()
     except ValueError:  # a Python predicate has no YAML form
-        atomic_write(run_dir / "workflow.txt", str(workflow).encode())
+        name, text = "workflow.txt", str(workflow)
+    # what the run is running, for its reports: not flushed to the disk, no more than
+    # the events and records written after it (two fsyncs before the first chunk)
+    with atomic_path(run_dir / name, sync=False) as tmp:
+        tmp.write_bytes(text.encode())
     return state_dir, run_dir
 
 

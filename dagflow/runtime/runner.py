@@ -105,7 +105,8 @@ class Runner:
     result, events, progress
         Where the outcome is counted, logged and shown.
     threads
-        The cluster's worker threads (the first submission gives each two chunks).
+        The cluster's worker threads (the first submission gives each two chunks, and
+        one more right after them).
     """
 
     def __init__(self, client: Client, batch: Batch, ctx: RunContext, result: RunResult,
@@ -126,6 +127,7 @@ class Runner:
         self.loop = RunLoop(
             batch.run_chunks(), {nid: CircuitBreaker(nid, settings) for nid in self.tasks},
             window=int(config.get("runtime.window")), first=2 * max(1, threads),
+            reserve=max(1, threads),
             graph_items=int(config.get("runtime.graph-items")),
             alone_tries=int(config.get("runtime.lost-worker-retries")))
         self.deaths = Deaths(ctx, self.tasks, self.token, self.loop, events, self.record_item)
